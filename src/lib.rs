@@ -1,0 +1,1 @@
+//! kratos-operator: manages Ory Kratos identities declaratively from Kubernetes objects.

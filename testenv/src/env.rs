@@ -1,0 +1,345 @@
+//! The whole environment: etcd, kube-apiserver, kube-controller-manager and Kratos, started on
+//! free loopback ports and described by a state file so that `down`, `status` and test
+//! fixtures in other processes find it.
+
+use std::{
+    fs::{self, File},
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{
+    Error, Result, build,
+    certs::{self, files},
+    io_err,
+    kratos::{KratosInstance, KratosOptions},
+    process::{self, ProcessRecord},
+    versions,
+};
+
+const STATE_FILE: &str = "state.json";
+
+/// What a running environment looks like from outside; written to `<dir>/state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// kubeconfig with the admin user.
+    pub kubeconfig: PathBuf,
+    /// `https://127.0.0.1:<port>`.
+    pub apiserver_url: String,
+    /// Kratos admin API.
+    pub kratos_admin_url: String,
+    /// Kratos public API.
+    pub kratos_public_url: String,
+    /// Kratos' working directory (config, schemas, sqlite, log).
+    pub kratos_dir: PathBuf,
+    /// Kubernetes version served.
+    pub kubernetes_version: String,
+    /// Kratos version served.
+    pub kratos_version: String,
+    /// The processes, in start order.
+    pub processes: Vec<ProcessRecord>,
+}
+
+/// A running environment.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its state.
+    pub state: State,
+}
+
+/// The default directory of the shared environment: `$KRATOS_OPERATOR_TESTENV`, else
+/// `<repo>/target/testenv/default`.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("KRATOS_OPERATOR_TESTENV").map_or_else(
+        || crate::repo_root().join("target").join("testenv").join("default"),
+        PathBuf::from,
+    )
+}
+
+fn lock(dir: &Path) -> Result<File> {
+    fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    let file = File::create(dir.join(".lock")).map_err(io_err("creating lock file"))?;
+    file.lock().map_err(io_err("locking the environment directory"))?;
+    Ok(file)
+}
+
+impl Environment {
+    /// Reads the state of the environment in `dir` if one is running and healthy.
+    pub fn attach(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(STATE_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = fs::read_to_string(&path).map_err(io_err(format!("reading {}", path.display())))?;
+        let state: State = serde_json::from_str(&text)
+            .map_err(|e| Error::State { path: path.clone(), message: e.to_string() })?;
+        let env = Self { dir: dir.to_path_buf(), state };
+        Ok(env.is_healthy().then_some(env))
+    }
+
+    /// Whether every process runs and the apiserver and Kratos answer.
+    pub fn is_healthy(&self) -> bool {
+        if !self.state.processes.iter().all(ProcessRecord::is_running) {
+            return false;
+        }
+        let ca = fs::read(self.dir.join("pki").join(files::CA_CERT)).unwrap_or_default();
+        let kube = process::http_agent(Some(&ca));
+        let plain = process::http_agent(None);
+        process::http_ok(&kube, &format!("{}/readyz", self.state.apiserver_url))
+            && process::http_ok(&plain, &format!("{}/health/ready", self.state.kratos_admin_url))
+    }
+
+    /// Starts an environment in `dir`, or returns the one already running there.
+    pub fn up(dir: &Path) -> Result<Self> {
+        let _lock = lock(dir)?;
+        if let Some(env) = Self::attach(dir)? {
+            return Ok(env);
+        }
+        stop_recorded(dir);
+        Self::start(dir)
+    }
+
+    fn start(dir: &Path) -> Result<Self> {
+        // Fail before starting anything when a binary is missing.
+        let apiserver_bin = build::KUBERNETES.binary("kube-apiserver")?;
+        let kcm_bin = build::KUBERNETES.binary("kube-controller-manager")?;
+        let etcd_bin = build::KUBERNETES.binary("etcd")?;
+        build::KRATOS.binary("kratos")?;
+
+        for sub in ["pki", "logs", "kratos"] {
+            let path = dir.join(sub);
+            if path.exists() {
+                fs::remove_dir_all(&path).map_err(io_err(format!("removing {}", path.display())))?;
+            }
+        }
+        let pki = dir.join("pki");
+        let logs = dir.join("logs");
+        fs::create_dir_all(&logs).map_err(io_err("creating logs dir"))?;
+        certs::generate(&pki)?;
+
+        let mut processes = Vec::new();
+        let result = Self::start_processes(dir, &pki, &logs, &apiserver_bin, &kcm_bin, &etcd_bin, &mut processes);
+        match result {
+            Ok(state) => {
+                let env = Self { dir: dir.to_path_buf(), state };
+                env.write_state()?;
+                Ok(env)
+            }
+            Err(e) => {
+                for p in processes.iter().rev() {
+                    p.stop(Duration::from_secs(5));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_processes(
+        dir: &Path,
+        pki: &Path,
+        logs: &Path,
+        apiserver_bin: &Path,
+        kcm_bin: &Path,
+        etcd_bin: &Path,
+        processes: &mut Vec<ProcessRecord>,
+    ) -> Result<State> {
+        // etcd: data on tmpfs when there is one (fsync-free and fast), else in the env dir.
+        let etcd_data = etcd_data_dir(dir);
+        if etcd_data.exists() {
+            fs::remove_dir_all(&etcd_data).map_err(io_err("removing old etcd data"))?;
+        }
+        let etcd_port = process::free_port()?;
+        let peer_port = process::free_port()?;
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let (mut etcd, rec) = process::spawn(
+            "etcd",
+            etcd_bin,
+            &[
+                "--name=testenv".into(),
+                format!("--data-dir={}", etcd_data.display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=testenv={peer_url}"),
+                "--unsafe-no-fsync=true".into(),
+                "--listen-metrics-urls=".into(),
+                "--log-level=warn".into(),
+            ],
+            &[],
+            &logs.join("etcd.log"),
+        )?;
+        processes.push(rec.clone());
+        let plain = process::http_agent(None);
+        process::wait_ready(&rec, Some(&mut etcd), Duration::from_secs(30), || {
+            process::http_ok(&plain, &format!("{etcd_url}/health"))
+        })?;
+
+        let api_port = process::free_port()?;
+        let apiserver_url = format!("https://127.0.0.1:{api_port}");
+        let p = |f: &str| pki.join(f).display().to_string();
+        let (mut apiserver, rec) = process::spawn(
+            "kube-apiserver",
+            apiserver_bin,
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={api_port}"),
+                format!("--tls-cert-file={}", p(files::SERVING_CERT)),
+                format!("--tls-private-key-file={}", p(files::SERVING_KEY)),
+                format!("--client-ca-file={}", p(files::CA_CERT)),
+                format!("--service-account-issuer={apiserver_url}"),
+                format!("--service-account-key-file={}", p(files::SA_KEY)),
+                format!("--service-account-signing-key-file={}", p(files::SA_KEY)),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--authorization-mode=RBAC".into(),
+                "--allow-privileged=true".into(),
+                "--disable-admission-plugins=ServiceAccount".into(),
+                "--endpoint-reconciler-type=none".into(),
+                "--profiling=false".into(),
+                format!("--cert-dir={}", pki.display()),
+            ],
+            &[],
+            &logs.join("kube-apiserver.log"),
+        )?;
+        processes.push(rec.clone());
+        let ca = fs::read(pki.join(files::CA_CERT)).map_err(io_err("reading CA"))?;
+        let kube = process::http_agent(Some(&ca));
+        process::wait_ready(&rec, Some(&mut apiserver), Duration::from_secs(120), || {
+            process::http_ok(&kube, &format!("{apiserver_url}/readyz"))
+        })?;
+
+        let kubeconfig = dir.join("kubeconfig");
+        write_kubeconfig(&kubeconfig, &apiserver_url, pki)?;
+
+        let (mut kcm, rec) = process::spawn(
+            "kube-controller-manager",
+            kcm_bin,
+            &[
+                format!("--kubeconfig={}", kubeconfig.display()),
+                "--controllers=garbage-collector-controller,namespace-controller".into(),
+                "--leader-elect=false".into(),
+                "--use-service-account-credentials=false".into(),
+                "--secure-port=0".into(),
+                "--concurrent-gc-syncs=5".into(),
+            ],
+            &[],
+            &logs.join("kube-controller-manager.log"),
+        )?;
+        processes.push(rec.clone());
+        // The controller manager serves nothing; give it a moment and make sure it stays up.
+        let mut polls = 0;
+        process::wait_ready(&rec, Some(&mut kcm), Duration::from_secs(10), || {
+            polls += 1;
+            polls > 10
+        })?;
+
+        let kratos = KratosInstance::start(&dir.join("kratos"), &KratosOptions::default())?;
+        let kratos_admin_url = kratos.admin_url();
+        let kratos_public_url = kratos.public_url();
+        processes.push(kratos.detach());
+
+        Ok(State {
+            kubeconfig,
+            apiserver_url,
+            kratos_admin_url,
+            kratos_public_url,
+            kratos_dir: dir.join("kratos"),
+            kubernetes_version: versions::KUBERNETES.into(),
+            kratos_version: versions::KRATOS.into(),
+            processes: processes.clone(),
+        })
+    }
+
+    fn write_state(&self) -> Result<()> {
+        let path = self.dir.join(STATE_FILE);
+        let text = serde_json::to_string_pretty(&self.state)
+            .map_err(|e| Error::State { path: path.clone(), message: e.to_string() })?;
+        fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))
+    }
+
+    /// The `export` lines a shell can `eval`.
+    pub fn env_lines(&self) -> String {
+        format!(
+            "export KUBECONFIG={}\nexport KRATOS_ADMIN_URL={}\nexport KRATOS_PUBLIC_URL={}\n",
+            self.state.kubeconfig.display(),
+            self.state.kratos_admin_url,
+            self.state.kratos_public_url
+        )
+    }
+}
+
+/// Stops exactly the processes recorded in `dir` (and nothing else), then removes the state file
+/// and etcd's data. Returns the names of the processes that were running.
+pub fn down(dir: &Path) -> Result<Vec<String>> {
+    let _lock = lock(dir)?;
+    Ok(stop_recorded(dir))
+}
+
+fn stop_recorded(dir: &Path) -> Vec<String> {
+    let path = dir.join(STATE_FILE);
+    let mut stopped = Vec::new();
+    if let Some(state) = fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<State>(&t).ok())
+    {
+        for p in state.processes.iter().rev() {
+            if p.is_running() {
+                p.stop(Duration::from_secs(10));
+                stopped.push(p.name.clone());
+            }
+        }
+    }
+    let _ = fs::remove_file(&path);
+    let _ = fs::remove_dir_all(etcd_data_dir(dir));
+    stopped
+}
+
+fn etcd_data_dir(dir: &Path) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(dir.display().to_string().as_bytes());
+        let short: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        shm.join(format!("kratos-operator-etcd-{short}"))
+    } else {
+        dir.join("etcd-data")
+    }
+}
+
+fn write_kubeconfig(path: &Path, server: &str, pki: &Path) -> Result<()> {
+    let p = |f: &str| pki.join(f).display().to_string();
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "testenv", "cluster": { "server": server, "certificate-authority": p(files::CA_CERT) } }],
+        "users": [{ "name": "admin", "user": { "client-certificate": p(files::ADMIN_CERT), "client-key": p(files::ADMIN_KEY) } }],
+        "contexts": [{ "name": "testenv", "context": { "cluster": "testenv", "user": "admin", "namespace": "default" } }],
+        "current-context": "testenv"
+    });
+    let text = serde_json::to_string_pretty(&config).unwrap_or_default();
+    fs::write(path, text).map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// The environment shared by all tests of one test binary: attaches to the one running in
+/// [`default_dir`] (for example after `cargo xtask testenv up`) or starts it there and leaves it
+/// running for the next test binary. Fails with the command that builds missing binaries; it never
+/// skips.
+pub fn shared() -> Result<&'static Environment, String> {
+    static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let dir = default_dir();
+        Environment::up(&dir).map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}

@@ -1,0 +1,257 @@
+//! A real Ory Kratos on loopback: sqlite on disk (so data survives a restart), an email/password
+//! schema (`customer`, the default) and a username schema (`employee`), and the password, link
+//! and code methods enabled so both admin recovery endpoints work. bcrypt cost 4 in dev mode.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Child,
+    time::Duration,
+};
+
+use serde_json::json;
+
+use crate::{
+    Result, build, io_err,
+    process::{self, ProcessRecord},
+};
+
+/// Ids of the identity schemas every instance serves.
+pub mod schemas {
+    /// Email + password; the default schema.
+    pub const CUSTOMER: &str = "customer";
+    /// Username + password, with a required email.
+    pub const EMPLOYEE: &str = "employee";
+}
+
+/// The return URL Kratos accepts for recovery links (`selfservice.allowed_return_urls`).
+pub const ALLOWED_RETURN_URL: &str = "http://127.0.0.1:4455/welcome";
+
+/// How to start an instance.
+#[derive(Debug, Clone)]
+pub struct KratosOptions {
+    /// Public API port (0 = pick a free one).
+    pub public_port: u16,
+    /// Admin API port (0 = pick a free one).
+    pub admin_port: u16,
+    /// Enable the `link` method (admin recovery links).
+    pub link_method: bool,
+    /// Enable the `code` method (admin recovery codes).
+    pub code_method: bool,
+}
+
+impl Default for KratosOptions {
+    fn default() -> Self {
+        Self { public_port: 0, admin_port: 0, link_method: true, code_method: true }
+    }
+}
+
+/// A running (or stopped) Kratos. Dropping it stops the process unless [`KratosInstance::detach`]
+/// was called.
+#[derive(Debug)]
+pub struct KratosInstance {
+    dir: PathBuf,
+    public_port: u16,
+    admin_port: u16,
+    child: Option<Child>,
+    record: Option<ProcessRecord>,
+    detached: bool,
+}
+
+impl KratosInstance {
+    /// Writes config and schemas into `dir`, migrates the sqlite database and starts Kratos.
+    pub fn start(dir: &Path, options: &KratosOptions) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let public_port =
+            if options.public_port == 0 { process::free_port()? } else { options.public_port };
+        let admin_port =
+            if options.admin_port == 0 { process::free_port()? } else { options.admin_port };
+        let source = crate::repo_root().join("testenv").join("kratos");
+        for id in [schemas::CUSTOMER, schemas::EMPLOYEE] {
+            let from = source.join(format!("{id}.schema.json"));
+            let to = dir.join(format!("{id}.schema.json"));
+            if !to.exists() {
+                fs::copy(&from, &to).map_err(io_err(format!("copying {}", from.display())))?;
+            }
+        }
+        let config = config(dir, public_port, admin_port, options);
+        fs::write(dir.join("kratos.yml"), config).map_err(io_err("writing kratos.yml"))?;
+        let mut instance = Self {
+            dir: dir.to_path_buf(),
+            public_port,
+            admin_port,
+            child: None,
+            record: None,
+            detached: false,
+        };
+        instance.migrate()?;
+        instance.spawn()?;
+        Ok(instance)
+    }
+
+    fn binary() -> Result<PathBuf> {
+        build::KRATOS.binary("kratos")
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let log = self.dir.join("kratos-migrate.log");
+        let args = vec![
+            "migrate".to_string(),
+            "sql".to_string(),
+            "-e".to_string(),
+            "--yes".to_string(),
+            "-c".to_string(),
+            self.dir.join("kratos.yml").display().to_string(),
+        ];
+        let (mut child, record) = process::spawn(
+            "kratos-migrate",
+            &Self::binary()?,
+            &args,
+            &[("DSN", self.dsn())],
+            &log,
+        )?;
+        let status = child.wait().map_err(io_err("waiting for kratos migrate"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(crate::Error::NotReady {
+                component: "kratos migrate".into(),
+                message: format!("exited with {status}"),
+                log,
+                log_tail: record.log_tail(30),
+            })
+        }
+    }
+
+    fn dsn(&self) -> String {
+        format!("sqlite://{}/kratos.sqlite?_fk=true&mode=rwc", self.dir.display())
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let args = vec![
+            "serve".to_string(),
+            "-c".to_string(),
+            self.dir.join("kratos.yml").display().to_string(),
+            "--dev".to_string(),
+            "--sqa-opt-out".to_string(),
+        ];
+        let (mut child, record) = process::spawn(
+            "kratos",
+            &Self::binary()?,
+            &args,
+            &[("DSN", self.dsn()), ("LOG_LEVEL", "info".into())],
+            &self.dir.join("kratos.log"),
+        )?;
+        let agent = process::http_agent(None);
+        let url = format!("{}/health/ready", self.admin_url());
+        process::wait_ready(&record, Some(&mut child), Duration::from_secs(60), || {
+            process::http_ok(&agent, &url)
+        })?;
+        self.child = Some(child);
+        self.record = Some(record);
+        Ok(())
+    }
+
+    /// Stops the process (data stays on disk).
+    pub fn stop(&mut self) {
+        if let Some(record) = self.record.take() {
+            record.stop(Duration::from_secs(10));
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same ports with the same data (after [`KratosInstance::stop`], or to
+    /// pick up an edited schema file).
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// Keeps the process running after this value is dropped (the shared environment).
+    pub fn detach(mut self) -> ProcessRecord {
+        self.detached = true;
+        self.child = None;
+        self.record.clone().unwrap_or_else(|| ProcessRecord {
+            name: "kratos".into(),
+            pid: 0,
+            binary: PathBuf::new(),
+            log: self.dir.join("kratos.log"),
+        })
+    }
+
+    /// The admin API, e.g. `http://127.0.0.1:4434`.
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    /// The public API, e.g. `http://127.0.0.1:4433`.
+    pub fn public_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.public_port)
+    }
+
+    /// The on-disk schema file of `id`, to edit before [`KratosInstance::restart`].
+    pub fn schema_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.schema.json"))
+    }
+
+    /// Its log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("kratos.log")
+    }
+}
+
+impl Drop for KratosInstance {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.stop();
+        }
+    }
+}
+
+fn config(dir: &Path, public_port: u16, admin_port: u16, options: &KratosOptions) -> String {
+    let public = format!("http://127.0.0.1:{public_port}/");
+    let admin = format!("http://127.0.0.1:{admin_port}/");
+    let schema_url = |id: &str| format!("file://{}/{id}.schema.json", dir.display());
+    let config = json!({
+        "version": crate::versions::KRATOS,
+        "serve": {
+            "public": { "host": "127.0.0.1", "port": public_port, "base_url": public },
+            "admin": { "host": "127.0.0.1", "port": admin_port, "base_url": admin }
+        },
+        "selfservice": {
+            "default_browser_return_url": "http://127.0.0.1:4455/",
+            "allowed_return_urls": ["http://127.0.0.1:4455"],
+            "methods": {
+                "password": { "enabled": true },
+                "link": { "enabled": options.link_method, "config": { "lifespan": "1h" } },
+                "code": { "enabled": options.code_method, "config": { "lifespan": "1h" } }
+            },
+            "flows": {
+                "recovery": { "enabled": true, "use": "code", "ui_url": "http://127.0.0.1:4455/recovery" },
+                "verification": { "enabled": false },
+                "login": { "ui_url": "http://127.0.0.1:4455/login" },
+                "registration": { "ui_url": "http://127.0.0.1:4455/registration" },
+                "settings": { "ui_url": "http://127.0.0.1:4455/settings" },
+                "error": { "ui_url": "http://127.0.0.1:4455/error" }
+            }
+        },
+        "identity": {
+            "default_schema_id": schemas::CUSTOMER,
+            "schemas": [
+                { "id": schemas::CUSTOMER, "url": schema_url(schemas::CUSTOMER) },
+                { "id": schemas::EMPLOYEE, "url": schema_url(schemas::EMPLOYEE) }
+            ]
+        },
+        "secrets": {
+            "cookie": ["kratos-operator-testenv-cookie-secret"],
+            "cipher": ["32-byte-kratos-operator-testenv!"]
+        },
+        "hashers": { "algorithm": "bcrypt", "bcrypt": { "cost": 4 } },
+        "courier": { "smtp": { "connection_uri": "smtp://127.0.0.1:1/?disable_starttls=true" } },
+        "log": { "level": "info", "format": "text", "leak_sensitive_values": false }
+    });
+    // JSON is YAML; Kratos picks the parser by extension and reads it either way.
+    serde_json::to_string_pretty(&config).unwrap_or_default()
+}

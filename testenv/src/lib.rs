@@ -1,0 +1,112 @@
+//! The local test environment of kratos-operator: a real kube-apiserver with etcd and
+//! kube-controller-manager (garbage collection and namespace deletion), and a real Ory Kratos,
+//! built at pinned versions from their published Go modules and started on loopback.
+//!
+//! `cargo xtask testenv build | up | down | status | env` drives it from the shell; integration
+//! tests use [`shared`] to start it once (or reuse a running one) and [`kratos::KratosInstance`]
+//! for a private Kratos they may stop, restart or reconfigure.
+
+pub mod build;
+pub mod certs;
+pub mod env;
+pub mod kratos;
+mod process;
+
+use std::path::PathBuf;
+
+pub use env::{Environment, shared};
+
+/// Pinned versions of every component. Changing one changes the cache key, so the next
+/// `cargo xtask testenv build` rebuilds exactly that component.
+pub mod versions {
+    /// Kubernetes release of kube-apiserver and kube-controller-manager (k8s-openapi 0.29 supports 1.33-1.37;
+    /// we test against the oldest we support).
+    pub const KUBERNETES: &str = "v1.33.13";
+    /// etcd release, taken from the same module graph as Kubernetes.
+    pub const ETCD: &str = "v3.5.21";
+    /// Ory Kratos release.
+    pub const KRATOS: &str = "v1.3.1";
+    /// Helm release (chart tests).
+    pub const HELM: &str = "v3.18.6";
+}
+
+/// Everything that can go wrong while building, starting or stopping the environment.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or process operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A binary of the environment has not been built yet.
+    #[error("{binary} {version} is not built (looked in {}); run `cargo xtask testenv build` first", path.display())]
+    MissingBinary {
+        /// Binary name.
+        binary: String,
+        /// Pinned version.
+        version: String,
+        /// Where it was expected.
+        path: PathBuf,
+    },
+    /// `go build` (or another build step) failed.
+    #[error("building {component} failed: {message}")]
+    Build {
+        /// Component being built.
+        component: String,
+        /// What failed.
+        message: String,
+    },
+    /// A component did not become ready in time or exited early.
+    #[error("{component} did not become ready: {message}\n--- last lines of {} ---\n{log_tail}", log.display())]
+    NotReady {
+        /// Component name.
+        component: String,
+        /// What was observed.
+        message: String,
+        /// Its log file.
+        log: PathBuf,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// Certificate generation failed.
+    #[error("generating certificates: {0}")]
+    Certs(#[from] rcgen::Error),
+    /// The state file of a running environment could not be read or written.
+    #[error("state file {}: {message}", path.display())]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+/// Where built binaries and other expensive artefacts are cached:
+/// `$KRATOS_OPERATOR_CACHE`, else `$XDG_CACHE_HOME/kratos-operator`, else `~/.cache/kratos-operator`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KRATOS_OPERATOR_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("kratos-operator");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".cache").join("kratos-operator")
+}
+
+/// The repository root (the workspace this crate belongs to).
+pub fn repo_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map_or(manifest.clone(), PathBuf::from)
+}

@@ -1,0 +1,198 @@
+//! Developer tasks: `cargo xtask <task>`.
+//!
+//! - `testenv build|up|down|status|env`: the local environment (real kube-apiserver, etcd,
+//!   kube-controller-manager and Ory Kratos on loopback), see the `kratos-operator-testenv` crate.
+//! - `test`: the whole test suite, exactly as CI runs it.
+//! - `demo`: builds and starts the environment and shows how to use it.
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+    time::Instant,
+};
+
+use clap::{Parser, Subcommand};
+use kratos_operator_testenv::{Environment, build, env};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer tasks of kratos-operator")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build, start, stop or inspect the local test environment.
+    Testenv {
+        #[command(subcommand)]
+        action: TestenvAction,
+    },
+    /// The whole test suite: fmt, clippy, and every test against the real environment.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Build and start the environment, then show how to use it.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum TestenvAction {
+    /// Build kube-apiserver, kube-controller-manager, etcd, Kratos and Helm (cached by version).
+    Build {
+        /// Rebuild even when cached.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Start the environment (or reuse the running one) and print its variables.
+    Up {
+        /// Directory of the environment (default: target/testenv/default or $KRATOS_OPERATOR_TESTENV).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Stop exactly the processes `up` started.
+    Down {
+        /// Directory of the environment.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Show whether the environment runs and which binaries are built.
+    Status {
+        /// Directory of the environment.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print `export` lines for KUBECONFIG, KRATOS_ADMIN_URL and KRATOS_PUBLIC_URL.
+    Env {
+        /// Directory of the environment.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Testenv { action } => testenv(action),
+        Task::Test { cargo_args } => test(&cargo_args),
+        Task::Demo => demo(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dir_or_default(dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(env::default_dir)
+}
+
+fn build_all(force: bool) -> Result<(), String> {
+    let started = Instant::now();
+    for component in build::ALL {
+        let took = component.build(force).map_err(|e| e.to_string())?;
+        if took.is_zero() {
+            eprintln!("testenv: {} {} cached in {}", component.name, component.version, component.cache_dir().display());
+        } else {
+            eprintln!("testenv: built {} {} in {:.0?}", component.name, component.version, took);
+        }
+    }
+    eprintln!("testenv: build finished in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+fn testenv(action: TestenvAction) -> Result<(), String> {
+    match action {
+        TestenvAction::Build { force } => build_all(force),
+        TestenvAction::Up { dir } => {
+            let dir = dir_or_default(dir);
+            let started = Instant::now();
+            let env = Environment::up(&dir).map_err(|e| e.to_string())?;
+            eprintln!("testenv: up in {:.1?} ({})", started.elapsed(), dir.display());
+            print!("{}", env.env_lines());
+            Ok(())
+        }
+        TestenvAction::Down { dir } => {
+            let stopped = env::down(&dir_or_default(dir)).map_err(|e| e.to_string())?;
+            if stopped.is_empty() {
+                eprintln!("testenv: nothing was running");
+            } else {
+                eprintln!("testenv: stopped {}", stopped.join(", "));
+            }
+            Ok(())
+        }
+        TestenvAction::Status { dir } => {
+            let dir = dir_or_default(dir);
+            for component in build::ALL {
+                let state = if component.is_built() { "built" } else { "NOT BUILT" };
+                println!("{:<12} {:<10} {state}", component.name, component.version);
+            }
+            match Environment::attach(&dir).map_err(|e| e.to_string())? {
+                Some(env) => {
+                    println!("environment  running in {}", dir.display());
+                    println!("apiserver    {}", env.state.apiserver_url);
+                    println!("kratos admin {}", env.state.kratos_admin_url);
+                    println!("kratos pub   {}", env.state.kratos_public_url);
+                    for p in &env.state.processes {
+                        println!("process      {:<24} pid {}", p.name, p.pid);
+                    }
+                }
+                None => println!("environment  not running in {}", dir.display()),
+            }
+            Ok(())
+        }
+        TestenvAction::Env { dir } => {
+            let dir = dir_or_default(dir);
+            let env = Environment::attach(&dir)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no environment runs in {}; start it with `cargo xtask testenv up`", dir.display()))?;
+            print!("{}", env.env_lines());
+            Ok(())
+        }
+    }
+}
+
+fn cargo(args: &[&str], extra: &[String]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: cargo {} {}", args.join(" "), extra.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .args(extra)
+        .status()
+        .map_err(|e| format!("running cargo: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("`cargo {}` failed ({status})", args.join(" "))) }
+}
+
+fn test(cargo_args: &[String]) -> Result<(), String> {
+    let started = Instant::now();
+    cargo(&["fmt", "--all", "--check"], &[])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
+    build_all(false)?;
+    let dir = env::default_dir();
+    let was_running = Environment::attach(&dir).map_err(|e| e.to_string())?.is_some();
+    let env = Environment::up(&dir).map_err(|e| e.to_string())?;
+    eprintln!("xtask: environment {} in {}", if was_running { "reused" } else { "started" }, env.dir.display());
+    let result = cargo(&["test", "--workspace", "--no-fail-fast"], cargo_args);
+    if !was_running {
+        let _ = env::down(&dir);
+    }
+    eprintln!("xtask: test command took {:.1?}", started.elapsed());
+    result
+}
+
+fn demo() -> Result<(), String> {
+    build_all(false)?;
+    let dir = env::default_dir();
+    let env = Environment::up(&dir).map_err(|e| e.to_string())?;
+    println!("The local environment runs (kube-apiserver {}, Ory Kratos {}).", env.state.kubernetes_version, env.state.kratos_version);
+    println!("Use it from a shell with:\n");
+    print!("{}", env.env_lines());
+    println!("\nthen e.g. `kubectl get namespaces` and `curl $KRATOS_ADMIN_URL/admin/identities`.");
+    println!("Stop it with `cargo xtask testenv down`.");
+    Ok(())
+}
