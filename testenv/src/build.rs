@@ -44,6 +44,7 @@ pub const KUBERNETES: Component = Component {
         Binary { package: "k8s.io/kubernetes/cmd/kube-apiserver", name: "kube-apiserver" },
         Binary { package: "k8s.io/kubernetes/cmd/kube-controller-manager", name: "kube-controller-manager" },
         Binary { package: "go.etcd.io/etcd/server/v3", name: "etcd" },
+        Binary { package: "k8s.io/kubernetes/cmd/kubectl", name: "kubectl" },
     ],
     cgo: false,
     tags: "selinux,notest",
@@ -76,13 +77,19 @@ impl Component {
         crate::repo_root().join("testenv").join("go").join(self.name)
     }
 
-    /// The cache directory of this exact version and wrapper module.
+    /// The cache directory of this exact version, wrapper module and build recipe.
     pub fn cache_dir(&self) -> PathBuf {
         let mut hasher = Sha256::new();
         for file in ["go.mod", "go.sum"] {
             // A missing go.sum only changes the key; the build reports the real problem.
             hasher.update(fs::read(self.module_dir().join(file)).unwrap_or_default());
         }
+        for binary in self.binaries {
+            hasher.update(binary.package.as_bytes());
+            hasher.update(binary.name.as_bytes());
+        }
+        hasher.update(self.ldflags().as_bytes());
+        hasher.update(self.tags.as_bytes());
         let digest = hasher.finalize();
         let short: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
         crate::cache_dir().join("bin").join(format!("{}-{}-{short}", self.name, self.version))

@@ -22,8 +22,10 @@ pub mod files {
     pub const ADMIN_CERT: &str = "admin.crt";
     /// admin client key.
     pub const ADMIN_KEY: &str = "admin.key";
-    /// service-account signing key (private; the apiserver derives the public half).
+    /// service-account signing key.
     pub const SA_KEY: &str = "sa.key";
+    /// service-account verification key (the public half of [`SA_KEY`]).
+    pub const SA_PUB: &str = "sa.pub";
 }
 
 /// Writes a fresh PKI into `dir`.
@@ -73,5 +75,6 @@ pub fn generate(dir: &Path) -> Result<()> {
     write(files::ADMIN_CERT, admin_cert.pem())?;
     write(files::ADMIN_KEY, admin_key.serialize_pem())?;
     write(files::SA_KEY, sa_key.serialize_pem())?;
+    write(files::SA_PUB, sa_key.public_key_pem())?;
     Ok(())
 }

@@ -198,7 +198,7 @@ impl Environment {
                 format!("--tls-private-key-file={}", p(files::SERVING_KEY)),
                 format!("--client-ca-file={}", p(files::CA_CERT)),
                 format!("--service-account-issuer={apiserver_url}"),
-                format!("--service-account-key-file={}", p(files::SA_KEY)),
+                format!("--service-account-key-file={}", p(files::SA_PUB)),
                 format!("--service-account-signing-key-file={}", p(files::SA_KEY)),
                 "--service-cluster-ip-range=10.0.0.0/24".into(),
                 "--authorization-mode=RBAC".into(),
