@@ -1,1 +1,71 @@
 //! kratos-operator: manages Ory Kratos identities declaratively from Kubernetes objects.
+//!
+//! - [`api`]: the custom resources (Identity, IdentitySchemaRef) and their conditions.
+//! - [`kratos`]: the typed, resilient client of the Kratos admin API.
+//! - [`controller`]: the controllers, each split into observe / plan (pure) / act / report.
+//! - [`schema`]: compiled identity schemas for client-side validation.
+//! - [`config`]: the command line.
+
+pub mod api;
+pub mod config;
+pub mod controller;
+pub mod kratos;
+pub mod schema;
+
+/// Errors of the operator's reconcilers and start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A Kratos admin API call failed.
+    #[error("Kratos: {0}")]
+    Kratos(#[from] kratos::Error),
+    /// Adding or removing the finalizer, or the work under it, failed.
+    // Boxed: the finalizer error wraps this type.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// An object lacks a field the API server always sets.
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+    /// (De)serialising an object failed.
+    #[error("serialization: {0}")]
+    Serialization(#[from] serde_json::Error),
+    /// The configuration cannot be used.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// A static, low-cardinality label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Kratos(e) => e.reason_label(),
+            Self::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.metric_label(),
+                _ => "finalizer",
+            },
+            Self::MissingField(_) => "missing_field",
+            Self::Serialization(_) => "serialization",
+            Self::Config(_) => "config",
+        }
+    }
+
+    /// How long the server asked us to wait, when it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Kratos(e) => e.retry_after(),
+            Self::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.retry_after(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Result alias of the operator.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,143 @@
+//! The command line (clap). Every flag can also be set through the environment variable named
+//! in its help.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use url::Url;
+
+use crate::{controller::Settings, kratos::ClientConfig};
+
+/// kratos-operator: manages Ory Kratos identities declaratively.
+#[derive(Debug, Parser)]
+#[command(name = "kratos-operator", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `run` (accepted without the subcommand too).
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator (the default).
+    Run(Box<RunArgs>),
+    /// Print every CRD as one multi-document YAML stream.
+    Crds,
+    /// Print the version.
+    Version,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Options of `run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Kratos admin API base URL.
+    #[arg(long, env = "KRATOS_ADMIN_URL", default_value = "http://127.0.0.1:4434")]
+    pub kratos_admin_url: Url,
+    /// Kratos public API base URL (self-hosted Kratos serves schemas there; default: follow the
+    /// admin port's redirect).
+    #[arg(long, env = "KRATOS_PUBLIC_URL")]
+    pub kratos_public_url: Option<Url>,
+    /// File holding a bearer token for the admin API (Ory Network); re-read when it changes.
+    #[arg(long, env = "KRATOS_TOKEN_FILE")]
+    pub kratos_token_file: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for the Kratos URLs.
+    #[arg(long, env = "KRATOS_CA_FILE")]
+    pub kratos_ca_file: Option<PathBuf>,
+    /// Client-side limit of Kratos requests per second (0: unlimited).
+    #[arg(long, env = "KRATOS_RATE_LIMIT", default_value_t = 0.0)]
+    pub kratos_rate_limit: f64,
+    /// Namespace to watch (repeat, or comma-separate in the variable); none: all namespaces.
+    #[arg(long = "watch-namespace", env = "WATCH_NAMESPACE", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Elect a leader among replicas; only the leader writes.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+    /// How often each Identity is compared with Kratos (drift detection), e.g. `5m`.
+    #[arg(long, env = "RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+    /// How often each IdentitySchemaRef re-fetches its schema, e.g. `1m`.
+    #[arg(long, env = "SCHEMA_RECHECK_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub schema_recheck_interval: Duration,
+    /// Reconciles running at once per controller.
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    /// The Kratos client configuration these options describe.
+    pub fn kratos_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new(self.kratos_admin_url.clone());
+        c.public_url = self.kratos_public_url.clone();
+        c.token_file = self.kratos_token_file.clone();
+        c.ca_file = self.kratos_ca_file.clone();
+        c.rate_limit_per_second = (self.kratos_rate_limit > 0.0).then_some(self.kratos_rate_limit);
+        c
+    }
+
+    /// The controller settings these options describe.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            resync_interval: self.resync_interval,
+            schema_recheck_interval: self.schema_recheck_interval,
+            max_concurrent_reconciles: self.max_concurrent_reconciles,
+            watch_namespaces: self.watch_namespaces.iter().filter(|n| !n.is_empty()).cloned().collect(),
+            instance: std::env::var("POD_NAME").ok(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_is_the_default_and_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "kratos-operator",
+            "--kratos-admin-url",
+            "http://kratos:4434",
+            "--watch-namespace",
+            "a,b",
+            "--resync-interval",
+            "30s",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        let settings = cli.run.settings();
+        assert_eq!(settings.watch_namespaces, vec!["a", "b"]);
+        assert_eq!(settings.resync_interval, Duration::from_secs(30));
+        assert_eq!(cli.run.kratos_config().admin_url.as_str(), "http://kratos:4434/");
+    }
+
+    #[test]
+    fn bad_input_is_rejected_with_a_message() {
+        let err = Cli::try_parse_from(["kratos-operator", "--resync-interval", "soon"]).unwrap_err();
+        assert!(err.to_string().contains("resync-interval"), "{err}");
+        assert!(Cli::try_parse_from(["kratos-operator", "--max-concurrent-reconciles", "0"]).is_err());
+    }
+}

@@ -1,0 +1,262 @@
+//! Writes for one Identity reconcile: create or update the Kratos identity, verify addresses,
+//! revoke sessions; and the finalizer's cleanup.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use kube::{ResourceExt, runtime::controller::Action};
+use tracing::info;
+
+use super::{
+    Blocked, observe,
+    plan::{self, Difference, Existing},
+    report,
+};
+use crate::{
+    Error, Result,
+    api::identity::{DeletionPolicy, Identity},
+    controller::Context,
+    kratos::{self, Identity as KratosIdentity, JsonPatchOp},
+};
+
+/// What happened to the Kratos identity in this reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// It was created.
+    Created,
+    /// An unowned identity was adopted (and then updated as needed).
+    Adopted,
+    /// An identity carrying this object's marker was found and used (after a lost status write).
+    TookBack,
+    /// It was updated; these fields differed.
+    Updated(Vec<Difference>),
+    /// Nothing differed.
+    Unchanged,
+}
+
+/// A reconcile that reached Kratos.
+#[derive(Debug, Clone)]
+pub struct Synced {
+    /// The identity as Kratos returned it last.
+    pub identity: KratosIdentity,
+    /// What changed.
+    pub change: Change,
+    /// The display identifier.
+    pub identifier: Option<String>,
+    /// The Secret version of a password imported in this reconcile.
+    pub password_imported: Option<String>,
+    /// OIDC providers of the spec.
+    pub oidc: Vec<String>,
+    /// Active sessions after session work.
+    pub active_sessions: i32,
+}
+
+/// How a reconcile ended (transient failures are errors instead).
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Kratos matches the spec.
+    Synced(Box<Synced>),
+    /// It cannot be synced now.
+    Blocked(Blocked),
+}
+
+fn invalid_message(reason: &str, pointer: Option<&str>) -> String {
+    match pointer {
+        Some(p) => format!("Kratos rejected the identity at {p}: {reason}"),
+        None => format!("Kratos rejected the identity: {reason}"),
+    }
+}
+
+/// Brings Kratos in line with the spec.
+pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
+    let uid = obj.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let ns = obj.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let owner = format!("{ns}/{}", obj.name_any());
+    let status = obj.status.clone().unwrap_or_default();
+
+    let schema = match observe::schema(obj, ctx).await? {
+        Ok(s) => s,
+        Err(b) => return Ok(Outcome::Blocked(b)),
+    };
+    if let Some(compiled) = &schema.compiled
+        && let Err(errors) = compiled.validate_traits(&obj.spec.traits)
+    {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return Ok(Outcome::Blocked(Blocked::stalled(
+            "InvalidSpec",
+            format!("traits do not match schema {}: {}", schema.schema_id, list.join("; ")),
+        )));
+    }
+    let identifier = schema.compiled.as_ref().and_then(|c| c.display_identifier(&obj.spec.traits));
+    let last_password = status.credentials.as_ref().and_then(|c| c.password.as_ref()).map(|p| p.secret_version.clone());
+
+    // The Kratos identity this object manages, if it exists.
+    let mut current = match &status.identity_id {
+        Some(id) => match ctx.kratos.get_identity(id, &[]).await {
+            Ok(i) => Some(i),
+            Err(kratos::Error::NotFound { .. }) => {
+                info!(%owner, identity = %id, "Kratos identity is gone; re-creating it");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
+    let mut change = None;
+    if current.is_none() {
+        let identifiers = schema.compiled.as_ref().map(|c| c.identifier_values(&obj.spec.traits)).unwrap_or_default();
+        let candidates = observe::candidates(ctx, &identifiers).await?;
+        match plan::resolve_existing(&candidates, &uid, obj.spec.adoption()) {
+            Existing::None => {}
+            Existing::TakeBack(id) => {
+                current = candidates.into_iter().find(|i| i.id == id);
+                change = Some(Change::TookBack);
+            }
+            Existing::Adopt(id) => {
+                current = candidates.into_iter().find(|i| i.id == id);
+                change = Some(Change::Adopted);
+            }
+            Existing::Conflict(message) => return Ok(Outcome::Blocked(Blocked::new("Conflict", message))),
+        }
+    }
+
+    // The password is needed to create, or to re-import under policy Sync.
+    let needs_password = current.is_none()
+        || obj.spec.credentials.as_ref().and_then(|c| c.password.as_ref()).and_then(|p| p.policy)
+            == Some(crate::api::identity::PasswordPolicy::Sync);
+    let password = if needs_password {
+        match observe::password(obj, ctx).await? {
+            Ok(p) => p,
+            Err(b) => return Ok(Outcome::Blocked(b)),
+        }
+    } else {
+        None
+    };
+    let password_version = password.as_ref().map(|p| p.version.clone());
+    let desired = plan::desired(&obj.spec, schema.schema_id.clone(), &owner, &uid, password);
+
+    let mut password_imported = None;
+    let mut identity = match current {
+        None => match ctx.kratos.create_identity(&plan::create_body(&desired)).await {
+            Ok(i) => {
+                change = Some(Change::Created);
+                password_imported = password_version.clone();
+                i
+            }
+            Err(kratos::Error::Conflict { reason }) => {
+                return Ok(Outcome::Blocked(Blocked::new(
+                    "Conflict",
+                    format!("Kratos already has an identity with one of these identifiers or addresses: {reason}"),
+                )));
+            }
+            Err(kratos::Error::Invalid { reason, pointer }) => {
+                return Ok(Outcome::Blocked(Blocked::stalled("InvalidSpec", invalid_message(&reason, pointer.as_deref()))));
+            }
+            Err(e) => return Err(e.into()),
+        },
+        Some(existing) => {
+            if change == Some(Change::TookBack) {
+                // It was created by this object with the password of that moment.
+                password_imported = password_version.clone();
+            }
+            let last = password_imported.as_deref().or(last_password.as_deref());
+            let diffs = plan::differences(&desired, &existing, last);
+            if diffs.is_empty() {
+                change.get_or_insert(Change::Unchanged);
+                existing
+            } else {
+                let body = plan::update_body(&desired, &existing, last);
+                match ctx.kratos.update_identity(&existing.id, &body).await {
+                    Ok(updated) => {
+                        if diffs.contains(&Difference::Password) {
+                            password_imported = password_version.clone();
+                        }
+                        if change.is_none() {
+                            change = Some(Change::Updated(diffs));
+                        }
+                        updated
+                    }
+                    Err(kratos::Error::Conflict { reason }) => {
+                        return Ok(Outcome::Blocked(Blocked::new(
+                            "Conflict",
+                            format!("another Kratos identity already uses one of these identifiers or addresses: {reason}"),
+                        )));
+                    }
+                    Err(kratos::Error::Invalid { reason, pointer }) => {
+                        return Ok(Outcome::Blocked(Blocked::stalled(
+                            "InvalidSpec",
+                            invalid_message(&reason, pointer.as_deref()),
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    };
+
+    let ops: Vec<JsonPatchOp> = plan::verify_address_ops(&desired, &identity, Timestamp::now());
+    if !ops.is_empty() {
+        identity = ctx.kratos.patch_identity(&identity.id, &ops).await?;
+    }
+
+    let sessions = ctx.kratos.list_identity_sessions(&identity.id, None).await?;
+    let session_plan = plan::plan_sessions(&desired, &sessions);
+    if session_plan.revoke_all {
+        ctx.kratos.delete_identity_sessions(&identity.id).await?;
+    }
+    for id in &session_plan.disable {
+        match ctx.kratos.disable_session(id).await {
+            Ok(()) | Err(kratos::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    Ok(Outcome::Synced(Box::new(Synced {
+        identity,
+        change: change.unwrap_or(Change::Unchanged),
+        identifier,
+        password_imported,
+        oidc: desired.oidc.iter().map(|(p, _)| p.clone()).collect(),
+        active_sessions: session_plan.active_after,
+    })))
+}
+
+/// Finalizer cleanup: delete the Kratos identity (policy Delete) or release it (policy Orphan).
+pub async fn cleanup(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
+    let uid = obj.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let status = obj.status.clone().unwrap_or_default();
+    // The identity id from status, or, if the status write was lost, the one carrying our marker.
+    let id = match status.identity_id.clone() {
+        Some(id) => Some(id),
+        None => {
+            let compiled = match observe::schema(&obj, &ctx).await? {
+                Ok(s) => s.compiled,
+                Err(_) => None,
+            };
+            let identifiers = compiled.map(|c| c.identifier_values(&obj.spec.traits)).unwrap_or_default();
+            let candidates = observe::candidates(&ctx, &identifiers).await?;
+            candidates.into_iter().find(|i| plan::ownership(i, &uid) == plan::Ownership::Ours).map(|i| i.id)
+        }
+    };
+    let Some(id) = id else {
+        return Ok(Action::await_change());
+    };
+    match obj.spec.deletion_policy() {
+        DeletionPolicy::Delete => {
+            ctx.kratos.delete_identity(&id).await?;
+            report::event(&ctx, &obj, false, "Deleted", "Delete", format!("Deleted Kratos identity {id}")).await;
+        }
+        DeletionPolicy::Orphan => match ctx.kratos.get_identity(&id, &[]).await {
+            Ok(identity) if plan::ownership(&identity, &uid) == plan::Ownership::Ours => {
+                let released = plan::released_metadata_admin(identity.metadata_admin.as_ref());
+                let op = JsonPatchOp::replace("/metadata_admin", released.unwrap_or(serde_json::Value::Null));
+                ctx.kratos.patch_identity(&id, &[op]).await?;
+                report::event(&ctx, &obj, false, "Orphaned", "Orphan", format!("Released Kratos identity {id}; it stays in Kratos"))
+                    .await;
+            }
+            Ok(_) | Err(kratos::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        },
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,158 @@
+//! The Identity controller: keeps one Kratos identity equal to each `Identity` object.
+//!
+//! Per reconcile: [`observe`] reads the schema, the password Secret and the Kratos identity;
+//! [`plan`] decides, without I/O, what differs and what to send; [`act`] writes to Kratos;
+//! [`report`] writes the status and Events. Domain problems (invalid traits, a conflict, a missing
+//! Secret) are outcomes reported in status, not errors; only transient failures (Kratos or the
+//! API server unreachable) are errors, retried with per-object backoff.
+
+pub mod act;
+pub mod observe;
+pub mod plan;
+pub mod report;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{StreamExt, future::Shared, future::BoxFuture};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        Controller,
+        controller::Action,
+        finalizer::{Event as FinalizerEvent, finalizer},
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::{info, warn};
+
+use crate::{
+    Error, Result,
+    api::{FINALIZER, IdentitySchemaRef, identity::Identity},
+    controller::Context,
+};
+
+/// Why an Identity cannot be synced right now (reported as `Ready=False` with this reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// Condition reason (`InvalidSpec`, `Conflict`, `SecretNotFound`, ...).
+    pub reason: &'static str,
+    /// Message for the condition and the Event (never a secret).
+    pub message: String,
+    /// True when nothing but a change to the spec (or the schema) can help: `Stalled=True` and no
+    /// retry.
+    pub stalled: bool,
+}
+
+impl Blocked {
+    /// A blocked outcome that may resolve by itself (a Secret or schema appearing).
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into(), stalled: false }
+    }
+    /// A blocked outcome that needs a spec change.
+    pub fn stalled(reason: &'static str, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into(), stalled: true }
+    }
+}
+
+fn key(obj: &Identity) -> String {
+    format!("Identity/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// Reconciles one Identity (with the finalizer that guards its Kratos identity).
+pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = obj.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<Identity> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = key(&obj);
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            FinalizerEvent::Apply(o) => apply(o, ctx.clone()).await,
+            FinalizerEvent::Cleanup(o) => act::cleanup(o, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.backoff.reset(&key);
+    }
+    result
+}
+
+/// Requeues a failed reconcile with per-object exponential backoff.
+pub fn error_policy(obj: Arc<Identity>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff.fail(&key(&obj), error.retry_after());
+    warn!(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any(), error = %error, retry_in = ?delay, "Identity reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
+    match act::sync(&obj, &ctx).await {
+        Ok(outcome) => report::outcome(&obj, &ctx, outcome).await,
+        Err(e) => {
+            let transient = match &e {
+                Error::Kratos(k) => k.is_transient() || matches!(k, crate::kratos::Error::Unauthorized { .. }),
+                _ => false,
+            };
+            if transient {
+                report::unavailable(&obj, &ctx, &e).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+fn referencing<F>(store: &Store<Identity>, ns: Option<String>, pred: F) -> Vec<ObjectRef<Identity>>
+where
+    F: Fn(&Identity) -> bool,
+{
+    store
+        .state()
+        .into_iter()
+        .filter(|i| i.namespace() == ns && pred(i))
+        .map(|i| ObjectRef::from_obj(&*i))
+        .collect()
+}
+
+/// Runs the Identity controller for one namespace (or all) until `shutdown`.
+pub async fn controller(ctx: Arc<Context>, namespace: Option<&str>, shutdown: Shared<BoxFuture<'static, ()>>) {
+    let client = ctx.client.clone();
+    let (identities, secrets, schema_refs): (Api<Identity>, Api<PartialObjectMeta<Secret>>, Api<IdentitySchemaRef>) =
+        match namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+        };
+    let controller = Controller::new(identities, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let secret_store = store.clone();
+    let schema_store = store.clone();
+    info!(namespace = namespace.unwrap_or("*"), "starting Identity controller");
+    controller
+        .watches(secrets, watcher::Config::default().any_semantic(), move |secret| {
+            let name = secret.name_any();
+            referencing(&secret_store, secret.namespace(), |i| {
+                i.spec.credentials.as_ref().and_then(|c| c.password.as_ref()).is_some_and(|p| {
+                    p.secret_ref.as_ref().is_some_and(|r| r.name == name)
+                        || p.hashed_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                })
+            })
+        })
+        .watches(schema_refs, watcher::Config::default().any_semantic(), move |sr| {
+            let name = sr.name_any();
+            referencing(&schema_store, sr.namespace(), |i| i.spec.schema_ref.as_ref().is_some_and(|r| r.name == name))
+        })
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(ctx.settings.max_concurrent_reconciles)
+                .debounce(Duration::from_millis(200)),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}

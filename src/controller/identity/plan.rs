@@ -1,0 +1,601 @@
+//! The pure core of the Identity controller: from what the spec asks for ([`Desired`]) and what
+//! Kratos has ([`Identity`]), decide what to write. No client, no clock, no I/O; every branch
+//! is unit-tested below.
+
+use jiff::Timestamp;
+use secrecy::SecretString;
+use serde_json::{Map, Value};
+
+use crate::{
+    api::{
+        OWNER_MARKER, UID_MARKER,
+        identity::{AdoptionPolicy, IdentitySpec, IdentityState, PasswordPolicy},
+    },
+    controller::json,
+    kratos::{
+        CreateIdentityBody, Identity, IdentityCredentialsImport, IdentityState as KratosState, JsonPatchOp,
+        OidcImport, OidcImportConfig, OidcProviderImport, PasswordImport, Session, UpdateIdentityBody,
+        VerifiableAddressImport,
+    },
+};
+
+/// A password to import, with the Secret version it came from.
+#[derive(Debug, Clone)]
+pub struct PasswordInput {
+    /// The cleartext password or the hash.
+    pub value: SecretString,
+    /// Whether `value` is a hash.
+    pub hashed: bool,
+    /// `<uid>/<resourceVersion>` of the Secret.
+    pub version: String,
+    /// SetOnce or Sync.
+    pub policy: PasswordPolicy,
+}
+
+/// What the spec asks for, resolved (schema id known, Secret read, marker merged).
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// Kratos schema id.
+    pub schema_id: String,
+    /// Traits.
+    pub traits: Value,
+    /// State.
+    pub state: IdentityState,
+    /// `metadata_public`.
+    pub metadata_public: Option<Value>,
+    /// `metadata_admin`, with the owner marker merged in.
+    pub metadata_admin: Value,
+    /// `(value, via)` pairs to import as verified.
+    pub verified_addresses: Vec<(String, String)>,
+    /// `(provider, subject)` pairs.
+    pub oidc: Vec<(String, String)>,
+    /// The password, when one is configured and its Secret could be read.
+    pub password: Option<PasswordInput>,
+    /// Revoke all sessions while the state is inactive.
+    pub revoke_on_deactivate: bool,
+    /// Disable sessions authenticated before this instant.
+    pub revoke_before: Option<Timestamp>,
+}
+
+/// `metadata_admin` as the operator writes it: the user's object plus the owner marker.
+pub fn desired_metadata_admin(user: Option<&Value>, owner: &str, uid: &str) -> Value {
+    let mut map = match user {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Map::new(),
+    };
+    map.insert(OWNER_MARKER.into(), Value::String(owner.into()));
+    map.insert(UID_MARKER.into(), Value::String(uid.into()));
+    Value::Object(map)
+}
+
+/// `metadata_admin` with the owner marker removed (deletionPolicy Orphan). `None` when nothing
+/// else is left.
+pub fn released_metadata_admin(current: Option<&Value>) -> Option<Value> {
+    match current {
+        Some(Value::Object(m)) => {
+            let mut m = m.clone();
+            m.remove(OWNER_MARKER);
+            m.remove(UID_MARKER);
+            (!m.is_empty()).then_some(Value::Object(m))
+        }
+        Some(Value::Null) | None => None,
+        Some(other) => Some(other.clone()),
+    }
+}
+
+/// Builds [`Desired`] from the spec and the resolved inputs.
+pub fn desired(
+    spec: &IdentitySpec,
+    schema_id: String,
+    owner: &str,
+    uid: &str,
+    password: Option<PasswordInput>,
+) -> Desired {
+    Desired {
+        schema_id,
+        traits: spec.traits.clone(),
+        state: spec.state(),
+        metadata_public: spec.metadata_public.clone().filter(|v| !v.is_null()),
+        metadata_admin: desired_metadata_admin(spec.metadata_admin.as_ref(), owner, uid),
+        verified_addresses: spec
+            .verified_addresses
+            .iter()
+            .flatten()
+            .map(|a| (a.value.clone(), a.via.as_str().to_string()))
+            .collect(),
+        oidc: spec
+            .credentials
+            .as_ref()
+            .and_then(|c| c.oidc.as_ref())
+            .map(|o| o.providers.iter().map(|p| (p.provider.clone(), p.subject.clone())).collect())
+            .unwrap_or_default(),
+        password,
+        revoke_on_deactivate: spec.sessions.as_ref().and_then(|s| s.revoke_on_deactivate).unwrap_or(false),
+        revoke_before: spec.sessions.as_ref().and_then(|s| s.revoke_before.as_ref()).map(|t| t.0),
+    }
+}
+
+/// Who owns a Kratos identity, according to its `metadata_admin` marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// It carries this object's uid.
+    Ours,
+    /// It carries no marker.
+    Unowned,
+    /// Another object owns it (`<namespace>/<name>` when known).
+    Other(String),
+}
+
+/// Reads the owner marker of `identity` relative to the object with `uid`.
+pub fn ownership(identity: &Identity, uid: &str) -> Ownership {
+    let meta = identity.metadata_admin.as_ref();
+    let marker_uid = meta.and_then(|m| m.get(UID_MARKER)).and_then(Value::as_str);
+    let marker_owner = meta.and_then(|m| m.get(OWNER_MARKER)).and_then(Value::as_str);
+    match (marker_uid, marker_owner) {
+        (Some(u), _) if u == uid => Ownership::Ours,
+        (None, None) => Ownership::Unowned,
+        (_, owner) => Ownership::Other(owner.unwrap_or("another object").to_string()),
+    }
+}
+
+/// What to do about identities Kratos already has with this object's identifiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Existing {
+    /// None exists: create one.
+    None,
+    /// One carries this object's marker (a crash between create and status write): use it.
+    TakeBack(String),
+    /// An unowned one may be adopted (adoption IfUnowned).
+    Adopt(String),
+    /// It cannot be used; the message says why.
+    Conflict(String),
+}
+
+/// Decides between create, take back, adopt and conflict.
+pub fn resolve_existing(candidates: &[Identity], uid: &str, adoption: AdoptionPolicy) -> Existing {
+    if let Some(ours) = candidates.iter().find(|i| ownership(i, uid) == Ownership::Ours) {
+        return Existing::TakeBack(ours.id.clone());
+    }
+    let Some(first) = candidates.first() else {
+        return Existing::None;
+    };
+    match (ownership(first, uid), adoption) {
+        (Ownership::Other(owner), _) => Existing::Conflict(format!(
+            "Kratos identity {} has the same identifier and is owned by {owner}",
+            first.id
+        )),
+        (_, AdoptionPolicy::IfUnowned) if candidates.len() == 1 => Existing::Adopt(first.id.clone()),
+        (_, AdoptionPolicy::IfUnowned) => Existing::Conflict(format!(
+            "{} Kratos identities share this object's identifiers; refusing to adopt one",
+            candidates.len()
+        )),
+        (_, AdoptionPolicy::Never) => Existing::Conflict(format!(
+            "Kratos identity {} already has this identifier and is not managed by this object; \
+             set spec.adoption to IfUnowned to take it over",
+            first.id
+        )),
+    }
+}
+
+/// One way in which Kratos differs from the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Difference {
+    /// `schema_id`.
+    Schema,
+    /// `traits`.
+    Traits,
+    /// `state`.
+    State,
+    /// `metadata_public`.
+    MetadataPublic,
+    /// `metadata_admin` (including the owner marker).
+    MetadataAdmin,
+    /// OIDC providers missing in Kratos.
+    Oidc,
+    /// A password import is due.
+    Password,
+}
+
+impl Difference {
+    /// Short name for Events and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Schema => "schema",
+            Self::Traits => "traits",
+            Self::State => "state",
+            Self::MetadataPublic => "metadataPublic",
+            Self::MetadataAdmin => "metadataAdmin",
+            Self::Oidc => "oidc",
+            Self::Password => "password",
+        }
+    }
+}
+
+fn kratos_state(state: IdentityState) -> KratosState {
+    match state {
+        IdentityState::Active => KratosState::Active,
+        IdentityState::Inactive => KratosState::Inactive,
+    }
+}
+
+/// OIDC `(provider, subject)` pairs of the spec that Kratos does not have.
+pub fn missing_oidc(desired: &Desired, identity: &Identity) -> Vec<(String, String)> {
+    let present: Vec<String> = identity
+        .credentials
+        .as_ref()
+        .and_then(|c| c.get("oidc"))
+        .map(|c| c.identifiers.clone())
+        .unwrap_or_default();
+    desired
+        .oidc
+        .iter()
+        .filter(|(p, s)| !present.iter().any(|id| id == &format!("{p}:{s}")))
+        .cloned()
+        .collect()
+}
+
+/// Whether a password import is due for an identity that exists in Kratos. `SetOnce` imports only
+/// at creation; `Sync` whenever the Secret version differs from the one last imported.
+pub fn password_due(desired: &Desired, last_imported: Option<&str>) -> bool {
+    match &desired.password {
+        Some(p) => p.policy == PasswordPolicy::Sync && last_imported != Some(p.version.as_str()),
+        None => false,
+    }
+}
+
+/// Every difference between the spec and the Kratos identity.
+pub fn differences(desired: &Desired, identity: &Identity, last_password: Option<&str>) -> Vec<Difference> {
+    let mut out = Vec::new();
+    if identity.schema_id != desired.schema_id {
+        out.push(Difference::Schema);
+    }
+    if !json::equal(&identity.traits, &desired.traits) {
+        out.push(Difference::Traits);
+    }
+    if identity.state != kratos_state(desired.state) {
+        out.push(Difference::State);
+    }
+    if !json::equal_opt(identity.metadata_public.as_ref(), desired.metadata_public.as_ref()) {
+        out.push(Difference::MetadataPublic);
+    }
+    if !json::equal_opt(identity.metadata_admin.as_ref(), Some(&desired.metadata_admin)) {
+        out.push(Difference::MetadataAdmin);
+    }
+    if !missing_oidc(desired, identity).is_empty() {
+        out.push(Difference::Oidc);
+    }
+    if password_due(desired, last_password) {
+        out.push(Difference::Password);
+    }
+    out
+}
+
+fn password_import(p: &PasswordInput) -> PasswordImport {
+    if p.hashed { PasswordImport::hashed(p.value.clone()) } else { PasswordImport::cleartext(p.value.clone()) }
+}
+
+fn oidc_import(pairs: &[(String, String)]) -> Option<OidcImport> {
+    (!pairs.is_empty()).then(|| OidcImport {
+        config: OidcImportConfig {
+            providers: pairs.iter().map(|(p, s)| OidcProviderImport::new(p.clone(), s.clone())).collect(),
+        },
+    })
+}
+
+/// The POST body that creates the identity.
+pub fn create_body(desired: &Desired) -> CreateIdentityBody {
+    let mut body = CreateIdentityBody::new(desired.schema_id.clone(), desired.traits.clone());
+    body.state = Some(kratos_state(desired.state));
+    body.metadata_public = desired.metadata_public.clone();
+    body.metadata_admin = Some(desired.metadata_admin.clone());
+    if !desired.verified_addresses.is_empty() {
+        body.verifiable_addresses = Some(
+            desired
+                .verified_addresses
+                .iter()
+                .map(|(value, via)| VerifiableAddressImport {
+                    value: value.clone(),
+                    via: via.clone(),
+                    verified: true,
+                    status: "completed".into(),
+                })
+                .collect(),
+        );
+    }
+    let password = desired.password.as_ref().map(password_import);
+    let oidc = oidc_import(&desired.oidc);
+    if password.is_some() || oidc.is_some() {
+        body.credentials = Some(IdentityCredentialsImport { password, oidc });
+    }
+    body
+}
+
+/// The PUT body that makes the identity equal to the spec. Full traits and both metadata are
+/// always sent (PUT replaces them); credentials only when an import is due.
+pub fn update_body(desired: &Desired, identity: &Identity, last_password: Option<&str>) -> UpdateIdentityBody {
+    let password = password_due(desired, last_password).then(|| desired.password.as_ref().map(password_import)).flatten();
+    let oidc = oidc_import(&missing_oidc(desired, identity));
+    UpdateIdentityBody {
+        schema_id: desired.schema_id.clone(),
+        traits: desired.traits.clone(),
+        state: Some(kratos_state(desired.state)),
+        metadata_public: desired.metadata_public.clone(),
+        metadata_admin: Some(desired.metadata_admin.clone()),
+        credentials: (password.is_some() || oidc.is_some()).then_some(IdentityCredentialsImport { password, oidc }),
+        external_id: identity.external_id.clone(),
+    }
+}
+
+/// JSON Patch operations that mark the spec's verified addresses as verified, for addresses
+/// Kratos has but has not verified. Addresses Kratos does not derive from the traits are skipped.
+pub fn verify_address_ops(desired: &Desired, identity: &Identity, now: Timestamp) -> Vec<JsonPatchOp> {
+    let mut ops = Vec::new();
+    for (i, addr) in identity.verifiable_addresses.iter().enumerate() {
+        let wanted = desired
+            .verified_addresses
+            .iter()
+            .any(|(v, via)| v.trim().eq_ignore_ascii_case(addr.value.trim()) && *via == addr.via);
+        if wanted && !addr.verified {
+            ops.push(JsonPatchOp::replace(format!("/verifiable_addresses/{i}/verified"), Value::Bool(true)));
+            ops.push(JsonPatchOp::replace(
+                format!("/verifiable_addresses/{i}/status"),
+                Value::String("completed".into()),
+            ));
+            ops.push(JsonPatchOp::replace(
+                format!("/verifiable_addresses/{i}/verified_at"),
+                Value::String(now.to_string()),
+            ));
+        }
+    }
+    ops
+}
+
+/// Session work for one reconcile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionPlan {
+    /// Delete every session of the identity (inactive with revokeOnDeactivate).
+    pub revoke_all: bool,
+    /// Disable these sessions (authenticated before revokeBefore).
+    pub disable: Vec<String>,
+    /// Active sessions after the plan is carried out.
+    pub active_after: i32,
+}
+
+/// Decides which sessions to revoke.
+pub fn plan_sessions(desired: &Desired, sessions: &[Session]) -> SessionPlan {
+    if desired.state == IdentityState::Inactive && desired.revoke_on_deactivate {
+        return SessionPlan { revoke_all: !sessions.is_empty(), disable: Vec::new(), active_after: 0 };
+    }
+    let mut disable = Vec::new();
+    let mut active_after = 0;
+    for s in sessions.iter().filter(|s| s.active) {
+        let old = match (desired.revoke_before, s.authenticated_at) {
+            (Some(cutoff), Some(at)) => at < cutoff,
+            _ => false,
+        };
+        if old {
+            disable.push(s.id.clone());
+        } else {
+            active_after += 1;
+        }
+    }
+    SessionPlan { revoke_all: false, disable, active_after }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::identity::{
+        AddressVia, IdentityCredentials, OidcCredential, OidcProvider, SessionPolicy, VerifiedAddress,
+    };
+    use secrecy::ExposeSecret;
+    use serde_json::json;
+
+    const UID: &str = "uid-1";
+
+    fn spec(v: Value) -> IdentitySpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn base_spec() -> IdentitySpec {
+        spec(json!({"schemaId": "customer", "traits": {"email": "a@example.com", "age": 3}}))
+    }
+
+    fn identity(v: Value) -> Identity {
+        let mut base = json!({
+            "id": "id-1", "schema_id": "customer", "schema_url": "", "state": "active",
+            "traits": {"email": "a@example.com", "age": 3.0},
+            "metadata_public": null,
+            "metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID},
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+        });
+        if let (Value::Object(b), Value::Object(o)) = (&mut base, v) {
+            b.extend(o);
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn desired_of(s: &IdentitySpec, password: Option<PasswordInput>) -> Desired {
+        desired(s, "customer".into(), "ns/a", UID, password)
+    }
+
+    fn pw(policy: PasswordPolicy, version: &str, hashed: bool) -> PasswordInput {
+        PasswordInput { value: SecretString::from("s3cret-pw"), hashed, version: version.into(), policy }
+    }
+
+    #[test]
+    fn metadata_admin_merges_the_marker_and_release_removes_it() {
+        let m = desired_metadata_admin(Some(&json!({"crm": "42"})), "ns/a", UID);
+        assert_eq!(m, json!({"crm": "42", OWNER_MARKER: "ns/a", UID_MARKER: UID}));
+        assert_eq!(released_metadata_admin(Some(&m)), Some(json!({"crm": "42"})));
+        let only_marker = desired_metadata_admin(None, "ns/a", UID);
+        assert_eq!(released_metadata_admin(Some(&only_marker)), None);
+        assert_eq!(released_metadata_admin(None), None);
+        assert_eq!(released_metadata_admin(Some(&Value::Null)), None);
+    }
+
+    #[test]
+    fn no_difference_when_kratos_matches_even_with_float_and_null_representation() {
+        let d = desired_of(&base_spec(), None);
+        assert!(differences(&d, &identity(json!({})), None).is_empty());
+    }
+
+    #[test]
+    fn each_field_difference_is_detected() {
+        let d = desired_of(&base_spec(), None);
+        let cases = [
+            (json!({"schema_id": "employee"}), Difference::Schema),
+            (json!({"traits": {"email": "b@example.com", "age": 3}}), Difference::Traits),
+            (json!({"state": "inactive"}), Difference::State),
+            (json!({"metadata_public": {"x": 1}}), Difference::MetadataPublic),
+            (json!({"metadata_admin": null}), Difference::MetadataAdmin),
+            (json!({"metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID, "extra": 1}}), Difference::MetadataAdmin),
+        ];
+        for (patch, expected) in cases {
+            assert_eq!(differences(&d, &identity(patch.clone()), None), vec![expected], "{patch}");
+        }
+    }
+
+    #[test]
+    fn ownership_is_read_from_the_marker() {
+        assert_eq!(ownership(&identity(json!({})), UID), Ownership::Ours);
+        assert_eq!(ownership(&identity(json!({"metadata_admin": null})), UID), Ownership::Unowned);
+        assert_eq!(ownership(&identity(json!({"metadata_admin": {"crm": 1}})), UID), Ownership::Unowned);
+        assert_eq!(
+            ownership(&identity(json!({"metadata_admin": {OWNER_MARKER: "x/y", UID_MARKER: "other"}})), UID),
+            Ownership::Other("x/y".into())
+        );
+    }
+
+    #[test]
+    fn existing_identities_are_taken_back_adopted_or_conflict() {
+        let ours = identity(json!({"id": "ours"}));
+        let unowned = identity(json!({"id": "free", "metadata_admin": null}));
+        let other = identity(json!({"id": "theirs", "metadata_admin": {OWNER_MARKER: "x/y", UID_MARKER: "u2"}}));
+        assert_eq!(resolve_existing(&[], UID, AdoptionPolicy::Never), Existing::None);
+        assert_eq!(resolve_existing(&[unowned.clone(), ours], UID, AdoptionPolicy::Never), Existing::TakeBack("ours".into()));
+        assert_eq!(resolve_existing(&[unowned.clone()], UID, AdoptionPolicy::IfUnowned), Existing::Adopt("free".into()));
+        assert!(matches!(resolve_existing(&[unowned.clone()], UID, AdoptionPolicy::Never), Existing::Conflict(m) if m.contains("IfUnowned")));
+        assert!(matches!(resolve_existing(&[other], UID, AdoptionPolicy::IfUnowned), Existing::Conflict(m) if m.contains("x/y")));
+        assert!(matches!(
+            resolve_existing(&[unowned.clone(), unowned], UID, AdoptionPolicy::IfUnowned),
+            Existing::Conflict(m) if m.contains("refusing")
+        ));
+    }
+
+    #[test]
+    fn create_body_carries_everything_including_password_oidc_and_verified_addresses() {
+        let mut s = base_spec();
+        s.metadata_public = Some(json!({"plan": "pro"}));
+        s.state = Some(IdentityState::Inactive);
+        s.verified_addresses = Some(vec![VerifiedAddress { value: "a@example.com".into(), via: AddressVia::Email }]);
+        s.credentials = Some(IdentityCredentials {
+            password: None,
+            oidc: Some(OidcCredential { providers: vec![OidcProvider { provider: "github".into(), subject: "1".into() }] }),
+        });
+        let body = create_body(&desired_of(&s, Some(pw(PasswordPolicy::SetOnce, "v1", false))));
+        assert_eq!(body.state, Some(KratosState::Inactive));
+        assert_eq!(body.metadata_public, Some(json!({"plan": "pro"})));
+        assert_eq!(body.metadata_admin.as_ref().and_then(|m| m.get(UID_MARKER)), Some(&json!(UID)));
+        let addrs = body.verifiable_addresses.as_ref().unwrap();
+        assert!(addrs[0].verified && addrs[0].status == "completed");
+        let creds = body.credentials.as_ref().unwrap();
+        assert_eq!(creds.password.as_ref().unwrap().config.password.as_ref().unwrap().expose_secret(), "s3cret-pw");
+        assert_eq!(creds.oidc.as_ref().unwrap().config.providers[0].provider, "github");
+        assert!(!format!("{body:?}").contains("s3cret-pw"));
+    }
+
+    #[test]
+    fn hashed_password_goes_into_hashed_password() {
+        let body = create_body(&desired_of(&base_spec(), Some(pw(PasswordPolicy::SetOnce, "v1", true))));
+        let config = &body.credentials.unwrap().password.unwrap().config;
+        assert!(config.password.is_none());
+        assert!(config.hashed_password.is_some());
+    }
+
+    #[test]
+    fn set_once_never_reimports_and_sync_reimports_on_a_new_version() {
+        let once = desired_of(&base_spec(), Some(pw(PasswordPolicy::SetOnce, "v2", false)));
+        assert!(!password_due(&once, Some("v1")));
+        assert!(!password_due(&once, None));
+        let sync = desired_of(&base_spec(), Some(pw(PasswordPolicy::Sync, "v2", false)));
+        assert!(password_due(&sync, Some("v1")));
+        assert!(password_due(&sync, None));
+        assert!(!password_due(&sync, Some("v2")));
+        assert_eq!(differences(&sync, &identity(json!({})), Some("v1")), vec![Difference::Password]);
+        let body = update_body(&sync, &identity(json!({})), Some("v1"));
+        assert!(body.credentials.unwrap().password.is_some());
+        let body = update_body(&sync, &identity(json!({})), Some("v2"));
+        assert!(body.credentials.is_none());
+    }
+
+    #[test]
+    fn update_body_sends_full_traits_and_metadata_and_only_missing_oidc() {
+        let mut s = base_spec();
+        s.credentials = Some(IdentityCredentials {
+            password: None,
+            oidc: Some(OidcCredential {
+                providers: vec![
+                    OidcProvider { provider: "github".into(), subject: "1".into() },
+                    OidcProvider { provider: "google".into(), subject: "2".into() },
+                ],
+            }),
+        });
+        let d = desired_of(&s, None);
+        let have = identity(json!({"credentials": {"oidc": {"type": "oidc", "identifiers": ["github:1"]}}}));
+        assert_eq!(differences(&d, &have, None), vec![Difference::Oidc]);
+        let body = update_body(&d, &have, None);
+        assert_eq!(body.traits, json!({"email": "a@example.com", "age": 3}));
+        assert!(body.metadata_admin.is_some());
+        let providers = body.credentials.unwrap().oidc.unwrap().config.providers;
+        assert_eq!(providers.len(), 1);
+        assert_eq!(providers[0].provider, "google");
+    }
+
+    #[test]
+    fn verify_ops_target_unverified_matching_addresses_only() {
+        let mut s = base_spec();
+        s.verified_addresses = Some(vec![VerifiedAddress { value: "A@example.com".into(), via: AddressVia::Email }]);
+        let d = desired_of(&s, None);
+        let addr = |value: &str, verified: bool| json!({"value": value, "verified": verified, "via": "email", "status": "pending"});
+        let have = identity(json!({"verifiable_addresses": [addr("other@example.com", false), addr("a@example.com", false)]}));
+        let ops = verify_address_ops(&d, &have, Timestamp::UNIX_EPOCH);
+        assert_eq!(ops.len(), 3);
+        assert_eq!(ops[0].path, "/verifiable_addresses/1/verified");
+        let done = identity(json!({"verifiable_addresses": [addr("a@example.com", true)]}));
+        assert!(verify_address_ops(&d, &done, Timestamp::UNIX_EPOCH).is_empty());
+    }
+
+    fn session(id: &str, active: bool, at: &str) -> Session {
+        serde_json::from_value(json!({"id": id, "active": active, "authenticated_at": at})).unwrap()
+    }
+
+    #[test]
+    fn sessions_are_revoked_on_deactivation_or_before_the_cutoff() {
+        let sessions = vec![
+            session("old", true, "2026-01-01T00:00:00Z"),
+            session("new", true, "2026-06-01T00:00:00Z"),
+            session("gone", false, "2025-01-01T00:00:00Z"),
+        ];
+        let d = desired_of(&base_spec(), None);
+        assert_eq!(plan_sessions(&d, &sessions), SessionPlan { revoke_all: false, disable: vec![], active_after: 2 });
+
+        let mut s = base_spec();
+        s.sessions = Some(SessionPolicy {
+            revoke_on_deactivate: None,
+            revoke_before: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time("2026-03-01T00:00:00Z".parse().unwrap())),
+        });
+        let plan = plan_sessions(&desired_of(&s, None), &sessions);
+        assert_eq!(plan, SessionPlan { revoke_all: false, disable: vec!["old".into()], active_after: 1 });
+
+        let mut s = base_spec();
+        s.state = Some(IdentityState::Inactive);
+        s.sessions = Some(SessionPolicy { revoke_on_deactivate: Some(true), revoke_before: None });
+        let plan = plan_sessions(&desired_of(&s, None), &sessions);
+        assert!(plan.revoke_all);
+        assert!(!plan_sessions(&desired_of(&s, None), &[]).revoke_all);
+        // Inactive without revokeOnDeactivate leaves sessions alone.
+        s.sessions = None;
+        assert!(!plan_sessions(&desired_of(&s, None), &sessions).revoke_all);
+    }
+}

@@ -1,0 +1,170 @@
+//! Status and Events of an Identity. The status is written by server-side apply only when it
+//! changes; Events are published when something happened or the Ready reason changes.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+    },
+};
+use serde_json::json;
+use tracing::warn;
+
+use super::{
+    Blocked,
+    act::{Change, Outcome, Synced},
+};
+use crate::{
+    Error, Result,
+    api::{
+        FIELD_MANAGER,
+        conditions::{self, Desired, Status},
+        identity::{CredentialsStatus, Identity, IdentityStatus, PasswordStatus},
+    },
+    controller::Context,
+};
+
+/// Publishes an Event about `obj` (failures to publish are logged, never fatal).
+pub async fn event(ctx: &Context, obj: &Identity, warning: bool, reason: &str, action: &str, note: String) {
+    let ev = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+        warn!(error = %e, "could not publish event");
+    }
+}
+
+/// The status for a Synced outcome.
+pub fn synced_status(obj: &Identity, s: &Synced, now: Timestamp) -> IdentityStatus {
+    let prev = obj.status.clone().unwrap_or_default();
+    let generation = obj.metadata.generation;
+    let wrote = s.change != Change::Unchanged;
+    let password = match (&s.password_imported, prev.credentials.as_ref().and_then(|c| c.password.clone())) {
+        (Some(v), _) => Some(PasswordStatus { secret_version: v.clone(), set_at: Some(Time(now)) }),
+        (None, prev_pw) => prev_pw.filter(|_| obj.spec.credentials.as_ref().and_then(|c| c.password.as_ref()).is_some()),
+    };
+    let credentials = CredentialsStatus { password, oidc: s.oidc.clone() };
+    IdentityStatus {
+        identity_id: Some(s.identity.id.clone()),
+        observed_generation: generation,
+        conditions: conditions::merge(
+            &prev.conditions,
+            &[Desired::new(
+                conditions::READY,
+                Status::True,
+                "Synced",
+                format!("Kratos identity {} matches the spec", s.identity.id),
+            )],
+            generation,
+            now,
+        ),
+        identifier: s.identifier.clone(),
+        state: Some(s.identity.state.as_str().to_string()),
+        schema_id: Some(s.identity.schema_id.clone()),
+        credentials: (credentials != CredentialsStatus::default()).then_some(credentials),
+        active_sessions: Some(s.active_sessions),
+        last_synced_at: if wrote || prev.last_synced_at.is_none() { Some(Time(now)) } else { prev.last_synced_at },
+    }
+}
+
+/// The status for a Blocked outcome (or Kratos being unavailable): previous facts are kept.
+pub fn blocked_status(obj: &Identity, b: &Blocked, now: Timestamp) -> IdentityStatus {
+    let prev = obj.status.clone().unwrap_or_default();
+    let generation = obj.metadata.generation;
+    let mut desired = vec![Desired::new(conditions::READY, Status::False, b.reason, b.message.clone())];
+    if b.stalled {
+        desired.push(Desired::new(conditions::STALLED, Status::True, b.reason, b.message.clone()));
+    } else {
+        desired.push(Desired::new(conditions::RECONCILING, Status::True, b.reason, b.message.clone()));
+    }
+    IdentityStatus {
+        observed_generation: generation,
+        conditions: conditions::merge(&prev.conditions, &desired, generation, now),
+        ..prev
+    }
+}
+
+fn same_status(a: &IdentityStatus, b: &IdentityStatus) -> bool {
+    conditions::same(&a.conditions, &b.conditions)
+        && a.identity_id == b.identity_id
+        && a.observed_generation == b.observed_generation
+        && a.identifier == b.identifier
+        && a.state == b.state
+        && a.schema_id == b.schema_id
+        && a.credentials == b.credentials
+        && a.active_sessions == b.active_sessions
+        && a.last_synced_at == b.last_synced_at
+}
+
+/// Writes `status` unless it equals the current one.
+pub async fn write_status(ctx: &Context, obj: &Identity, status: &IdentityStatus) -> Result<bool> {
+    if obj.status.as_ref().is_some_and(|s| same_status(s, status)) {
+        return Ok(false);
+    }
+    let ns = obj.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<Identity> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = json!({
+        "apiVersion": Identity::api_version(&()),
+        "kind": Identity::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(true)
+}
+
+fn previous_ready_reason(obj: &Identity) -> Option<String> {
+    obj.status.as_ref().and_then(|s| conditions::ready(&s.conditions)).map(|c| c.reason.clone())
+}
+
+/// Reports an outcome and says when to look again.
+pub async fn outcome(obj: &Identity, ctx: &Context, outcome: Outcome) -> Result<Action> {
+    let now = Timestamp::now();
+    match outcome {
+        Outcome::Synced(s) => {
+            write_status(ctx, obj, &synced_status(obj, &s, now)).await?;
+            let id = &s.identity.id;
+            match &s.change {
+                Change::Created => event(ctx, obj, false, "Created", "Create", format!("Created Kratos identity {id}")).await,
+                Change::Adopted => event(ctx, obj, false, "Adopted", "Adopt", format!("Adopted existing Kratos identity {id}")).await,
+                Change::TookBack => {
+                    event(ctx, obj, false, "Recovered", "Create", format!("Found Kratos identity {id} created earlier by this object")).await;
+                }
+                Change::Updated(diffs) => {
+                    let fields: Vec<&str> = diffs.iter().map(|d| d.as_str()).collect();
+                    event(ctx, obj, false, "Updated", "Update", format!("Updated Kratos identity {id}: {}", fields.join(", "))).await;
+                }
+                Change::Unchanged => {}
+            }
+            Ok(Action::requeue(ctx.settings.resync_interval))
+        }
+        Outcome::Blocked(b) => {
+            let changed_reason = previous_ready_reason(obj).as_deref() != Some(b.reason);
+            write_status(ctx, obj, &blocked_status(obj, &b, now)).await?;
+            if changed_reason {
+                event(ctx, obj, true, b.reason, "Reconcile", b.message.clone()).await;
+            }
+            Ok(if b.stalled { Action::await_change() } else { Action::requeue(ctx.settings.resync_interval) })
+        }
+    }
+}
+
+/// Reports that Kratos (or a transient dependency) failed; the caller returns the error so the
+/// reconcile is retried with backoff.
+pub async fn unavailable(obj: &Identity, ctx: &Context, error: &Error) {
+    let b = Blocked::new("KratosUnavailable", format!("cannot reach Kratos, retrying with backoff: {error}"));
+    let changed_reason = previous_ready_reason(obj).as_deref() != Some(b.reason);
+    if let Err(e) = write_status(ctx, obj, &blocked_status(obj, &b, Timestamp::now())).await {
+        warn!(error = %e, "could not write status");
+    }
+    if changed_reason {
+        event(ctx, obj, true, b.reason, "Reconcile", b.message).await;
+    }
+}
