@@ -8,12 +8,12 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::Namespace;
+use kratos_operator_testenv::Environment;
 use kube::{
     Api, Client, Config,
     api::{DeleteParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use kratos_operator_testenv::Environment;
 
 /// What a test gets.
 pub struct TestEnv {
@@ -76,9 +76,12 @@ pub async fn client(env: &Environment) -> Client {
 /// A DNS-1123 name unique to this process and call: `<prefix>-<suffix>`.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let suffix = (u64::from(nanos) ^ (u64::from(std::process::id()) << 20) ^ u64::from(n)) % 0xff_ffff;
+    let suffix =
+        (u64::from(nanos) ^ (u64::from(std::process::id()) << 20) ^ u64::from(n)) % 0xff_ffff;
     let prefix: String = prefix
         .to_lowercase()
         .chars()
@@ -104,4 +107,214 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Applies the operator's CRDs (server-side apply) and waits until they are Established.
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::{
+        api::{Patch, PatchParams},
+        runtime::{conditions, wait::await_condition},
+    };
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in kratos_operator::api::crds() {
+        let name = crd.metadata.name.clone().expect("crd name");
+        crds.patch(
+            &name,
+            &PatchParams::apply("kratos-operator-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply CRD");
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .expect("CRD established in time")
+        .expect("watch CRD");
+    }
+}
+
+/// An operator running inside the test process, watching only the test's namespace.
+pub struct Operator {
+    /// The Kratos client it uses; its metrics count every call the operator made.
+    pub kratos: kratos_operator::kratos::KratosClient,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    /// Stops the operator (as a crash would: no cleanup).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Fast-moving settings for tests: 2 s resync, 1 s schema recheck, this namespace only.
+pub fn test_settings(namespace: &str) -> kratos_operator::controller::Settings {
+    kratos_operator::controller::Settings {
+        resync_interval: Duration::from_secs(2),
+        schema_recheck_interval: Duration::from_secs(1),
+        max_concurrent_reconciles: 4,
+        watch_namespaces: vec![namespace.to_string()],
+        instance: Some(format!("test-{namespace}")),
+    }
+}
+
+/// A Kratos client for `admin`/`public` URLs with test defaults (short timeouts, few retries).
+pub fn kratos_client(admin: &str, public: &str) -> kratos_operator::kratos::KratosClient {
+    let mut config = kratos_operator::kratos::ClientConfig::new(admin.parse().expect("admin url"));
+    config.public_url = Some(public.parse().expect("public url"));
+    config.request_timeout = Duration::from_secs(10);
+    config.connect_timeout = Duration::from_secs(2);
+    kratos_operator::kratos::KratosClient::new(config).expect("kratos client")
+}
+
+/// Installs the CRDs and starts an operator for the test's namespace against the shared Kratos.
+pub async fn start_operator(t: &TestEnv) -> Operator {
+    start_operator_with(
+        t,
+        &t.kratos_admin_url,
+        &t.kratos_public_url,
+        test_settings(&t.namespace),
+    )
+    .await
+}
+
+/// Like [`start_operator`] with another Kratos and settings.
+pub async fn start_operator_with(
+    t: &TestEnv,
+    admin: &str,
+    public: &str,
+    settings: kratos_operator::controller::Settings,
+) -> Operator {
+    use futures::FutureExt;
+    install_crds(&t.client).await;
+    let kratos = kratos_client(admin, public);
+    let ctx = std::sync::Arc::new(kratos_operator::controller::Context::new(
+        t.client.clone(),
+        kratos.clone(),
+        settings,
+    ));
+    let task = tokio::spawn(kratos_operator::controller::run(
+        ctx,
+        futures::future::pending().boxed(),
+    ));
+    Operator { kratos, task }
+}
+
+/// Applies a manifest (YAML or JSON text) by server-side apply into the test namespace.
+pub async fn apply<K>(t: &TestEnv, manifest: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    use kube::api::{Patch, PatchParams};
+    let obj: K = serde_json::from_value(manifest).expect("manifest");
+    let name = obj.meta().name.clone().expect("name");
+    let api: Api<K> = Api::namespaced(t.client.clone(), &t.namespace);
+    api.patch(
+        &name,
+        &PatchParams::apply("kratos-operator-tests").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .expect("apply")
+}
+
+/// Waits until the object's `Ready` condition has `status` and returns the object.
+pub async fn wait_ready<K>(
+    t: &TestEnv,
+    name: &str,
+    status: &str,
+    reason: Option<&str>,
+    timeout: Duration,
+) -> K
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(t.client.clone(), &t.namespace);
+    let what = format!("{name} Ready={status} reason={reason:?}");
+    let mut last = String::new();
+    let result = tokio::time::timeout(timeout, async {
+        loop {
+            if let Ok(obj) = api.get(name).await {
+                let v = serde_json::to_value(&obj).expect("json");
+                let ready = v["status"]["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                    .cloned();
+                last = format!("{}", v["status"]);
+                if let Some(r) = ready
+                    && r["status"] == status
+                    && reason.is_none_or(|want| r["reason"] == want)
+                    && v["status"]["observedGeneration"] == v["metadata"]["generation"]
+                {
+                    return obj;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    result.unwrap_or_else(|_| panic!("timed out waiting for {what}; last status: {last}"))
+}
+
+/// Logs in through Kratos' public API (native login flow) and returns the session token.
+pub async fn login(public: &str, identifier: &str, password: &str) -> Result<String, String> {
+    let http = reqwest::Client::new();
+    let flow: serde_json::Value = http
+        .get(format!("{public}/self-service/login/api"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let id = flow["id"]
+        .as_str()
+        .ok_or("login flow has no id")?
+        .to_string();
+    let resp = http
+        .post(format!("{public}/self-service/login?flow={id}"))
+        .json(&serde_json::json!({ "method": "password", "identifier": identifier, "password": password }))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        body["session_token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "no session token".into())
+    } else {
+        Err(format!("login failed with {status}"))
+    }
+}
+
+/// All events.k8s.io Events in the test namespace about the object named `name`.
+pub async fn events_for(t: &TestEnv, name: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let api: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(t.client.clone(), &t.namespace);
+    api.list(&Default::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
 }

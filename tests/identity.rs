@@ -1,0 +1,908 @@
+//! The Identity controller against the real apiserver and the real Kratos: every numbered
+//! behaviour of the Identity issue. Each test runs its own operator, watching only its namespace.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kratos_operator::{
+    api::{Identity, IdentitySchemaRef, OWNER_MARKER, UID_MARKER},
+    kratos::{CreateIdentityBody, Identity as KratosIdentity, KratosClient, UpdateIdentityBody},
+};
+use kube::{Api, ResourceExt, api::DeleteParams};
+use serde_json::{Value, json};
+use support::{
+    TestEnv, apply, events_for, eventually, kratos_client, login, setup, start_operator, wait_ready,
+};
+
+const T: Duration = Duration::from_secs(30);
+
+fn email(t: &TestEnv, user: &str) -> String {
+    format!("{user}.{}@example.com", t.namespace)
+}
+
+fn verifier(t: &TestEnv) -> KratosClient {
+    kratos_client(&t.kratos_admin_url, &t.kratos_public_url)
+}
+
+async fn schema_ref(t: &TestEnv, name: &str, schema_id: &str) {
+    apply::<IdentitySchemaRef>(
+        t,
+        json!({
+            "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "IdentitySchemaRef",
+            "metadata": { "name": name }, "spec": { "schemaId": schema_id }
+        }),
+    )
+    .await;
+}
+
+async fn identity(t: &TestEnv, name: &str, spec: Value) -> Identity {
+    apply::<Identity>(
+        t,
+        json!({
+            "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
+            "metadata": { "name": name }, "spec": spec
+        }),
+    )
+    .await
+}
+
+async fn secret(t: &TestEnv, name: &str, key: &str, value: &str) {
+    apply::<Secret>(t, json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": { key: value }
+    }))
+    .await;
+}
+
+async fn kratos_identity(t: &TestEnv, id: &str) -> Option<KratosIdentity> {
+    match verifier(t).get_identity(id, &[]).await {
+        Ok(i) => Some(i),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => panic!("get identity: {e}"),
+    }
+}
+
+fn identity_id(obj: &Identity) -> String {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.identity_id.clone())
+        .expect("status.identityId")
+}
+
+fn ready_message(obj: &Identity) -> String {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+async fn ready(t: &TestEnv, name: &str) -> Identity {
+    wait_ready::<Identity>(t, name, "True", Some("Synced"), T).await
+}
+
+async fn count_with_email(t: &TestEnv, address: &str) -> usize {
+    verifier(t)
+        .find_by_credentials_identifier(address)
+        .await
+        .expect("lookup")
+        .len()
+}
+
+#[tokio::test]
+async fn apply_creates_the_identity_with_everything_in_the_spec() {
+    let t = setup("id-apply").await;
+    let _op = start_operator(&t).await;
+    schema_ref(&t, "customer", "customer").await;
+    let alice = email(&t, "Alice");
+    identity(
+        &t,
+        "alice",
+        json!({
+            "schemaRef": { "name": "customer" },
+            "traits": { "email": alice, "name": { "first": "Alice" }, "age": 30 },
+            "metadataPublic": { "plan": "pro" },
+            "metadataAdmin": { "crm": "42" },
+            "verifiedAddresses": [ { "value": alice, "via": "email" } ]
+        }),
+    )
+    .await;
+    let obj = ready(&t, "alice").await;
+    let status = obj.status.clone().unwrap();
+    assert_eq!(status.observed_generation, obj.metadata.generation);
+    assert_eq!(status.identifier.as_deref(), Some(alice.as_str()));
+    assert_eq!(status.state.as_deref(), Some("active"));
+    assert_eq!(status.schema_id.as_deref(), Some("customer"));
+    let k = kratos_identity(&t, &identity_id(&obj))
+        .await
+        .expect("exists in Kratos");
+    assert_eq!(
+        k.traits,
+        json!({ "email": alice, "name": { "first": "Alice" }, "age": 30 })
+    );
+    assert_eq!(k.schema_id, "customer");
+    assert_eq!(k.state.as_str(), "active");
+    assert_eq!(k.metadata_public, Some(json!({ "plan": "pro" })));
+    let admin = k.metadata_admin.expect("metadata_admin");
+    assert_eq!(admin["crm"], "42");
+    assert_eq!(admin[OWNER_MARKER], format!("{}/alice", t.namespace));
+    assert_eq!(admin[UID_MARKER], obj.uid().unwrap());
+    let addr = k
+        .verifiable_addresses
+        .iter()
+        .find(|a| a.value.eq_ignore_ascii_case(&alice))
+        .expect("address");
+    assert!(addr.verified, "{addr:?}");
+    let events = events_for(&t, "alice").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Created")),
+        "{events:?}"
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn spec_changes_update_kratos_and_an_unchanged_spec_writes_nothing() {
+    let t = setup("id-update").await;
+    let op = start_operator(&t).await;
+    let bob = email(&t, "bob");
+    identity(
+        &t,
+        "bob",
+        json!({ "schemaId": "customer", "traits": { "email": bob, "age": 1 } }),
+    )
+    .await;
+    let obj = ready(&t, "bob").await;
+    let id = identity_id(&obj);
+
+    // Several resyncs (2 s each) with nothing changed: reads only, no writes.
+    let writes = op.kratos.metrics().writes();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        op.kratos.metrics().writes(),
+        writes,
+        "an unchanged spec must not write to Kratos"
+    );
+    assert!(
+        op.kratos.metrics().calls("get_identity") >= 2,
+        "resyncs must read Kratos"
+    );
+
+    identity(
+        &t,
+        "bob",
+        json!({
+            "schemaId": "customer", "traits": { "email": bob, "age": 2, "tier": "pro" },
+            "state": "inactive", "metadataPublic": { "x": 1 }, "metadataAdmin": { "y": [1, 2] }
+        }),
+    )
+    .await;
+    ready(&t, "bob").await;
+    let k = kratos_identity(&t, &id).await.unwrap();
+    assert_eq!(k.traits, json!({ "email": bob, "age": 2, "tier": "pro" }));
+    assert_eq!(k.state.as_str(), "inactive");
+    assert_eq!(k.metadata_public, Some(json!({ "x": 1 })));
+    assert_eq!(k.metadata_admin.as_ref().unwrap()["y"], json!([1, 2]));
+
+    // Schema change: the employee schema needs a username.
+    identity(&t, "bob", json!({
+        "schemaId": "employee", "traits": { "username": format!("bob-{}", t.namespace), "email": bob }
+    }))
+    .await;
+    let obj = ready(&t, "bob").await;
+    assert_eq!(identity_id(&obj), id, "an update keeps the identity");
+    let k = kratos_identity(&t, &id).await.unwrap();
+    assert_eq!(k.schema_id, "employee");
+    assert_eq!(k.state.as_str(), "active");
+    assert_eq!(k.metadata_public, None);
+    assert!(
+        events_for(&t, "bob")
+            .await
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Updated"))
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn drift_in_kratos_is_reverted_and_a_deleted_identity_is_recreated() {
+    let t = setup("id-drift").await;
+    let _op = start_operator(&t).await;
+    let carol = email(&t, "carol");
+    identity(&t, "carol", json!({ "schemaId": "customer", "traits": { "email": carol }, "metadataPublic": { "a": 1 } })).await;
+    let obj = ready(&t, "carol").await;
+    let id = identity_id(&obj);
+    let k = verifier(&t);
+    let current = k.get_identity(&id, &[]).await.unwrap();
+    let edit = UpdateIdentityBody {
+        schema_id: current.schema_id.clone(),
+        traits: json!({ "email": carol, "name": { "first": "Mallory" } }),
+        state: None,
+        metadata_public: Some(json!({ "a": 2 })),
+        metadata_admin: current.metadata_admin.clone(),
+        credentials: None,
+        external_id: None,
+    };
+    k.update_identity(&id, &edit).await.unwrap();
+    eventually("the edit in Kratos to be reverted", T, || async {
+        let i = kratos_identity(&t, &id).await?;
+        (i.traits == json!({ "email": carol }) && i.metadata_public == Some(json!({ "a": 1 })))
+            .then_some(())
+    })
+    .await;
+
+    k.delete_identity(&id).await.unwrap();
+    let new_id = eventually("the identity to be re-created", T, || async {
+        let obj: Identity = Api::namespaced(t.client.clone(), &t.namespace)
+            .get("carol")
+            .await
+            .ok()?;
+        let new = obj
+            .status
+            .and_then(|s| s.identity_id)
+            .filter(|n| *n != id)?;
+        kratos_identity(&t, &new).await.map(|_| new)
+    })
+    .await;
+    assert_ne!(new_id, id);
+    assert_eq!(count_with_email(&t, &carol).await, 1);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn deletion_policies_delete_or_release_and_404_counts_as_done() {
+    let t = setup("id-delete").await;
+    let _op = start_operator(&t).await;
+    let api: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
+    let (del, orphan, gone) = (email(&t, "del"), email(&t, "orphan"), email(&t, "gone"));
+    identity(
+        &t,
+        "del",
+        json!({ "schemaId": "customer", "traits": { "email": del } }),
+    )
+    .await;
+    identity(&t, "orphan", json!({ "schemaId": "customer", "traits": { "email": orphan }, "deletionPolicy": "Orphan", "metadataAdmin": { "keep": true } })).await;
+    identity(
+        &t,
+        "gone",
+        json!({ "schemaId": "customer", "traits": { "email": gone } }),
+    )
+    .await;
+    let del_id = identity_id(&ready(&t, "del").await);
+    let orphan_id = identity_id(&ready(&t, "orphan").await);
+    let gone_id = identity_id(&ready(&t, "gone").await);
+
+    // Already deleted in Kratos before the object goes: the 404 counts as done.
+    verifier(&t).delete_identity(&gone_id).await.unwrap();
+    for name in ["del", "orphan", "gone"] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    for name in ["del", "orphan", "gone"] {
+        eventually(&format!("{name} to be deleted"), T, || async {
+            matches!(api.get_opt(name).await, Ok(None)).then_some(())
+        })
+        .await;
+    }
+    assert!(
+        kratos_identity(&t, &del_id).await.is_none(),
+        "policy Delete removes the Kratos identity"
+    );
+    let kept = kratos_identity(&t, &orphan_id)
+        .await
+        .expect("policy Orphan keeps the identity");
+    let admin = kept.metadata_admin.unwrap_or(Value::Null);
+    assert!(
+        admin.get(OWNER_MARKER).is_none() && admin.get(UID_MARKER).is_none(),
+        "marker removed: {admin}"
+    );
+    assert_eq!(admin["keep"], true);
+    // Deleted objects leave no duplicate behind either.
+    assert_eq!(count_with_email(&t, &gone).await, 0);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn password_from_a_secret_logs_in_and_waits_for_a_missing_secret() {
+    let t = setup("id-password").await;
+    let _op = start_operator(&t).await;
+    let dave = email(&t, "dave");
+    identity(
+        &t,
+        "dave",
+        json!({
+            "schemaId": "customer", "traits": { "email": dave },
+            "credentials": { "password": { "secretRef": { "name": "dave-pw", "key": "password" } } }
+        }),
+    )
+    .await;
+    let waiting = wait_ready::<Identity>(&t, "dave", "False", Some("SecretNotFound"), T).await;
+    assert!(ready_message(&waiting).contains("dave-pw"));
+    assert_eq!(
+        count_with_email(&t, &dave).await,
+        0,
+        "never invent a password: nothing is created yet"
+    );
+    secret(&t, "dave-pw", "password", "first-Password-1").await;
+    ready(&t, "dave").await;
+    login(&t.kratos_public_url, &dave, "first-Password-1")
+        .await
+        .expect("login with the imported password");
+
+    // SetOnce (the default): a changed Secret is not imported.
+    secret(&t, "dave-pw", "password", "second-Password-2").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    login(&t.kratos_public_url, &dave, "first-Password-1")
+        .await
+        .expect("SetOnce keeps the first password");
+    assert!(
+        login(&t.kratos_public_url, &dave, "second-Password-2")
+            .await
+            .is_err()
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn policy_sync_reimports_a_changed_secret() {
+    let t = setup("id-sync").await;
+    let _op = start_operator(&t).await;
+    let erin = email(&t, "erin");
+    secret(&t, "erin-pw", "pw", "first-Password-1").await;
+    identity(&t, "erin", json!({
+        "schemaId": "customer", "traits": { "email": erin },
+        "credentials": { "password": { "secretRef": { "name": "erin-pw", "key": "pw" }, "policy": "Sync" } }
+    }))
+    .await;
+    let before = ready(&t, "erin").await;
+    login(&t.kratos_public_url, &erin, "first-Password-1")
+        .await
+        .expect("first password");
+    secret(&t, "erin-pw", "pw", "second-Password-2").await;
+    eventually("the new password to work", T, || async {
+        login(&t.kratos_public_url, &erin, "second-Password-2")
+            .await
+            .ok()
+    })
+    .await;
+    assert!(
+        login(&t.kratos_public_url, &erin, "first-Password-1")
+            .await
+            .is_err()
+    );
+    let after: Identity = Api::namespaced(t.client.clone(), &t.namespace)
+        .get("erin")
+        .await
+        .unwrap();
+    let version = |o: &Identity| {
+        o.status
+            .as_ref()
+            .unwrap()
+            .credentials
+            .as_ref()
+            .unwrap()
+            .password
+            .as_ref()
+            .unwrap()
+            .secret_version
+            .clone()
+    };
+    assert_ne!(version(&before), version(&after));
+    t.cleanup().await;
+}
+
+fn ssha256(password: &str, salt: &[u8]) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(password.as_bytes());
+    h.update(salt);
+    let mut raw = h.finalize().to_vec();
+    raw.extend_from_slice(salt);
+    format!(
+        "{{SSHA256}}{}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+#[tokio::test]
+async fn hashed_passwords_import_in_bcrypt_and_ssha256() {
+    let t = setup("id-hash").await;
+    let _op = start_operator(&t).await;
+    let (b, s) = (email(&t, "bcrypt"), email(&t, "ssha"));
+    secret(
+        &t,
+        "hashes",
+        "bcrypt",
+        &bcrypt::hash("legacy-Password-1", 4).unwrap(),
+    )
+    .await;
+    apply::<Secret>(&t, json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "hashes" },
+        "stringData": { "bcrypt": bcrypt::hash("legacy-Password-1", 4).unwrap(), "ssha": ssha256("legacy-Password-2", b"pepper12") } })).await;
+    identity(&t, "b", json!({ "schemaId": "customer", "traits": { "email": b },
+        "credentials": { "password": { "hashedSecretRef": { "name": "hashes", "key": "bcrypt" } } } })).await;
+    identity(&t, "s", json!({ "schemaId": "customer", "traits": { "email": s },
+        "credentials": { "password": { "hashedSecretRef": { "name": "hashes", "key": "ssha" } } } })).await;
+    ready(&t, "b").await;
+    ready(&t, "s").await;
+    login(&t.kratos_public_url, &b, "legacy-Password-1")
+        .await
+        .expect("bcrypt hash import");
+    login(&t.kratos_public_url, &s, "legacy-Password-2")
+        .await
+        .expect("SSHA256 hash import");
+
+    // A hash in an unknown format is refused by Kratos with a clear condition.
+    secret(&t, "bad-hash", "h", "not-a-hash").await;
+    identity(
+        &t,
+        "x",
+        json!({ "schemaId": "customer", "traits": { "email": email(&t, "x") },
+        "credentials": { "password": { "hashedSecretRef": { "name": "bad-hash", "key": "h" } } } }),
+    )
+    .await;
+    let bad = wait_ready::<Identity>(&t, "x", "False", Some("InvalidSpec"), T).await;
+    assert!(
+        ready_message(&bad).contains("hash"),
+        "{}",
+        ready_message(&bad)
+    );
+    assert!(
+        !ready_message(&bad).contains("not-a-hash"),
+        "the hash must not be echoed"
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn oidc_credentials_are_imported() {
+    let t = setup("id-oidc").await;
+    let _op = start_operator(&t).await;
+    identity(&t, "frank", json!({ "schemaId": "customer", "traits": { "email": email(&t, "frank") },
+        "credentials": { "oidc": { "providers": [ { "provider": "github", "subject": format!("gh-{}", t.namespace) } ] } } })).await;
+    let obj = ready(&t, "frank").await;
+    let k = kratos_identity(&t, &identity_id(&obj)).await.unwrap();
+    let oidc = k
+        .credentials
+        .as_ref()
+        .and_then(|c| c.get("oidc"))
+        .expect("oidc credentials");
+    assert!(
+        oidc.identifiers
+            .contains(&format!("github:gh-{}", t.namespace)),
+        "{:?}",
+        oidc.identifiers
+    );
+    assert_eq!(
+        obj.status.unwrap().credentials.unwrap().oidc,
+        vec!["github".to_string()]
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn existing_identities_conflict_or_are_adopted() {
+    let t = setup("id-adopt").await;
+    let _op = start_operator(&t).await;
+    let gina = email(&t, "gina");
+    let pre = verifier(&t)
+        .create_identity(&CreateIdentityBody::new(
+            "customer",
+            json!({ "email": gina }),
+        ))
+        .await
+        .unwrap();
+    identity(
+        &t,
+        "gina",
+        json!({ "schemaId": "customer", "traits": { "email": gina } }),
+    )
+    .await;
+    let conflict = wait_ready::<Identity>(&t, "gina", "False", Some("Conflict"), T).await;
+    assert!(
+        ready_message(&conflict).contains("IfUnowned"),
+        "{}",
+        ready_message(&conflict)
+    );
+    identity(
+        &t,
+        "gina",
+        json!({ "schemaId": "customer", "traits": { "email": gina }, "adoption": "IfUnowned" }),
+    )
+    .await;
+    let obj = ready(&t, "gina").await;
+    assert_eq!(identity_id(&obj), pre.id, "adopted, not duplicated");
+    assert_eq!(count_with_email(&t, &gina).await, 1);
+    let k = kratos_identity(&t, &pre.id).await.unwrap();
+    assert_eq!(k.metadata_admin.unwrap()[UID_MARKER], obj.uid().unwrap());
+    assert!(
+        events_for(&t, "gina")
+            .await
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Adopted"))
+    );
+
+    // The same email in a second object: Conflict, and the first stays untouched.
+    identity(&t, "gina2", json!({ "schemaId": "customer", "traits": { "email": gina }, "adoption": "IfUnowned", "metadataPublic": { "evil": true } })).await;
+    let second = wait_ready::<Identity>(&t, "gina2", "False", Some("Conflict"), T).await;
+    assert!(
+        ready_message(&second).contains(&format!("{}/gina", t.namespace)),
+        "{}",
+        ready_message(&second)
+    );
+    assert_eq!(
+        kratos_identity(&t, &pre.id).await.unwrap().metadata_public,
+        None
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_identity_carrying_the_objects_uid_is_taken_back_without_a_duplicate() {
+    let t = setup("id-takeback").await;
+    let hank = email(&t, "hank");
+    // The object exists but no operator runs: as if it crashed between create and status write.
+    let obj = identity(
+        &t,
+        "hank",
+        json!({ "schemaId": "customer", "traits": { "email": hank } }),
+    )
+    .await;
+    let mut body = CreateIdentityBody::new("customer", json!({ "email": hank }));
+    body.metadata_admin = Some(
+        json!({ OWNER_MARKER: format!("{}/hank", t.namespace), UID_MARKER: obj.uid().unwrap() }),
+    );
+    let pre = verifier(&t).create_identity(&body).await.unwrap();
+    let _op = start_operator(&t).await;
+    let obj = ready(&t, "hank").await;
+    assert_eq!(identity_id(&obj), pre.id);
+    assert_eq!(count_with_email(&t, &hank).await, 1);
+    let events = events_for(&t, "hank").await;
+    assert!(
+        !events.iter().any(|e| e.type_.as_deref() == Some("Warning")),
+        "taken back silently: {events:?}"
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn invalid_traits_stall_without_calling_kratos_until_fixed() {
+    let t = setup("id-invalid").await;
+    let op = start_operator(&t).await;
+    schema_ref(&t, "customer", "customer").await;
+    wait_ready::<IdentitySchemaRef>(&t, "customer", "True", Some("Resolved"), T).await;
+    identity(&t, "ivy", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": "not-an-email", "age": -1 } })).await;
+    let bad = wait_ready::<Identity>(&t, "ivy", "False", Some("InvalidSpec"), T).await;
+    let message = ready_message(&bad);
+    assert!(
+        message.contains("/traits/email") && message.contains("/traits/age"),
+        "{message}"
+    );
+    let stalled = bad
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .expect("Stalled");
+    assert_eq!(stalled.status, "True");
+    // Validation happens before any Kratos identity call, and nothing retries in a loop.
+    let identity_calls = || {
+        [
+            "get_identity",
+            "create_identity",
+            "update_identity",
+            "list_identities",
+            "find_by_credentials_identifier",
+        ]
+        .iter()
+        .map(|op_name| op.kratos.metrics().calls(op_name))
+        .sum::<u64>()
+    };
+    let before = identity_calls();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        identity_calls(),
+        before,
+        "no Kratos calls while the spec is unchanged"
+    );
+    assert_eq!(before, 0, "client-side validation must come first");
+    identity(&t, "ivy", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": email(&t, "ivy"), "age": 1 } })).await;
+    ready(&t, "ivy").await;
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn kratos_down_reports_unavailable_and_converges_without_duplicates() {
+    use kratos_operator_testenv::kratos::{KratosInstance, KratosOptions};
+    let t = setup("id-down").await;
+    let dir = std::env::temp_dir().join(format!("kratos-{}", t.namespace));
+    let mut kratos = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || KratosInstance::start(&dir, &KratosOptions::default()).expect("private Kratos")
+    })
+    .await
+    .unwrap();
+    let _op = support::start_operator_with(
+        &t,
+        &kratos.admin_url(),
+        &kratos.public_url(),
+        support::test_settings(&t.namespace),
+    )
+    .await;
+    let jack = email(&t, "jack");
+    identity(
+        &t,
+        "jack",
+        json!({ "schemaId": "customer", "traits": { "email": jack } }),
+    )
+    .await;
+    ready(&t, "jack").await;
+    kratos.stop();
+    identity(
+        &t,
+        "jack",
+        json!({ "schemaId": "customer", "traits": { "email": jack, "tier": "pro" } }),
+    )
+    .await;
+    identity(
+        &t,
+        "kate",
+        json!({ "schemaId": "customer", "traits": { "email": email(&t, "kate") } }),
+    )
+    .await;
+    wait_ready::<Identity>(&t, "kate", "False", Some("KratosUnavailable"), T).await;
+    wait_ready::<Identity>(&t, "jack", "False", Some("KratosUnavailable"), T).await;
+    let mut kratos = tokio::task::spawn_blocking(move || {
+        kratos.restart().expect("restart Kratos");
+        kratos
+    })
+    .await
+    .unwrap();
+    let jack_obj =
+        wait_ready::<Identity>(&t, "jack", "True", Some("Synced"), Duration::from_secs(90)).await;
+    wait_ready::<Identity>(&t, "kate", "True", Some("Synced"), Duration::from_secs(90)).await;
+    let k = kratos_client(&kratos.admin_url(), &kratos.public_url());
+    let found = k.find_by_credentials_identifier(&jack).await.unwrap();
+    assert_eq!(found.len(), 1, "no duplicate");
+    assert_eq!(found[0].id, identity_id(&jack_obj));
+    assert_eq!(found[0].traits["tier"], "pro");
+    assert_eq!(
+        k.find_by_credentials_identifier(&email(&t, "kate"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    tokio::task::spawn_blocking(move || kratos.stop())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn sessions_are_counted_and_revoked() {
+    let t = setup("id-sessions").await;
+    let _op = start_operator(&t).await;
+    let liz = email(&t, "liz");
+    secret(&t, "liz-pw", "pw", "session-Password-1").await;
+    let spec = |extra: Value| {
+        let mut s = json!({ "schemaId": "customer", "traits": { "email": liz },
+            "credentials": { "password": { "secretRef": { "name": "liz-pw", "key": "pw" } } } });
+        if let (Value::Object(m), Value::Object(e)) = (&mut s, extra) {
+            m.extend(e);
+        }
+        s
+    };
+    identity(&t, "liz", spec(json!({}))).await;
+    let obj = ready(&t, "liz").await;
+    let id = identity_id(&obj);
+    login(&t.kratos_public_url, &liz, "session-Password-1")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cutoff = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    login(&t.kratos_public_url, &liz, "session-Password-1")
+        .await
+        .unwrap();
+    let api: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
+    eventually("status.activeSessions to show 2", T, || async {
+        (api.get("liz").await.ok()?.status?.active_sessions == Some(2)).then_some(())
+    })
+    .await;
+
+    identity(
+        &t,
+        "liz",
+        spec(json!({ "sessions": { "revokeBefore": cutoff.to_string() } })),
+    )
+    .await;
+    eventually("only the older session to be disabled", T, || async {
+        let sessions = verifier(&t)
+            .list_identity_sessions(&id, Some(true))
+            .await
+            .ok()?;
+        (sessions.len() == 1 && sessions[0].authenticated_at.is_some_and(|a| a > cutoff))
+            .then_some(())
+    })
+    .await;
+    eventually("status.activeSessions to show 1", T, || async {
+        (api.get("liz").await.ok()?.status?.active_sessions == Some(1)).then_some(())
+    })
+    .await;
+
+    identity(
+        &t,
+        "liz",
+        spec(json!({ "state": "inactive", "sessions": { "revokeOnDeactivate": true } })),
+    )
+    .await;
+    eventually("every session to be revoked", T, || async {
+        verifier(&t)
+            .list_identity_sessions(&id, None)
+            .await
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let obj = ready(&t, "liz").await;
+    assert_eq!(obj.status.unwrap().active_sessions, Some(0));
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn events_cover_the_lifecycle_and_never_contain_a_password() {
+    let t = setup("id-events").await;
+    let _op = start_operator(&t).await;
+    let mike = email(&t, "mike");
+    secret(&t, "mike-pw", "pw", "Event-Secret-Password-9").await;
+    let spec = json!({ "schemaId": "customer", "traits": { "email": mike },
+        "credentials": { "password": { "secretRef": { "name": "mike-pw", "key": "pw" }, "policy": "Sync" } } });
+    identity(&t, "mike", spec.clone()).await;
+    ready(&t, "mike").await;
+    identity(&t, "mike", json!({ "schemaId": "customer", "traits": { "email": mike, "tier": "free" },
+        "credentials": { "password": { "secretRef": { "name": "mike-pw", "key": "pw" }, "policy": "Sync" } } })).await;
+    eventually("an Updated event", T, || async {
+        events_for(&t, "mike")
+            .await
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Updated"))
+            .then_some(())
+    })
+    .await;
+    identity(
+        &t,
+        "nope",
+        json!({ "schemaId": "customer", "traits": { "email": email(&t, "nope") },
+        "credentials": { "password": { "secretRef": { "name": "missing", "key": "pw" } } } }),
+    )
+    .await;
+    wait_ready::<Identity>(&t, "nope", "False", Some("SecretNotFound"), T).await;
+    Api::<Identity>::namespaced(t.client.clone(), &t.namespace)
+        .delete("mike", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("a Deleted event", T, || async {
+        events_for(&t, "mike")
+            .await
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Deleted"))
+            .then_some(())
+    })
+    .await;
+    let mut all = events_for(&t, "mike").await;
+    all.extend(events_for(&t, "nope").await);
+    let reasons: Vec<_> = all.iter().filter_map(|e| e.reason.clone()).collect();
+    for want in ["Created", "Updated", "Deleted", "SecretNotFound"] {
+        assert!(
+            reasons.iter().any(|r| r == want),
+            "missing {want} in {reasons:?}"
+        );
+    }
+    let warning = all
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("SecretNotFound"))
+        .unwrap();
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    let text = serde_json::to_string(&all).unwrap();
+    assert!(!text.contains("Event-Secret-Password-9"));
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn schema_refs_resolve_report_roles_and_gate_identities() {
+    let t = setup("id-schemaref").await;
+    let _op = start_operator(&t).await;
+    // An Identity whose schemaRef does not exist yet waits.
+    identity(&t, "nina", json!({ "schemaRef": { "name": "staff" }, "traits": { "username": format!("nina-{}", t.namespace), "email": email(&t, "nina") } })).await;
+    let waiting = wait_ready::<Identity>(&t, "nina", "False", Some("SchemaNotReady"), T).await;
+    assert!(ready_message(&waiting).contains("staff"));
+    schema_ref(&t, "staff", "employee").await;
+    let sr = wait_ready::<IdentitySchemaRef>(&t, "staff", "True", Some("Resolved"), T).await;
+    let status = sr.status.unwrap();
+    assert_eq!(status.identifier_traits, vec!["username"]);
+    assert_eq!(status.recovery_traits, vec!["email"]);
+    assert!(status.digest.unwrap().starts_with("sha256:"));
+    let nina = ready(&t, "nina").await;
+    assert_eq!(
+        nina.status.unwrap().identifier,
+        Some(format!("nina-{}", t.namespace))
+    );
+
+    schema_ref(&t, "ghost", "no-such-schema").await;
+    wait_ready::<IdentitySchemaRef>(&t, "ghost", "False", Some("SchemaNotFound"), T).await;
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_schema_change_in_kratos_reconciles_the_identities_that_use_it() {
+    use kratos_operator_testenv::kratos::{KratosInstance, KratosOptions, schemas};
+    let t = setup("id-schemachange").await;
+    let dir = std::env::temp_dir().join(format!("kratos-{}", t.namespace));
+    let kratos = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || KratosInstance::start(&dir, &KratosOptions::default()).expect("private Kratos")
+    })
+    .await
+    .unwrap();
+    let _op = support::start_operator_with(
+        &t,
+        &kratos.admin_url(),
+        &kratos.public_url(),
+        support::test_settings(&t.namespace),
+    )
+    .await;
+    schema_ref(&t, "customer", schemas::CUSTOMER).await;
+    let before = wait_ready::<IdentitySchemaRef>(&t, "customer", "True", Some("Resolved"), T).await;
+    // `nickname` is not allowed by the schema yet.
+    identity(&t, "otto", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": email(&t, "otto"), "nickname": "O" } })).await;
+    wait_ready::<Identity>(&t, "otto", "False", Some("InvalidSpec"), T).await;
+
+    let path = kratos.schema_path(schemas::CUSTOMER);
+    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    schema["properties"]["traits"]["properties"]["nickname"] = json!({ "type": "string" });
+    std::fs::write(&path, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
+    let kratos = tokio::task::spawn_blocking(move || {
+        let mut kratos = kratos;
+        kratos.restart().expect("restart Kratos");
+        kratos
+    })
+    .await
+    .unwrap();
+    let after = eventually("the digest to change", Duration::from_secs(60), || async {
+        let sr: IdentitySchemaRef = Api::namespaced(t.client.clone(), &t.namespace)
+            .get("customer")
+            .await
+            .ok()?;
+        let d = sr.status.as_ref()?.digest.clone()?;
+        (Some(&d) != before.status.as_ref().unwrap().digest.as_ref()).then_some(sr)
+    })
+    .await;
+    assert!(
+        events_for(&t, "customer")
+            .await
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("SchemaChanged"))
+    );
+    let otto = ready(&t, "otto").await;
+    assert!(after.status.unwrap().digest.is_some());
+    let k = kratos_client(&kratos.admin_url(), &kratos.public_url());
+    assert_eq!(
+        k.get_identity(&identity_id(&otto), &[])
+            .await
+            .unwrap()
+            .traits["nickname"],
+        "O"
+    );
+    tokio::task::spawn_blocking(move || drop(kratos))
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    t.cleanup().await;
+}
