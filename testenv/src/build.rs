@@ -41,10 +41,22 @@ pub const KUBERNETES: Component = Component {
     name: "kubernetes",
     version: versions::KUBERNETES,
     binaries: &[
-        Binary { package: "k8s.io/kubernetes/cmd/kube-apiserver", name: "kube-apiserver" },
-        Binary { package: "k8s.io/kubernetes/cmd/kube-controller-manager", name: "kube-controller-manager" },
-        Binary { package: "go.etcd.io/etcd/server/v3", name: "etcd" },
-        Binary { package: "k8s.io/kubernetes/cmd/kubectl", name: "kubectl" },
+        Binary {
+            package: "k8s.io/kubernetes/cmd/kube-apiserver",
+            name: "kube-apiserver",
+        },
+        Binary {
+            package: "k8s.io/kubernetes/cmd/kube-controller-manager",
+            name: "kube-controller-manager",
+        },
+        Binary {
+            package: "go.etcd.io/etcd/server/v3",
+            name: "etcd",
+        },
+        Binary {
+            package: "k8s.io/kubernetes/cmd/kubectl",
+            name: "kubectl",
+        },
     ],
     cgo: false,
     tags: "selinux,notest",
@@ -54,7 +66,10 @@ pub const KUBERNETES: Component = Component {
 pub const KRATOS: Component = Component {
     name: "kratos",
     version: versions::KRATOS,
-    binaries: &[Binary { package: "github.com/ory/kratos", name: "kratos" }],
+    binaries: &[Binary {
+        package: "github.com/ory/kratos",
+        name: "kratos",
+    }],
     cgo: true,
     tags: "sqlite,json1",
 };
@@ -63,7 +78,10 @@ pub const KRATOS: Component = Component {
 pub const HELM: Component = Component {
     name: "helm",
     version: versions::HELM,
-    binaries: &[Binary { package: "helm.sh/helm/v3/cmd/helm", name: "helm" }],
+    binaries: &[Binary {
+        package: "helm.sh/helm/v3/cmd/helm",
+        name: "helm",
+    }],
     cgo: false,
     tags: "",
 };
@@ -74,7 +92,10 @@ pub const ALL: [Component; 3] = [KUBERNETES, KRATOS, HELM];
 impl Component {
     /// The wrapper module's directory in the repository.
     pub fn module_dir(&self) -> PathBuf {
-        crate::repo_root().join("testenv").join("go").join(self.name)
+        crate::repo_root()
+            .join("testenv")
+            .join("go")
+            .join(self.name)
     }
 
     /// The cache directory of this exact version, wrapper module and build recipe.
@@ -92,7 +113,9 @@ impl Component {
         hasher.update(self.tags.as_bytes());
         let digest = hasher.finalize();
         let short: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-        crate::cache_dir().join("bin").join(format!("{}-{}-{short}", self.name, self.version))
+        crate::cache_dir()
+            .join("bin")
+            .join(format!("{}-{}-{short}", self.name, self.version))
     }
 
     fn marker(&self) -> PathBuf {
@@ -123,7 +146,10 @@ impl Component {
             "kubernetes" => {
                 let minor = self.version.split('.').nth(1).unwrap_or("0");
                 let mut flags = String::from("-s -w");
-                for pkg in ["k8s.io/component-base/version", "k8s.io/client-go/pkg/version"] {
+                for pkg in [
+                    "k8s.io/component-base/version",
+                    "k8s.io/client-go/pkg/version",
+                ] {
                     flags.push_str(&format!(
                         " -X {pkg}.gitVersion={v} -X {pkg}.gitMajor=1 -X {pkg}.gitMinor={minor} \
                          -X {pkg}.gitTreeState=clean -X {pkg}.buildDate=2026-01-01T00:00:00Z",
@@ -132,8 +158,14 @@ impl Component {
                 }
                 flags
             }
-            "kratos" => format!("-s -w -X github.com/ory/kratos/driver/config.Version={}", self.version),
-            "helm" => format!("-s -w -X helm.sh/helm/v3/internal/version.version={}", self.version),
+            "kratos" => format!(
+                "-s -w -X github.com/ory/kratos/driver/config.Version={}",
+                self.version
+            ),
+            "helm" => format!(
+                "-s -w -X helm.sh/helm/v3/internal/version.version={}",
+                self.version
+            ),
             _ => "-s -w".to_string(),
         }
     }
@@ -147,7 +179,8 @@ impl Component {
         let out = self.cache_dir();
         let staging = out.with_extension("partial");
         if staging.exists() {
-            fs::remove_dir_all(&staging).map_err(io_err(format!("removing {}", staging.display())))?;
+            fs::remove_dir_all(&staging)
+                .map_err(io_err(format!("removing {}", staging.display())))?;
         }
         fs::create_dir_all(&staging).map_err(io_err(format!("creating {}", staging.display())))?;
         for binary in self.binaries {
@@ -166,7 +199,10 @@ impl Component {
                 cmd.arg(format!("-tags={}", self.tags));
             }
             cmd.arg(binary.package);
-            eprintln!("testenv: go build {} ({} {})", binary.package, self.name, self.version);
+            eprintln!(
+                "testenv: go build {} ({} {})",
+                binary.package, self.name, self.version
+            );
             let status = cmd.status().map_err(|e| Error::Build {
                 component: self.name.to_string(),
                 message: format!("could not run `go` (is Go installed and on PATH?): {e}"),
@@ -178,11 +214,13 @@ impl Component {
                 });
             }
         }
-        fs::write(staging.join(".complete"), self.version).map_err(io_err("writing build marker"))?;
+        fs::write(staging.join(".complete"), self.version)
+            .map_err(io_err("writing build marker"))?;
         if out.exists() {
             fs::remove_dir_all(&out).map_err(io_err(format!("removing {}", out.display())))?;
         }
-        fs::rename(&staging, &out).map_err(io_err(format!("moving build into {}", out.display())))?;
+        fs::rename(&staging, &out)
+            .map_err(io_err(format!("moving build into {}", out.display())))?;
         Ok(started.elapsed())
     }
 }

@@ -23,6 +23,14 @@ use crate::{
 
 const STATE_FILE: &str = "state.json";
 
+/// The processes that make up the environment itself.
+const CORE: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kratos",
+];
+
 /// What a running environment looks like from outside; written to `<dir>/state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
@@ -57,7 +65,12 @@ pub struct Environment {
 /// `<repo>/target/testenv/default`.
 pub fn default_dir() -> PathBuf {
     std::env::var_os("KRATOS_OPERATOR_TESTENV").map_or_else(
-        || crate::repo_root().join("target").join("testenv").join("default"),
+        || {
+            crate::repo_root()
+                .join("target")
+                .join("testenv")
+                .join("default")
+        },
         PathBuf::from,
     )
 }
@@ -65,7 +78,8 @@ pub fn default_dir() -> PathBuf {
 fn lock(dir: &Path) -> Result<File> {
     fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     let file = File::create(dir.join(".lock")).map_err(io_err("creating lock file"))?;
-    file.lock().map_err(io_err("locking the environment directory"))?;
+    file.lock()
+        .map_err(io_err("locking the environment directory"))?;
     Ok(file)
 }
 
@@ -76,23 +90,39 @@ impl Environment {
         if !path.exists() {
             return Ok(None);
         }
-        let text = fs::read_to_string(&path).map_err(io_err(format!("reading {}", path.display())))?;
-        let state: State = serde_json::from_str(&text)
-            .map_err(|e| Error::State { path: path.clone(), message: e.to_string() })?;
-        let env = Self { dir: dir.to_path_buf(), state };
+        let text =
+            fs::read_to_string(&path).map_err(io_err(format!("reading {}", path.display())))?;
+        let state: State = serde_json::from_str(&text).map_err(|e| Error::State {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let env = Self {
+            dir: dir.to_path_buf(),
+            state,
+        };
         Ok(env.is_healthy().then_some(env))
     }
 
     /// Whether every process runs and the apiserver and Kratos answer.
     pub fn is_healthy(&self) -> bool {
-        if !self.state.processes.iter().all(ProcessRecord::is_running) {
+        // Extra processes (an operator started by the demo) may come and go.
+        if !self
+            .state
+            .processes
+            .iter()
+            .filter(|p| CORE.contains(&p.name.as_str()))
+            .all(ProcessRecord::is_running)
+        {
             return false;
         }
         let ca = fs::read(self.dir.join("pki").join(files::CA_CERT)).unwrap_or_default();
         let kube = process::http_agent(Some(&ca));
         let plain = process::http_agent(None);
         process::http_ok(&kube, &format!("{}/readyz", self.state.apiserver_url))
-            && process::http_ok(&plain, &format!("{}/health/ready", self.state.kratos_admin_url))
+            && process::http_ok(
+                &plain,
+                &format!("{}/health/ready", self.state.kratos_admin_url),
+            )
     }
 
     /// Starts an environment in `dir`, or returns the one already running there.
@@ -115,7 +145,8 @@ impl Environment {
         for sub in ["pki", "logs", "kratos"] {
             let path = dir.join(sub);
             if path.exists() {
-                fs::remove_dir_all(&path).map_err(io_err(format!("removing {}", path.display())))?;
+                fs::remove_dir_all(&path)
+                    .map_err(io_err(format!("removing {}", path.display())))?;
             }
         }
         let pki = dir.join("pki");
@@ -124,10 +155,21 @@ impl Environment {
         certs::generate(&pki)?;
 
         let mut processes = Vec::new();
-        let result = Self::start_processes(dir, &pki, &logs, &apiserver_bin, &kcm_bin, &etcd_bin, &mut processes);
+        let result = Self::start_processes(
+            dir,
+            &pki,
+            &logs,
+            &apiserver_bin,
+            &kcm_bin,
+            &etcd_bin,
+            &mut processes,
+        );
         match result {
             Ok(state) => {
-                let env = Self { dir: dir.to_path_buf(), state };
+                let env = Self {
+                    dir: dir.to_path_buf(),
+                    state,
+                };
                 env.write_state()?;
                 Ok(env)
             }
@@ -262,9 +304,36 @@ impl Environment {
 
     fn write_state(&self) -> Result<()> {
         let path = self.dir.join(STATE_FILE);
-        let text = serde_json::to_string_pretty(&self.state)
-            .map_err(|e| Error::State { path: path.clone(), message: e.to_string() })?;
+        let text = serde_json::to_string_pretty(&self.state).map_err(|e| Error::State {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))
+    }
+
+    /// Starts another process that belongs to this environment (stopped by [`down`] with the
+    /// rest), unless one with this name already runs. Its output goes to `logs/<name>.log`.
+    pub fn start_process(
+        &mut self,
+        name: &str,
+        binary: &Path,
+        args: &[String],
+        envs: &[(&str, String)],
+    ) -> Result<bool> {
+        if self
+            .state
+            .processes
+            .iter()
+            .any(|p| p.name == name && p.is_running())
+        {
+            return Ok(false);
+        }
+        let log = self.dir.join("logs").join(format!("{name}.log"));
+        let (_child, record) = process::spawn(name, binary, args, envs, &log)?;
+        self.state.processes.retain(|p| p.name != name);
+        self.state.processes.push(record);
+        self.write_state()?;
+        Ok(true)
     }
 
     /// The `export` lines a shell can `eval`.

@@ -42,7 +42,12 @@ pub struct KratosOptions {
 
 impl Default for KratosOptions {
     fn default() -> Self {
-        Self { public_port: 0, admin_port: 0, link_method: true, code_method: true }
+        Self {
+            public_port: 0,
+            admin_port: 0,
+            link_method: true,
+            code_method: true,
+        }
     }
 }
 
@@ -62,10 +67,16 @@ impl KratosInstance {
     /// Writes config and schemas into `dir`, migrates the sqlite database and starts Kratos.
     pub fn start(dir: &Path, options: &KratosOptions) -> Result<Self> {
         fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        let public_port =
-            if options.public_port == 0 { process::free_port()? } else { options.public_port };
-        let admin_port =
-            if options.admin_port == 0 { process::free_port()? } else { options.admin_port };
+        let public_port = if options.public_port == 0 {
+            process::free_port()?
+        } else {
+            options.public_port
+        };
+        let admin_port = if options.admin_port == 0 {
+            process::free_port()?
+        } else {
+            options.admin_port
+        };
         let source = crate::repo_root().join("testenv").join("kratos");
         for id in [schemas::CUSTOMER, schemas::EMPLOYEE] {
             let from = source.join(format!("{id}.schema.json"));
@@ -124,7 +135,10 @@ impl KratosInstance {
     }
 
     fn dsn(&self) -> String {
-        format!("sqlite://{}/kratos.sqlite?_fk=true&mode=rwc", self.dir.display())
+        format!(
+            "sqlite://{}/kratos.sqlite?_fk=true&mode=rwc",
+            self.dir.display()
+        )
     }
 
     fn spawn(&mut self) -> Result<()> {

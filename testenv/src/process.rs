@@ -36,7 +36,10 @@ impl ProcessRecord {
         // A zombie has no exe link; it counts as stopped.
         match fs::read_link(proc_dir.join("exe")) {
             Ok(exe) => {
-                let exe = exe.to_string_lossy().trim_end_matches(" (deleted)").to_string();
+                let exe = exe
+                    .to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_string();
                 Path::new(&exe) == self.binary
                     || fs::canonicalize(&self.binary).is_ok_and(|b| b == Path::new(&exe))
             }
@@ -109,7 +112,9 @@ pub fn spawn(
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().map_err(io_err(format!("starting {}", binary.display())))?;
+    let child = cmd
+        .spawn()
+        .map_err(io_err(format!("starting {}", binary.display())))?;
     let record = ProcessRecord {
         name: name.to_string(),
         pid: i32::try_from(child.id()).unwrap_or(i32::MAX),
@@ -123,7 +128,10 @@ pub fn spawn(
 /// environment or a system service).
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free port"))?;
-    let port = listener.local_addr().map_err(io_err("finding a free port"))?.port();
+    let port = listener
+        .local_addr()
+        .map_err(io_err("finding a free port"))?
+        .port();
     Ok(port)
 }
 

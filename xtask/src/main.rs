@@ -97,9 +97,17 @@ fn build_all(force: bool) -> Result<(), String> {
     for component in build::ALL {
         let took = component.build(force).map_err(|e| e.to_string())?;
         if took.is_zero() {
-            eprintln!("testenv: {} {} cached in {}", component.name, component.version, component.cache_dir().display());
+            eprintln!(
+                "testenv: {} {} cached in {}",
+                component.name,
+                component.version,
+                component.cache_dir().display()
+            );
         } else {
-            eprintln!("testenv: built {} {} in {:.0?}", component.name, component.version, took);
+            eprintln!(
+                "testenv: built {} {} in {:.0?}",
+                component.name, component.version, took
+            );
         }
     }
     eprintln!("testenv: build finished in {:.1?}", started.elapsed());
@@ -113,7 +121,11 @@ fn testenv(action: TestenvAction) -> Result<(), String> {
             let dir = dir_or_default(dir);
             let started = Instant::now();
             let env = Environment::up(&dir).map_err(|e| e.to_string())?;
-            eprintln!("testenv: up in {:.1?} ({})", started.elapsed(), dir.display());
+            eprintln!(
+                "testenv: up in {:.1?} ({})",
+                started.elapsed(),
+                dir.display()
+            );
             print!("{}", env.env_lines());
             Ok(())
         }
@@ -129,7 +141,11 @@ fn testenv(action: TestenvAction) -> Result<(), String> {
         TestenvAction::Status { dir } => {
             let dir = dir_or_default(dir);
             for component in build::ALL {
-                let state = if component.is_built() { "built" } else { "NOT BUILT" };
+                let state = if component.is_built() {
+                    "built"
+                } else {
+                    "NOT BUILT"
+                };
                 println!("{:<12} {:<10} {state}", component.name, component.version);
             }
             match Environment::attach(&dir).map_err(|e| e.to_string())? {
@@ -150,7 +166,12 @@ fn testenv(action: TestenvAction) -> Result<(), String> {
             let dir = dir_or_default(dir);
             let env = Environment::attach(&dir)
                 .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no environment runs in {}; start it with `cargo xtask testenv up`", dir.display()))?;
+                .ok_or_else(|| {
+                    format!(
+                        "no environment runs in {}; start it with `cargo xtask testenv up`",
+                        dir.display()
+                    )
+                })?;
             print!("{}", env.env_lines());
             Ok(())
         }
@@ -165,18 +186,38 @@ fn cargo(args: &[&str], extra: &[String]) -> Result<(), String> {
         .args(extra)
         .status()
         .map_err(|e| format!("running cargo: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("`cargo {}` failed ({status})", args.join(" "))) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
 }
 
 fn test(cargo_args: &[String]) -> Result<(), String> {
     let started = Instant::now();
     cargo(&["fmt", "--all", "--check"], &[])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
+    cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
     build_all(false)?;
     let dir = env::default_dir();
-    let was_running = Environment::attach(&dir).map_err(|e| e.to_string())?.is_some();
+    let was_running = Environment::attach(&dir)
+        .map_err(|e| e.to_string())?
+        .is_some();
     let env = Environment::up(&dir).map_err(|e| e.to_string())?;
-    eprintln!("xtask: environment {} in {}", if was_running { "reused" } else { "started" }, env.dir.display());
+    eprintln!(
+        "xtask: environment {} in {}",
+        if was_running { "reused" } else { "started" },
+        env.dir.display()
+    );
     let result = cargo(&["test", "--workspace", "--no-fail-fast"], cargo_args);
     if !was_running {
         let _ = env::down(&dir);
@@ -185,14 +226,180 @@ fn test(cargo_args: &[String]) -> Result<(), String> {
     result
 }
 
+fn kubectl(env: &Environment, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    use std::io::Write;
+    let kubectl = build::KUBERNETES
+        .binary("kubectl")
+        .map_err(|e| e.to_string())?;
+    let mut child = Command::new(kubectl)
+        .args(args)
+        .env("KUBECONFIG", &env.state.kubeconfig)
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running kubectl: {e}"))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| format!("writing to kubectl: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("running kubectl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The README's run command: the environment, the CRDs, the operator and the examples.
 fn demo() -> Result<(), String> {
     build_all(false)?;
     let dir = env::default_dir();
-    let env = Environment::up(&dir).map_err(|e| e.to_string())?;
-    println!("The local environment runs (kube-apiserver {}, Ory Kratos {}).", env.state.kubernetes_version, env.state.kratos_version);
-    println!("Use it from a shell with:\n");
+    let mut env = Environment::up(&dir).map_err(|e| e.to_string())?;
+    cargo(&["build", "--quiet", "--bin", "kratos-operator"], &[])?;
+    let root = kratos_operator_testenv::repo_root();
+    let operator = root.join("target").join("debug").join("kratos-operator");
+
+    let crds = Command::new(&operator)
+        .arg("crds")
+        .output()
+        .map_err(|e| format!("running the operator: {e}"))?;
+    kubectl(
+        &env,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=kratos-operator-demo",
+            "-f",
+            "-",
+        ],
+        Some(&String::from_utf8_lossy(&crds.stdout)),
+    )?;
+    kubectl(
+        &env,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "--all",
+        ],
+        None,
+    )?;
+    let ns = "demo";
+    let ns_yaml = kubectl(
+        &env,
+        &["create", "namespace", ns, "--dry-run=client", "-o", "yaml"],
+        None,
+    )?;
+    kubectl(&env, &["apply", "-f", "-"], Some(&ns_yaml))?;
+
+    let started = env
+        .start_process(
+            "kratos-operator",
+            &operator,
+            &[],
+            &[
+                ("KUBECONFIG", env.state.kubeconfig.display().to_string()),
+                ("KRATOS_ADMIN_URL", env.state.kratos_admin_url.clone()),
+                ("KRATOS_PUBLIC_URL", env.state.kratos_public_url.clone()),
+                ("METRICS_ADDR", "127.0.0.1:0".to_string()),
+                ("RESYNC_INTERVAL", "30s".to_string()),
+            ],
+        )
+        .map_err(|e| e.to_string())?;
+    println!(
+        "operator {} (log: {}/logs/kratos-operator.log)",
+        if started {
+            "started"
+        } else {
+            "already running"
+        },
+        dir.display()
+    );
+
+    let examples = root.join("deploy").join("examples");
+    kubectl(
+        &env,
+        &["apply", "-n", ns, "-k", &examples.display().to_string()],
+        None,
+    )?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let ready = kubectl(
+            &env,
+            &[
+                "get",
+                "identities",
+                "alice",
+                "bob",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\" \"}{end}",
+            ],
+            None,
+        )?;
+        let states: Vec<&str> = ready.split_whitespace().collect();
+        if !states.is_empty() && states.iter().all(|s| *s == "True") {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the example identities did not become Ready: {ready}; see {}/logs/kratos-operator.log",
+                dir.display()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    println!("\n$ kubectl get kratos -A");
+    print!("{}", kubectl(&env, &["get", "kratos", "-A"], None)?);
+    println!(
+        "\nIdentities in Kratos ({}/admin/identities):",
+        env.state.kratos_admin_url
+    );
+    let list: serde_json::Value = ureq::get(&format!(
+        "{}/admin/identities?page_size=500",
+        env.state.kratos_admin_url
+    ))
+    .call()
+    .map_err(|e| format!("listing Kratos identities: {e}"))?
+    .body_mut()
+    .read_json()
+    .map_err(|e| format!("listing Kratos identities: {e}"))?;
+    println!(
+        "{:<38} {:<10} {:<28} {:<8} MANAGED BY",
+        "ID", "SCHEMA", "IDENTIFIER", "STATE"
+    );
+    for i in list.as_array().into_iter().flatten() {
+        let traits = &i["traits"];
+        let identifier = traits["email"]
+            .as_str()
+            .or(traits["username"].as_str())
+            .unwrap_or("");
+        let owner = i["metadata_admin"]["kratos-operator.dev/owner"]
+            .as_str()
+            .unwrap_or("-");
+        println!(
+            "{:<38} {:<10} {:<28} {:<8} {owner}",
+            i["id"].as_str().unwrap_or(""),
+            i["schema_id"].as_str().unwrap_or(""),
+            identifier,
+            i["state"].as_str().unwrap_or("")
+        );
+    }
+    println!("\nThe environment and the operator keep running. Use them from a shell with:\n");
     print!("{}", env.env_lines());
-    println!("\nthen e.g. `kubectl get namespaces` and `curl $KRATOS_ADMIN_URL/admin/identities`.");
-    println!("Stop it with `cargo xtask testenv down`.");
+    println!("\nStop everything with `cargo xtask testenv down`.");
     Ok(())
 }
