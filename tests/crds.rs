@@ -2,13 +2,18 @@
 //! explain` and GitOps tools need: a description on every field, no unsigned formats.
 //! Regenerate with `UPDATE_CRDS=1 cargo test --test crds`.
 
+// Test code: panicking on unexpected results is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use kratos_operator::api;
 use serde_json::Value;
 
 fn crd_path(plural: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds").join(format!("{plural}.yaml"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("crds")
+        .join(format!("{plural}.yaml"))
 }
 
 #[test]
@@ -25,7 +30,10 @@ fn crd_files_match_the_types() {
             stale.push(path.display().to_string());
         }
     }
-    assert!(stale.is_empty(), "generated CRDs drifted: {stale:?}; run `UPDATE_CRDS=1 cargo test --test crds`");
+    assert!(
+        stale.is_empty(),
+        "generated CRDs drifted: {stale:?}; run `UPDATE_CRDS=1 cargo test --test crds`"
+    );
 }
 
 #[test]
@@ -46,7 +54,10 @@ fn walk(path: &str, schema: &Value, problems: &mut Vec<String>) {
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (name, prop) in props {
             let p = format!("{path}.{name}");
-            let described = prop.get("description").and_then(Value::as_str).is_some_and(|d| !d.trim().is_empty());
+            let described = prop
+                .get("description")
+                .and_then(Value::as_str)
+                .is_some_and(|d| !d.trim().is_empty());
             // metadata and apiVersion/kind are documented by Kubernetes itself.
             if !described && !["apiVersion", "kind", "metadata"].contains(&name.as_str()) {
                 problems.push(format!("{p}: no description"));
@@ -65,7 +76,11 @@ fn every_field_is_documented_and_no_unsigned_formats() {
     for crd in api::crds() {
         let value = serde_json::to_value(&crd).unwrap();
         for version in value["spec"]["versions"].as_array().unwrap() {
-            walk(&crd.spec.names.kind, &version["schema"]["openAPIV3Schema"], &mut problems);
+            walk(
+                &crd.spec.names.kind,
+                &version["schema"]["openAPIV3Schema"],
+                &mut problems,
+            );
         }
     }
     // Conditions come from k8s-openapi and are documented there; keep them to the standard set.
@@ -77,16 +92,35 @@ fn every_field_is_documented_and_no_unsigned_formats() {
 fn crds_are_structural_with_status_and_categories() {
     for crd in api::crds() {
         assert_eq!(crd.spec.group, api::GROUP);
-        assert!(crd.spec.names.categories.as_ref().unwrap().contains(&"kratos".to_string()));
+        assert!(
+            crd.spec
+                .names
+                .categories
+                .as_ref()
+                .unwrap()
+                .contains(&"kratos".to_string())
+        );
         let v = &crd.spec.versions[0];
-        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{}", crd.spec.names.kind);
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "{}",
+            crd.spec.names.kind
+        );
         let json = serde_json::to_string(&v.schema).unwrap();
         // Free-form JSON must preserve unknown fields and be typed as an object.
         if crd.spec.names.kind == "Identity" {
-            let traits = &serde_json::to_value(&v.schema).unwrap()["openAPIV3Schema"]["properties"]["spec"]["properties"]["traits"];
+            let traits = &serde_json::to_value(&v.schema).unwrap()["openAPIV3Schema"]["properties"]
+                ["spec"]["properties"]["traits"];
             assert_eq!(traits["type"], "object");
             assert_eq!(traits["x-kubernetes-preserve-unknown-fields"], true);
         }
-        assert!(!json.contains("\"anyOf\""), "{}: anyOf makes the schema non-structural", crd.spec.names.kind);
+        assert!(
+            !json.contains("\"anyOf\""),
+            "{}: anyOf makes the schema non-structural",
+            crd.spec.names.kind
+        );
     }
 }

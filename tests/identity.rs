@@ -1,6 +1,9 @@
 //! The Identity controller against the real apiserver and the real Kratos: every numbered
 //! behaviour of the Identity issue. Each test runs its own operator, watching only its namespace.
 
+// Test code: panicking on unexpected results is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! version, CRDs served through server-side apply, garbage collection by a real
 //! kube-controller-manager, and a real Kratos storing identities.
 
+// Test code: panicking on unexpected results is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;
@@ -12,7 +15,9 @@ use k8s_openapi::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    api::{
+        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    },
     runtime::{conditions, wait::await_condition},
 };
 use serde_json::json;
@@ -22,7 +27,10 @@ use support::{eventually, setup};
 async fn apiserver_reports_the_pinned_release() {
     let t = setup("smoke-version").await;
     let info = t.client.apiserver_version().await.expect("/version");
-    assert_eq!(info.git_version, kratos_operator_testenv::versions::KUBERNETES);
+    assert_eq!(
+        info.git_version,
+        kratos_operator_testenv::versions::KUBERNETES
+    );
     assert_eq!(info.major, "1");
     t.cleanup().await;
 }
@@ -57,7 +65,11 @@ async fn crd_applied_by_ssa_is_established_and_objects_round_trip() {
     .expect("apply CRD");
     tokio::time::timeout(
         Duration::from_secs(30),
-        await_condition(crds, "widgets.smoke.kratos-operator.dev", conditions::is_crd_established()),
+        await_condition(
+            crds,
+            "widgets.smoke.kratos-operator.dev",
+            conditions::is_crd_established(),
+        ),
     )
     .await
     .expect("CRD established in time")
@@ -74,9 +86,11 @@ async fn crd_applied_by_ssa_is_established_and_objects_round_trip() {
     }))
     .expect("widget");
     // Discovery may lag the Established condition by a moment.
-    eventually("the Widget create to succeed", Duration::from_secs(20), || async {
-        widgets.create(&PostParams::default(), &widget).await.ok()
-    })
+    eventually(
+        "the Widget create to succeed",
+        Duration::from_secs(20),
+        || async { widgets.create(&PostParams::default(), &widget).await.ok() },
+    )
     .await;
     let back = widgets.get("w1").await.expect("get widget");
     assert_eq!(back.data["spec"]["size"], json!(3));
@@ -89,7 +103,10 @@ async fn garbage_collector_deletes_owned_objects() {
     let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), &t.namespace);
     let secrets: Api<Secret> = Api::namespaced(t.client.clone(), &t.namespace);
     let owner = cms
-        .create(&PostParams::default(), &serde_json::from_value(json!({ "metadata": { "name": "owner" } })).expect("cm"))
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({ "metadata": { "name": "owner" } })).expect("cm"),
+        )
         .await
         .expect("create owner");
     let secret: Secret = serde_json::from_value(json!({
@@ -99,11 +116,18 @@ async fn garbage_collector_deletes_owned_objects() {
         "stringData": { "k": "v" }
     }))
     .expect("secret");
-    secrets.create(&PostParams::default(), &secret).await.expect("create owned secret");
-    cms.delete("owner", &DeleteParams::default()).await.expect("delete owner");
-    eventually("the owned Secret to be garbage-collected", Duration::from_secs(60), || async {
-        matches!(secrets.get_opt("owned").await, Ok(None)).then_some(())
-    })
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create owned secret");
+    cms.delete("owner", &DeleteParams::default())
+        .await
+        .expect("delete owner");
+    eventually(
+        "the owned Secret to be garbage-collected",
+        Duration::from_secs(60),
+        || async { matches!(secrets.get_opt("owned").await, Ok(None)).then_some(()) },
+    )
     .await;
     t.cleanup().await;
 }
@@ -114,13 +138,21 @@ async fn namespace_controller_finishes_namespace_deletion() {
     let namespaces: Api<Namespace> = Api::all(t.client.clone());
     let secrets: Api<Secret> = Api::namespaced(t.client.clone(), &t.namespace);
     secrets
-        .create(&PostParams::default(), &serde_json::from_value(json!({ "metadata": { "name": "s" } })).expect("s"))
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({ "metadata": { "name": "s" } })).expect("s"),
+        )
         .await
         .expect("create secret");
-    namespaces.delete(&t.namespace, &DeleteParams::default()).await.expect("delete namespace");
-    eventually("the namespace to disappear", Duration::from_secs(60), || async {
-        matches!(namespaces.get_opt(&t.namespace).await, Ok(None)).then_some(())
-    })
+    namespaces
+        .delete(&t.namespace, &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    eventually(
+        "the namespace to disappear",
+        Duration::from_secs(60),
+        || async { matches!(namespaces.get_opt(&t.namespace).await, Ok(None)).then_some(()) },
+    )
     .await;
 }
 
@@ -161,6 +193,9 @@ async fn kratos_creates_and_returns_an_identity() {
         .json()
         .await
         .expect("json");
-    assert_eq!(version["version"], json!(kratos_operator_testenv::versions::KRATOS));
+    assert_eq!(
+        version["version"],
+        json!(kratos_operator_testenv::versions::KRATOS)
+    );
     t.cleanup().await;
 }

@@ -1,8 +1,13 @@
 //! The custom resources of kratos-operator (group `kratos-operator.dev`, version `v1alpha1`)
 //! and the helpers they share: kstatus-style conditions, names and markers.
 
+// clippy reads repeated `printcolumn(type_ = ..)` arguments of the kube derive as duplicated
+// attributes; they are distinct columns.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod conditions;
 pub mod identity;
+pub mod recovery_request;
 pub mod schema_ref;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -10,6 +15,7 @@ use kube::CustomResourceExt;
 use schemars::{Schema, SchemaGenerator, json_schema};
 
 pub use identity::{Identity, IdentitySpec, IdentityStatus};
+pub use recovery_request::{RecoveryRequest, RecoveryRequestSpec, RecoveryRequestStatus};
 pub use schema_ref::{IdentitySchemaRef, IdentitySchemaRefSpec, IdentitySchemaRefStatus};
 
 /// API group of every kind.
@@ -31,7 +37,11 @@ pub const UID_MARKER: &str = "kratos-operator.dev/uid";
 
 /// Every CRD of the operator, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Identity::crd(), IdentitySchemaRef::crd()]
+    vec![
+        Identity::crd(),
+        IdentitySchemaRef::crd(),
+        RecoveryRequest::crd(),
+    ]
 }
 
 /// Schema of a free-form JSON object field (traits, metadata): `type: object` with

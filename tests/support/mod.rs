@@ -1,6 +1,6 @@
 //! Shared fixture of the integration tests: the real local environment (started once, or
 //! reused), a kube Client, a namespace of the test's own, and the Kratos URLs.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     sync::atomic::{AtomicU32, Ordering},

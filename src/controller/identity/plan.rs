@@ -13,9 +13,9 @@ use crate::{
     },
     controller::json,
     kratos::{
-        CreateIdentityBody, Identity, IdentityCredentialsImport, IdentityState as KratosState, JsonPatchOp,
-        OidcImport, OidcImportConfig, OidcProviderImport, PasswordImport, Session, UpdateIdentityBody,
-        VerifiableAddressImport,
+        CreateIdentityBody, Identity, IdentityCredentialsImport, IdentityState as KratosState,
+        JsonPatchOp, OidcImport, OidcImportConfig, OidcProviderImport, PasswordImport, Session,
+        UpdateIdentityBody, VerifiableAddressImport,
     },
 };
 
@@ -107,11 +107,24 @@ pub fn desired(
             .credentials
             .as_ref()
             .and_then(|c| c.oidc.as_ref())
-            .map(|o| o.providers.iter().map(|p| (p.provider.clone(), p.subject.clone())).collect())
+            .map(|o| {
+                o.providers
+                    .iter()
+                    .map(|p| (p.provider.clone(), p.subject.clone()))
+                    .collect()
+            })
             .unwrap_or_default(),
         password,
-        revoke_on_deactivate: spec.sessions.as_ref().and_then(|s| s.revoke_on_deactivate).unwrap_or(false),
-        revoke_before: spec.sessions.as_ref().and_then(|s| s.revoke_before.as_ref()).map(|t| t.0),
+        revoke_on_deactivate: spec
+            .sessions
+            .as_ref()
+            .and_then(|s| s.revoke_on_deactivate)
+            .unwrap_or(false),
+        revoke_before: spec
+            .sessions
+            .as_ref()
+            .and_then(|s| s.revoke_before.as_ref())
+            .map(|t| t.0),
     }
 }
 
@@ -130,7 +143,9 @@ pub enum Ownership {
 pub fn ownership(identity: &Identity, uid: &str) -> Ownership {
     let meta = identity.metadata_admin.as_ref();
     let marker_uid = meta.and_then(|m| m.get(UID_MARKER)).and_then(Value::as_str);
-    let marker_owner = meta.and_then(|m| m.get(OWNER_MARKER)).and_then(Value::as_str);
+    let marker_owner = meta
+        .and_then(|m| m.get(OWNER_MARKER))
+        .and_then(Value::as_str);
     match (marker_uid, marker_owner) {
         (Some(u), _) if u == uid => Ownership::Ours,
         (None, None) => Ownership::Unowned,
@@ -153,7 +168,10 @@ pub enum Existing {
 
 /// Decides between create, take back, adopt and conflict.
 pub fn resolve_existing(candidates: &[Identity], uid: &str, adoption: AdoptionPolicy) -> Existing {
-    if let Some(ours) = candidates.iter().find(|i| ownership(i, uid) == Ownership::Ours) {
+    if let Some(ours) = candidates
+        .iter()
+        .find(|i| ownership(i, uid) == Ownership::Ours)
+    {
         return Existing::TakeBack(ours.id.clone());
     }
     let Some(first) = candidates.first() else {
@@ -164,7 +182,9 @@ pub fn resolve_existing(candidates: &[Identity], uid: &str, adoption: AdoptionPo
             "Kratos identity {} has the same identifier and is owned by {owner}",
             first.id
         )),
-        (_, AdoptionPolicy::IfUnowned) if candidates.len() == 1 => Existing::Adopt(first.id.clone()),
+        (_, AdoptionPolicy::IfUnowned) if candidates.len() == 1 => {
+            Existing::Adopt(first.id.clone())
+        }
         (_, AdoptionPolicy::IfUnowned) => Existing::Conflict(format!(
             "{} Kratos identities share this object's identifiers; refusing to adopt one",
             candidates.len()
@@ -244,7 +264,11 @@ pub fn password_due(desired: &Desired, last_imported: Option<&str>) -> bool {
 }
 
 /// Every difference between the spec and the Kratos identity.
-pub fn differences(desired: &Desired, identity: &Identity, last_password: Option<&str>) -> Vec<Difference> {
+pub fn differences(
+    desired: &Desired,
+    identity: &Identity,
+    last_password: Option<&str>,
+) -> Vec<Difference> {
     let mut out = Vec::new();
     if identity.schema_id != desired.schema_id {
         out.push(Difference::Schema);
@@ -255,10 +279,16 @@ pub fn differences(desired: &Desired, identity: &Identity, last_password: Option
     if identity.state != kratos_state(desired.state) {
         out.push(Difference::State);
     }
-    if !json::equal_opt(identity.metadata_public.as_ref(), desired.metadata_public.as_ref()) {
+    if !json::equal_opt(
+        identity.metadata_public.as_ref(),
+        desired.metadata_public.as_ref(),
+    ) {
         out.push(Difference::MetadataPublic);
     }
-    if !json::equal_opt(identity.metadata_admin.as_ref(), Some(&desired.metadata_admin)) {
+    if !json::equal_opt(
+        identity.metadata_admin.as_ref(),
+        Some(&desired.metadata_admin),
+    ) {
         out.push(Difference::MetadataAdmin);
     }
     if !missing_oidc(desired, identity).is_empty() {
@@ -271,13 +301,20 @@ pub fn differences(desired: &Desired, identity: &Identity, last_password: Option
 }
 
 fn password_import(p: &PasswordInput) -> PasswordImport {
-    if p.hashed { PasswordImport::hashed(p.value.clone()) } else { PasswordImport::cleartext(p.value.clone()) }
+    if p.hashed {
+        PasswordImport::hashed(p.value.clone())
+    } else {
+        PasswordImport::cleartext(p.value.clone())
+    }
 }
 
 fn oidc_import(pairs: &[(String, String)]) -> Option<OidcImport> {
     (!pairs.is_empty()).then(|| OidcImport {
         config: OidcImportConfig {
-            providers: pairs.iter().map(|(p, s)| OidcProviderImport::new(p.clone(), s.clone())).collect(),
+            providers: pairs
+                .iter()
+                .map(|(p, s)| OidcProviderImport::new(p.clone(), s.clone()))
+                .collect(),
         },
     })
 }
@@ -312,8 +349,14 @@ pub fn create_body(desired: &Desired) -> CreateIdentityBody {
 
 /// The PUT body that makes the identity equal to the spec. Full traits and both metadata are
 /// always sent (PUT replaces them); credentials only when an import is due.
-pub fn update_body(desired: &Desired, identity: &Identity, last_password: Option<&str>) -> UpdateIdentityBody {
-    let password = password_due(desired, last_password).then(|| desired.password.as_ref().map(password_import)).flatten();
+pub fn update_body(
+    desired: &Desired,
+    identity: &Identity,
+    last_password: Option<&str>,
+) -> UpdateIdentityBody {
+    let password = password_due(desired, last_password)
+        .then(|| desired.password.as_ref().map(password_import))
+        .flatten();
     let oidc = oidc_import(&missing_oidc(desired, identity));
     UpdateIdentityBody {
         schema_id: desired.schema_id.clone(),
@@ -321,14 +364,19 @@ pub fn update_body(desired: &Desired, identity: &Identity, last_password: Option
         state: Some(kratos_state(desired.state)),
         metadata_public: desired.metadata_public.clone(),
         metadata_admin: Some(desired.metadata_admin.clone()),
-        credentials: (password.is_some() || oidc.is_some()).then_some(IdentityCredentialsImport { password, oidc }),
+        credentials: (password.is_some() || oidc.is_some())
+            .then_some(IdentityCredentialsImport { password, oidc }),
         external_id: identity.external_id.clone(),
     }
 }
 
 /// JSON Patch operations that mark the spec's verified addresses as verified, for addresses
 /// Kratos has but has not verified. Addresses Kratos does not derive from the traits are skipped.
-pub fn verify_address_ops(desired: &Desired, identity: &Identity, now: Timestamp) -> Vec<JsonPatchOp> {
+pub fn verify_address_ops(
+    desired: &Desired,
+    identity: &Identity,
+    now: Timestamp,
+) -> Vec<JsonPatchOp> {
     let mut ops = Vec::new();
     for (i, addr) in identity.verifiable_addresses.iter().enumerate() {
         let wanted = desired
@@ -336,7 +384,10 @@ pub fn verify_address_ops(desired: &Desired, identity: &Identity, now: Timestamp
             .iter()
             .any(|(v, via)| v.trim().eq_ignore_ascii_case(addr.value.trim()) && *via == addr.via);
         if wanted && !addr.verified {
-            ops.push(JsonPatchOp::replace(format!("/verifiable_addresses/{i}/verified"), Value::Bool(true)));
+            ops.push(JsonPatchOp::replace(
+                format!("/verifiable_addresses/{i}/verified"),
+                Value::Bool(true),
+            ));
             ops.push(JsonPatchOp::replace(
                 format!("/verifiable_addresses/{i}/status"),
                 Value::String("completed".into()),
@@ -364,7 +415,11 @@ pub struct SessionPlan {
 /// Decides which sessions to revoke.
 pub fn plan_sessions(desired: &Desired, sessions: &[Session]) -> SessionPlan {
     if desired.state == IdentityState::Inactive && desired.revoke_on_deactivate {
-        return SessionPlan { revoke_all: !sessions.is_empty(), disable: Vec::new(), active_after: 0 };
+        return SessionPlan {
+            revoke_all: !sessions.is_empty(),
+            disable: Vec::new(),
+            active_after: 0,
+        };
     }
     let mut disable = Vec::new();
     let mut active_after = 0;
@@ -379,14 +434,19 @@ pub fn plan_sessions(desired: &Desired, sessions: &[Session]) -> SessionPlan {
             active_after += 1;
         }
     }
-    SessionPlan { revoke_all: false, disable, active_after }
+    SessionPlan {
+        revoke_all: false,
+        disable,
+        active_after,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::identity::{
-        AddressVia, IdentityCredentials, OidcCredential, OidcProvider, SessionPolicy, VerifiedAddress,
+        AddressVia, IdentityCredentials, OidcCredential, OidcProvider, SessionPolicy,
+        VerifiedAddress,
     };
     use secrecy::ExposeSecret;
     use serde_json::json;
@@ -420,14 +480,25 @@ mod tests {
     }
 
     fn pw(policy: PasswordPolicy, version: &str, hashed: bool) -> PasswordInput {
-        PasswordInput { value: SecretString::from("s3cret-pw"), hashed, version: version.into(), policy }
+        PasswordInput {
+            value: SecretString::from("s3cret-pw"),
+            hashed,
+            version: version.into(),
+            policy,
+        }
     }
 
     #[test]
     fn metadata_admin_merges_the_marker_and_release_removes_it() {
         let m = desired_metadata_admin(Some(&json!({"crm": "42"})), "ns/a", UID);
-        assert_eq!(m, json!({"crm": "42", OWNER_MARKER: "ns/a", UID_MARKER: UID}));
-        assert_eq!(released_metadata_admin(Some(&m)), Some(json!({"crm": "42"})));
+        assert_eq!(
+            m,
+            json!({"crm": "42", OWNER_MARKER: "ns/a", UID_MARKER: UID})
+        );
+        assert_eq!(
+            released_metadata_admin(Some(&m)),
+            Some(json!({"crm": "42"}))
+        );
         let only_marker = desired_metadata_admin(None, "ns/a", UID);
         assert_eq!(released_metadata_admin(Some(&only_marker)), None);
         assert_eq!(released_metadata_admin(None), None);
@@ -445,24 +516,46 @@ mod tests {
         let d = desired_of(&base_spec(), None);
         let cases = [
             (json!({"schema_id": "employee"}), Difference::Schema),
-            (json!({"traits": {"email": "b@example.com", "age": 3}}), Difference::Traits),
+            (
+                json!({"traits": {"email": "b@example.com", "age": 3}}),
+                Difference::Traits,
+            ),
             (json!({"state": "inactive"}), Difference::State),
-            (json!({"metadata_public": {"x": 1}}), Difference::MetadataPublic),
+            (
+                json!({"metadata_public": {"x": 1}}),
+                Difference::MetadataPublic,
+            ),
             (json!({"metadata_admin": null}), Difference::MetadataAdmin),
-            (json!({"metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID, "extra": 1}}), Difference::MetadataAdmin),
+            (
+                json!({"metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID, "extra": 1}}),
+                Difference::MetadataAdmin,
+            ),
         ];
         for (patch, expected) in cases {
-            assert_eq!(differences(&d, &identity(patch.clone()), None), vec![expected], "{patch}");
+            assert_eq!(
+                differences(&d, &identity(patch.clone()), None),
+                vec![expected],
+                "{patch}"
+            );
         }
     }
 
     #[test]
     fn ownership_is_read_from_the_marker() {
         assert_eq!(ownership(&identity(json!({})), UID), Ownership::Ours);
-        assert_eq!(ownership(&identity(json!({"metadata_admin": null})), UID), Ownership::Unowned);
-        assert_eq!(ownership(&identity(json!({"metadata_admin": {"crm": 1}})), UID), Ownership::Unowned);
         assert_eq!(
-            ownership(&identity(json!({"metadata_admin": {OWNER_MARKER: "x/y", UID_MARKER: "other"}})), UID),
+            ownership(&identity(json!({"metadata_admin": null})), UID),
+            Ownership::Unowned
+        );
+        assert_eq!(
+            ownership(&identity(json!({"metadata_admin": {"crm": 1}})), UID),
+            Ownership::Unowned
+        );
+        assert_eq!(
+            ownership(
+                &identity(json!({"metadata_admin": {OWNER_MARKER: "x/y", UID_MARKER: "other"}})),
+                UID
+            ),
             Ownership::Other("x/y".into())
         );
     }
@@ -471,12 +564,31 @@ mod tests {
     fn existing_identities_are_taken_back_adopted_or_conflict() {
         let ours = identity(json!({"id": "ours"}));
         let unowned = identity(json!({"id": "free", "metadata_admin": null}));
-        let other = identity(json!({"id": "theirs", "metadata_admin": {OWNER_MARKER: "x/y", UID_MARKER: "u2"}}));
-        assert_eq!(resolve_existing(&[], UID, AdoptionPolicy::Never), Existing::None);
-        assert_eq!(resolve_existing(&[unowned.clone(), ours], UID, AdoptionPolicy::Never), Existing::TakeBack("ours".into()));
-        assert_eq!(resolve_existing(&[unowned.clone()], UID, AdoptionPolicy::IfUnowned), Existing::Adopt("free".into()));
-        assert!(matches!(resolve_existing(&[unowned.clone()], UID, AdoptionPolicy::Never), Existing::Conflict(m) if m.contains("IfUnowned")));
-        assert!(matches!(resolve_existing(&[other], UID, AdoptionPolicy::IfUnowned), Existing::Conflict(m) if m.contains("x/y")));
+        let other = identity(
+            json!({"id": "theirs", "metadata_admin": {OWNER_MARKER: "x/y", UID_MARKER: "u2"}}),
+        );
+        assert_eq!(
+            resolve_existing(&[], UID, AdoptionPolicy::Never),
+            Existing::None
+        );
+        assert_eq!(
+            resolve_existing(&[unowned.clone(), ours], UID, AdoptionPolicy::Never),
+            Existing::TakeBack("ours".into())
+        );
+        assert_eq!(
+            resolve_existing(
+                std::slice::from_ref(&unowned),
+                UID,
+                AdoptionPolicy::IfUnowned
+            ),
+            Existing::Adopt("free".into())
+        );
+        assert!(
+            matches!(resolve_existing(std::slice::from_ref(&unowned), UID, AdoptionPolicy::Never), Existing::Conflict(m) if m.contains("IfUnowned"))
+        );
+        assert!(
+            matches!(resolve_existing(&[other], UID, AdoptionPolicy::IfUnowned), Existing::Conflict(m) if m.contains("x/y"))
+        );
         assert!(matches!(
             resolve_existing(&[unowned.clone(), unowned], UID, AdoptionPolicy::IfUnowned),
             Existing::Conflict(m) if m.contains("refusing")
@@ -488,26 +600,57 @@ mod tests {
         let mut s = base_spec();
         s.metadata_public = Some(json!({"plan": "pro"}));
         s.state = Some(IdentityState::Inactive);
-        s.verified_addresses = Some(vec![VerifiedAddress { value: "a@example.com".into(), via: AddressVia::Email }]);
+        s.verified_addresses = Some(vec![VerifiedAddress {
+            value: "a@example.com".into(),
+            via: AddressVia::Email,
+        }]);
         s.credentials = Some(IdentityCredentials {
             password: None,
-            oidc: Some(OidcCredential { providers: vec![OidcProvider { provider: "github".into(), subject: "1".into() }] }),
+            oidc: Some(OidcCredential {
+                providers: vec![OidcProvider {
+                    provider: "github".into(),
+                    subject: "1".into(),
+                }],
+            }),
         });
-        let body = create_body(&desired_of(&s, Some(pw(PasswordPolicy::SetOnce, "v1", false))));
+        let body = create_body(&desired_of(
+            &s,
+            Some(pw(PasswordPolicy::SetOnce, "v1", false)),
+        ));
         assert_eq!(body.state, Some(KratosState::Inactive));
         assert_eq!(body.metadata_public, Some(json!({"plan": "pro"})));
-        assert_eq!(body.metadata_admin.as_ref().and_then(|m| m.get(UID_MARKER)), Some(&json!(UID)));
+        assert_eq!(
+            body.metadata_admin.as_ref().and_then(|m| m.get(UID_MARKER)),
+            Some(&json!(UID))
+        );
         let addrs = body.verifiable_addresses.as_ref().unwrap();
         assert!(addrs[0].verified && addrs[0].status == "completed");
         let creds = body.credentials.as_ref().unwrap();
-        assert_eq!(creds.password.as_ref().unwrap().config.password.as_ref().unwrap().expose_secret(), "s3cret-pw");
-        assert_eq!(creds.oidc.as_ref().unwrap().config.providers[0].provider, "github");
+        assert_eq!(
+            creds
+                .password
+                .as_ref()
+                .unwrap()
+                .config
+                .password
+                .as_ref()
+                .unwrap()
+                .expose_secret(),
+            "s3cret-pw"
+        );
+        assert_eq!(
+            creds.oidc.as_ref().unwrap().config.providers[0].provider,
+            "github"
+        );
         assert!(!format!("{body:?}").contains("s3cret-pw"));
     }
 
     #[test]
     fn hashed_password_goes_into_hashed_password() {
-        let body = create_body(&desired_of(&base_spec(), Some(pw(PasswordPolicy::SetOnce, "v1", true))));
+        let body = create_body(&desired_of(
+            &base_spec(),
+            Some(pw(PasswordPolicy::SetOnce, "v1", true)),
+        ));
         let config = &body.credentials.unwrap().password.unwrap().config;
         assert!(config.password.is_none());
         assert!(config.hashed_password.is_some());
@@ -522,7 +665,10 @@ mod tests {
         assert!(password_due(&sync, Some("v1")));
         assert!(password_due(&sync, None));
         assert!(!password_due(&sync, Some("v2")));
-        assert_eq!(differences(&sync, &identity(json!({})), Some("v1")), vec![Difference::Password]);
+        assert_eq!(
+            differences(&sync, &identity(json!({})), Some("v1")),
+            vec![Difference::Password]
+        );
         let body = update_body(&sync, &identity(json!({})), Some("v1"));
         assert!(body.credentials.unwrap().password.is_some());
         let body = update_body(&sync, &identity(json!({})), Some("v2"));
@@ -536,13 +682,21 @@ mod tests {
             password: None,
             oidc: Some(OidcCredential {
                 providers: vec![
-                    OidcProvider { provider: "github".into(), subject: "1".into() },
-                    OidcProvider { provider: "google".into(), subject: "2".into() },
+                    OidcProvider {
+                        provider: "github".into(),
+                        subject: "1".into(),
+                    },
+                    OidcProvider {
+                        provider: "google".into(),
+                        subject: "2".into(),
+                    },
                 ],
             }),
         });
         let d = desired_of(&s, None);
-        let have = identity(json!({"credentials": {"oidc": {"type": "oidc", "identifiers": ["github:1"]}}}));
+        let have = identity(
+            json!({"credentials": {"oidc": {"type": "oidc", "identifiers": ["github:1"]}}}),
+        );
         assert_eq!(differences(&d, &have, None), vec![Difference::Oidc]);
         let body = update_body(&d, &have, None);
         assert_eq!(body.traits, json!({"email": "a@example.com", "age": 3}));
@@ -555,10 +709,15 @@ mod tests {
     #[test]
     fn verify_ops_target_unverified_matching_addresses_only() {
         let mut s = base_spec();
-        s.verified_addresses = Some(vec![VerifiedAddress { value: "A@example.com".into(), via: AddressVia::Email }]);
+        s.verified_addresses = Some(vec![VerifiedAddress {
+            value: "A@example.com".into(),
+            via: AddressVia::Email,
+        }]);
         let d = desired_of(&s, None);
         let addr = |value: &str, verified: bool| json!({"value": value, "verified": verified, "via": "email", "status": "pending"});
-        let have = identity(json!({"verifiable_addresses": [addr("other@example.com", false), addr("a@example.com", false)]}));
+        let have = identity(
+            json!({"verifiable_addresses": [addr("other@example.com", false), addr("a@example.com", false)]}),
+        );
         let ops = verify_address_ops(&d, &have, Timestamp::UNIX_EPOCH);
         assert_eq!(ops.len(), 3);
         assert_eq!(ops[0].path, "/verifiable_addresses/1/verified");
@@ -578,19 +737,38 @@ mod tests {
             session("gone", false, "2025-01-01T00:00:00Z"),
         ];
         let d = desired_of(&base_spec(), None);
-        assert_eq!(plan_sessions(&d, &sessions), SessionPlan { revoke_all: false, disable: vec![], active_after: 2 });
+        assert_eq!(
+            plan_sessions(&d, &sessions),
+            SessionPlan {
+                revoke_all: false,
+                disable: vec![],
+                active_after: 2
+            }
+        );
 
         let mut s = base_spec();
         s.sessions = Some(SessionPolicy {
             revoke_on_deactivate: None,
-            revoke_before: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time("2026-03-01T00:00:00Z".parse().unwrap())),
+            revoke_before: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-03-01T00:00:00Z".parse().unwrap(),
+            )),
         });
         let plan = plan_sessions(&desired_of(&s, None), &sessions);
-        assert_eq!(plan, SessionPlan { revoke_all: false, disable: vec!["old".into()], active_after: 1 });
+        assert_eq!(
+            plan,
+            SessionPlan {
+                revoke_all: false,
+                disable: vec!["old".into()],
+                active_after: 1
+            }
+        );
 
         let mut s = base_spec();
         s.state = Some(IdentityState::Inactive);
-        s.sessions = Some(SessionPolicy { revoke_on_deactivate: Some(true), revoke_before: None });
+        s.sessions = Some(SessionPolicy {
+            revoke_on_deactivate: Some(true),
+            revoke_before: None,
+        });
         let plan = plan_sessions(&desired_of(&s, None), &sessions);
         assert!(plan.revoke_all);
         assert!(!plan_sessions(&desired_of(&s, None), &[]).revoke_all);
