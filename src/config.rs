@@ -27,6 +27,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print every CRD as one multi-document YAML stream.
     Crds,
+    /// Write Identity manifests (and IdentitySchemaRefs) for the identities already in Kratos,
+    /// with `adoption: IfUnowned`, to standard output.
+    Export(ExportArgs),
     /// Print the version.
     Version,
 }
@@ -40,11 +43,15 @@ pub enum LogFormat {
     Text,
 }
 
-/// Options of `run`.
+/// How to reach Kratos.
 #[derive(Debug, Clone, Args)]
-pub struct RunArgs {
+pub struct KratosArgs {
     /// Kratos admin API base URL.
-    #[arg(long, env = "KRATOS_ADMIN_URL", default_value = "http://127.0.0.1:4434")]
+    #[arg(
+        long,
+        env = "KRATOS_ADMIN_URL",
+        default_value = "http://127.0.0.1:4434"
+    )]
     pub kratos_admin_url: Url,
     /// Kratos public API base URL (self-hosted Kratos serves schemas there; default: follow the
     /// admin port's redirect).
@@ -59,15 +66,56 @@ pub struct RunArgs {
     /// Client-side limit of Kratos requests per second (0: unlimited).
     #[arg(long, env = "KRATOS_RATE_LIMIT", default_value_t = 0.0)]
     pub kratos_rate_limit: f64,
+}
+
+impl KratosArgs {
+    /// The Kratos client configuration these options describe.
+    pub fn kratos_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new(self.kratos_admin_url.clone());
+        c.public_url = self.kratos_public_url.clone();
+        c.token_file = self.kratos_token_file.clone();
+        c.ca_file = self.kratos_ca_file.clone();
+        c.rate_limit_per_second = (self.kratos_rate_limit > 0.0).then_some(self.kratos_rate_limit);
+        c
+    }
+}
+
+/// Options of `export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// How to reach Kratos.
+    #[command(flatten)]
+    pub kratos: KratosArgs,
+    /// Namespace to put into the generated objects.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// Also export identities that a kratos-operator object already manages.
+    #[arg(long)]
+    pub include_managed: bool,
+}
+
+/// Options of `run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// How to reach Kratos.
+    #[command(flatten)]
+    pub kratos: KratosArgs,
     /// Namespace to watch (repeat, or comma-separate in the variable); none: all namespaces.
-    #[arg(long = "watch-namespace", env = "WATCH_NAMESPACE", value_delimiter = ',')]
+    #[arg(
+        long = "watch-namespace",
+        env = "WATCH_NAMESPACE",
+        value_delimiter = ','
+    )]
     pub watch_namespaces: Vec<String>,
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
-    /// Elect a leader among replicas; only the leader writes.
+    /// Elect a leader among replicas (a Lease in POD_NAMESPACE); only the leader writes.
     #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
     pub leader_elect: bool,
+    /// How long the leader's Lease lasts without renewal, e.g. `15s`.
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
     /// How often each Identity is compared with Kratos (drift detection), e.g. `5m`.
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
@@ -85,12 +133,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The Kratos client configuration these options describe.
     pub fn kratos_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new(self.kratos_admin_url.clone());
-        c.public_url = self.kratos_public_url.clone();
-        c.token_file = self.kratos_token_file.clone();
-        c.ca_file = self.kratos_ca_file.clone();
-        c.rate_limit_per_second = (self.kratos_rate_limit > 0.0).then_some(self.kratos_rate_limit);
-        c
+        self.kratos.kratos_config()
     }
 
     /// The controller settings these options describe.
@@ -99,7 +142,12 @@ impl RunArgs {
             resync_interval: self.resync_interval,
             schema_recheck_interval: self.schema_recheck_interval,
             max_concurrent_reconciles: self.max_concurrent_reconciles,
-            watch_namespaces: self.watch_namespaces.iter().filter(|n| !n.is_empty()).cloned().collect(),
+            watch_namespaces: self
+                .watch_namespaces
+                .iter()
+                .filter(|n| !n.is_empty())
+                .cloned()
+                .collect(),
             instance: std::env::var("POD_NAME").ok(),
         }
     }
@@ -131,13 +179,19 @@ mod tests {
         let settings = cli.run.settings();
         assert_eq!(settings.watch_namespaces, vec!["a", "b"]);
         assert_eq!(settings.resync_interval, Duration::from_secs(30));
-        assert_eq!(cli.run.kratos_config().admin_url.as_str(), "http://kratos:4434/");
+        assert_eq!(
+            cli.run.kratos_config().admin_url.as_str(),
+            "http://kratos:4434/"
+        );
     }
 
     #[test]
     fn bad_input_is_rejected_with_a_message() {
-        let err = Cli::try_parse_from(["kratos-operator", "--resync-interval", "soon"]).unwrap_err();
+        let err =
+            Cli::try_parse_from(["kratos-operator", "--resync-interval", "soon"]).unwrap_err();
         assert!(err.to_string().contains("resync-interval"), "{err}");
-        assert!(Cli::try_parse_from(["kratos-operator", "--max-concurrent-reconciles", "0"]).is_err());
+        assert!(
+            Cli::try_parse_from(["kratos-operator", "--max-concurrent-reconciles", "0"]).is_err()
+        );
     }
 }

@@ -9,8 +9,12 @@
 pub mod api;
 pub mod config;
 pub mod controller;
+pub mod export;
 pub mod kratos;
+pub mod leader;
+pub mod metrics;
 pub mod schema;
+pub mod server;
 
 /// Errors of the operator's reconcilers and start-up.
 #[derive(Debug, thiserror::Error)]

@@ -3,21 +3,33 @@
 
 pub mod identity;
 pub mod json;
+pub mod recovery;
 pub mod schema_ref;
 
 mod backoff;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::{FutureExt, future::BoxFuture};
 use kube::{
     Client,
-    runtime::events::{Recorder, Reporter},
+    runtime::{
+        events::{Recorder, Reporter},
+        reflector::Store,
+    },
 };
 
 pub use backoff::Backoff;
 
-use crate::{kratos::KratosClient, schema::SchemaCache};
+use crate::{
+    api::{Identity, IdentitySchemaRef},
+    kratos::KratosClient,
+    metrics::Metrics,
+    schema::SchemaCache,
+};
 
 /// Tunables of the controllers (filled from the command line).
 #[derive(Debug, Clone)]
@@ -60,12 +72,95 @@ pub struct Context {
     pub settings: Settings,
     /// Per-object error backoff.
     pub backoff: Backoff,
+    /// Reconcile metrics.
+    pub metrics: Arc<Metrics>,
+    /// The controllers' caches, for readiness and the managed-identities gauge.
+    pub caches: Caches,
+}
+
+async fn is_ready<E>(f: impl std::future::Future<Output = Result<(), E>>) -> bool {
+    tokio::time::timeout(Duration::from_millis(1), f)
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// The reflector stores of the running controllers.
+#[derive(Default)]
+pub struct Caches {
+    identities: Mutex<Vec<Store<Identity>>>,
+    schema_refs: Mutex<Vec<Store<IdentitySchemaRef>>>,
+}
+
+impl Caches {
+    /// Registers an Identity store.
+    pub fn add_identities(&self, store: Store<Identity>) {
+        if let Ok(mut v) = self.identities.lock() {
+            v.push(store);
+        }
+    }
+
+    /// Registers an IdentitySchemaRef store.
+    pub fn add_schema_refs(&self, store: Store<IdentitySchemaRef>) {
+        if let Ok(mut v) = self.schema_refs.lock() {
+            v.push(store);
+        }
+    }
+
+    /// Whether every controller has started and completed its initial list.
+    pub async fn synced(&self) -> bool {
+        let identities: Vec<_> = self
+            .identities
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        let refs: Vec<_> = self
+            .schema_refs
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        if identities.is_empty() || refs.is_empty() {
+            return false;
+        }
+        for s in &identities {
+            if !is_ready(s.wait_until_ready()).await {
+                return false;
+            }
+        }
+        for s in &refs {
+            if !is_ready(s.wait_until_ready()).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Identity objects whose Ready condition is True.
+    pub fn identities_ready(&self) -> i64 {
+        let stores: Vec<_> = self
+            .identities
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        let n = stores
+            .iter()
+            .flat_map(Store::state)
+            .filter(|i| {
+                i.status
+                    .as_ref()
+                    .is_some_and(|s| crate::api::conditions::is_ready(&s.conditions))
+            })
+            .count();
+        i64::try_from(n).unwrap_or(i64::MAX)
+    }
 }
 
 impl Context {
     /// Builds the context.
     pub fn new(client: Client, kratos: KratosClient, settings: Settings) -> Self {
-        let reporter = Reporter { controller: "kratos-operator".into(), instance: settings.instance.clone() };
+        let reporter = Reporter {
+            controller: "kratos-operator".into(),
+            instance: settings.instance.clone(),
+        };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -73,6 +168,8 @@ impl Context {
             schemas: SchemaCache::default(),
             settings,
             backoff: Backoff::default(),
+            metrics: Arc::new(Metrics::default()),
+            caches: Caches::default(),
         }
     }
 }
@@ -83,12 +180,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: BoxFuture<'static, ()>) {
     let scopes: Vec<Option<String>> = if ctx.settings.watch_namespaces.is_empty() {
         vec![None]
     } else {
-        ctx.settings.watch_namespaces.iter().cloned().map(Some).collect()
+        ctx.settings
+            .watch_namespaces
+            .iter()
+            .cloned()
+            .map(Some)
+            .collect()
     };
     let mut tasks = Vec::new();
     for scope in &scopes {
         tasks.push(identity::controller(ctx.clone(), scope.as_deref(), shutdown.clone()).boxed());
         tasks.push(schema_ref::controller(ctx.clone(), scope.as_deref(), shutdown.clone()).boxed());
+        tasks.push(recovery::controller(ctx.clone(), scope.as_deref(), shutdown.clone()).boxed());
     }
     futures::future::join_all(tasks).await;
 }

@@ -44,7 +44,11 @@ pub enum Fetched {
 }
 
 /// The status for what was fetched (pure).
-pub fn status_for(obj: &IdentitySchemaRef, fetched: &Fetched, now: Timestamp) -> IdentitySchemaRefStatus {
+pub fn status_for(
+    obj: &IdentitySchemaRef,
+    fetched: &Fetched,
+    now: Timestamp,
+) -> IdentitySchemaRefStatus {
     let prev = obj.status.clone().unwrap_or_default();
     let generation = obj.metadata.generation;
     let id = &obj.spec.schema_id;
@@ -53,7 +57,12 @@ pub fn status_for(obj: &IdentitySchemaRef, fetched: &Fetched, now: Timestamp) ->
             observed_generation: generation,
             conditions: conditions::merge(
                 &prev.conditions,
-                &[Desired::new(conditions::READY, Status::True, "Resolved", format!("Kratos serves schema {id}"))],
+                &[Desired::new(
+                    conditions::READY,
+                    Status::True,
+                    "Resolved",
+                    format!("Kratos serves schema {id}"),
+                )],
                 generation,
                 now,
             ),
@@ -64,8 +73,14 @@ pub fn status_for(obj: &IdentitySchemaRef, fetched: &Fetched, now: Timestamp) ->
         },
         Fetched::NotFound | Fetched::Invalid(_) => {
             let (reason, message) = match fetched {
-                Fetched::NotFound => ("SchemaNotFound", format!("Kratos has no identity schema with id {id:?}")),
-                Fetched::Invalid(e) => ("InvalidSchema", format!("schema {id:?} cannot be used: {e}")),
+                Fetched::NotFound => (
+                    "SchemaNotFound",
+                    format!("Kratos has no identity schema with id {id:?}"),
+                ),
+                Fetched::Invalid(e) => (
+                    "InvalidSchema",
+                    format!("schema {id:?} cannot be used: {e}"),
+                ),
                 Fetched::Compiled(_) => ("Resolved", String::new()),
             };
             IdentitySchemaRefStatus {
@@ -97,24 +112,45 @@ fn same(a: &IdentitySchemaRefStatus, b: &IdentitySchemaRefStatus) -> bool {
         && a.verifiable_traits == b.verifiable_traits
 }
 
-async fn write_status(ctx: &Context, obj: &IdentitySchemaRef, status: &IdentitySchemaRefStatus) -> Result<bool> {
+async fn write_status(
+    ctx: &Context,
+    obj: &IdentitySchemaRef,
+    status: &IdentitySchemaRefStatus,
+) -> Result<bool> {
     if obj.status.as_ref().is_some_and(|s| same(s, status)) {
         return Ok(false);
     }
-    let ns = obj.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = obj
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<IdentitySchemaRef> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = json!({
         "apiVersion": IdentitySchemaRef::api_version(&()),
         "kind": IdentitySchemaRef::kind(&()),
         "status": status,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(true)
 }
 
-async fn publish(ctx: &Context, obj: &IdentitySchemaRef, warning: bool, reason: &str, note: String) {
+async fn publish(
+    ctx: &Context,
+    obj: &IdentitySchemaRef,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
     let ev = Event {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
         reason: reason.into(),
         note: Some(note),
         action: "Resolve".into(),
@@ -126,11 +162,16 @@ async fn publish(ctx: &Context, obj: &IdentitySchemaRef, warning: bool, reason: 
 }
 
 fn key(obj: &IdentitySchemaRef) -> String {
-    format!("IdentitySchemaRef/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+    format!(
+        "IdentitySchemaRef/{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
 }
 
 /// Reconciles one IdentitySchemaRef.
 pub async fn reconcile(obj: Arc<IdentitySchemaRef>, ctx: Arc<Context>) -> Result<Action> {
+    let _measure = ctx.metrics.reconcile("IdentitySchemaRef");
     let id = obj.spec.schema_id.clone();
     let fetched = match ctx.kratos.get_identity_schema(&id).await {
         Ok(s) => match CompiledSchema::compile(&id, s.raw.as_bytes()) {
@@ -146,8 +187,18 @@ pub async fn reconcile(obj: Arc<IdentitySchemaRef>, ctx: Arc<Context>) -> Result
                 conditions: conditions::merge(
                     &prev.conditions,
                     &[
-                        Desired::new(conditions::READY, Status::False, "KratosUnavailable", message.clone()),
-                        Desired::new(conditions::RECONCILING, Status::True, "KratosUnavailable", message),
+                        Desired::new(
+                            conditions::READY,
+                            Status::False,
+                            "KratosUnavailable",
+                            message.clone(),
+                        ),
+                        Desired::new(
+                            conditions::RECONCILING,
+                            Status::True,
+                            "KratosUnavailable",
+                            message,
+                        ),
                     ],
                     obj.metadata.generation,
                     Timestamp::now(),
@@ -165,13 +216,34 @@ pub async fn reconcile(obj: Arc<IdentitySchemaRef>, ctx: Arc<Context>) -> Result
     if changed {
         match (&fetched, &previous_digest) {
             (Fetched::Compiled(c), Some(old)) if *old != c.digest => {
-                publish(&ctx, &obj, false, "SchemaChanged", format!("Schema {id} changed ({old} -> {})", c.digest)).await;
+                publish(
+                    &ctx,
+                    &obj,
+                    false,
+                    "SchemaChanged",
+                    format!("Schema {id} changed ({old} -> {})", c.digest),
+                )
+                .await;
             }
             (Fetched::Compiled(c), None) => {
-                publish(&ctx, &obj, false, "Resolved", format!("Schema {id} resolved ({})", c.digest)).await;
+                publish(
+                    &ctx,
+                    &obj,
+                    false,
+                    "Resolved",
+                    format!("Schema {id} resolved ({})", c.digest),
+                )
+                .await;
             }
             (Fetched::NotFound, _) => {
-                publish(&ctx, &obj, true, "SchemaNotFound", format!("Kratos has no identity schema with id {id:?}")).await;
+                publish(
+                    &ctx,
+                    &obj,
+                    true,
+                    "SchemaNotFound",
+                    format!("Kratos has no identity schema with id {id:?}"),
+                )
+                .await;
             }
             (Fetched::Invalid(e), _) => publish(&ctx, &obj, true, "InvalidSchema", e.clone()).await,
             _ => {}
@@ -186,19 +258,29 @@ pub async fn reconcile(obj: Arc<IdentitySchemaRef>, ctx: Arc<Context>) -> Result
 
 /// Requeues a failed reconcile with per-object backoff.
 pub fn error_policy(obj: Arc<IdentitySchemaRef>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure("IdentitySchemaRef", error);
     let delay = ctx.backoff.fail(&key(&obj), error.retry_after());
     warn!(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any(), error = %error, retry_in = ?delay, "IdentitySchemaRef reconcile failed");
     Action::requeue(delay)
 }
 
 /// Runs the IdentitySchemaRef controller for one namespace (or all) until `shutdown`.
-pub async fn controller(ctx: Arc<Context>, namespace: Option<&str>, shutdown: Shared<BoxFuture<'static, ()>>) {
+pub async fn controller(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) {
     let api: Api<IdentitySchemaRef> = match namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    info!(namespace = namespace.unwrap_or("*"), "starting IdentitySchemaRef controller");
-    Controller::new(api, watcher::Config::default().any_semantic())
+    info!(
+        namespace = namespace.unwrap_or("*"),
+        "starting IdentitySchemaRef controller"
+    );
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    ctx.caches.add_schema_refs(controller.store());
+    controller
         .with_config(kube::runtime::controller::Config::default().concurrency(2))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -140,6 +140,8 @@ pub async fn install_crds(client: &Client) {
 pub struct Operator {
     /// The Kratos client it uses; its metrics count every call the operator made.
     pub kratos: kratos_operator::kratos::KratosClient,
+    /// Its context (metrics, caches).
+    pub ctx: std::sync::Arc<kratos_operator::controller::Context>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -203,10 +205,10 @@ pub async fn start_operator_with(
         settings,
     ));
     let task = tokio::spawn(kratos_operator::controller::run(
-        ctx,
+        ctx.clone(),
         futures::future::pending().boxed(),
     ));
-    Operator { kratos, task }
+    Operator { kratos, ctx, task }
 }
 
 /// Applies a manifest (YAML or JSON text) by server-side apply into the test namespace.

@@ -315,6 +315,9 @@ fn demo() -> Result<(), String> {
                 ("KRATOS_PUBLIC_URL", env.state.kratos_public_url.clone()),
                 ("METRICS_ADDR", "127.0.0.1:0".to_string()),
                 ("RESYNC_INTERVAL", "30s".to_string()),
+                // Only the demo namespace: tests share this environment and run operators of
+                // their own in their namespaces.
+                ("WATCH_NAMESPACE", ns.to_string()),
             ],
         )
         .map_err(|e| e.to_string())?;

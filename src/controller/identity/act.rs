@@ -70,7 +70,9 @@ fn invalid_message(reason: &str, pointer: Option<&str>) -> String {
 /// Brings Kratos in line with the spec.
 pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
     let uid = obj.uid().ok_or(Error::MissingField("metadata.uid"))?;
-    let ns = obj.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = obj
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     let owner = format!("{ns}/{}", obj.name_any());
     let status = obj.status.clone().unwrap_or_default();
 
@@ -84,11 +86,22 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         return Ok(Outcome::Blocked(Blocked::stalled(
             "InvalidSpec",
-            format!("traits do not match schema {}: {}", schema.schema_id, list.join("; ")),
+            format!(
+                "traits do not match schema {}: {}",
+                schema.schema_id,
+                list.join("; ")
+            ),
         )));
     }
-    let identifier = schema.compiled.as_ref().and_then(|c| c.display_identifier(&obj.spec.traits));
-    let last_password = status.credentials.as_ref().and_then(|c| c.password.as_ref()).map(|p| p.secret_version.clone());
+    let identifier = schema
+        .compiled
+        .as_ref()
+        .and_then(|c| c.display_identifier(&obj.spec.traits));
+    let last_password = status
+        .credentials
+        .as_ref()
+        .and_then(|c| c.password.as_ref())
+        .map(|p| p.secret_version.clone());
 
     // The Kratos identity this object manages, if it exists.
     let mut current = match &status.identity_id {
@@ -104,7 +117,11 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
     };
     let mut change = None;
     if current.is_none() {
-        let identifiers = schema.compiled.as_ref().map(|c| c.identifier_values(&obj.spec.traits)).unwrap_or_default();
+        let identifiers = schema
+            .compiled
+            .as_ref()
+            .map(|c| c.identifier_values(&obj.spec.traits))
+            .unwrap_or_default();
         let candidates = observe::candidates(ctx, &identifiers).await?;
         match plan::resolve_existing(&candidates, &uid, obj.spec.adoption()) {
             Existing::None => {}
@@ -116,13 +133,20 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
                 current = candidates.into_iter().find(|i| i.id == id);
                 change = Some(Change::Adopted);
             }
-            Existing::Conflict(message) => return Ok(Outcome::Blocked(Blocked::new("Conflict", message))),
+            Existing::Conflict(message) => {
+                return Ok(Outcome::Blocked(Blocked::new("Conflict", message)));
+            }
         }
     }
 
     // The password is needed to create, or to re-import under policy Sync.
     let needs_password = current.is_none()
-        || obj.spec.credentials.as_ref().and_then(|c| c.password.as_ref()).and_then(|p| p.policy)
+        || obj
+            .spec
+            .credentials
+            .as_ref()
+            .and_then(|c| c.password.as_ref())
+            .and_then(|p| p.policy)
             == Some(crate::api::identity::PasswordPolicy::Sync);
     let password = if needs_password {
         match observe::password(obj, ctx).await? {
@@ -137,7 +161,11 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
 
     let mut password_imported = None;
     let mut identity = match current {
-        None => match ctx.kratos.create_identity(&plan::create_body(&desired)).await {
+        None => match ctx
+            .kratos
+            .create_identity(&plan::create_body(&desired))
+            .await
+        {
             Ok(i) => {
                 change = Some(Change::Created);
                 password_imported = password_version.clone();
@@ -146,11 +174,16 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
             Err(kratos::Error::Conflict { reason }) => {
                 return Ok(Outcome::Blocked(Blocked::new(
                     "Conflict",
-                    format!("Kratos already has an identity with one of these identifiers or addresses: {reason}"),
+                    format!(
+                        "Kratos already has an identity with one of these identifiers or addresses: {reason}"
+                    ),
                 )));
             }
             Err(kratos::Error::Invalid { reason, pointer }) => {
-                return Ok(Outcome::Blocked(Blocked::stalled("InvalidSpec", invalid_message(&reason, pointer.as_deref()))));
+                return Ok(Outcome::Blocked(Blocked::stalled(
+                    "InvalidSpec",
+                    invalid_message(&reason, pointer.as_deref()),
+                )));
             }
             Err(e) => return Err(e.into()),
         },
@@ -179,7 +212,9 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
                     Err(kratos::Error::Conflict { reason }) => {
                         return Ok(Outcome::Blocked(Blocked::new(
                             "Conflict",
-                            format!("another Kratos identity already uses one of these identifiers or addresses: {reason}"),
+                            format!(
+                                "another Kratos identity already uses one of these identifiers or addresses: {reason}"
+                            ),
                         )));
                     }
                     Err(kratos::Error::Invalid { reason, pointer }) => {
@@ -199,7 +234,10 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
         identity = ctx.kratos.patch_identity(&identity.id, &ops).await?;
     }
 
-    let sessions = ctx.kratos.list_identity_sessions(&identity.id, None).await?;
+    let sessions = ctx
+        .kratos
+        .list_identity_sessions(&identity.id, None)
+        .await?;
     let session_plan = plan::plan_sessions(&desired, &sessions);
     if session_plan.revoke_all {
         ctx.kratos.delete_identity_sessions(&identity.id).await?;
@@ -233,9 +271,14 @@ pub async fn cleanup(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
                 Ok(s) => s.compiled,
                 Err(_) => None,
             };
-            let identifiers = compiled.map(|c| c.identifier_values(&obj.spec.traits)).unwrap_or_default();
+            let identifiers = compiled
+                .map(|c| c.identifier_values(&obj.spec.traits))
+                .unwrap_or_default();
             let candidates = observe::candidates(&ctx, &identifiers).await?;
-            candidates.into_iter().find(|i| plan::ownership(i, &uid) == plan::Ownership::Ours).map(|i| i.id)
+            candidates
+                .into_iter()
+                .find(|i| plan::ownership(i, &uid) == plan::Ownership::Ours)
+                .map(|i| i.id)
         }
     };
     let Some(id) = id else {
@@ -244,15 +287,33 @@ pub async fn cleanup(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
     match obj.spec.deletion_policy() {
         DeletionPolicy::Delete => {
             ctx.kratos.delete_identity(&id).await?;
-            report::event(&ctx, &obj, false, "Deleted", "Delete", format!("Deleted Kratos identity {id}")).await;
+            report::event(
+                &ctx,
+                &obj,
+                false,
+                "Deleted",
+                "Delete",
+                format!("Deleted Kratos identity {id}"),
+            )
+            .await;
         }
         DeletionPolicy::Orphan => match ctx.kratos.get_identity(&id, &[]).await {
             Ok(identity) if plan::ownership(&identity, &uid) == plan::Ownership::Ours => {
                 let released = plan::released_metadata_admin(identity.metadata_admin.as_ref());
-                let op = JsonPatchOp::replace("/metadata_admin", released.unwrap_or(serde_json::Value::Null));
+                let op = JsonPatchOp::replace(
+                    "/metadata_admin",
+                    released.unwrap_or(serde_json::Value::Null),
+                );
                 ctx.kratos.patch_identity(&id, &[op]).await?;
-                report::event(&ctx, &obj, false, "Orphaned", "Orphan", format!("Released Kratos identity {id}; it stays in Kratos"))
-                    .await;
+                report::event(
+                    &ctx,
+                    &obj,
+                    false,
+                    "Orphaned",
+                    "Orphan",
+                    format!("Released Kratos identity {id}; it stays in Kratos"),
+                )
+                .await;
             }
             Ok(_) | Err(kratos::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),

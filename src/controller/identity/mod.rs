@@ -13,7 +13,7 @@ pub mod report;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{StreamExt, future::Shared, future::BoxFuture};
+use futures::{StreamExt, future::BoxFuture, future::Shared};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
@@ -49,23 +49,38 @@ pub struct Blocked {
 impl Blocked {
     /// A blocked outcome that may resolve by itself (a Secret or schema appearing).
     pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into(), stalled: false }
+        Self {
+            reason,
+            message: message.into(),
+            stalled: false,
+        }
     }
     /// A blocked outcome that needs a spec change.
     pub fn stalled(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into(), stalled: true }
+        Self {
+            reason,
+            message: message.into(),
+            stalled: true,
+        }
     }
 }
 
 fn key(obj: &Identity) -> String {
-    format!("Identity/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+    format!(
+        "Identity/{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
 }
 
 /// Reconciles one Identity (with the finalizer that guards its Kratos identity).
 pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = obj.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = obj
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<Identity> = Api::namespaced(ctx.client.clone(), &ns);
     let key = key(&obj);
+    let _measure = ctx.metrics.reconcile("Identity");
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             FinalizerEvent::Apply(o) => apply(o, ctx.clone()).await,
@@ -74,8 +89,9 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> 
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    if result.is_ok() {
-        ctx.backoff.reset(&key);
+    match &result {
+        Ok(_) => ctx.backoff.reset(&key),
+        Err(e) => ctx.metrics.failure("Identity", e),
     }
     result
 }
@@ -92,7 +108,9 @@ async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
         Ok(outcome) => report::outcome(&obj, &ctx, outcome).await,
         Err(e) => {
             let transient = match &e {
-                Error::Kratos(k) => k.is_transient() || matches!(k, crate::kratos::Error::Unauthorized { .. }),
+                Error::Kratos(k) => {
+                    k.is_transient() || matches!(k, crate::kratos::Error::Unauthorized { .. })
+                }
                 _ => false,
             };
             if transient {
@@ -116,36 +134,65 @@ where
 }
 
 /// Runs the Identity controller for one namespace (or all) until `shutdown`.
-pub async fn controller(ctx: Arc<Context>, namespace: Option<&str>, shutdown: Shared<BoxFuture<'static, ()>>) {
+pub async fn controller(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) {
     let client = ctx.client.clone();
-    let (identities, secrets, schema_refs): (Api<Identity>, Api<PartialObjectMeta<Secret>>, Api<IdentitySchemaRef>) =
-        match namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-        };
+    let (identities, secrets, schema_refs): (
+        Api<Identity>,
+        Api<PartialObjectMeta<Secret>>,
+        Api<IdentitySchemaRef>,
+    ) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
     let controller = Controller::new(identities, watcher::Config::default().any_semantic());
     let store = controller.store();
+    ctx.caches.add_identities(store.clone());
     let secret_store = store.clone();
     let schema_store = store.clone();
-    info!(namespace = namespace.unwrap_or("*"), "starting Identity controller");
+    info!(
+        namespace = namespace.unwrap_or("*"),
+        "starting Identity controller"
+    );
     controller
-        .watches(secrets, watcher::Config::default().any_semantic(), move |secret| {
-            let name = secret.name_any();
-            referencing(&secret_store, secret.namespace(), |i| {
-                i.spec.credentials.as_ref().and_then(|c| c.password.as_ref()).is_some_and(|p| {
-                    p.secret_ref.as_ref().is_some_and(|r| r.name == name)
-                        || p.hashed_secret_ref.as_ref().is_some_and(|r| r.name == name)
+        .watches(
+            secrets,
+            watcher::Config::default().any_semantic(),
+            move |secret| {
+                let name = secret.name_any();
+                referencing(&secret_store, secret.namespace(), |i| {
+                    i.spec
+                        .credentials
+                        .as_ref()
+                        .and_then(|c| c.password.as_ref())
+                        .is_some_and(|p| {
+                            p.secret_ref.as_ref().is_some_and(|r| r.name == name)
+                                || p.hashed_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                        })
                 })
-            })
-        })
-        .watches(schema_refs, watcher::Config::default().any_semantic(), move |sr| {
-            let name = sr.name_any();
-            referencing(&schema_store, sr.namespace(), |i| i.spec.schema_ref.as_ref().is_some_and(|r| r.name == name))
-        })
+            },
+        )
+        .watches(
+            schema_refs,
+            watcher::Config::default().any_semantic(),
+            move |sr| {
+                let name = sr.name_any();
+                referencing(&schema_store, sr.namespace(), |i| {
+                    i.spec.schema_ref.as_ref().is_some_and(|r| r.name == name)
+                })
+            },
+        )
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(ctx.settings.max_concurrent_reconciles)

@@ -29,9 +29,20 @@ use crate::{
 };
 
 /// Publishes an Event about `obj` (failures to publish are logged, never fatal).
-pub async fn event(ctx: &Context, obj: &Identity, warning: bool, reason: &str, action: &str, note: String) {
+pub async fn event(
+    ctx: &Context,
+    obj: &Identity,
+    warning: bool,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let ev = Event {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
         reason: reason.into(),
         note: Some(note),
         action: action.into(),
@@ -47,11 +58,26 @@ pub fn synced_status(obj: &Identity, s: &Synced, now: Timestamp) -> IdentityStat
     let prev = obj.status.clone().unwrap_or_default();
     let generation = obj.metadata.generation;
     let wrote = s.change != Change::Unchanged;
-    let password = match (&s.password_imported, prev.credentials.as_ref().and_then(|c| c.password.clone())) {
-        (Some(v), _) => Some(PasswordStatus { secret_version: v.clone(), set_at: Some(Time(now)) }),
-        (None, prev_pw) => prev_pw.filter(|_| obj.spec.credentials.as_ref().and_then(|c| c.password.as_ref()).is_some()),
+    let password = match (
+        &s.password_imported,
+        prev.credentials.as_ref().and_then(|c| c.password.clone()),
+    ) {
+        (Some(v), _) => Some(PasswordStatus {
+            secret_version: v.clone(),
+            set_at: Some(Time(now)),
+        }),
+        (None, prev_pw) => prev_pw.filter(|_| {
+            obj.spec
+                .credentials
+                .as_ref()
+                .and_then(|c| c.password.as_ref())
+                .is_some()
+        }),
     };
-    let credentials = CredentialsStatus { password, oidc: s.oidc.clone() };
+    let credentials = CredentialsStatus {
+        password,
+        oidc: s.oidc.clone(),
+    };
     IdentityStatus {
         identity_id: Some(s.identity.id.clone()),
         observed_generation: generation,
@@ -71,7 +97,11 @@ pub fn synced_status(obj: &Identity, s: &Synced, now: Timestamp) -> IdentityStat
         schema_id: Some(s.identity.schema_id.clone()),
         credentials: (credentials != CredentialsStatus::default()).then_some(credentials),
         active_sessions: Some(s.active_sessions),
-        last_synced_at: if wrote || prev.last_synced_at.is_none() { Some(Time(now)) } else { prev.last_synced_at },
+        last_synced_at: if wrote || prev.last_synced_at.is_none() {
+            Some(Time(now))
+        } else {
+            prev.last_synced_at
+        },
     }
 }
 
@@ -79,11 +109,26 @@ pub fn synced_status(obj: &Identity, s: &Synced, now: Timestamp) -> IdentityStat
 pub fn blocked_status(obj: &Identity, b: &Blocked, now: Timestamp) -> IdentityStatus {
     let prev = obj.status.clone().unwrap_or_default();
     let generation = obj.metadata.generation;
-    let mut desired = vec![Desired::new(conditions::READY, Status::False, b.reason, b.message.clone())];
+    let mut desired = vec![Desired::new(
+        conditions::READY,
+        Status::False,
+        b.reason,
+        b.message.clone(),
+    )];
     if b.stalled {
-        desired.push(Desired::new(conditions::STALLED, Status::True, b.reason, b.message.clone()));
+        desired.push(Desired::new(
+            conditions::STALLED,
+            Status::True,
+            b.reason,
+            b.message.clone(),
+        ));
     } else {
-        desired.push(Desired::new(conditions::RECONCILING, Status::True, b.reason, b.message.clone()));
+        desired.push(Desired::new(
+            conditions::RECONCILING,
+            Status::True,
+            b.reason,
+            b.message.clone(),
+        ));
     }
     IdentityStatus {
         observed_generation: generation,
@@ -109,19 +154,29 @@ pub async fn write_status(ctx: &Context, obj: &Identity, status: &IdentityStatus
     if obj.status.as_ref().is_some_and(|s| same_status(s, status)) {
         return Ok(false);
     }
-    let ns = obj.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = obj
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<Identity> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = json!({
         "apiVersion": Identity::api_version(&()),
         "kind": Identity::kind(&()),
         "status": status,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(true)
 }
 
 fn previous_ready_reason(obj: &Identity) -> Option<String> {
-    obj.status.as_ref().and_then(|s| conditions::ready(&s.conditions)).map(|c| c.reason.clone())
+    obj.status
+        .as_ref()
+        .and_then(|s| conditions::ready(&s.conditions))
+        .map(|c| c.reason.clone())
 }
 
 /// Reports an outcome and says when to look again.
@@ -129,29 +184,71 @@ pub async fn outcome(obj: &Identity, ctx: &Context, outcome: Outcome) -> Result<
     let now = Timestamp::now();
     match outcome {
         Outcome::Synced(s) => {
+            ctx.metrics.outcome("Identity", "Synced");
             write_status(ctx, obj, &synced_status(obj, &s, now)).await?;
             let id = &s.identity.id;
             match &s.change {
-                Change::Created => event(ctx, obj, false, "Created", "Create", format!("Created Kratos identity {id}")).await,
-                Change::Adopted => event(ctx, obj, false, "Adopted", "Adopt", format!("Adopted existing Kratos identity {id}")).await,
+                Change::Created => {
+                    event(
+                        ctx,
+                        obj,
+                        false,
+                        "Created",
+                        "Create",
+                        format!("Created Kratos identity {id}"),
+                    )
+                    .await
+                }
+                Change::Adopted => {
+                    event(
+                        ctx,
+                        obj,
+                        false,
+                        "Adopted",
+                        "Adopt",
+                        format!("Adopted existing Kratos identity {id}"),
+                    )
+                    .await
+                }
                 Change::TookBack => {
-                    event(ctx, obj, false, "Recovered", "Create", format!("Found Kratos identity {id} created earlier by this object")).await;
+                    event(
+                        ctx,
+                        obj,
+                        false,
+                        "Recovered",
+                        "Create",
+                        format!("Found Kratos identity {id} created earlier by this object"),
+                    )
+                    .await;
                 }
                 Change::Updated(diffs) => {
                     let fields: Vec<&str> = diffs.iter().map(|d| d.as_str()).collect();
-                    event(ctx, obj, false, "Updated", "Update", format!("Updated Kratos identity {id}: {}", fields.join(", "))).await;
+                    event(
+                        ctx,
+                        obj,
+                        false,
+                        "Updated",
+                        "Update",
+                        format!("Updated Kratos identity {id}: {}", fields.join(", ")),
+                    )
+                    .await;
                 }
                 Change::Unchanged => {}
             }
             Ok(Action::requeue(ctx.settings.resync_interval))
         }
         Outcome::Blocked(b) => {
+            ctx.metrics.outcome("Identity", b.reason);
             let changed_reason = previous_ready_reason(obj).as_deref() != Some(b.reason);
             write_status(ctx, obj, &blocked_status(obj, &b, now)).await?;
             if changed_reason {
                 event(ctx, obj, true, b.reason, "Reconcile", b.message.clone()).await;
             }
-            Ok(if b.stalled { Action::await_change() } else { Action::requeue(ctx.settings.resync_interval) })
+            Ok(if b.stalled {
+                Action::await_change()
+            } else {
+                Action::requeue(ctx.settings.resync_interval)
+            })
         }
     }
 }
@@ -159,7 +256,10 @@ pub async fn outcome(obj: &Identity, ctx: &Context, outcome: Outcome) -> Result<
 /// Reports that Kratos (or a transient dependency) failed; the caller returns the error so the
 /// reconcile is retried with backoff.
 pub async fn unavailable(obj: &Identity, ctx: &Context, error: &Error) {
-    let b = Blocked::new("KratosUnavailable", format!("cannot reach Kratos, retrying with backoff: {error}"));
+    let b = Blocked::new(
+        "KratosUnavailable",
+        format!("cannot reach Kratos, retrying with backoff: {error}"),
+    );
     let changed_reason = previous_ready_reason(obj).as_deref() != Some(b.reason);
     if let Err(e) = write_status(ctx, obj, &blocked_status(obj, &b, Timestamp::now())).await {
         warn!(error = %e, "could not write status");

@@ -1,0 +1,404 @@
+//! Running it like a cluster add-on: /metrics, /healthz and /readyz; namespace scoping; leader
+//! election between two operator processes; `export` of identities already in Kratos.
+
+// Test code: panicking on unexpected results is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kratos_operator::{
+    api::{Identity, UID_MARKER},
+    controller::Context,
+    export::{ExportOptions, export},
+    kratos::{CreateIdentityBody, IdentityCredentialsImport, IdentityState},
+    server,
+};
+use kratos_operator_testenv::kratos::{KratosInstance, KratosOptions};
+use kube::{
+    Api, ResourceExt,
+    api::{DynamicObject, Patch, PatchParams},
+    core::GroupVersionKind,
+    discovery::ApiResource,
+};
+use serde_json::json;
+use support::{
+    apply, eventually, kratos_client, setup, start_operator, start_operator_with, test_settings,
+    wait_ready,
+};
+
+const T: Duration = Duration::from_secs(30);
+
+fn identity_manifest(name: &str, email: &str) -> serde_json::Value {
+    json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity", "metadata": { "name": name },
+        "spec": { "schemaId": "customer", "traits": { "email": email } } })
+}
+
+async fn get(url: &str) -> (u16, String, String) {
+    let resp = reqwest::get(url).await.expect("GET");
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    (status, ctype, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness_are_served() {
+    let t = setup("ops-metrics").await;
+    let op = start_operator(&t).await;
+    let (addr, _server) = server::serve(op.ctx.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{addr}");
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    eventually("/readyz to answer 200", T, || async {
+        (get(&format!("{base}/readyz")).await.0 == 200).then_some(())
+    })
+    .await;
+    apply::<Identity>(
+        &t,
+        identity_manifest("m1", &format!("m1.{}@example.com", t.namespace)),
+    )
+    .await;
+    wait_ready::<Identity>(&t, "m1", "True", Some("Synced"), T).await;
+    let (status, ctype, text) = get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    for series in [
+        "kratos_operator_reconciles_total{kind=\"Identity\"}",
+        "kratos_operator_reconcile_duration_seconds_count{kind=\"Identity\"}",
+        "kratos_operator_reconcile_outcomes_total{kind=\"Identity\",reason=\"Synced\"}",
+        "kratos_operator_reconciles_in_flight{kind=\"Identity\"}",
+        "kratos_operator_identities_managed 1",
+    ] {
+        assert!(text.contains(series), "missing {series} in\n{text}");
+    }
+    assert!(
+        text.contains("operation=\"create_identity\""),
+        "Kratos calls per operation:\n{text}"
+    );
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn readyz_fails_with_a_reason_when_kratos_does_not_answer() {
+    let t = setup("ops-notready").await;
+    support::install_crds(&t.client).await;
+    let dead = "http://127.0.0.1:9";
+    let ctx = std::sync::Arc::new(Context::new(
+        t.client.clone(),
+        kratos_client(dead, dead),
+        test_settings(&t.namespace),
+    ));
+    let (addr, _server) = server::serve(ctx, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (status, _, body) = get(&format!("http://{addr}/readyz")).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("Kratos does not answer"), "{body}");
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn only_watched_namespaces_are_touched() {
+    let watched = setup("ops-watched").await;
+    let other = setup("ops-other").await;
+    let _op = start_operator(&watched).await;
+    apply::<Identity>(
+        &watched,
+        identity_manifest("in", &format!("in.{}@example.com", watched.namespace)),
+    )
+    .await;
+    let outside_email = format!("out.{}@example.com", other.namespace);
+    apply::<Identity>(&other, identity_manifest("out", &outside_email)).await;
+    wait_ready::<Identity>(&watched, "in", "True", Some("Synced"), T).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let out: Identity = Api::namespaced(other.client.clone(), &other.namespace)
+        .get("out")
+        .await
+        .unwrap();
+    assert!(
+        out.status.is_none(),
+        "an unwatched namespace gets no status: {:?}",
+        out.status
+    );
+    assert!(
+        out.finalizers().is_empty(),
+        "an unwatched namespace gets no finalizer"
+    );
+    let k = kratos_client(&other.kratos_admin_url, &other.kratos_public_url);
+    assert!(
+        k.find_by_credentials_identifier(&outside_email)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    watched.cleanup().await;
+    other.cleanup().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Replica {
+    name: String,
+    metrics: String,
+    child: Child,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn replica(t: &support::TestEnv, name: &str) -> Replica {
+    let port = free_port();
+    let log =
+        std::fs::File::create(std::env::temp_dir().join(format!("{}-{name}.log", t.namespace)))
+            .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_kratos-operator"))
+        .env("KUBECONFIG", &t.env.state.kubeconfig)
+        .env("KRATOS_ADMIN_URL", &t.kratos_admin_url)
+        .env("KRATOS_PUBLIC_URL", &t.kratos_public_url)
+        .env("LEADER_ELECT", "true")
+        .env("LEASE_DURATION", "4s")
+        .env("POD_NAME", name)
+        .env("POD_NAMESPACE", &t.namespace)
+        .env("WATCH_NAMESPACE", &t.namespace)
+        .env("RESYNC_INTERVAL", "2s")
+        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the operator binary");
+    Replica {
+        name: name.into(),
+        metrics: format!("http://127.0.0.1:{port}/metrics"),
+        child,
+    }
+}
+
+async fn kratos_calls(metrics_url: &str) -> u64 {
+    let Ok(resp) = reqwest::get(metrics_url).await else {
+        return 0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("kratos_client_calls_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_and_a_killed_leader_hands_over() {
+    let t = setup("ops-leader").await;
+    support::install_crds(&t.client).await;
+    let mut replicas = vec![replica(&t, "replica-a"), replica(&t, "replica-b")];
+    let leases: Api<Lease> = Api::namespaced(t.client.clone(), &t.namespace);
+    let holder = eventually("a leader to be elected", T, || async {
+        leases
+            .get("kratos-operator-leader")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+    })
+    .await;
+    apply::<Identity>(
+        &t,
+        identity_manifest("l1", &format!("l1.{}@example.com", t.namespace)),
+    )
+    .await;
+    wait_ready::<Identity>(&t, "l1", "True", Some("Synced"), T).await;
+    let leader_idx = replicas.iter().position(|r| r.name == holder).unwrap();
+    let follower_idx = 1 - leader_idx;
+    assert!(
+        kratos_calls(&replicas[leader_idx].metrics).await > 0,
+        "the leader talks to Kratos"
+    );
+    assert_eq!(
+        kratos_calls(&replicas[follower_idx].metrics).await,
+        0,
+        "the follower never calls Kratos"
+    );
+
+    let killed = replicas.remove(leader_idx);
+    drop(killed); // SIGKILL: no release of the lease
+    let started = std::time::Instant::now();
+    apply::<Identity>(
+        &t,
+        identity_manifest("l2", &format!("l2.{}@example.com", t.namespace)),
+    )
+    .await;
+    wait_ready::<Identity>(&t, "l2", "True", Some("Synced"), Duration::from_secs(40)).await;
+    let new_holder = leases
+        .get("kratos-operator-leader")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    assert_eq!(new_holder, replicas[0].name);
+    assert!(
+        started.elapsed() < Duration::from_secs(4 + 20),
+        "handover took {:?}",
+        started.elapsed()
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn export_moves_existing_identities_under_management_without_changing_them() {
+    let t = setup("ops-export").await;
+    let dir = std::env::temp_dir().join(format!("kratos-{}", t.namespace));
+    let kratos = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || KratosInstance::start(&dir, &KratosOptions::default()).expect("private Kratos")
+    })
+    .await
+    .unwrap();
+    let k = kratos_client(&kratos.admin_url(), &kratos.public_url());
+    let mut a = CreateIdentityBody::new(
+        "customer",
+        json!({ "email": "ann@example.com", "name": { "first": "Ann" } }),
+    );
+    a.metadata_public = Some(json!({ "plan": "pro" }));
+    a.metadata_admin = Some(json!({ "crm": "7" }));
+    let mut b = CreateIdentityBody::new(
+        "employee",
+        json!({ "username": "ben", "email": "ben@example.com" }),
+    );
+    b.state = Some(IdentityState::Inactive);
+    let mut c = CreateIdentityBody::new("customer", json!({ "email": "cid@example.com" }));
+    c.credentials = Some(IdentityCredentialsImport::oidc([("github", "99")]));
+    for body in [&a, &b, &c] {
+        k.create_identity(body).await.unwrap();
+    }
+    let before: Vec<_> =
+        futures::TryStreamExt::try_collect::<Vec<_>>(k.list_identities(Default::default()))
+            .await
+            .unwrap();
+
+    let yaml = export(
+        &k,
+        &ExportOptions {
+            namespace: t.namespace.clone(),
+            include_managed: false,
+        },
+    )
+    .await
+    .unwrap();
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect();
+    assert_eq!(
+        docs.iter().filter(|d| d["kind"] == "Identity").count(),
+        3,
+        "{yaml}"
+    );
+    assert_eq!(
+        docs.iter()
+            .filter(|d| d["kind"] == "IdentitySchemaRef")
+            .count(),
+        2,
+        "{yaml}"
+    );
+
+    let _op = start_operator_with(
+        &t,
+        &kratos.admin_url(),
+        &kratos.public_url(),
+        test_settings(&t.namespace),
+    )
+    .await;
+    for doc in &docs {
+        let kind = doc["kind"].as_str().unwrap();
+        let plural = if kind == "Identity" {
+            "identities"
+        } else {
+            "identityschemarefs"
+        };
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("kratos-operator.dev", "v1alpha1", kind),
+            plural,
+        );
+        let api: Api<DynamicObject> = Api::namespaced_with(t.client.clone(), &t.namespace, &ar);
+        let obj: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::apply("kratos-operator-tests"),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap();
+    }
+    for doc in docs.iter().filter(|d| d["kind"] == "Identity") {
+        wait_ready::<Identity>(
+            &t,
+            doc["metadata"]["name"].as_str().unwrap(),
+            "True",
+            Some("Synced"),
+            T,
+        )
+        .await;
+    }
+    let after: Vec<_> =
+        futures::TryStreamExt::try_collect::<Vec<_>>(k.list_identities(Default::default()))
+            .await
+            .unwrap();
+    assert_eq!(after.len(), before.len(), "no duplicate");
+    for old in &before {
+        let new = after
+            .iter()
+            .find(|n| n.id == old.id)
+            .expect("same identity");
+        assert_eq!(new.traits, old.traits);
+        assert_eq!(new.state, old.state);
+        assert_eq!(new.schema_id, old.schema_id);
+        assert_eq!(new.metadata_public, old.metadata_public);
+        let admin = new.metadata_admin.clone().unwrap();
+        assert!(admin.get(UID_MARKER).is_some(), "now managed");
+        if let Some(crm) = old.metadata_admin.as_ref().and_then(|m| m.get("crm")) {
+            assert_eq!(&admin["crm"], crm);
+        }
+    }
+    // A second export leaves out what is now managed.
+    let again = export(
+        &k,
+        &ExportOptions {
+            namespace: t.namespace.clone(),
+            include_managed: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!again.contains("kind: Identity\n"), "{again}");
+    tokio::task::spawn_blocking(move || drop(kratos))
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    t.cleanup().await;
+}
