@@ -22,7 +22,16 @@ pub struct TraitError {
 
 impl fmt::Display for TraitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", if self.pointer.is_empty() { "/" } else { &self.pointer }, self.message)
+        write!(
+            f,
+            "{}: {}",
+            if self.pointer.is_empty() {
+                "/"
+            } else {
+                &self.pointer
+            },
+            self.message
+        )
     }
 }
 
@@ -66,7 +75,8 @@ pub fn digest(raw: &[u8]) -> String {
 impl CompiledSchema {
     /// Compiles `raw` (the schema document exactly as Kratos serves it).
     pub fn compile(id: &str, raw: &[u8]) -> Result<Self, InvalidSchema> {
-        let document: Value = serde_json::from_slice(raw).map_err(|e| InvalidSchema(e.to_string()))?;
+        let document: Value =
+            serde_json::from_slice(raw).map_err(|e| InvalidSchema(e.to_string()))?;
         let validator = jsonschema::options()
             .should_validate_formats(true)
             .build(&document)
@@ -79,7 +89,10 @@ impl CompiledSchema {
                 let identifier = ext
                     .get("credentials")
                     .and_then(Value::as_object)
-                    .is_some_and(|c| c.values().any(|m| m.get("identifier") == Some(&Value::Bool(true))));
+                    .is_some_and(|c| {
+                        c.values()
+                            .any(|m| m.get("identifier") == Some(&Value::Bool(true)))
+                    });
                 if identifier {
                     identifier_traits.push(path.to_string());
                 }
@@ -108,7 +121,10 @@ impl CompiledSchema {
         let mut errors: Vec<TraitError> = self
             .validator
             .iter_errors(&document)
-            .map(|e| TraitError { pointer: e.instance_path().to_string(), message: e.to_string() })
+            .map(|e| TraitError {
+                pointer: e.instance_path().to_string(),
+                message: e.to_string(),
+            })
             .collect();
         if errors.is_empty() {
             return Ok(());
@@ -135,9 +151,11 @@ impl CompiledSchema {
 
     /// The first identifier value as written in the traits, for display.
     pub fn display_identifier(&self, traits: &Value) -> Option<String> {
-        self.identifier_traits
-            .iter()
-            .find_map(|p| trait_at(traits, p).and_then(Value::as_str).map(str::to_string))
+        self.identifier_traits.iter().find_map(|p| {
+            trait_at(traits, p)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
     }
 }
 
@@ -151,7 +169,11 @@ fn walk_traits(schema: &Value, prefix: &str, visit: &mut dyn FnMut(&str, &Value)
         return;
     };
     for (name, prop) in props {
-        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
         if let Some(ext) = prop.get("ory.sh/kratos") {
             visit(&path, ext);
         }
@@ -176,7 +198,9 @@ impl SchemaCache {
         let Ok(mut map) = self.inner.write() else {
             return false;
         };
-        let changed = map.get(&schema.id).is_none_or(|old| old.digest != schema.digest);
+        let changed = map
+            .get(&schema.id)
+            .is_none_or(|old| old.digest != schema.digest);
         if changed {
             map.insert(schema.id.clone(), Arc::new(schema));
         }
@@ -190,7 +214,11 @@ mod tests {
     use serde_json::json;
 
     fn customer() -> CompiledSchema {
-        let raw = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/testenv/kratos/customer.schema.json")).unwrap();
+        let raw = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testenv/kratos/customer.schema.json"
+        ))
+        .unwrap();
         CompiledSchema::compile("customer", &raw).unwrap()
     }
 
@@ -206,18 +234,25 @@ mod tests {
     #[test]
     fn valid_traits_pass() {
         let s = customer();
-        assert_eq!(s.validate_traits(&json!({"email": "a@example.com", "name": {"first": "A"}})), Ok(()));
+        assert_eq!(
+            s.validate_traits(&json!({"email": "a@example.com", "name": {"first": "A"}})),
+            Ok(())
+        );
     }
 
     #[test]
     fn invalid_traits_report_pointers() {
         let s = customer();
-        let errors = s.validate_traits(&json!({"email": "not-an-email", "age": -1, "extra": true})).unwrap_err();
+        let errors = s
+            .validate_traits(&json!({"email": "not-an-email", "age": -1, "extra": true}))
+            .unwrap_err();
         let pointers: Vec<_> = errors.iter().map(|e| e.pointer.as_str()).collect();
         assert!(pointers.contains(&"/traits/email"), "{errors:?}");
         assert!(pointers.contains(&"/traits/age"), "{errors:?}");
         assert!(pointers.contains(&"/traits"), "{errors:?}");
-        let missing = s.validate_traits(&json!({"name": {"first": "A"}})).unwrap_err();
+        let missing = s
+            .validate_traits(&json!({"name": {"first": "A"}}))
+            .unwrap_err();
         assert_eq!(missing[0].pointer, "/traits");
         assert!(missing[0].message.contains("email"), "{missing:?}");
     }
@@ -225,8 +260,15 @@ mod tests {
     #[test]
     fn identifier_values_are_normalised() {
         let s = customer();
-        assert_eq!(s.identifier_values(&json!({"email": "  Alice@Example.COM "})), vec!["alice@example.com"]);
-        assert_eq!(s.display_identifier(&json!({"email": "Alice@Example.com"})).as_deref(), Some("Alice@Example.com"));
+        assert_eq!(
+            s.identifier_values(&json!({"email": "  Alice@Example.COM "})),
+            vec!["alice@example.com"]
+        );
+        assert_eq!(
+            s.display_identifier(&json!({"email": "Alice@Example.com"}))
+                .as_deref(),
+            Some("Alice@Example.com")
+        );
         assert!(s.identifier_values(&json!({})).is_empty());
     }
 

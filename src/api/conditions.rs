@@ -47,15 +47,30 @@ pub struct Desired {
 
 impl Desired {
     /// Builds a desired condition.
-    pub fn new(type_: &'static str, status: Status, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { type_, status, reason: reason.into(), message: message.into() }
+    pub fn new(
+        type_: &'static str,
+        status: Status,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
 }
 
 /// Merges `desired` into `existing`: conditions of the listed types are replaced (keeping
 /// `lastTransitionTime` when the status did not change), the kstatus types not listed are removed,
 /// and other condition types are kept as they are.
-pub fn merge(existing: &[Condition], desired: &[Desired], generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
+pub fn merge(
+    existing: &[Condition],
+    desired: &[Desired],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
     let mut out: Vec<Condition> = Vec::new();
     for d in desired {
         let previous = existing.iter().find(|c| c.type_ == d.type_);
@@ -116,12 +131,27 @@ mod tests {
 
     #[test]
     fn keeps_transition_time_when_status_unchanged() {
-        let first = merge(&[], &[Desired::new(READY, Status::False, "Pending", "a")], Some(1), ts(10));
-        let second = merge(&first, &[Desired::new(READY, Status::False, "Other", "b")], Some(2), ts(20));
+        let first = merge(
+            &[],
+            &[Desired::new(READY, Status::False, "Pending", "a")],
+            Some(1),
+            ts(10),
+        );
+        let second = merge(
+            &first,
+            &[Desired::new(READY, Status::False, "Other", "b")],
+            Some(2),
+            ts(20),
+        );
         assert_eq!(second[0].last_transition_time, Time(ts(10)));
         assert_eq!(second[0].reason, "Other");
         assert_eq!(second[0].observed_generation, Some(2));
-        let third = merge(&second, &[Desired::new(READY, Status::True, "Synced", "c")], Some(2), ts(30));
+        let third = merge(
+            &second,
+            &[Desired::new(READY, Status::True, "Synced", "c")],
+            Some(2),
+            ts(30),
+        );
         assert_eq!(third[0].last_transition_time, Time(ts(30)));
     }
 
@@ -137,17 +167,37 @@ mod tests {
             Some(1),
             ts(1),
         );
-        let next = merge(&existing, &[Desired::new(READY, Status::True, "Synced", "")], Some(1), ts(2));
+        let next = merge(
+            &existing,
+            &[Desired::new(READY, Status::True, "Synced", "")],
+            Some(1),
+            ts(2),
+        );
         let types: Vec<_> = next.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, vec![READY, "Custom"]);
     }
 
     #[test]
     fn same_ignores_transition_time_only() {
-        let a = merge(&[], &[Desired::new(READY, Status::True, "Synced", "m")], Some(1), ts(1));
-        let b = merge(&[], &[Desired::new(READY, Status::True, "Synced", "m")], Some(1), ts(2));
+        let a = merge(
+            &[],
+            &[Desired::new(READY, Status::True, "Synced", "m")],
+            Some(1),
+            ts(1),
+        );
+        let b = merge(
+            &[],
+            &[Desired::new(READY, Status::True, "Synced", "m")],
+            Some(1),
+            ts(2),
+        );
         assert!(same(&a, &b));
-        let c = merge(&[], &[Desired::new(READY, Status::True, "Synced", "m")], Some(2), ts(2));
+        let c = merge(
+            &[],
+            &[Desired::new(READY, Status::True, "Synced", "m")],
+            Some(2),
+            ts(2),
+        );
         assert!(!same(&a, &c));
         assert!(is_ready(&a));
     }

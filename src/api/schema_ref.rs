@@ -22,9 +22,17 @@ use serde::{Deserialize, Serialize};
     status = "IdentitySchemaRefStatus",
     doc = "A reference to an identity schema served by Ory Kratos.",
     printcolumn(name = "Schema ID", type_ = "string", json_path = ".spec.schemaId"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Digest", type_ = "string", json_path = ".status.digest"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IdentitySchemaRefSpec {

@@ -41,7 +41,9 @@ impl Backoff {
 
     /// Failures recorded for `key`.
     pub fn failures(&self, key: &str) -> u32 {
-        self.failures.lock().map_or(0, |m| m.get(key).copied().unwrap_or(0))
+        self.failures
+            .lock()
+            .map_or(0, |m| m.get(key).copied().unwrap_or(0))
     }
 }
 
@@ -61,7 +63,10 @@ mod tests {
 
     #[test]
     fn honours_the_servers_wait_but_not_beyond_the_cap() {
-        assert_eq!(delay(1, 0.5, Some(Duration::from_secs(30))), Duration::from_secs(30));
+        assert_eq!(
+            delay(1, 0.5, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
         assert_eq!(delay(1, 0.5, Some(Duration::from_secs(3600))), MAX_DELAY);
     }
 
