@@ -122,9 +122,15 @@ pub struct RunArgs {
     /// How often each IdentitySchemaRef re-fetches its schema, e.g. `1m`.
     #[arg(long, env = "SCHEMA_RECHECK_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub schema_recheck_interval: Duration,
-    /// Reconciles running at once per controller.
-    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Reconciles running at once per controller (creates waiting for a batch count too).
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
+    /// Coalesce creates into batch requests (`false`: one POST per identity).
+    #[arg(long, env = "BATCH_CREATES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub batch_creates: bool,
+    /// Detect drift with one paginated list of Kratos per resync (`false`: one read per object).
+    #[arg(long, env = "DRIFT_SWEEPS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub drift_sweeps: bool,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -149,6 +155,9 @@ impl RunArgs {
                 .cloned()
                 .collect(),
             instance: std::env::var("POD_NAME").ok(),
+            batch_creates: self.batch_creates,
+            drift_sweeps: self.drift_sweeps,
+            ..Settings::default()
         }
     }
 }

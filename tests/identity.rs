@@ -161,17 +161,25 @@ async fn spec_changes_update_kratos_and_an_unchanged_spec_writes_nothing() {
     let obj = ready(&t, "bob").await;
     let id = identity_id(&obj);
 
-    // Several resyncs (2 s each) with nothing changed: reads only, no writes.
+    // Several resyncs (2 s each) with nothing changed: one list per sweep, no writes and no
+    // per-identity reads.
     let writes = op.kratos.metrics().writes();
+    let gets = op.kratos.metrics().calls("get_identity");
+    let lists = op.kratos.metrics().calls("list_identities");
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(
         op.kratos.metrics().writes(),
         writes,
         "an unchanged spec must not write to Kratos"
     );
+    assert_eq!(
+        op.kratos.metrics().calls("get_identity"),
+        gets,
+        "no per-identity reads"
+    );
     assert!(
-        op.kratos.metrics().calls("get_identity") >= 2,
-        "resyncs must read Kratos"
+        op.kratos.metrics().calls("list_identities") >= lists + 2,
+        "drift sweeps must list Kratos"
     );
 
     identity(
@@ -690,7 +698,15 @@ async fn kratos_down_reports_unavailable_and_converges_without_duplicates() {
 #[tokio::test]
 async fn sessions_are_counted_and_revoked() {
     let t = setup("id-sessions").await;
-    let _op = start_operator(&t).await;
+    // activeSessions follows live logins only where each object is resynced on its own (with
+    // drift sweeps it is the count of the last reconcile).
+    let _op = support::start_operator_with(
+        &t,
+        &t.kratos_admin_url,
+        &t.kratos_public_url,
+        support::per_object_settings(&t.namespace),
+    )
+    .await;
     let liz = email(&t, "liz");
     secret(&t, "liz-pw", "pw", "session-Password-1").await;
     let spec = |extra: Value| {
@@ -907,5 +923,125 @@ async fn a_schema_change_in_kratos_reconciles_the_identities_that_use_it() {
         .await
         .unwrap();
     let _ = std::fs::remove_dir_all(dir);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn per_object_mode_resyncs_each_identity_and_reverts_drift() {
+    let t = setup("id-perobject").await;
+    let op = support::start_operator_with(
+        &t,
+        &t.kratos_admin_url,
+        &t.kratos_public_url,
+        support::per_object_settings(&t.namespace),
+    )
+    .await;
+    let pat = email(&t, "pat");
+    identity(
+        &t,
+        "pat",
+        json!({ "schemaId": "customer", "traits": { "email": pat } }),
+    )
+    .await;
+    let obj = ready(&t, "pat").await;
+    assert_eq!(op.kratos.metrics().calls("batch_patch_identities"), 0);
+    assert_eq!(op.kratos.metrics().calls("create_identity"), 1);
+    let id = identity_id(&obj);
+    let gets = op.kratos.metrics().calls("get_identity");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        op.kratos.metrics().calls("get_identity") >= gets + 2,
+        "each resync reads the identity"
+    );
+    let k = verifier(&t);
+    let current = k.get_identity(&id, &[]).await.unwrap();
+    let mut edit = UpdateIdentityBody {
+        schema_id: current.schema_id.clone(),
+        traits: json!({ "email": pat, "tier": "enterprise" }),
+        state: None,
+        metadata_public: None,
+        metadata_admin: current.metadata_admin.clone(),
+        credentials: None,
+        external_id: None,
+    };
+    edit.state = Some(kratos_operator::kratos::IdentityState::Inactive);
+    k.update_identity(&id, &edit).await.unwrap();
+    eventually("the edit to be reverted", T, || async {
+        let i = kratos_identity(&t, &id).await?;
+        (i.traits == json!({ "email": pat }) && i.state.as_str() == "active").then_some(())
+    })
+    .await;
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn one_batch_with_valid_invalid_and_conflicting_items_gives_each_object_its_own_condition() {
+    let t = setup("id-batch").await;
+    let mut settings = support::test_settings(&t.namespace);
+    settings.batch_window = Duration::from_millis(1500);
+    settings.max_concurrent_reconciles = 32;
+    let op =
+        support::start_operator_with(&t, &t.kratos_admin_url, &t.kratos_public_url, settings).await;
+    let taken = email(&t, "taken");
+    verifier(&t)
+        .create_identity(&CreateIdentityBody::new(
+            "customer",
+            json!({ "email": taken }),
+        ))
+        .await
+        .unwrap();
+    secret(&t, "bad-hash", "h", "not-a-hash").await;
+    for i in 0..4 {
+        identity(
+            &t,
+            &format!("ok{i}"),
+            json!({ "schemaId": "customer", "traits": { "email": email(&t, &format!("ok{i}")) } }),
+        )
+        .await;
+    }
+    // schemaId only: no client-side validation, so Kratos' own answer must reach the object.
+    identity(&t, "invalid", json!({ "schemaId": "employee", "traits": { "username": "X!", "email": email(&t, "inv") } })).await;
+    identity(
+        &t,
+        "conflict",
+        json!({ "schemaId": "customer", "traits": { "email": taken } }),
+    )
+    .await;
+    identity(
+        &t,
+        "hash",
+        json!({ "schemaId": "customer", "traits": { "email": email(&t, "hash") },
+        "credentials": { "password": { "hashedSecretRef": { "name": "bad-hash", "key": "h" } } } }),
+    )
+    .await;
+    for i in 0..4 {
+        ready(&t, &format!("ok{i}")).await;
+    }
+    let invalid = wait_ready::<Identity>(&t, "invalid", "False", Some("InvalidSpec"), T).await;
+    assert!(
+        ready_message(&invalid).contains("/traits/username"),
+        "{}",
+        ready_message(&invalid)
+    );
+    let conflict = wait_ready::<Identity>(&t, "conflict", "False", Some("Conflict"), T).await;
+    assert!(
+        ready_message(&conflict).contains("IfUnowned"),
+        "{}",
+        ready_message(&conflict)
+    );
+    let hash = wait_ready::<Identity>(&t, "hash", "False", Some("InvalidSpec"), T).await;
+    assert!(
+        ready_message(&hash).contains("hash"),
+        "{}",
+        ready_message(&hash)
+    );
+    assert!(
+        op.kratos.metrics().calls("batch_patch_identities") >= 1,
+        "creates went through batches"
+    );
+    for i in 0..4 {
+        assert_eq!(count_with_email(&t, &email(&t, &format!("ok{i}"))).await, 1);
+    }
+    assert_eq!(count_with_email(&t, &taken).await, 1);
     t.cleanup().await;
 }

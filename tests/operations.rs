@@ -82,7 +82,7 @@ async fn metrics_health_and_readiness_are_served() {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }
     assert!(
-        text.contains("operation=\"create_identity\""),
+        text.contains("operation=\"batch_patch_identities\""),
         "Kratos calls per operation:\n{text}"
     );
     assert!(

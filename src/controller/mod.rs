@@ -1,10 +1,12 @@
 //! The controllers. Each is split into observe (reads), plan (pure decisions), act (writes to
 //! Kratos and Kubernetes) and report (status and Events).
 
+pub mod batch;
 pub mod identity;
 pub mod json;
 pub mod recovery;
 pub mod schema_ref;
+pub mod sweep;
 
 mod backoff;
 
@@ -44,6 +46,12 @@ pub struct Settings {
     pub watch_namespaces: Vec<String>,
     /// Event reporter instance (the pod name).
     pub instance: Option<String>,
+    /// Coalesce creates into batch requests.
+    pub batch_creates: bool,
+    /// Detect drift with periodic list sweeps instead of one Kratos read per object per resync.
+    pub drift_sweeps: bool,
+    /// How long the first create of a batch waits for company.
+    pub batch_window: Duration,
 }
 
 impl Default for Settings {
@@ -51,9 +59,12 @@ impl Default for Settings {
         Self {
             resync_interval: Duration::from_secs(300),
             schema_recheck_interval: Duration::from_secs(60),
-            max_concurrent_reconciles: 8,
+            max_concurrent_reconciles: 64,
             watch_namespaces: Vec::new(),
             instance: None,
+            batch_creates: true,
+            drift_sweeps: true,
+            batch_window: Duration::from_millis(25),
         }
     }
 }
@@ -76,6 +87,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The controllers' caches, for readiness and the managed-identities gauge.
     pub caches: Caches,
+    /// The create batcher, when creates are coalesced.
+    pub creates: Option<batch::CreateBatcher>,
 }
 
 async fn is_ready<E>(f: impl std::future::Future<Output = Result<(), E>>) -> bool {
@@ -134,6 +147,17 @@ impl Caches {
         true
     }
 
+    /// The IdentitySchemaRef `namespace/name` from the controllers' caches.
+    pub fn schema_ref(&self, namespace: &str, name: &str) -> Option<Arc<IdentitySchemaRef>> {
+        let stores: Vec<_> = self
+            .schema_refs
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        let key = kube::runtime::reflector::ObjectRef::new(name).within(namespace);
+        stores.iter().find_map(|s| s.get(&key))
+    }
+
     /// Identity objects whose Ready condition is True.
     pub fn identities_ready(&self) -> i64 {
         let stores: Vec<_> = self
@@ -161,7 +185,11 @@ impl Context {
             controller: "kratos-operator".into(),
             instance: settings.instance.clone(),
         };
+        let creates = settings
+            .batch_creates
+            .then(|| batch::CreateBatcher::spawn(kratos.clone(), settings.batch_window));
         Self {
+            creates,
             recorder: Recorder::new(client.clone(), reporter),
             client,
             kratos,

@@ -1,21 +1,14 @@
 //! The Kratos admin API client: configuration, transport (token, CA, timeouts), the retry loop,
 //! and one method per IdentityAPI operation.
 
-use std::{
-    borrow::Cow,
-    fmt,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
-};
+use std::{borrow::Cow, collections::HashSet, fmt, path::PathBuf, sync::Arc, time::Duration};
 
-use futures::{Stream, StreamExt, TryStreamExt, stream};
+use futures::{Stream, TryStreamExt};
 use reqwest::{
     Method, StatusCode,
-    header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LINK},
+    header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, LINK},
     redirect,
 };
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::{
     sync::{OnceCell, Semaphore},
@@ -28,9 +21,13 @@ use super::{
     error::{Error, excerpt},
     metrics::KratosMetrics,
     models::*,
-    pagination::{DEFAULT_IDENTITY_PAGE_SIZE, Page, next_page_token},
+    pagination::{DEFAULT_IDENTITY_PAGE_SIZE, Page, next_page_token, paged},
     retry::{Idempotency, RateLimiter, RetryPolicy},
+    token::TokenFile,
 };
+
+/// The page size of identity session lists: the most Kratos returns at once.
+const IDENTITY_SESSIONS_PAGE_SIZE: u32 = 1000;
 
 /// The operation names used as metric labels and span fields.
 pub const OPERATIONS: [&str; 21] = [
@@ -133,7 +130,10 @@ impl fmt::Debug for KratosClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KratosClient")
             .field("admin_url", &self.inner.admin_url.as_str())
-            .field("public_url", &self.inner.public_url.as_ref().map(Url::as_str))
+            .field(
+                "public_url",
+                &self.inner.public_url.as_ref().map(Url::as_str),
+            )
             .field("token_file", &self.inner.token.as_ref().map(|t| &t.path))
             .finish_non_exhaustive()
     }
@@ -155,21 +155,28 @@ impl KratosClient {
             .user_agent(config.user_agent.clone())
             .redirect(redirect::Policy::limited(5));
         if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|source| Error::Io { context: format!("reading CA bundle {}", path.display()), source })?;
+            let pem = std::fs::read(path).map_err(|source| Error::Io {
+                context: format!("reading CA bundle {}", path.display()),
+                source,
+            })?;
             let certificates = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| Error::Config(format!("CA bundle {}: {e}", path.display())))?;
             if certificates.is_empty() {
-                return Err(Error::Config(format!("CA bundle {} holds no certificate", path.display())));
+                return Err(Error::Config(format!(
+                    "CA bundle {} holds no certificate",
+                    path.display()
+                )));
             }
             for certificate in certificates {
                 builder = builder.add_root_certificate(certificate);
             }
         }
-        let http = builder.build().map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let http = builder
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
         let token = match &config.token_file {
             Some(path) => {
-                let token = TokenFile { path: path.clone(), cache: Mutex::new(None) };
+                let token = TokenFile::new(path.clone());
                 token.load_sync()?;
                 Some(token)
             }
@@ -203,7 +210,11 @@ impl KratosClient {
     /// feature probe (v25+ refuses a malformed `organization_id` filter, v1.x ignores it).
     /// Detected once and cached; errors are not cached.
     pub async fn server_version(&self) -> Result<ServerVersion, Error> {
-        self.inner.version.get_or_try_init(|| self.detect_version()).await.cloned()
+        self.inner
+            .version
+            .get_or_try_init(|| self.detect_version())
+            .await
+            .cloned()
     }
 
     async fn detect_version(&self) -> Result<ServerVersion, Error> {
@@ -214,16 +225,33 @@ impl KratosClient {
                     return Ok(version);
                 }
             }
-            Err(Error::NotFound { .. } | Error::Unexpected { .. } | Error::Unauthorized { .. }) => {}
+            Err(Error::NotFound { .. } | Error::Unexpected { .. } | Error::Unauthorized { .. }) => {
+            }
             Err(other) => return Err(other),
         }
         let url = with_query(
             self.admin(&["admin", "identities"])?,
-            &[("page_size", "1".into()), ("organization_id", "not-a-uuid".into())],
+            &[
+                ("page_size", "1".into()),
+                ("organization_id", "not-a-uuid".into()),
+            ],
         );
-        match self.call_empty(Request::get("server_version_probe", url), &[]).await {
-            Ok(_) => Ok(ServerVersion { raw: "probe:v1.x".into(), major: 1, minor: 3, patch: 0 }),
-            Err(Error::Invalid { .. }) => Ok(ServerVersion { raw: "probe:v25+".into(), major: 25, minor: 4, patch: 0 }),
+        match self
+            .call_empty(Request::get("server_version_probe", url), &[])
+            .await
+        {
+            Ok(_) => Ok(ServerVersion {
+                raw: "probe:v1.x".into(),
+                major: 1,
+                minor: 3,
+                patch: 0,
+            }),
+            Err(Error::Invalid { .. }) => Ok(ServerVersion {
+                raw: "probe:v25+".into(),
+                major: 25,
+                minor: 4,
+                patch: 0,
+            }),
             Err(other) => Err(other),
         }
     }
@@ -240,15 +268,26 @@ impl KratosClient {
         } else {
             Cow::Borrowed(body)
         };
-        let request = Request::new("create_identity", Method::POST, self.admin(&["admin", "identities"])?)
-            .json(&*body)?
-            .not_idempotent();
+        let request = Request::new(
+            "create_identity",
+            Method::POST,
+            self.admin(&["admin", "identities"])?,
+        )
+        .json(&*body)?
+        .not_idempotent();
         self.call_json(request).await
     }
 
     /// `GET /admin/identities/{id}`, with the configs of `include_credentials`.
-    pub async fn get_identity(&self, id: &str, include_credentials: &[CredentialType]) -> Result<Identity, Error> {
-        let query: Vec<_> = include_credentials.iter().map(|c| ("include_credential", c.as_str().to_string())).collect();
+    pub async fn get_identity(
+        &self,
+        id: &str,
+        include_credentials: &[CredentialType],
+    ) -> Result<Identity, Error> {
+        let query: Vec<_> = include_credentials
+            .iter()
+            .map(|c| ("include_credential", c.as_str().to_string()))
+            .collect();
         let url = with_query(self.admin(&["admin", "identities", id])?, &query);
         let request = Request::get("get_identity", url).sensitive(!include_credentials.is_empty());
         self.call_json(request).await
@@ -256,22 +295,34 @@ impl KratosClient {
 
     /// `PUT /admin/identities/{id}`: replaces traits and both metadata; see
     /// [`UpdateIdentityBody`].
-    pub async fn update_identity(&self, id: &str, body: &UpdateIdentityBody) -> Result<Identity, Error> {
+    pub async fn update_identity(
+        &self,
+        id: &str,
+        body: &UpdateIdentityBody,
+    ) -> Result<Identity, Error> {
         let body = if body.has_versioned_fields() {
             Cow::Owned(body.for_server(&self.server_version().await?))
         } else {
             Cow::Borrowed(body)
         };
-        let request =
-            Request::new("update_identity", Method::PUT, self.admin(&["admin", "identities", id])?).json(&*body)?;
+        let request = Request::new(
+            "update_identity",
+            Method::PUT,
+            self.admin(&["admin", "identities", id])?,
+        )
+        .json(&*body)?;
         self.call_json(request).await
     }
 
     /// `PATCH /admin/identities/{id}` with an RFC 6902 patch. Retried only when every operation
     /// is an `add`/`replace` of a fixed path.
     pub async fn patch_identity(&self, id: &str, ops: &[JsonPatchOp]) -> Result<Identity, Error> {
-        let mut request =
-            Request::new("patch_identity", Method::PATCH, self.admin(&["admin", "identities", id])?).json(&ops)?;
+        let mut request = Request::new(
+            "patch_identity",
+            Method::PATCH,
+            self.admin(&["admin", "identities", id])?,
+        )
+        .json(&ops)?;
         if ops.is_empty() || !ops.iter().all(JsonPatchOp::is_idempotent) {
             request = request.not_idempotent();
         }
@@ -280,8 +331,14 @@ impl KratosClient {
 
     /// `DELETE /admin/identities/{id}`; a missing identity counts as deleted.
     pub async fn delete_identity(&self, id: &str) -> Result<(), Error> {
-        let request = Request::new("delete_identity", Method::DELETE, self.admin(&["admin", "identities", id])?);
-        self.call_empty(request, &[StatusCode::NOT_FOUND]).await.map(drop)
+        let request = Request::new(
+            "delete_identity",
+            Method::DELETE,
+            self.admin(&["admin", "identities", id])?,
+        );
+        self.call_empty(request, &[StatusCode::NOT_FOUND])
+            .await
+            .map(drop)
     }
 
     /// `DELETE /admin/identities/{id}/credentials/{type}`; OIDC needs `identifier`
@@ -293,17 +350,31 @@ impl KratosClient {
         kind: CredentialType,
         identifier: Option<&str>,
     ) -> Result<(), Error> {
-        let query: Vec<_> = identifier.map(|i| ("identifier", i.to_string())).into_iter().collect();
-        let url = with_query(self.admin(&["admin", "identities", id, "credentials", kind.as_str()])?, &query);
-        self.call_empty(Request::new("delete_identity_credentials", Method::DELETE, url), &[]).await.map(drop)
+        let query: Vec<_> = identifier
+            .map(|i| ("identifier", i.to_string()))
+            .into_iter()
+            .collect();
+        let url = with_query(
+            self.admin(&["admin", "identities", id, "credentials", kind.as_str()])?,
+            &query,
+        );
+        self.call_empty(
+            Request::new("delete_identity_credentials", Method::DELETE, url),
+            &[],
+        )
+        .await
+        .map(drop)
     }
 
     /// `DELETE /admin/identities/{id}/sessions`: deletes all of them; none (404) counts as done.
     pub async fn delete_identity_sessions(&self, id: &str) -> Result<(), Error> {
         let url = self.admin(&["admin", "identities", id, "sessions"])?;
-        self.call_empty(Request::new("delete_identity_sessions", Method::DELETE, url), &[StatusCode::NOT_FOUND])
-            .await
-            .map(drop)
+        self.call_empty(
+            Request::new("delete_identity_sessions", Method::DELETE, url),
+            &[StatusCode::NOT_FOUND],
+        )
+        .await
+        .map(drop)
     }
 
     /// `GET /admin/identities` as a stream of identities, following `Link: rel="next"` until the
@@ -312,49 +383,100 @@ impl KratosClient {
         &self,
         params: ListIdentitiesParams,
     ) -> impl Stream<Item = Result<Identity, Error>> + Send + 'static {
-        let client = self.clone();
-        let first = params.page_token.clone();
-        paged(first, move |token| {
-            let client = client.clone();
-            let params = ListIdentitiesParams { page_token: token, ..params.clone() };
-            async move { client.list_identities_page(&params).await }
-        })
+        self.list_identities_as("list_identities", params)
     }
 
     /// One page of `GET /admin/identities` and the next page's token (for sweeps that persist
     /// their position).
-    pub async fn list_identities_page(&self, params: &ListIdentitiesParams) -> Result<Page<Identity>, Error> {
-        let url = with_query(self.admin(&["admin", "identities"])?, &params.query(self.inner.page_size));
+    pub async fn list_identities_page(
+        &self,
+        params: &ListIdentitiesParams,
+    ) -> Result<Page<Identity>, Error> {
+        self.list_identities_page_as("list_identities", params)
+            .await
+    }
+
+    fn list_identities_as(
+        &self,
+        operation: &'static str,
+        params: ListIdentitiesParams,
+    ) -> impl Stream<Item = Result<Identity, Error>> + Send + 'static {
+        let client = self.clone();
+        let first = params.page_token.clone();
+        paged(first, move |token| {
+            let client = client.clone();
+            let params = ListIdentitiesParams {
+                page_token: token,
+                ..params.clone()
+            };
+            async move { client.list_identities_page_as(operation, &params).await }
+        })
+    }
+
+    async fn list_identities_page_as(
+        &self,
+        operation: &'static str,
+        params: &ListIdentitiesParams,
+    ) -> Result<Page<Identity>, Error> {
+        let url = with_query(
+            self.admin(&["admin", "identities"])?,
+            &params.query(self.inner.page_size),
+        );
         let sensitive = !params.include_credentials.is_empty()
             || params.credentials_identifier.is_some()
             || params.preview_credentials_identifier_similar.is_some();
-        self.fetch_page(Request::get("list_identities", url).sensitive(sensitive)).await
+        self.fetch_page(Request::get(operation, url).sensitive(sensitive))
+            .await
     }
 
     /// The identities whose credential identifier is exactly `identifier` (emails and usernames
     /// compare case-insensitively, `provider:subject` exactly); used to resolve a create whose
     /// outcome is unknown. Credentials are included.
-    pub async fn find_by_credentials_identifier(&self, identifier: &str) -> Result<Vec<Identity>, Error> {
-        let params =
-            ListIdentitiesParams { credentials_identifier: Some(identifier.to_string()), ..Default::default() };
-        self.list_identities(params).try_collect().await
+    pub async fn find_by_credentials_identifier(
+        &self,
+        identifier: &str,
+    ) -> Result<Vec<Identity>, Error> {
+        let params = ListIdentitiesParams {
+            credentials_identifier: Some(identifier.to_string()),
+            ..Default::default()
+        };
+        self.list_identities_as("find_by_credentials_identifier", params)
+            .try_collect()
+            .await
     }
 
     /// `PATCH /admin/identities`: creates many identities in one request (at most
     /// [`BATCH_PATCH_MAX_ITEMS`], at most [`BATCH_PATCH_MAX_CLEARTEXT_PASSWORDS`] with cleartext
     /// passwords). Returns one result per item, in request order; items fail on their own
     /// (conflict, invalid traits) while the others are created. Never retried once sent.
-    pub async fn batch_patch_identities(&self, items: &[BatchPatchItem]) -> Result<Vec<BatchPatchResult>, Error> {
+    ///
+    /// When some item failed, the creates Kratos reports are checked (see
+    /// `verify_batch_creates`): an item Kratos claims but did not keep is reported as a transient
+    /// [`Error::Unavailable`], so the caller creates it again.
+    pub async fn batch_patch_identities(
+        &self,
+        items: &[BatchPatchItem],
+    ) -> Result<Vec<BatchPatchResult>, Error> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
         if items.len() > BATCH_PATCH_MAX_ITEMS {
             return Err(Error::Invalid {
-                reason: format!("a batch may carry at most {BATCH_PATCH_MAX_ITEMS} items, not {}", items.len()),
+                reason: format!(
+                    "a batch may carry at most {BATCH_PATCH_MAX_ITEMS} items, not {}",
+                    items.len()
+                ),
                 pointer: None,
             });
         }
-        let cleartext = items.iter().filter(|i| i.create.as_ref().is_some_and(|c| c.has_cleartext_password())).count();
+        let cleartext = items
+            .iter()
+            .filter(|i| {
+                i.create
+                    .as_ref()
+                    .is_some_and(|c| c.has_cleartext_password())
+            })
+            .count();
         if cleartext > BATCH_PATCH_MAX_CLEARTEXT_PASSWORDS {
             return Err(Error::Invalid {
                 reason: format!(
@@ -363,33 +485,89 @@ impl KratosClient {
                 pointer: None,
             });
         }
-        let gated: Cow<'_, [BatchPatchItem]> =
-            if items.iter().any(|i| i.create.as_ref().is_some_and(CreateIdentityBody::has_versioned_fields)) {
-                let server = self.server_version().await?;
-                Cow::Owned(
-                    items
-                        .iter()
-                        .map(|i| BatchPatchItem {
-                            create: i.create.as_ref().map(|c| c.for_server(&server)),
-                            patch_id: i.patch_id.clone(),
-                        })
-                        .collect(),
-                )
-            } else {
-                Cow::Borrowed(items)
-            };
-        let request = Request::new("batch_patch_identities", Method::PATCH, self.admin(&["admin", "identities"])?)
-            .json(&BatchPatchRequest { identities: &gated })?
-            .not_idempotent();
+        let gated: Cow<'_, [BatchPatchItem]> = if items.iter().any(|i| {
+            i.create
+                .as_ref()
+                .is_some_and(CreateIdentityBody::has_versioned_fields)
+        }) {
+            let server = self.server_version().await?;
+            Cow::Owned(
+                items
+                    .iter()
+                    .map(|i| BatchPatchItem {
+                        create: i.create.as_ref().map(|c| c.for_server(&server)),
+                        patch_id: i.patch_id.clone(),
+                    })
+                    .collect(),
+            )
+        } else {
+            Cow::Borrowed(items)
+        };
+        let request = Request::new(
+            "batch_patch_identities",
+            Method::PATCH,
+            self.admin(&["admin", "identities"])?,
+        )
+        .json(&BatchPatchRequest { identities: &gated })?
+        .not_idempotent();
         let expected = items.len();
         let response: BatchPatchResponse = self.call_json(request).await?;
         if response.identities.len() != expected {
             return Err(Error::Unexpected {
                 status: 200,
-                body_excerpt: format!("batch answered {} results for {expected} items", response.identities.len()),
+                body_excerpt: format!(
+                    "batch answered {} results for {expected} items",
+                    response.identities.len()
+                ),
             });
         }
-        Ok(response.identities.into_iter().map(batch_result).collect())
+        let mut results: Vec<BatchPatchResult> =
+            response.identities.into_iter().map(batch_result).collect();
+        if results.iter().any(|r| r.error.is_some()) {
+            self.verify_batch_creates(&mut results).await?;
+        }
+        Ok(results)
+    }
+
+    /// Kratos v1.3.1 (seen on sqlite) answers a batch in which some item conflicts with ids for
+    /// the other items, yet commits none of them. After a batch with failed items, the reported
+    /// creates are therefore looked up (one list request per 500), and those that do not exist
+    /// become a transient [`Error::Unavailable`]: creating them again is safe.
+    async fn verify_batch_creates(&self, results: &mut [BatchPatchResult]) -> Result<(), Error> {
+        let claimed: Vec<String> = results
+            .iter()
+            .filter(|r| r.is_success())
+            .filter_map(|r| r.identity_id.clone())
+            .collect();
+        let mut existing = HashSet::new();
+        for chunk in claimed.chunks(500) {
+            let params = ListIdentitiesParams {
+                ids: chunk.to_vec(),
+                page_size: Some(u32::try_from(chunk.len()).unwrap_or(500)),
+                ..Default::default()
+            };
+            let found: Vec<Identity> = self.list_identities(params).try_collect().await?;
+            existing.extend(found.into_iter().map(|i| i.id));
+        }
+        for result in results.iter_mut().filter(|r| r.is_success()) {
+            if result
+                .identity_id
+                .as_ref()
+                .is_some_and(|id| !existing.contains(id))
+            {
+                debug!(
+                    patch_id = result.patch_id.as_deref(),
+                    "kratos reported a batch create it did not persist"
+                );
+                result.action = BatchPatchAction::Error;
+                result.error = Some(Error::Unavailable {
+                    message: "Kratos reported this item created but did not persist it (another item of the \
+                              batch failed); create it again"
+                        .into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------------
@@ -417,7 +595,9 @@ impl KratosClient {
     }
 
     /// `GET /schemas` as a stream, following the pages.
-    pub fn list_identity_schemas(&self) -> impl Stream<Item = Result<IdentitySchemaEntry, Error>> + Send + 'static {
+    pub fn list_identity_schemas(
+        &self,
+    ) -> impl Stream<Item = Result<IdentitySchemaEntry, Error>> + Send + 'static {
         let client = self.clone();
         paged(None, move |token| {
             let client = client.clone();
@@ -426,7 +606,9 @@ impl KratosClient {
                 query.extend(token.map(|t| ("page_token", t)));
                 let url = with_query(client.schemas_url(&["schemas"])?, &query);
                 let auth = client.sends_token_to(&url);
-                client.fetch_page(Request::get("list_identity_schemas", url).auth(auth)).await
+                client
+                    .fetch_page(Request::get("list_identity_schemas", url).auth(auth))
+                    .await
             }
         })
     }
@@ -442,17 +624,29 @@ impl KratosClient {
         body: &CreateRecoveryLinkBody,
         return_to: Option<&str>,
     ) -> Result<RecoveryLink, Error> {
-        let query: Vec<_> = return_to.map(|r| ("return_to", r.to_string())).into_iter().collect();
+        let query: Vec<_> = return_to
+            .map(|r| ("return_to", r.to_string()))
+            .into_iter()
+            .collect();
         let url = with_query(self.admin(&["admin", "recovery", "link"])?, &query);
-        let request = Request::new("create_recovery_link", Method::POST, url).json(body)?.not_idempotent().sensitive(true);
+        let request = Request::new("create_recovery_link", Method::POST, url)
+            .json(body)?
+            .not_idempotent()
+            .sensitive(true);
         self.call_json(request).await
     }
 
     /// `POST /admin/recovery/code`: a new recovery code and its flow's link. An unknown identity
     /// gives [`Error::NotFound`].
-    pub async fn create_recovery_code(&self, body: &CreateRecoveryCodeBody) -> Result<RecoveryCode, Error> {
+    pub async fn create_recovery_code(
+        &self,
+        body: &CreateRecoveryCodeBody,
+    ) -> Result<RecoveryCode, Error> {
         let url = self.admin(&["admin", "recovery", "code"])?;
-        let request = Request::new("create_recovery_code", Method::POST, url).json(body)?.not_idempotent().sensitive(true);
+        let request = Request::new("create_recovery_code", Method::POST, url)
+            .json(body)?
+            .not_idempotent()
+            .sensitive(true);
         self.call_json(request).await
     }
 
@@ -461,7 +655,10 @@ impl KratosClient {
 
     /// `GET /admin/sessions/{id}`; nothing is expanded unless asked.
     pub async fn get_session(&self, id: &str, expand: &[SessionExpand]) -> Result<Session, Error> {
-        let query: Vec<_> = expand.iter().map(|e| ("expand", e.as_str().to_string())).collect();
+        let query: Vec<_> = expand
+            .iter()
+            .map(|e| ("expand", e.as_str().to_string()))
+            .collect();
         let url = with_query(self.admin(&["admin", "sessions", id])?, &query);
         self.call_json(Request::get("get_session", url)).await
     }
@@ -489,28 +686,42 @@ impl KratosClient {
     }
 
     /// `GET /admin/identities/{id}/sessions`, all pages (identity and devices expanded).
-    pub async fn list_identity_sessions(&self, identity_id: &str, active: Option<bool>) -> Result<Vec<Session>, Error> {
-        let client = self.clone();
-        let identity_id = identity_id.to_string();
-        paged(None, move |token| {
-            let client = client.clone();
-            let identity_id = identity_id.clone();
-            async move {
-                let mut query = vec![("page_size", client.inner.page_size.to_string())];
-                query.extend(active.map(|a| ("active", a.to_string())));
-                query.extend(token.map(|t| ("page_token", t)));
-                let url = with_query(client.admin(&["admin", "identities", &identity_id, "sessions"])?, &query);
-                client.fetch_page(Request::get("list_identity_sessions", url)).await
+    ///
+    /// Kratos v1.3.1 pages this list wrongly: its offset pagination treats the 0-based page of
+    /// its own `next` links as 1-based (page 1 repeats page 0, the last page is never linked) and
+    /// answers offsets past the end with the first page again. The client therefore asks for
+    /// the largest page Kratos allows (1000), drops repeated sessions and stops at the first page
+    /// that brings nothing new.
+    pub async fn list_identity_sessions(
+        &self,
+        identity_id: &str,
+        active: Option<bool>,
+    ) -> Result<Vec<Session>, Error> {
+        let base = self.admin(&["admin", "identities", identity_id, "sessions"])?;
+        let mut sessions = Vec::new();
+        let mut seen = HashSet::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = vec![("page_size", IDENTITY_SESSIONS_PAGE_SIZE.to_string())];
+            query.extend(active.map(|a| ("active", a.to_string())));
+            query.extend(token.take().map(|t| ("page_token", t)));
+            let request = Request::get("list_identity_sessions", with_query(base.clone(), &query));
+            let page = self.fetch_page::<Session>(request).await?;
+            let before = sessions.len();
+            sessions.extend(page.items.into_iter().filter(|s| seen.insert(s.id.clone())));
+            match page.next_page_token {
+                Some(next) if sessions.len() > before => token = Some(next),
+                _ => return Ok(sessions),
             }
-        })
-        .try_collect()
-        .await
+        }
     }
 
     /// `DELETE /admin/sessions/{id}`: revokes it. [`Error::NotFound`] when it does not exist.
     pub async fn disable_session(&self, id: &str) -> Result<(), Error> {
         let url = self.admin(&["admin", "sessions", id])?;
-        self.call_empty(Request::new("disable_session", Method::DELETE, url), &[]).await.map(drop)
+        self.call_empty(Request::new("disable_session", Method::DELETE, url), &[])
+            .await
+            .map(drop)
     }
 
     /// `PATCH /admin/sessions/{id}/extend`: the extended session (200), or `None` when the
@@ -537,7 +748,13 @@ impl KratosClient {
     }
 
     fn schemas_url(&self, segments: &[&str]) -> Result<Url, Error> {
-        endpoint(self.inner.public_url.as_ref().unwrap_or(&self.inner.admin_url), segments)
+        endpoint(
+            self.inner
+                .public_url
+                .as_ref()
+                .unwrap_or(&self.inner.admin_url),
+            segments,
+        )
     }
 
     /// The token goes only to the admin API's origin (on Ory Network that is also the public one).
@@ -555,12 +772,19 @@ impl KratosClient {
     }
 
     /// A call whose body does not matter; `done_statuses` count as success (404 on deletes).
-    async fn call_empty(&self, request: Request, done_statuses: &[StatusCode]) -> Result<Option<Response>, Error> {
+    async fn call_empty(
+        &self,
+        request: Request,
+        done_statuses: &[StatusCode],
+    ) -> Result<Option<Response>, Error> {
         let write = request.method != Method::GET;
         self.observe(request.op, write, async {
             match self.execute(&request).await {
                 Ok(response) => Ok(Some(response)),
-                Err(AttemptFailure { status: Some(status), .. }) if done_statuses.contains(&status) => Ok(None),
+                Err(AttemptFailure {
+                    status: Some(status),
+                    ..
+                }) if done_statuses.contains(&status) => Ok(None),
                 Err(failure) => Err(failure.error),
             }
         })
@@ -572,7 +796,10 @@ impl KratosClient {
             let response = self.execute(&request).await?;
             let items = decode(&response, request.sensitive)?;
             let link = response.headers.get(LINK).and_then(|v| v.to_str().ok());
-            Ok(Page { items, next_page_token: next_page_token(link, &request.url) })
+            Ok(Page {
+                items,
+                next_page_token: next_page_token(link, &request.url),
+            })
         })
         .await
     }
@@ -592,8 +819,16 @@ impl KratosClient {
             Ok(_) => "success",
             Err(error) => error.reason_label(),
         };
-        self.inner.metrics.record_call(operation, write, outcome, elapsed.as_secs_f64());
-        span.in_scope(|| debug!(outcome, duration_ms = elapsed.as_millis() as u64, "kratos call finished"));
+        self.inner
+            .metrics
+            .record_call(operation, write, outcome, elapsed.as_secs_f64());
+        span.in_scope(|| {
+            debug!(
+                outcome,
+                duration_ms = elapsed.as_millis() as u64,
+                "kratos call finished"
+            )
+        });
         result
     }
 
@@ -608,7 +843,8 @@ impl KratosClient {
                 Err(failure) => failure,
             };
             let retryable = failure.error.is_transient()
-                && (request.idempotency == Idempotency::Idempotent || !failure.may_have_been_processed);
+                && (request.idempotency == Idempotency::Idempotent
+                    || !failure.may_have_been_processed);
             if !retryable || retries >= policy.max_retries {
                 return Err(failure);
             }
@@ -636,18 +872,29 @@ impl KratosClient {
 
     /// One HTTP exchange.
     async fn attempt(&self, request: &Request, attempt: u32) -> Result<Response, AttemptFailure> {
-        let mut builder = self.inner.http.request(request.method.clone(), request.url.clone()).header(ACCEPT, "application/json");
+        let mut builder = self
+            .inner
+            .http
+            .request(request.method.clone(), request.url.clone())
+            .header(ACCEPT, "application/json");
         if let Some(body) = &request.body {
-            builder = builder.header(CONTENT_TYPE, "application/json").body(body.clone());
+            builder = builder
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
         }
         if request.auth
             && let Some(token) = &self.inner.token
         {
-            builder = builder.header(AUTHORIZATION, token.header().await.map_err(AttemptFailure::local)?);
+            builder = builder.header(
+                AUTHORIZATION,
+                token.header().await.map_err(AttemptFailure::local)?,
+            );
         }
-        let _permit = self.inner.in_flight.acquire().await.map_err(|_| AttemptFailure::local(Error::Unavailable {
-            message: "the client is shutting down".into(),
-        }))?;
+        let _permit = self.inner.in_flight.acquire().await.map_err(|_| {
+            AttemptFailure::local(Error::Unavailable {
+                message: "the client is shutting down".into(),
+            })
+        })?;
         self.inner.metrics.record_request(request.op);
         let started = Instant::now();
         let sent = builder.send().await;
@@ -679,7 +926,11 @@ impl KratosClient {
             "kratos request"
         );
         if status.is_success() {
-            return Ok(Response { status, headers, body });
+            return Ok(Response {
+                status,
+                headers,
+                body,
+            });
         }
         if status == StatusCode::UNAUTHORIZED
             && let Some(token) = &self.inner.token
@@ -688,54 +939,24 @@ impl KratosClient {
         }
         let error = Error::from_response(status.as_u16(), &headers, &body, request.sensitive);
         // A 429 was turned away before any work; a transient database conflict rolled back.
-        let may_have_been_processed =
-            status != StatusCode::TOO_MANY_REQUESTS && !(status == StatusCode::BAD_REQUEST && error.is_transient());
-        Err(AttemptFailure { error, status: Some(status), may_have_been_processed })
+        let may_have_been_processed = status != StatusCode::TOO_MANY_REQUESTS
+            && !(status == StatusCode::BAD_REQUEST && error.is_transient());
+        Err(AttemptFailure {
+            error,
+            status: Some(status),
+            may_have_been_processed,
+        })
     }
-}
-
-/// The result of one page fetch, and how to get the next.
-fn paged<T, F, Fut>(first_token: Option<String>, fetch: F) -> impl Stream<Item = Result<T, Error>> + Send + 'static
-where
-    T: Send + 'static,
-    F: Fn(Option<String>) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Page<T>, Error>> + Send + 'static,
-{
-    struct State<F> {
-        fetch: F,
-        token: Option<String>,
-        done: bool,
-    }
-    stream::try_unfold(State { fetch, token: first_token, done: false }, |mut state| async move {
-        if state.done {
-            return Ok(None);
-        }
-        let page = (state.fetch)(state.token.clone()).await?;
-        // Kratos' offset ("migration") pagination (identity sessions, schemas) announces a next
-        // page even after the last one, so an empty page ends the list too.
-        if page.items.is_empty() {
-            return Ok(None);
-        }
-        match page.next_page_token {
-            Some(next) if state.token.as_deref() == Some(next.as_str()) => {
-                return Err(Error::Unexpected {
-                    status: 200,
-                    body_excerpt: "the next page token repeats the current one".into(),
-                });
-            }
-            Some(next) => state.token = Some(next),
-            None => state.done = true,
-        }
-        Ok(Some((page.items, state)))
-    })
-    .map_ok(|items| stream::iter(items.into_iter().map(Ok)))
-    .try_flatten()
-    .boxed()
 }
 
 fn batch_result(raw: Option<BatchPatchRawResult>) -> BatchPatchResult {
     let Some(raw) = raw else {
-        return BatchPatchResult { action: BatchPatchAction::Skipped, identity_id: None, patch_id: None, error: None };
+        return BatchPatchResult {
+            action: BatchPatchAction::Skipped,
+            identity_id: None,
+            patch_id: None,
+            error: None,
+        };
     };
     let action = match raw.action.as_deref() {
         Some("create") => BatchPatchAction::Create,
@@ -743,8 +964,17 @@ fn batch_result(raw: Option<BatchPatchRawResult>) -> BatchPatchResult {
         _ => BatchPatchAction::Other,
     };
     let error = raw.error.as_ref().map(|e| Error::from_generic(0, e));
-    let action = if error.is_some() { BatchPatchAction::Error } else { action };
-    BatchPatchResult { action, identity_id: raw.identity, patch_id: raw.patch_id, error }
+    let action = if error.is_some() {
+        BatchPatchAction::Error
+    } else {
+        action
+    };
+    BatchPatchResult {
+        action,
+        identity_id: raw.identity,
+        patch_id: raw.patch_id,
+        error,
+    }
 }
 
 fn decode<T: DeserializeOwned>(response: &Response, sensitive: bool) -> Result<T, Error> {
@@ -760,7 +990,9 @@ fn decode<T: DeserializeOwned>(response: &Response, sensitive: bool) -> Result<T
 
 fn check_base_url(what: &str, url: &Url) -> Result<(), Error> {
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() || url.host().is_none() {
-        return Err(Error::Config(format!("the Kratos {what} must be an http(s) URL, not {url}")));
+        return Err(Error::Config(format!(
+            "the Kratos {what} must be an http(s) URL, not {url}"
+        )));
     }
     Ok(())
 }
@@ -798,7 +1030,15 @@ struct Request {
 
 impl Request {
     fn new(op: &'static str, method: Method, url: Url) -> Self {
-        Self { op, method, url, body: None, idempotency: Idempotency::Idempotent, sensitive: false, auth: true }
+        Self {
+            op,
+            method,
+            url,
+            body: None,
+            idempotency: Idempotency::Idempotent,
+            sensitive: false,
+            auth: true,
+        }
     }
 
     fn get(op: &'static str, url: Url) -> Self {
@@ -806,7 +1046,8 @@ impl Request {
     }
 
     fn json<B: Serialize + ?Sized>(mut self, body: &B) -> Result<Self, Error> {
-        let bytes = serde_json::to_vec(body).map_err(|e| Error::Config(format!("cannot serialize the {} body: {e}", self.op)))?;
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| Error::Config(format!("cannot serialize the {} body: {e}", self.op)))?;
         self.body = Some(bytes);
         Ok(self)
     }
@@ -843,7 +1084,11 @@ struct AttemptFailure {
 impl AttemptFailure {
     /// A failure before anything was sent (token file, shutdown).
     fn local(error: Error) -> Self {
-        Self { error, status: None, may_have_been_processed: false }
+        Self {
+            error,
+            status: None,
+            may_have_been_processed: false,
+        }
     }
 
     fn transport(method: &Method, url: &Url, error: reqwest::Error) -> Self {
@@ -865,75 +1110,17 @@ impl AttemptFailure {
             message.push_str(&inner.to_string());
             cause = inner.source();
         }
-        Self { error: Error::Unavailable { message }, status: None, may_have_been_processed: !connect }
+        Self {
+            error: Error::Unavailable { message },
+            status: None,
+            may_have_been_processed: !connect,
+        }
     }
 }
 
 impl From<AttemptFailure> for Error {
     fn from(failure: AttemptFailure) -> Self {
         failure.error
-    }
-}
-
-/// A bearer token file, re-read when its modification time or size changes (Kubernetes swaps
-/// the mounted Secret's files on rotation).
-struct TokenFile {
-    path: PathBuf,
-    cache: Mutex<Option<CachedToken>>,
-}
-
-struct CachedToken {
-    stamp: (Option<SystemTime>, u64),
-    token: SecretString,
-}
-
-impl TokenFile {
-    fn load_sync(&self) -> Result<(), Error> {
-        let metadata = std::fs::metadata(&self.path).map_err(|source| self.io("reading", source))?;
-        let content = std::fs::read_to_string(&self.path).map_err(|source| self.io("reading", source))?;
-        self.store((metadata.modified().ok(), metadata.len()), content).map(drop)
-    }
-
-    async fn header(&self) -> Result<HeaderValue, Error> {
-        let metadata = tokio::fs::metadata(&self.path).await.map_err(|source| self.io("reading", source))?;
-        let stamp = (metadata.modified().ok(), metadata.len());
-        let cached = self.lock().as_ref().filter(|c| c.stamp == stamp).map(|c| c.token.clone());
-        let token = match cached {
-            Some(token) => token,
-            None => {
-                let content = tokio::fs::read_to_string(&self.path).await.map_err(|source| self.io("reading", source))?;
-                self.store(stamp, content)?
-            }
-        };
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-            .map_err(|_| Error::Config(format!("the token in {} is not a valid header value", self.path.display())))?;
-        value.set_sensitive(true);
-        Ok(value)
-    }
-
-    fn store(&self, stamp: (Option<SystemTime>, u64), content: String) -> Result<SecretString, Error> {
-        let content = SecretString::from(content);
-        let token = SecretString::from(content.expose_secret().trim());
-        if token.expose_secret().is_empty() {
-            return Err(Error::Config(format!("the token file {} is empty", self.path.display())));
-        }
-        *self.lock() = Some(CachedToken { stamp, token: token.clone() });
-        Ok(token)
-    }
-
-    fn invalidate(&self) {
-        *self.lock() = None;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<CachedToken>> {
-        match self.cache.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    fn io(&self, what: &str, source: std::io::Error) -> Error {
-        Error::Io { context: format!("{what} the Kratos token file {}", self.path.display()), source }
     }
 }
 
@@ -944,10 +1131,15 @@ mod tests {
     #[test]
     fn endpoints_keep_prefixes_and_encode_segments() {
         let base = Url::parse("https://kratos.example/prefix/").unwrap();
-        assert_eq!(endpoint(&base, &["admin", "identities"]).unwrap().as_str(), "https://kratos.example/prefix/admin/identities");
+        assert_eq!(
+            endpoint(&base, &["admin", "identities"]).unwrap().as_str(),
+            "https://kratos.example/prefix/admin/identities"
+        );
         let base = Url::parse("http://127.0.0.1:4434").unwrap();
         assert_eq!(
-            endpoint(&base, &["admin", "identities", "../sessions?x=1"]).unwrap().as_str(),
+            endpoint(&base, &["admin", "identities", "../sessions?x=1"])
+                .unwrap()
+                .as_str(),
             "http://127.0.0.1:4434/admin/identities/..%2Fsessions%3Fx=1"
         );
         let url = with_query(endpoint(&base, &["schemas"]).unwrap(), &[]);

@@ -130,9 +130,16 @@ impl Error {
 
     /// Builds the error of a non-success response. `sensitive` withholds the body from
     /// [`Error::Unexpected`] (responses that carry recovery links or codes).
-    pub(crate) fn from_response(status: u16, headers: &HeaderMap, body: &[u8], sensitive: bool) -> Self {
+    pub(crate) fn from_response(
+        status: u16,
+        headers: &HeaderMap,
+        body: &[u8],
+        sensitive: bool,
+    ) -> Self {
         if status == 429 {
-            return Self::RateLimited { retry_after: retry_after_from_headers(headers) };
+            return Self::RateLimited {
+                retry_after: retry_after_from_headers(headers),
+            };
         }
         match serde_json::from_slice::<ErrorEnvelope>(body) {
             Ok(envelope) => Self::from_generic(status, &envelope.error),
@@ -143,7 +150,11 @@ impl Error {
 
     /// Builds the error of a herodot error object (a failed response, or one batch item).
     pub(crate) fn from_generic(status: u16, generic: &GenericError) -> Self {
-        let status = if status == 0 { generic.code.unwrap_or(0) } else { status };
+        let status = if status == 0 {
+            generic.code.unwrap_or(0)
+        } else {
+            status
+        };
         let detail = generic.detail();
         classify(status, Some(detail.clone()), detail)
     }
@@ -152,19 +163,30 @@ impl Error {
 fn classify(status: u16, detail: Option<String>, excerpt: String) -> Error {
     let text = detail.clone().unwrap_or_else(|| format!("HTTP {status}"));
     match status {
-        400 if text.contains(SERIALIZATION_FAILURE) => {
-            Error::Unavailable { message: format!("transient database conflict: {text}") }
-        }
+        400 if text.contains(SERIALIZATION_FAILURE) => Error::Unavailable {
+            message: format!("transient database conflict: {text}"),
+        },
         400 | 422 => {
             let pointer = parse_instance_pointer(&text);
-            Error::Invalid { reason: text, pointer }
+            Error::Invalid {
+                reason: text,
+                pointer,
+            }
         }
-        401 | 403 => Error::Unauthorized { status, message: text },
+        401 | 403 => Error::Unauthorized {
+            status,
+            message: text,
+        },
         404 => Error::NotFound { message: text },
         409 => Error::Conflict { reason: text },
         429 => Error::RateLimited { retry_after: None },
-        500..=599 => Error::Unavailable { message: format!("HTTP {status}: {text}") },
-        _ => Error::Unexpected { status, body_excerpt: excerpt },
+        500..=599 => Error::Unavailable {
+            message: format!("HTTP {status}: {text}"),
+        },
+        _ => Error::Unexpected {
+            status,
+            body_excerpt: excerpt,
+        },
     }
 }
 
@@ -189,8 +211,16 @@ impl GenericError {
     /// The actionable text: the reason, plus the message when that says more than the generic
     /// text of its status code (as for JSON Patch and decode errors); else the message.
     fn detail(&self) -> String {
-        let reason = self.reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
-        let message = self.message.as_deref().map(str::trim).filter(|m| !m.is_empty());
+        let reason = self
+            .reason
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty());
+        let message = self
+            .message
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty());
         match (reason, message) {
             (Some(r), Some(m)) if m != r && !GENERIC_MESSAGES.contains(&m) => format!("{r}: {m}"),
             (Some(r), _) => r.to_string(),
@@ -237,7 +267,12 @@ pub fn parse_instance_pointer(reason: &str) -> Option<String> {
 /// Reads how long to wait from `x-ratelimit-reset` (seconds until the reset; an epoch
 /// timestamp is tolerated) or `Retry-After` (seconds or an HTTP date).
 pub fn retry_after_from_headers(headers: &HeaderMap) -> Option<Duration> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(reset) = header("x-ratelimit-reset").and_then(parse_seconds) {
         return Some(reset);
     }
@@ -296,21 +331,33 @@ mod tests {
     #[test]
     fn pointer_is_parsed_from_a_schema_reason() {
         let reason = "I[#/traits/bar] S[#/properties/traits/properties/bar/type] expected string, but got number";
-        assert_eq!(parse_instance_pointer(reason).as_deref(), Some("/traits/bar"));
+        assert_eq!(
+            parse_instance_pointer(reason).as_deref(),
+            Some("/traits/bar")
+        );
     }
 
     #[test]
     fn pointer_skips_the_root_wrapper_of_multi_line_reasons() {
         let reason = "I[#] S[#] validation failed\n  I[#/traits] S[#/properties/traits/additionalProperties] additionalProperties \"department\" not allowed";
         assert_eq!(parse_instance_pointer(reason).as_deref(), Some("/traits"));
-        assert_eq!(parse_instance_pointer("I[#] S[#] validation failed").as_deref(), Some(""));
-        assert_eq!(parse_instance_pointer("Unable to find JSON Schema ID: nope"), None);
+        assert_eq!(
+            parse_instance_pointer("I[#] S[#] validation failed").as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            parse_instance_pointer("Unable to find JSON Schema ID: nope"),
+            None
+        );
         assert_eq!(parse_instance_pointer("I[#/traits broken"), None);
     }
 
     #[test]
     fn statuses_and_reasons_are_classified() {
-        let e = err(400, r#"{"error":{"code":400,"status":"Bad Request","message":"The request was malformed or contained invalid parameters","reason":"I[#/traits/age] S[#/properties/traits/properties/age/type] expected integer, but got string"}}"#);
+        let e = err(
+            400,
+            r#"{"error":{"code":400,"status":"Bad Request","message":"The request was malformed or contained invalid parameters","reason":"I[#/traits/age] S[#/properties/traits/properties/age/type] expected integer, but got string"}}"#,
+        );
         match &e {
             Error::Invalid { reason, pointer } => {
                 assert!(reason.starts_with("I[#/traits/age]"));
@@ -321,27 +368,62 @@ mod tests {
         assert!(!e.is_transient());
         assert_eq!(e.reason_label(), "invalid");
 
-        let e = err(400, r#"{"error":{"code":400,"message":"Unable to serialize access due to a concurrent update in another session"}}"#);
+        let e = err(
+            400,
+            r#"{"error":{"code":400,"message":"Unable to serialize access due to a concurrent update in another session"}}"#,
+        );
         assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
         assert!(e.is_transient());
 
-        let e = err(409, r#"{"error":{"code":409,"status":"Conflict","message":"Unable to insert or update resource because a resource with that value exists already"}}"#);
-        assert!(matches!(&e, Error::Conflict { reason } if reason.contains("exists already")), "{e:?}");
-        let e = err(400, r#"{"error":{"code":400,"status":"Bad Request","reason":"An error occured when applying the JSON patch","message":"patch includes denied path: /credentials"}}"#);
-        assert!(matches!(&e, Error::Invalid { reason, pointer: None } if reason == "An error occured when applying the JSON patch: patch includes denied path: /credentials"), "{e:?}");
-        let e = err(404, r#"{"error":{"code":404,"message":"Unable to locate the resource"}}"#);
-        assert!(matches!(&e, Error::NotFound { message } if message == "Unable to locate the resource"));
-        assert!(matches!(err(401, "{}"), Error::Unauthorized { status: 401, .. }));
-        assert!(matches!(err(403, ""), Error::Unauthorized { status: 403, .. }));
-        assert!(matches!(err(502, "<html>bad gateway</html>"), Error::Unavailable { .. }));
-        assert!(matches!(err(418, "teapot"), Error::Unexpected { status: 418, ref body_excerpt } if body_excerpt == "teapot"));
+        let e = err(
+            409,
+            r#"{"error":{"code":409,"status":"Conflict","message":"Unable to insert or update resource because a resource with that value exists already"}}"#,
+        );
+        assert!(
+            matches!(&e, Error::Conflict { reason } if reason.contains("exists already")),
+            "{e:?}"
+        );
+        let e = err(
+            400,
+            r#"{"error":{"code":400,"status":"Bad Request","reason":"An error occured when applying the JSON patch","message":"patch includes denied path: /credentials"}}"#,
+        );
+        assert!(
+            matches!(&e, Error::Invalid { reason, pointer: None } if reason == "An error occured when applying the JSON patch: patch includes denied path: /credentials"),
+            "{e:?}"
+        );
+        let e = err(
+            404,
+            r#"{"error":{"code":404,"message":"Unable to locate the resource"}}"#,
+        );
+        assert!(
+            matches!(&e, Error::NotFound { message } if message == "Unable to locate the resource")
+        );
+        assert!(matches!(
+            err(401, "{}"),
+            Error::Unauthorized { status: 401, .. }
+        ));
+        assert!(matches!(
+            err(403, ""),
+            Error::Unauthorized { status: 403, .. }
+        ));
+        assert!(matches!(
+            err(502, "<html>bad gateway</html>"),
+            Error::Unavailable { .. }
+        ));
+        assert!(
+            matches!(err(418, "teapot"), Error::Unexpected { status: 418, ref body_excerpt } if body_excerpt == "teapot")
+        );
         let long = "x".repeat(1000);
         match err(418, &long) {
-            Error::Unexpected { body_excerpt, .. } => assert!(body_excerpt.chars().count() <= EXCERPT_CHARS + 1),
+            Error::Unexpected { body_excerpt, .. } => {
+                assert!(body_excerpt.chars().count() <= EXCERPT_CHARS + 1)
+            }
             other => panic!("unexpected {other:?}"),
         }
         match Error::from_response(418, &HeaderMap::new(), b"secret-link", true) {
-            Error::Unexpected { body_excerpt, .. } => assert!(!body_excerpt.contains("secret-link")),
+            Error::Unexpected { body_excerpt, .. } => {
+                assert!(!body_excerpt.contains("secret-link"))
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -356,17 +438,27 @@ mod tests {
 
         let mut headers = HeaderMap::new();
         headers.insert("retry-after", HeaderValue::from_static("2"));
-        assert_eq!(retry_after_from_headers(&headers), Some(Duration::from_secs(2)));
+        assert_eq!(
+            retry_after_from_headers(&headers),
+            Some(Duration::from_secs(2))
+        );
 
         let in_a_minute = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60);
-        let date = jiff::fmt::rfc2822::to_string(&in_a_minute.to_zoned(jiff::tz::TimeZone::UTC)).unwrap();
+        let date =
+            jiff::fmt::rfc2822::to_string(&in_a_minute.to_zoned(jiff::tz::TimeZone::UTC)).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("retry-after", HeaderValue::from_str(&date).unwrap());
         let wait = retry_after_from_headers(&headers).unwrap();
-        assert!(wait > Duration::from_secs(55) && wait <= Duration::from_secs(60), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
 
         let mut headers = HeaderMap::new();
-        headers.insert("retry-after", HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"));
+        headers.insert(
+            "retry-after",
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
         assert_eq!(retry_after_from_headers(&headers), Some(Duration::ZERO));
         assert_eq!(retry_after_from_headers(&HeaderMap::new()), None);
     }

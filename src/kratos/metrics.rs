@@ -106,7 +106,13 @@ impl KratosMetrics {
     }
 
     /// Records one finished call.
-    pub(crate) fn record_call(&self, operation: &'static str, write: bool, outcome: &'static str, seconds: f64) {
+    pub(crate) fn record_call(
+        &self,
+        operation: &'static str,
+        write: bool,
+        outcome: &'static str,
+        seconds: f64,
+    ) {
         let labels = CallLabels { operation, outcome };
         self.calls.get_or_create(&labels).inc();
         self.duration.get_or_create(&labels).observe(seconds);
@@ -118,17 +124,24 @@ impl KratosMetrics {
 
     /// Records one HTTP attempt.
     pub(crate) fn record_request(&self, operation: &'static str) {
-        self.requests.get_or_create(&OperationLabels { operation }).inc();
+        self.requests
+            .get_or_create(&OperationLabels { operation })
+            .inc();
     }
 
     /// Records one retry.
     pub(crate) fn record_retry(&self, operation: &'static str) {
-        self.retries.get_or_create(&OperationLabels { operation }).inc();
+        self.retries
+            .get_or_create(&OperationLabels { operation })
+            .inc();
     }
 
     /// Calls of `operation`, whatever their outcome.
     pub fn calls(&self, operation: &str) -> u64 {
-        OUTCOMES.iter().map(|outcome| self.outcomes(operation, outcome)).sum()
+        OUTCOMES
+            .iter()
+            .map(|outcome| self.outcomes(operation, outcome))
+            .sum()
     }
 
     /// Calls of `operation` that ended in `outcome`.
@@ -140,20 +153,30 @@ impl KratosMetrics {
         let Some(outcome) = OUTCOMES.iter().find(|o| **o == outcome) else {
             return 0;
         };
-        self.calls.get(&CallLabels { operation, outcome }).map_or(0, |c| c.get())
+        self.calls
+            .get(&CallLabels { operation, outcome })
+            .map_or(0, |c| c.get())
     }
 
     /// HTTP requests sent for `operation` (attempts, retries included).
     pub fn requests(&self, operation: &str) -> u64 {
         static_label(operation)
-            .and_then(|operation| self.requests.get(&OperationLabels { operation }).map(|c| c.get()))
+            .and_then(|operation| {
+                self.requests
+                    .get(&OperationLabels { operation })
+                    .map(|c| c.get())
+            })
             .unwrap_or(0)
     }
 
     /// Retries of `operation`.
     pub fn retries(&self, operation: &str) -> u64 {
         static_label(operation)
-            .and_then(|operation| self.retries.get(&OperationLabels { operation }).map(|c| c.get()))
+            .and_then(|operation| {
+                self.retries
+                    .get(&OperationLabels { operation })
+                    .map(|c| c.get())
+            })
             .unwrap_or(0)
     }
 
@@ -169,7 +192,10 @@ impl KratosMetrics {
 }
 
 fn static_label(operation: &str) -> Option<&'static str> {
-    super::client::OPERATIONS.iter().copied().find(|op| *op == operation)
+    super::client::OPERATIONS
+        .iter()
+        .copied()
+        .find(|op| *op == operation)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod models;
 pub mod pagination;
 pub mod retry;
+mod token;
 
 pub use client::{ClientConfig, KratosClient, OPERATIONS};
 pub use error::{Error, parse_instance_pointer, retry_after_from_headers};

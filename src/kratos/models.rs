@@ -96,7 +96,9 @@ impl Identity {
     /// fetched with `include_credential=password` can say yes; Kratos creates an empty password
     /// credential for every identifier trait.
     pub fn has_password(&self) -> bool {
-        self.credential(CredentialType::Password).and_then(Credentials::hashed_password).is_some()
+        self.credential(CredentialType::Password)
+            .and_then(Credentials::hashed_password)
+            .is_some()
     }
 }
 
@@ -179,18 +181,30 @@ impl Credentials {
 
     /// The stored password hash (`include_credential=password`), if non-empty.
     pub fn hashed_password(&self) -> Option<SecretString> {
-        let hash = self.config.as_ref()?.expose().get("hashed_password")?.as_str()?;
+        let hash = self
+            .config
+            .as_ref()?
+            .expose()
+            .get("hashed_password")?
+            .as_str()?;
         (!hash.is_empty()).then(|| SecretString::from(hash))
     }
 
     /// The `(provider, subject)` pairs of an OIDC credential (`include_credential=oidc`).
     pub fn oidc_providers(&self) -> Vec<(String, String)> {
-        let providers = self.config.as_ref().and_then(|c| c.expose().get("providers")).and_then(Value::as_array);
+        let providers = self
+            .config
+            .as_ref()
+            .and_then(|c| c.expose().get("providers"))
+            .and_then(Value::as_array);
         providers
             .into_iter()
             .flatten()
             .filter_map(|p| {
-                Some((p.get("provider")?.as_str()?.to_string(), p.get("subject")?.as_str()?.to_string()))
+                Some((
+                    p.get("provider")?.as_str()?.to_string(),
+                    p.get("subject")?.as_str()?.to_string(),
+                ))
             })
             .collect()
     }
@@ -305,7 +319,10 @@ impl FromStr for CredentialType {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| format!("unknown credential type {s:?}"))
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown credential type {s:?}"))
     }
 }
 
@@ -349,14 +366,21 @@ pub struct CreateIdentityBody {
 impl CreateIdentityBody {
     /// A body with just a schema and traits.
     pub fn new(schema_id: impl Into<String>, traits: Value) -> Self {
-        Self { schema_id: schema_id.into(), traits, ..Self::default() }
+        Self {
+            schema_id: schema_id.into(),
+            traits,
+            ..Self::default()
+        }
     }
 
     /// Whether some field depends on the server version.
     pub(crate) fn has_versioned_fields(&self) -> bool {
         self.external_id.is_some()
             || self.organization_id.is_some()
-            || self.credentials.as_ref().is_some_and(IdentityCredentialsImport::has_versioned_fields)
+            || self
+                .credentials
+                .as_ref()
+                .is_some_and(IdentityCredentialsImport::has_versioned_fields)
     }
 
     /// A copy without the fields `server` does not know.
@@ -425,7 +449,10 @@ impl UpdateIdentityBody {
     /// Whether some field depends on the server version.
     pub(crate) fn has_versioned_fields(&self) -> bool {
         self.external_id.is_some()
-            || self.credentials.as_ref().is_some_and(IdentityCredentialsImport::has_versioned_fields)
+            || self
+                .credentials
+                .as_ref()
+                .is_some_and(IdentityCredentialsImport::has_versioned_fields)
     }
 }
 
@@ -445,7 +472,12 @@ pub struct VerifiableAddressImport {
 impl VerifiableAddressImport {
     /// A verified email address.
     pub fn verified_email(value: impl Into<String>) -> Self {
-        Self { value: value.into(), via: "email".into(), verified: true, status: "completed".into() }
+        Self {
+            value: value.into(),
+            via: "email".into(),
+            verified: true,
+            status: "completed".into(),
+        }
     }
 }
 
@@ -472,12 +504,18 @@ pub struct IdentityCredentialsImport {
 impl IdentityCredentialsImport {
     /// A cleartext password, hashed by Kratos.
     pub fn password(password: SecretString) -> Self {
-        Self { password: Some(PasswordImport::cleartext(password)), oidc: None }
+        Self {
+            password: Some(PasswordImport::cleartext(password)),
+            oidc: None,
+        }
     }
 
     /// A password hash in one of the formats Kratos imports (bcrypt, argon2, pbkdf2, scrypt, ...).
     pub fn hashed_password(hash: SecretString) -> Self {
-        Self { password: Some(PasswordImport::hashed(hash)), oidc: None }
+        Self {
+            password: Some(PasswordImport::hashed(hash)),
+            oidc: None,
+        }
     }
 
     /// OIDC links, as `(provider, subject)` pairs.
@@ -487,14 +525,27 @@ impl IdentityCredentialsImport {
         P: Into<String>,
         S: Into<String>,
     {
-        let providers = providers.into_iter().map(|(p, s)| OidcProviderImport::new(p, s)).collect();
-        Self { password: None, oidc: Some(OidcImport { config: OidcImportConfig { providers } }) }
+        let providers = providers
+            .into_iter()
+            .map(|(p, s)| OidcProviderImport::new(p, s))
+            .collect();
+        Self {
+            password: None,
+            oidc: Some(OidcImport {
+                config: OidcImportConfig { providers },
+            }),
+        }
     }
 
     fn has_versioned_fields(&self) -> bool {
-        self.password.as_ref().is_some_and(|p| p.config.use_password_migration_hook.is_some())
+        self.password
+            .as_ref()
+            .is_some_and(|p| p.config.use_password_migration_hook.is_some())
             || self.oidc.as_ref().is_some_and(|o| {
-                o.config.providers.iter().any(|p| p.use_auto_link.is_some() || p.organization.is_some())
+                o.config
+                    .providers
+                    .iter()
+                    .any(|p| p.use_auto_link.is_some() || p.organization.is_some())
             })
     }
 
@@ -525,12 +576,22 @@ pub struct PasswordImport {
 impl PasswordImport {
     /// A cleartext password.
     pub fn cleartext(password: SecretString) -> Self {
-        Self { config: PasswordImportConfig { password: Some(password), ..PasswordImportConfig::default() } }
+        Self {
+            config: PasswordImportConfig {
+                password: Some(password),
+                ..PasswordImportConfig::default()
+            },
+        }
     }
 
     /// A password hash.
     pub fn hashed(hash: SecretString) -> Self {
-        Self { config: PasswordImportConfig { hashed_password: Some(hash), ..PasswordImportConfig::default() } }
+        Self {
+            config: PasswordImportConfig {
+                hashed_password: Some(hash),
+                ..PasswordImportConfig::default()
+            },
+        }
     }
 }
 
@@ -538,10 +599,16 @@ impl PasswordImport {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PasswordImportConfig {
     /// A cleartext password (Kratos hashes it; no policy checks).
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "expose_optional")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "expose_optional"
+    )]
     pub password: Option<SecretString>,
     /// A hash in a format Kratos recognizes, re-hashed by Kratos at the first login.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "expose_optional")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "expose_optional"
+    )]
     pub hashed_password: Option<SecretString>,
     /// Verify at first login through the password migration webhook (v1.3+).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -580,7 +647,12 @@ pub struct OidcProviderImport {
 impl OidcProviderImport {
     /// A link.
     pub fn new(provider: impl Into<String>, subject: impl Into<String>) -> Self {
-        Self { provider: provider.into(), subject: subject.into(), use_auto_link: None, organization: None }
+        Self {
+            provider: provider.into(),
+            subject: subject.into(),
+            use_auto_link: None,
+            organization: None,
+        }
     }
 }
 
@@ -603,23 +675,41 @@ pub struct JsonPatchOp {
 impl JsonPatchOp {
     /// `add` at `path`.
     pub fn add(path: impl Into<String>, value: Value) -> Self {
-        Self { op: PatchOperation::Add, path: path.into(), value: Some(value), from: None }
+        Self {
+            op: PatchOperation::Add,
+            path: path.into(),
+            value: Some(value),
+            from: None,
+        }
     }
 
     /// `replace` at `path` (Kratos turns it into `add` when the key is missing).
     pub fn replace(path: impl Into<String>, value: Value) -> Self {
-        Self { op: PatchOperation::Replace, path: path.into(), value: Some(value), from: None }
+        Self {
+            op: PatchOperation::Replace,
+            path: path.into(),
+            value: Some(value),
+            from: None,
+        }
     }
 
-    /// `remove` at `path`.
+    /// `remove` at `path`. Kratos v1.3.1 ignores it for the top-level `/metadata_public` and
+    /// `/metadata_admin` (the patched JSON is decoded over the stored identity); clear those with
+    /// `replace(path, Value::Null)`.
     pub fn remove(path: impl Into<String>) -> Self {
-        Self { op: PatchOperation::Remove, path: path.into(), value: None, from: None }
+        Self {
+            op: PatchOperation::Remove,
+            path: path.into(),
+            value: None,
+            from: None,
+        }
     }
 
     /// Whether applying it twice equals applying it once: `add`/`replace` of a fixed path (not
     /// the array append `/-`).
     pub fn is_idempotent(&self) -> bool {
-        matches!(self.op, PatchOperation::Add | PatchOperation::Replace) && !self.path.ends_with("/-")
+        matches!(self.op, PatchOperation::Add | PatchOperation::Replace)
+            && !self.path.ends_with("/-")
     }
 }
 
@@ -666,7 +756,10 @@ pub struct ListIdentitiesParams {
 impl ListIdentitiesParams {
     /// The query string pairs, page size defaulted to `default_page_size`.
     pub(crate) fn query(&self, default_page_size: u32) -> Vec<(&'static str, String)> {
-        let mut query = vec![("page_size", self.page_size.unwrap_or(default_page_size).to_string())];
+        let mut query = vec![(
+            "page_size",
+            self.page_size.unwrap_or(default_page_size).to_string(),
+        )];
         if let Some(token) = &self.page_token {
             query.push(("page_token", token.clone()));
         }
@@ -677,7 +770,11 @@ impl ListIdentitiesParams {
         if let Some(prefix) = &self.preview_credentials_identifier_similar {
             query.push(("preview_credentials_identifier_similar", prefix.clone()));
         }
-        query.extend(self.include_credentials.iter().map(|c| ("include_credential", c.as_str().to_string())));
+        query.extend(
+            self.include_credentials
+                .iter()
+                .map(|c| ("include_credential", c.as_str().to_string())),
+        );
         if let Some(consistency) = self.consistency {
             query.push(("consistency", consistency.as_str().to_string()));
         }
@@ -728,7 +825,10 @@ pub struct BatchPatchItem {
 impl BatchPatchItem {
     /// A create item.
     pub fn create(body: CreateIdentityBody, patch_id: Option<String>) -> Self {
-        Self { create: Some(body), patch_id }
+        Self {
+            create: Some(body),
+            patch_id,
+        }
     }
 }
 
@@ -819,7 +919,10 @@ pub struct CreateRecoveryLinkBody {
     /// The identity to recover.
     pub identity_id: String,
     /// How long the link is valid (default: the server's link lifespan).
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "go_duration")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "go_duration"
+    )]
     pub expires_in: Option<Duration>,
 }
 
@@ -829,7 +932,10 @@ pub struct CreateRecoveryCodeBody {
     /// The identity to recover.
     pub identity_id: String,
     /// How long the code is valid (default: the server's code lifespan).
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "go_duration")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "go_duration"
+    )]
     pub expires_in: Option<Duration>,
     /// The kind of recovery flow (default browser).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -981,7 +1087,12 @@ impl ServerVersion {
         let major = parts.next()?.parse().ok()?;
         let minor = parts.next().map_or(Some(0), |p| p.parse().ok())?;
         let patch = parts.next().map_or(Some(0), |p| p.parse().ok())?;
-        Some(Self { raw: trimmed.to_string(), major, minor, patch })
+        Some(Self {
+            raw: trimmed.to_string(),
+            major,
+            minor,
+            patch,
+        })
     }
 
     /// Whether it is at least `major.minor`.
@@ -1021,7 +1132,10 @@ where
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
-fn expose_optional<S: Serializer>(secret: &Option<SecretString>, serializer: S) -> Result<S::Ok, S::Error> {
+fn expose_optional<S: Serializer>(
+    secret: &Option<SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     match secret {
         Some(secret) => serializer.serialize_str(secret.expose_secret()),
         None => serializer.serialize_none(),
@@ -1029,7 +1143,10 @@ fn expose_optional<S: Serializer>(secret: &Option<SecretString>, serializer: S) 
 }
 
 /// A duration in Go's `time.ParseDuration` syntax: whole seconds as `Ns`, else milliseconds.
-fn go_duration<S: Serializer>(duration: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+fn go_duration<S: Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     match duration {
         Some(d) if d.subsec_millis() == 0 => serializer.serialize_str(&format!("{}s", d.as_secs())),
         Some(d) => serializer.serialize_str(&format!("{}ms", d.as_millis())),
@@ -1048,7 +1165,15 @@ mod tests {
 
     #[test]
     fn versions_parse() {
-        assert_eq!(v("v1.3.1"), ServerVersion { raw: "v1.3.1".into(), major: 1, minor: 3, patch: 1 });
+        assert_eq!(
+            v("v1.3.1"),
+            ServerVersion {
+                raw: "v1.3.1".into(),
+                major: 1,
+                minor: 3,
+                patch: 1
+            }
+        );
         assert_eq!(v("25.4.0-pre.1").major, 25);
         assert_eq!(v("v26").minor, 0);
         assert_eq!(ServerVersion::parse("master"), None);
@@ -1096,7 +1221,10 @@ mod tests {
             })
         );
         let wire = serde_json::to_value(body.for_server(&v("v1.2.0"))).unwrap();
-        assert_eq!(wire["credentials"]["password"], json!({"config": {"password": "s3cr3t-pw"}}));
+        assert_eq!(
+            wire["credentials"]["password"],
+            json!({"config": {"password": "s3cr3t-pw"}})
+        );
         let minimal = serde_json::to_value(CreateIdentityBody::new("", json!({}))).unwrap();
         assert_eq!(minimal, json!({"traits": {}}));
         assert!(!CreateIdentityBody::new("", json!({})).has_versioned_fields());
@@ -1106,8 +1234,14 @@ mod tests {
     fn v25_bodies_keep_their_fields() {
         let wire = serde_json::to_value(full_body().for_server(&v("v25.4.0"))).unwrap();
         assert_eq!(wire["external_id"], json!("ext-1"));
-        assert_eq!(wire["organization_id"], json!("7b2e0ab4-5a2c-4f6b-9a55-0fa3f4b1f0a1"));
-        assert_eq!(wire["credentials"]["oidc"]["config"]["providers"][0]["use_auto_link"], json!(true));
+        assert_eq!(
+            wire["organization_id"],
+            json!("7b2e0ab4-5a2c-4f6b-9a55-0fa3f4b1f0a1")
+        );
+        assert_eq!(
+            wire["credentials"]["oidc"]["config"]["providers"][0]["use_auto_link"],
+            json!(true)
+        );
 
         let update = UpdateIdentityBody {
             schema_id: "customer".into(),
@@ -1117,7 +1251,10 @@ mod tests {
             ..UpdateIdentityBody::default()
         };
         assert!(update.has_versioned_fields());
-        assert_eq!(serde_json::to_value(update.for_server(&v("v25.4.0"))).unwrap()["external_id"], json!("x"));
+        assert_eq!(
+            serde_json::to_value(update.for_server(&v("v25.4.0"))).unwrap()["external_id"],
+            json!("x")
+        );
         assert_eq!(
             serde_json::to_value(update.for_server(&v("v1.3.1"))).unwrap(),
             json!({"schema_id": "customer", "traits": {}, "state": "inactive"})
@@ -1129,7 +1266,8 @@ mod tests {
         let body = full_body();
         let debug = format!("{body:?} {:#?}", body);
         assert!(!debug.contains("s3cr3t-pw"), "{debug}");
-        let hashed = IdentityCredentialsImport::hashed_password(SecretString::from("$2a$04$abcdefghijk"));
+        let hashed =
+            IdentityCredentialsImport::hashed_password(SecretString::from("$2a$04$abcdefghijk"));
         assert!(!format!("{hashed:?}").contains("$2a$04$"));
         let credentials: Credentials = serde_json::from_value(json!({
             "type": "password", "identifiers": ["a@example.com"], "version": 0,
@@ -1137,7 +1275,10 @@ mod tests {
         }))
         .unwrap();
         assert!(!format!("{credentials:?}").contains("secrethash"));
-        assert_eq!(credentials.credential_type(), Some(CredentialType::Password));
+        assert_eq!(
+            credentials.credential_type(),
+            Some(CredentialType::Password)
+        );
         assert!(credentials.hashed_password().is_some());
         let link: RecoveryLink = serde_json::from_value(json!({
             "recovery_link": "http://x/self-service/recovery?flow=1&token=TOPSECRET",
@@ -1173,8 +1314,14 @@ mod tests {
 
     #[test]
     fn small_wire_values() {
-        let body = CreateRecoveryLinkBody { identity_id: "x".into(), expires_in: Some(Duration::from_secs(3600)) };
-        assert_eq!(serde_json::to_value(body).unwrap(), json!({"identity_id": "x", "expires_in": "3600s"}));
+        let body = CreateRecoveryLinkBody {
+            identity_id: "x".into(),
+            expires_in: Some(Duration::from_secs(3600)),
+        };
+        assert_eq!(
+            serde_json::to_value(body).unwrap(),
+            json!({"identity_id": "x", "expires_in": "3600s"})
+        );
         let body = CreateRecoveryCodeBody {
             identity_id: "x".into(),
             expires_in: Some(Duration::from_millis(1500)),
@@ -1191,7 +1338,10 @@ mod tests {
         assert!(JsonPatchOp::replace("/traits/email", json!("x")).is_idempotent());
         assert!(!JsonPatchOp::add("/verifiable_addresses/-", json!({})).is_idempotent());
         assert!(!JsonPatchOp::remove("/traits/name").is_idempotent());
-        assert_eq!("lookup_secret".parse::<CredentialType>(), Ok(CredentialType::LookupSecret));
+        assert_eq!(
+            "lookup_secret".parse::<CredentialType>(),
+            Ok(CredentialType::LookupSecret)
+        );
         let params = ListIdentitiesParams {
             ids: vec!["a".into(), "b".into()],
             include_credentials: vec![CredentialType::Password],

@@ -3,7 +3,10 @@
 //! (built from the request path), so the client takes only the token and keeps its own base URL,
 //! which also works behind a path-prefixing proxy.
 
+use futures::{Stream, StreamExt, TryStreamExt, stream};
 use url::Url;
+
+use super::error::Error;
 
 /// The default page size of identity lists (the largest every Kratos version accepts).
 pub const DEFAULT_IDENTITY_PAGE_SIZE: u32 = 500;
@@ -53,7 +56,11 @@ fn has_rel(param: &str, rel: &str) -> bool {
         return false;
     };
     name.trim().eq_ignore_ascii_case("rel")
-        && value.trim().trim_matches('"').split_ascii_whitespace().any(|r| r.eq_ignore_ascii_case(rel))
+        && value
+            .trim()
+            .trim_matches('"')
+            .split_ascii_whitespace()
+            .any(|r| r.eq_ignore_ascii_case(rel))
 }
 
 /// The `page_token` of the `rel="next"` link, resolving relative targets against `request_url`.
@@ -61,7 +68,61 @@ fn has_rel(param: &str, rel: &str) -> bool {
 pub fn next_page_token(link_header: Option<&str>, request_url: &Url) -> Option<String> {
     let target = link_target(link_header?, "next")?;
     let url = request_url.join(target).ok()?;
-    url.query_pairs().find(|(k, _)| k == "page_token").map(|(_, v)| v.into_owned()).filter(|t| !t.is_empty())
+    url.query_pairs()
+        .find(|(k, _)| k == "page_token")
+        .map(|(_, v)| v.into_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// A stream of the items of every page: `fetch` gets the page of a token (`None` first) and
+/// the stream follows `next_page_token` until it is absent, the page is empty, or the token
+/// repeats (an error).
+pub(crate) fn paged<T, F, Fut>(
+    first_token: Option<String>,
+    fetch: F,
+) -> impl Stream<Item = Result<T, Error>> + Send + 'static
+where
+    T: Send + 'static,
+    F: Fn(Option<String>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Page<T>, Error>> + Send + 'static,
+{
+    struct State<F> {
+        fetch: F,
+        token: Option<String>,
+        done: bool,
+    }
+    stream::try_unfold(
+        State {
+            fetch,
+            token: first_token,
+            done: false,
+        },
+        |mut state| async move {
+            if state.done {
+                return Ok(None);
+            }
+            let page = (state.fetch)(state.token.clone()).await?;
+            // Kratos' offset ("migration") pagination (identity sessions, schemas) announces a next
+            // page even after the last one, so an empty page ends the list too.
+            if page.items.is_empty() {
+                return Ok(None);
+            }
+            match page.next_page_token {
+                Some(next) if state.token.as_deref() == Some(next.as_str()) => {
+                    return Err(Error::Unexpected {
+                        status: 200,
+                        body_excerpt: "the next page token repeats the current one".into(),
+                    });
+                }
+                Some(next) => state.token = Some(next),
+                None => state.done = true,
+            }
+            Ok(Some((page.items, state)))
+        },
+    )
+    .map_ok(|items| stream::iter(items.into_iter().map(Ok)))
+    .try_flatten()
+    .boxed()
 }
 
 #[cfg(test)]
@@ -96,8 +157,14 @@ mod tests {
     fn absolute_urls_spaces_unquoted_and_multiple_relations_are_understood() {
         let header = r#"<https://x.example/a?page_token=abc%3D%3D&x=1>; title="a, b"; rel="prev next" , <https://x.example/a?page_token=zzz>; rel=last"#;
         let base = Url::parse("https://x.example/a").unwrap();
-        assert_eq!(next_page_token(Some(header), &base).as_deref(), Some("abc=="));
-        assert_eq!(link_target(header, "LAST"), Some("https://x.example/a?page_token=zzz"));
+        assert_eq!(
+            next_page_token(Some(header), &base).as_deref(),
+            Some("abc==")
+        );
+        assert_eq!(
+            link_target(header, "LAST"),
+            Some("https://x.example/a?page_token=zzz")
+        );
         assert_eq!(link_target(header, "first"), None);
     }
 
@@ -105,6 +172,9 @@ mod tests {
     fn migration_pagination_links_are_understood() {
         let header = "</admin/identities/x/sessions?page=1&page_size=2&page_token=eyJvZmZzZXQiOiIyIiwidiI6Mn0&per_page=2>; rel=\"next\",</admin/identities/x/sessions?page=0&page_size=2&page_token=eyJvZmZzZXQiOiIwIiwidiI6Mn0&per_page=2>; rel=\"first\"";
         let base = Url::parse("http://127.0.0.1:1/admin/identities/x/sessions").unwrap();
-        assert_eq!(next_page_token(Some(header), &base).as_deref(), Some("eyJvZmZzZXQiOiIyIiwidiI6Mn0"));
+        assert_eq!(
+            next_page_token(Some(header), &base).as_deref(),
+            Some("eyJvZmZzZXQiOiIyIiwidiI6Mn0")
+        );
     }
 }

@@ -40,7 +40,10 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// A policy that never retries.
     pub fn none() -> Self {
-        Self { max_retries: 0, ..Self::default() }
+        Self {
+            max_retries: 0,
+            ..Self::default()
+        }
     }
 
     /// The wait before retry number `retry` (1-based): `initial * 2^(retry-1)` capped at
@@ -114,7 +117,15 @@ impl RateLimiter {
     pub fn new(rate: Option<f64>, burst: u32) -> Self {
         let rate = rate.filter(|r| r.is_finite() && *r > 0.0);
         let burst = f64::from(burst.max(1));
-        Self { rate, burst, state: Mutex::new(BucketState { tokens: burst, last: Instant::now(), cooldown_until: None }) }
+        Self {
+            rate,
+            burst,
+            state: Mutex::new(BucketState {
+                tokens: burst,
+                last: Instant::now(),
+                cooldown_until: None,
+            }),
+        }
     }
 
     /// Waits until a request may be sent. Each call takes one token; callers that find the
@@ -181,8 +192,13 @@ mod tests {
         assert_eq!(backoff_with(&policy, u32::MAX, 1.0), Duration::from_secs(2));
         for retry in 1..20 {
             let d = policy.backoff(retry);
-            let full = (Duration::from_millis(100) * 2u32.pow((retry - 1).min(20))).min(Duration::from_secs(2));
-            assert!(d >= full / 2 && d <= full, "retry {retry}: {d:?} not in [{:?}, {full:?}]", full / 2);
+            let full = (Duration::from_millis(100) * 2u32.pow((retry - 1).min(20)))
+                .min(Duration::from_secs(2));
+            assert!(
+                d >= full / 2 && d <= full,
+                "retry {retry}: {d:?} not in [{:?}, {full:?}]",
+                full / 2
+            );
         }
     }
 
@@ -210,7 +226,10 @@ mod tests {
         }
         // Two from the burst, then ten at 50/s.
         let elapsed = start.elapsed();
-        assert!(elapsed >= Duration::from_millis(195) && elapsed < Duration::from_millis(400), "{elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(195) && elapsed < Duration::from_millis(400),
+            "{elapsed:?}"
+        );
     }
 
     #[tokio::test]

@@ -163,9 +163,19 @@ pub fn test_settings(namespace: &str) -> kratos_operator::controller::Settings {
     kratos_operator::controller::Settings {
         resync_interval: Duration::from_secs(2),
         schema_recheck_interval: Duration::from_secs(1),
-        max_concurrent_reconciles: 4,
+        max_concurrent_reconciles: 8,
         watch_namespaces: vec![namespace.to_string()],
         instance: Some(format!("test-{namespace}")),
+        ..kratos_operator::controller::Settings::default()
+    }
+}
+
+/// [`test_settings`] with create batching and drift sweeps off: the per-object mode.
+pub fn per_object_settings(namespace: &str) -> kratos_operator::controller::Settings {
+    kratos_operator::controller::Settings {
+        batch_creates: false,
+        drift_sweeps: false,
+        ..test_settings(namespace)
     }
 }
 

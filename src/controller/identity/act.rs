@@ -37,8 +37,12 @@ pub enum Change {
 /// A reconcile that reached Kratos.
 #[derive(Debug, Clone)]
 pub struct Synced {
-    /// The identity as Kratos returned it last.
-    pub identity: KratosIdentity,
+    /// The Kratos identity id.
+    pub identity_id: String,
+    /// Its state as Kratos reports it (`active`, `inactive`).
+    pub state: String,
+    /// Its schema id.
+    pub schema_id: String,
     /// What changed.
     pub change: Change,
     /// The display identifier.
@@ -115,27 +119,24 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
         },
         None => None,
     };
+    let identifiers = schema
+        .compiled
+        .as_ref()
+        .map(|c| c.identifier_values(&obj.spec.traits))
+        .unwrap_or_default();
     let mut change = None;
-    if current.is_none() {
-        let identifiers = schema
-            .compiled
-            .as_ref()
-            .map(|c| c.identifier_values(&obj.spec.traits))
-            .unwrap_or_default();
-        let candidates = observe::candidates(ctx, &identifiers).await?;
-        match plan::resolve_existing(&candidates, &uid, obj.spec.adoption()) {
-            Existing::None => {}
-            Existing::TakeBack(id) => {
-                current = candidates.into_iter().find(|i| i.id == id);
-                change = Some(Change::TookBack);
+    // Per-object mode looks the identifiers up before creating. With batched creates the
+    // lookup happens only when a create conflicts: an identifier is unique in Kratos, so the
+    // conflict is what finds an identity created before (and the lookup then resolves it).
+    if current.is_none() && ctx.creates.is_none() {
+        match resolve(ctx, &identifiers, &uid, obj).await? {
+            Ok(found) => {
+                if let Some((identity, how)) = found {
+                    current = Some(identity);
+                    change = Some(how);
+                }
             }
-            Existing::Adopt(id) => {
-                current = candidates.into_iter().find(|i| i.id == id);
-                change = Some(Change::Adopted);
-            }
-            Existing::Conflict(message) => {
-                return Ok(Outcome::Blocked(Blocked::new("Conflict", message)));
-            }
+            Err(blocked) => return Ok(Outcome::Blocked(blocked)),
         }
     }
 
@@ -158,24 +159,90 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
     };
     let password_version = password.as_ref().map(|p| p.version.clone());
     let desired = plan::desired(&obj.spec, schema.schema_id.clone(), &owner, &uid, password);
+    let oidc: Vec<String> = desired.oidc.iter().map(|(p, _)| p.clone()).collect();
+
+    if current.is_none() {
+        let body = plan::create_body(&desired);
+        let created = match &ctx.creates {
+            Some(batcher) => batcher.create(body).await,
+            None => ctx.kratos.create_identity(&body).await.map(|i| i.id),
+        };
+        match created {
+            Ok(id) => {
+                // A new identity: addresses were imported verified and it has no sessions.
+                return Ok(Outcome::Synced(Box::new(Synced {
+                    identity_id: id,
+                    state: desired.state.as_str().to_string(),
+                    schema_id: desired.schema_id.clone(),
+                    change: Change::Created,
+                    identifier,
+                    password_imported: password_version,
+                    oidc,
+                    active_sessions: 0,
+                })));
+            }
+            Err(kratos::Error::Conflict { reason }) => {
+                let found = if ctx.creates.is_some() {
+                    resolve(ctx, &identifiers, &uid, obj).await?
+                } else {
+                    Ok(None)
+                };
+                match found {
+                    Ok(Some((identity, how))) => {
+                        current = Some(identity);
+                        change = Some(how);
+                    }
+                    Ok(None) => {
+                        return Ok(Outcome::Blocked(Blocked::new(
+                            "Conflict",
+                            format!(
+                                "Kratos already has an identity with one of these identifiers or addresses: {reason}"
+                            ),
+                        )));
+                    }
+                    Err(blocked) => return Ok(Outcome::Blocked(blocked)),
+                }
+            }
+            Err(kratos::Error::Invalid { reason, pointer }) => {
+                return Ok(Outcome::Blocked(Blocked::stalled(
+                    "InvalidSpec",
+                    invalid_message(&reason, pointer.as_deref()),
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let Some(existing) = current else {
+        return Err(Error::MissingField("Kratos identity"));
+    };
 
     let mut password_imported = None;
-    let mut identity = match current {
-        None => match ctx
-            .kratos
-            .create_identity(&plan::create_body(&desired))
-            .await
-        {
-            Ok(i) => {
-                change = Some(Change::Created);
-                password_imported = password_version.clone();
-                i
+    if change == Some(Change::TookBack) {
+        // It was created by this object with the password of that moment.
+        password_imported = password_version.clone();
+    }
+    let last = password_imported.as_deref().or(last_password.as_deref());
+    let diffs = plan::differences(&desired, &existing, last);
+    let mut identity = if diffs.is_empty() {
+        change.get_or_insert(Change::Unchanged);
+        existing
+    } else {
+        let body = plan::update_body(&desired, &existing, last);
+        match ctx.kratos.update_identity(&existing.id, &body).await {
+            Ok(updated) => {
+                if diffs.contains(&Difference::Password) {
+                    password_imported = password_version.clone();
+                }
+                if change.is_none() {
+                    change = Some(Change::Updated(diffs));
+                }
+                updated
             }
             Err(kratos::Error::Conflict { reason }) => {
                 return Ok(Outcome::Blocked(Blocked::new(
                     "Conflict",
                     format!(
-                        "Kratos already has an identity with one of these identifiers or addresses: {reason}"
+                        "another Kratos identity already uses one of these identifiers or addresses: {reason}"
                     ),
                 )));
             }
@@ -186,46 +253,6 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
                 )));
             }
             Err(e) => return Err(e.into()),
-        },
-        Some(existing) => {
-            if change == Some(Change::TookBack) {
-                // It was created by this object with the password of that moment.
-                password_imported = password_version.clone();
-            }
-            let last = password_imported.as_deref().or(last_password.as_deref());
-            let diffs = plan::differences(&desired, &existing, last);
-            if diffs.is_empty() {
-                change.get_or_insert(Change::Unchanged);
-                existing
-            } else {
-                let body = plan::update_body(&desired, &existing, last);
-                match ctx.kratos.update_identity(&existing.id, &body).await {
-                    Ok(updated) => {
-                        if diffs.contains(&Difference::Password) {
-                            password_imported = password_version.clone();
-                        }
-                        if change.is_none() {
-                            change = Some(Change::Updated(diffs));
-                        }
-                        updated
-                    }
-                    Err(kratos::Error::Conflict { reason }) => {
-                        return Ok(Outcome::Blocked(Blocked::new(
-                            "Conflict",
-                            format!(
-                                "another Kratos identity already uses one of these identifiers or addresses: {reason}"
-                            ),
-                        )));
-                    }
-                    Err(kratos::Error::Invalid { reason, pointer }) => {
-                        return Ok(Outcome::Blocked(Blocked::stalled(
-                            "InvalidSpec",
-                            invalid_message(&reason, pointer.as_deref()),
-                        )));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
         }
     };
 
@@ -250,13 +277,39 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
     }
 
     Ok(Outcome::Synced(Box::new(Synced {
-        identity,
+        identity_id: identity.id.clone(),
+        state: identity.state.as_str().to_string(),
+        schema_id: identity.schema_id.clone(),
         change: change.unwrap_or(Change::Unchanged),
         identifier,
         password_imported,
-        oidc: desired.oidc.iter().map(|(p, _)| p.clone()).collect(),
+        oidc,
         active_sessions: session_plan.active_after,
     })))
+}
+
+/// Looks the identifiers up and decides between take back, adopt and conflict.
+async fn resolve(
+    ctx: &Context,
+    identifiers: &[String],
+    uid: &str,
+    obj: &Identity,
+) -> Result<Result<Option<(KratosIdentity, Change)>, Blocked>> {
+    let candidates = observe::candidates(ctx, identifiers).await?;
+    Ok(
+        match plan::resolve_existing(&candidates, uid, obj.spec.adoption()) {
+            Existing::None => Ok(None),
+            Existing::TakeBack(id) => Ok(candidates
+                .into_iter()
+                .find(|i| i.id == id)
+                .map(|i| (i, Change::TookBack))),
+            Existing::Adopt(id) => Ok(candidates
+                .into_iter()
+                .find(|i| i.id == id)
+                .map(|i| (i, Change::Adopted))),
+            Existing::Conflict(message) => Err(Blocked::new("Conflict", message)),
+        },
+    )
 }
 
 /// Finalizer cleanup: delete the Kratos identity (policy Delete) or release it (policy Orphan).

@@ -19,7 +19,7 @@ use kube::{
     Api, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         finalizer::{Event as FinalizerEvent, finalizer},
         reflector::{ObjectRef, Store},
@@ -121,6 +121,18 @@ async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
     }
 }
 
+/// What a change to an Identity must alter to be reconciled: generation (spec), finalizers,
+/// deletion, uid (a re-created object).
+pub fn lifecycle_changed(obj: &Identity) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    obj.metadata.uid.hash(&mut h);
+    obj.metadata.generation.hash(&mut h);
+    obj.metadata.deletion_timestamp.is_some().hash(&mut h);
+    obj.metadata.finalizers.hash(&mut h);
+    Some(h.finish())
+}
+
 fn referencing<F>(store: &Store<Identity>, ns: Option<String>, pred: F) -> Vec<ObjectRef<Identity>>
 where
     F: Fn(&Identity) -> bool,
@@ -156,11 +168,31 @@ pub async fn controller(
             Api::all(client.clone()),
         ),
     };
-    let controller = Controller::new(identities, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // Reconcile on spec, finalizer and deletion changes only: the operator's own status writes
+    // would otherwise cost a Kratos read per object after every write. The store still sees
+    // every change (the sweep reads status from it).
+    let (store, writer) = kube::runtime::reflector::store();
+    let stream = kube::runtime::reflector(
+        writer,
+        watcher(identities, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(lifecycle_changed, kube::runtime::PredicateConfig::default());
+    let controller = Controller::for_stream(stream, store.clone());
     ctx.caches.add_identities(store.clone());
     let secret_store = store.clone();
     let schema_store = store.clone();
+    let (sweep_tx, sweep_triggers) = futures::channel::mpsc::unbounded();
+    if ctx.settings.drift_sweeps {
+        tokio::spawn(crate::controller::sweep::run(
+            ctx.clone(),
+            store.clone(),
+            sweep_tx,
+        ));
+    } else {
+        drop(sweep_tx);
+    }
     info!(
         namespace = namespace.unwrap_or("*"),
         "starting Identity controller"
@@ -193,6 +225,7 @@ pub async fn controller(
                 })
             },
         )
+        .reconcile_on(sweep_triggers)
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(ctx.settings.max_concurrent_reconciles)

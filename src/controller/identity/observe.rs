@@ -31,8 +31,15 @@ pub async fn schema(obj: &Identity, ctx: &Context) -> Result<Result<SchemaResolu
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let schema_id = match (&obj.spec.schema_ref, &obj.spec.schema_id) {
         (Some(r), _) => {
-            let refs: Api<IdentitySchemaRef> = Api::namespaced(ctx.client.clone(), &ns);
-            let Some(sr) = refs.get_opt(&r.name).await? else {
+            let cached = ctx.caches.schema_ref(&ns, &r.name);
+            let sr = match cached {
+                Some(sr) => Some(sr),
+                None => {
+                    let refs: Api<IdentitySchemaRef> = Api::namespaced(ctx.client.clone(), &ns);
+                    refs.get_opt(&r.name).await?.map(Arc::new)
+                }
+            };
+            let Some(sr) = sr else {
                 return Ok(Err(Blocked::new(
                     "SchemaNotReady",
                     format!(

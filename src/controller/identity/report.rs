@@ -79,7 +79,7 @@ pub fn synced_status(obj: &Identity, s: &Synced, now: Timestamp) -> IdentityStat
         oidc: s.oidc.clone(),
     };
     IdentityStatus {
-        identity_id: Some(s.identity.id.clone()),
+        identity_id: Some(s.identity_id.clone()),
         observed_generation: generation,
         conditions: conditions::merge(
             &prev.conditions,
@@ -87,14 +87,14 @@ pub fn synced_status(obj: &Identity, s: &Synced, now: Timestamp) -> IdentityStat
                 conditions::READY,
                 Status::True,
                 "Synced",
-                format!("Kratos identity {} matches the spec", s.identity.id),
+                format!("Kratos identity {} matches the spec", s.identity_id),
             )],
             generation,
             now,
         ),
         identifier: s.identifier.clone(),
-        state: Some(s.identity.state.as_str().to_string()),
-        schema_id: Some(s.identity.schema_id.clone()),
+        state: Some(s.state.clone()),
+        schema_id: Some(s.schema_id.clone()),
         credentials: (credentials != CredentialsStatus::default()).then_some(credentials),
         active_sessions: Some(s.active_sessions),
         last_synced_at: if wrote || prev.last_synced_at.is_none() {
@@ -186,7 +186,7 @@ pub async fn outcome(obj: &Identity, ctx: &Context, outcome: Outcome) -> Result<
         Outcome::Synced(s) => {
             ctx.metrics.outcome("Identity", "Synced");
             write_status(ctx, obj, &synced_status(obj, &s, now)).await?;
-            let id = &s.identity.id;
+            let id = &s.identity_id;
             match &s.change {
                 Change::Created => {
                     event(
@@ -235,7 +235,13 @@ pub async fn outcome(obj: &Identity, ctx: &Context, outcome: Outcome) -> Result<
                 }
                 Change::Unchanged => {}
             }
-            Ok(Action::requeue(ctx.settings.resync_interval))
+            // With drift sweeps, a list of all identities per resync finds drift; otherwise each
+            // object reads its identity once per resync.
+            Ok(if ctx.settings.drift_sweeps {
+                Action::await_change()
+            } else {
+                Action::requeue(ctx.settings.resync_interval)
+            })
         }
         Outcome::Blocked(b) => {
             ctx.metrics.outcome("Identity", b.reason);

@@ -1,0 +1,281 @@
+//! The RecoveryRequest controller: issues one Kratos recovery link or code per generation of each
+//! `RecoveryRequest`, delivers it into a Secret the request owns, and clears that Secret when it
+//! expires.
+//!
+//! Per reconcile: [`observe`] reads the target Secret (its annotations, not its data) and
+//! resolves the identity; [`plan`] decides, without I/O, whether to issue, adopt, expire or wait;
+//! [`act`] calls Kratos and writes the Secret; [`report`] writes the status and Events.
+//!
+//! One-shot: a link or code is issued only while `status.issuedGeneration` differs from
+//! `metadata.generation`. The Secret is written before the status and carries the generation it
+//! was issued for (annotation `kratos-operator.dev/issued-generation`), read straight from the API
+//! server; so a lost status write, a stale cache or an operator restart never issues a second
+//! one. The link and the code go nowhere but into that Secret.
+
+pub mod act;
+pub mod observe;
+pub mod plan;
+pub mod report;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{StreamExt, future::BoxFuture, future::Shared};
+use jiff::Timestamp;
+use kube::{
+    Api, ResourceExt,
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+};
+use tracing::{info, warn};
+
+use crate::{
+    Error, Result,
+    api::{
+        Identity,
+        recovery_request::{RecoveryPhase, RecoveryRequest},
+    },
+    controller::Context,
+};
+use plan::{IdentityResolution, Plan};
+
+/// Why nothing can be issued right now (reported as `Ready=False` with this reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// Condition reason (`IdentityNotReady`, `InvalidSpec`, `MethodDisabled`, ...).
+    pub reason: &'static str,
+    /// Message for the condition and the Event (never a link or code).
+    pub message: String,
+    /// `Pending` (it may resolve by itself) or `Failed` (Kratos or the operator refused).
+    pub phase: RecoveryPhase,
+    /// `Stalled=True`: only a change (to the spec, or to Kratos' configuration) can help.
+    pub stalled: bool,
+    /// Whether to look again after the resync interval (else only when the spec changes).
+    pub retry: bool,
+}
+
+impl Blocked {
+    /// Waiting for something that may appear by itself (an Identity, a Secret going away).
+    pub fn pending(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            phase: RecoveryPhase::Pending,
+            stalled: false,
+            retry: true,
+        }
+    }
+    /// Refused for good: nothing is retried until the spec changes.
+    pub fn failed(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            phase: RecoveryPhase::Failed,
+            stalled: true,
+            retry: false,
+        }
+    }
+    /// Refused because of Kratos' configuration: checked again after the resync interval.
+    pub fn failed_retry(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            phase: RecoveryPhase::Failed,
+            stalled: true,
+            retry: true,
+        }
+    }
+}
+
+fn key(obj: &RecoveryRequest) -> String {
+    format!(
+        "RecoveryRequest/{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+/// Observes and plans for `obj`.
+async fn decide(obj: &RecoveryRequest, ctx: &Context) -> Result<Plan> {
+    let ns = obj
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let uid = obj.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let name = obj.name_any();
+    let status = obj.status.clone().unwrap_or_default();
+    let target = plan::secret_name(&obj.spec, &name);
+    let secret = observe::secret(ctx, &ns, &target, &uid).await?;
+    let issued_now =
+        status.issued_generation.is_some() && status.issued_generation == obj.metadata.generation;
+    // The identity matters only when something may be issued.
+    let identity = if issued_now {
+        IdentityResolution::NotReady(String::new())
+    } else {
+        observe::identity(ctx, obj).await?
+    };
+    Ok(plan::plan(&plan::Observed {
+        generation: obj.metadata.generation.unwrap_or(0),
+        name: &name,
+        spec: &obj.spec,
+        status: &status,
+        secret: secret.as_ref(),
+        identity: &identity,
+        now: Timestamp::now(),
+    }))
+}
+
+/// Reconciles one RecoveryRequest.
+pub async fn reconcile(obj: Arc<RecoveryRequest>, ctx: Arc<Context>) -> Result<Action> {
+    let key = key(&obj);
+    let result = apply(obj, &ctx).await;
+    if result.is_ok() {
+        ctx.backoff.reset(&key);
+    }
+    result
+}
+
+async fn apply(obj: Arc<RecoveryRequest>, ctx: &Context) -> Result<Action> {
+    if obj.metadata.deletion_timestamp.is_some() {
+        // The garbage collector deletes the Secret with its owner.
+        return Ok(Action::await_change());
+    }
+    let mut obj = obj;
+    let mut plan = decide(&obj, ctx).await?;
+    if matches!(plan, Plan::Issue(_) | Plan::Adopt(_)) {
+        // Never issue (or report an adoption) on the word of a possibly stale cache.
+        let ns = obj
+            .namespace()
+            .ok_or(Error::MissingField("metadata.namespace"))?;
+        let api: Api<RecoveryRequest> = Api::namespaced(ctx.client.clone(), &ns);
+        let Some(fresh) = api.get_opt(&obj.name_any()).await? else {
+            return Ok(Action::await_change());
+        };
+        if fresh.metadata.deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
+        }
+        obj = Arc::new(fresh);
+        plan = decide(&obj, ctx).await?;
+    }
+    let resync = ctx.settings.resync_interval;
+    match plan {
+        Plan::Issue(issue) => match act::issue(ctx, &obj, &issue).await {
+            Ok(Ok(facts)) => {
+                report::issued(ctx, &obj, &facts).await?;
+                let previous = obj.status.as_ref().and_then(|s| s.secret_name.clone());
+                if let Some(previous) = previous.filter(|p| *p != facts.secret_name) {
+                    act::delete_previous_secret(ctx, &obj, &previous).await?;
+                }
+                Ok(Action::requeue(
+                    plan::until(facts.expires_at, Timestamp::now()).min(resync),
+                ))
+            }
+            Ok(Err(blocked)) => {
+                report::blocked(ctx, &obj, &blocked).await?;
+                Ok(if blocked.retry {
+                    Action::requeue(resync)
+                } else {
+                    Action::await_change()
+                })
+            }
+            Err(e) => {
+                let transient = match &e {
+                    Error::Kratos(k) => {
+                        k.is_transient() || matches!(k, crate::kratos::Error::Unauthorized { .. })
+                    }
+                    _ => false,
+                };
+                if transient {
+                    report::unavailable(ctx, &obj, &e).await;
+                }
+                Err(e)
+            }
+        },
+        Plan::Adopt(facts) => {
+            info!(
+                namespace = obj.namespace().unwrap_or_default(),
+                name = obj.name_any(),
+                generation = facts.generation,
+                "found the Secret of an earlier issue whose status write was lost"
+            );
+            report::adopted(ctx, &obj, &facts).await?;
+            Ok(Action::requeue(
+                plan::until(facts.expires_at, Timestamp::now()).min(resync),
+            ))
+        }
+        Plan::Wait(facts) => {
+            report::waiting(ctx, &obj, &facts).await?;
+            Ok(Action::requeue(
+                plan::until(facts.expires_at, Timestamp::now()).min(resync),
+            ))
+        }
+        Plan::Expire(facts) => {
+            act::clear(ctx, &obj, &facts).await?;
+            report::expired(ctx, &obj, &facts).await?;
+            Ok(Action::await_change())
+        }
+        Plan::Done => Ok(Action::await_change()),
+        Plan::Blocked(blocked) => {
+            report::blocked(ctx, &obj, &blocked).await?;
+            Ok(if blocked.retry {
+                Action::requeue(resync)
+            } else {
+                Action::await_change()
+            })
+        }
+    }
+}
+
+/// Requeues a failed reconcile with per-object exponential backoff.
+pub fn error_policy(obj: Arc<RecoveryRequest>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay: Duration = ctx.backoff.fail(&key(&obj), error.retry_after());
+    warn!(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any(), error = %error, retry_in = ?delay, "RecoveryRequest reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Runs the RecoveryRequest controller for one namespace (or all) until `shutdown`. Identities
+/// are watched so that a request waiting for its Identity is issued as soon as it is ready.
+pub async fn controller(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) {
+    let client = ctx.client.clone();
+    let (requests, identities): (Api<RecoveryRequest>, Api<Identity>) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let controller = Controller::new(requests, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    info!(
+        namespace = namespace.unwrap_or("*"),
+        "starting RecoveryRequest controller"
+    );
+    controller
+        .watches(
+            identities,
+            watcher::Config::default().any_semantic(),
+            move |identity| {
+                let name = identity.name_any();
+                let ns = identity.namespace();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|r| {
+                        r.namespace() == ns
+                            && r.spec.identity_ref.as_ref().is_some_and(|i| i.name == name)
+                    })
+                    .map(|r| ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(ctx.settings.max_concurrent_reconciles)
+                .debounce(Duration::from_millis(200)),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}

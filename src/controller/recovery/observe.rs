@@ -1,0 +1,145 @@
+//! Reads for one RecoveryRequest reconcile: the target Secret (what it says about itself, never
+//! its data) and the Kratos identity the request is for.
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+
+use super::plan::{
+    ANNOTATION_EXPIRES_AT, ANNOTATION_GENERATION, ANNOTATION_IDENTITY_ID, ANNOTATION_ISSUED_AT,
+    IdentityResolution, KEY_CODE, KEY_LINK, SecretState,
+};
+use crate::{
+    Error, Result,
+    api::{Identity, recovery_request::RecoveryRequest},
+    controller::Context,
+};
+
+/// What `secret` says about itself, relative to the request with uid `owner_uid`.
+pub fn secret_state(secret: &Secret, owner_uid: &str) -> SecretState {
+    let annotations = secret.annotations();
+    let annotation = |key: &str| annotations.get(key).map(|v| v.trim().to_string());
+    let time = |key: &str| annotation(key).and_then(|v| v.parse::<Timestamp>().ok());
+    let ours = secret
+        .owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && r.uid == owner_uid && r.kind == "RecoveryRequest");
+    let has_data = secret.data.as_ref().is_some_and(|d| {
+        [KEY_LINK, KEY_CODE]
+            .iter()
+            .any(|k| d.get(*k).is_some_and(|v| !v.0.is_empty()))
+    });
+    SecretState {
+        ours,
+        issued_generation: annotation(ANNOTATION_GENERATION).and_then(|v| v.parse().ok()),
+        issued_at: time(ANNOTATION_ISSUED_AT),
+        expires_at: time(ANNOTATION_EXPIRES_AT),
+        identity_id: annotation(ANNOTATION_IDENTITY_ID).filter(|v| !v.is_empty()),
+        has_data,
+    }
+}
+
+/// Reads the Secret `name` straight from the API server (never from a cache: its annotation is
+/// what keeps issuing one-shot when a status write was lost).
+pub async fn secret(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    owner_uid: &str,
+) -> Result<Option<SecretState>> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(api
+        .get_opt(name)
+        .await?
+        .map(|s| secret_state(&s, owner_uid)))
+}
+
+/// The Kratos identity of the request: spec.identityId as is, or the `status.identityId` of the
+/// referenced Identity.
+pub async fn identity(ctx: &Context, obj: &RecoveryRequest) -> Result<IdentityResolution> {
+    if let Some(id) = &obj.spec.identity_id {
+        return Ok(IdentityResolution::Resolved(id.clone()));
+    }
+    let Some(r) = &obj.spec.identity_ref else {
+        return Ok(IdentityResolution::NotReady(
+            "spec names no identity".into(),
+        ));
+    };
+    let ns = obj
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<Identity> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(identity) = api.get_opt(&r.name).await? else {
+        return Ok(IdentityResolution::NotReady(format!(
+            "Identity {} does not exist in namespace {ns}",
+            r.name
+        )));
+    };
+    if identity.metadata.deletion_timestamp.is_some() {
+        return Ok(IdentityResolution::NotReady(format!(
+            "Identity {} is being deleted",
+            r.name
+        )));
+    }
+    match identity.status.as_ref().and_then(|s| s.identity_id.clone()) {
+        Some(id) => Ok(IdentityResolution::Resolved(id)),
+        None => {
+            let why = identity
+                .status
+                .as_ref()
+                .and_then(|s| crate::api::conditions::ready(&s.conditions))
+                .map(|c| format!(" ({}: {})", c.reason, c.message))
+                .unwrap_or_default();
+            Ok(IdentityResolution::NotReady(format!(
+                "Identity {} has no Kratos identity yet{why}",
+                r.name
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_ownership_annotations_and_data_presence() {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {
+                "name": "s",
+                "annotations": {
+                    ANNOTATION_GENERATION: "3",
+                    ANNOTATION_ISSUED_AT: "2026-01-01T00:00:00Z",
+                    ANNOTATION_EXPIRES_AT: "2026-01-01T01:00:00Z",
+                    ANNOTATION_IDENTITY_ID: "id-1"
+                },
+                "ownerReferences": [{
+                    "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "RecoveryRequest",
+                    "name": "r", "uid": "u-1", "controller": true
+                }]
+            },
+            "data": { KEY_LINK: "aHR0cDovL3g=" }
+        }))
+        .unwrap();
+        let state = secret_state(&secret, "u-1");
+        assert!(state.ours && state.has_data);
+        assert_eq!(state.issued_generation, Some(3));
+        assert_eq!(
+            state.expires_at,
+            Some("2026-01-01T01:00:00Z".parse().unwrap())
+        );
+        assert_eq!(
+            state.issued_at,
+            Some("2026-01-01T00:00:00Z".parse().unwrap())
+        );
+        assert_eq!(state.identity_id.as_deref(), Some("id-1"));
+        assert!(!secret_state(&secret, "other").ours);
+
+        let bare: Secret = serde_json::from_value(
+            json!({ "metadata": { "name": "s" }, "data": {"other": "eA=="} }),
+        )
+        .unwrap();
+        assert_eq!(secret_state(&bare, "u-1"), SecretState::default());
+    }
+}

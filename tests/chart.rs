@@ -1,0 +1,617 @@
+//! The Helm chart `charts/kratos-operator`: `helm lint` (strict) passes, the values schema rejects
+//! bad values, the chart renders in every mode and the rendered manifests pass a server-side
+//! dry-run against the real apiserver, the pods meet the `restricted` Pod Security Standard (the
+//! apiserver's own PodSecurity admission checks them), every environment variable the Deployment
+//! sets is one the operator reads, and the chart's `crds/` is `crds/`.
+//! Sync the chart's CRDs with `UPDATE_CRDS=1 cargo test --test chart`.
+
+// Test code: panicking on unexpected results is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod chart_support;
+mod support;
+
+use chart_support::{
+    PLACEHOLDER_ADMIN_URL, chart_dir, describe, helm_lint, helm_template, json_documents,
+    kinds_and_names, kubectl_run, read_tree, render, repo, tree_diff, write_tree,
+};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use serde_json::{Value, json};
+use support::{TestEnv, setup, unique_name};
+
+fn admin_url_arg() -> String {
+    format!("kratos.adminUrl={PLACEHOLDER_ADMIN_URL}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// helm lint and the values schema
+
+#[test]
+fn helm_lint_strict_passes_with_the_required_value() {
+    let admin = admin_url_arg();
+    for extra in [
+        vec![],
+        vec!["--set", "watchNamespaces={team-a,team-b}"],
+        vec![
+            "--set",
+            "serviceMonitor.enabled=true,podDisruptionBudget.enabled=true,replicas=2",
+            "--set",
+            "kratos.tokenSecret.name=kratos-token,kratos.ca.secret.name=kratos-ca",
+        ],
+    ] {
+        let mut args = vec!["--strict", "--kube-version", "v1.33.13", "--set", &admin];
+        args.extend(extra.iter().copied());
+        let out = helm_lint(&args);
+        assert!(
+            out.status.success(),
+            "helm lint {args:?}: {}",
+            describe(&out)
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("[WARNING]"),
+            "{}",
+            describe(&out)
+        );
+    }
+}
+
+#[test]
+fn helm_lint_fails_without_the_kratos_admin_url() {
+    let out = helm_lint(&["--strict"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let text = describe(&out);
+    assert!(text.contains("/kratos/adminUrl"), "{text}");
+}
+
+#[test]
+fn the_values_schema_rejects_wrong_types_unknown_keys_and_bad_urls() {
+    let admin = admin_url_arg();
+    for (bad, needle) in [
+        ("replicas=two", "/replicas"),
+        ("leaderElection.enabled=yes", "/leaderElection/enabled"),
+        ("kratos.adminUrl=kratos:4434", "/kratos/adminUrl"),
+        ("kratos.rateLimit=-1", "/kratos/rateLimit"),
+        ("logFormat=xml", "/logFormat"),
+        ("resyncInterval=soon", "/resyncInterval"),
+        ("watchNamespaces[0]=Team_A", "/watchNamespaces/0"),
+        ("kratos.adminurl=http://typo", "adminurl"),
+        ("replica=2", "replica"),
+    ] {
+        // --set-string for the ones whose type error is the point; --set parses numbers/bools.
+        let flag = if bad.starts_with("leaderElection") {
+            "--set-string"
+        } else {
+            "--set"
+        };
+        let err = helm_template("lint", "default", &["--set", &admin, flag, bad])
+            .expect_err(&format!("{bad} must be rejected"));
+        assert!(err.contains(needle), "{bad}: {err}");
+    }
+    // Rules the schema cannot express are checked by the templates.
+    let err = helm_template(
+        "lint",
+        "default",
+        &[
+            "--set",
+            &admin,
+            "--set",
+            "replicas=2,leaderElection.enabled=false",
+        ],
+    )
+    .unwrap_err();
+    assert!(err.contains("leaderElection.enabled"), "{err}");
+    let err = helm_template(
+        "lint",
+        "default",
+        &[
+            "--set",
+            &admin,
+            "--set",
+            "kratos.ca.secret.name=a,kratos.ca.configMap.name=b",
+        ],
+    )
+    .unwrap_err();
+    assert!(err.contains("at most one"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering: what each mode contains
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name} in {:?}", kinds_and_names(docs)))
+}
+
+fn env_of(deployment: &Value) -> Vec<(String, Value)> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e.clone()))
+        .collect()
+}
+
+fn env_value(deployment: &Value, name: &str) -> Option<String> {
+    env_of(deployment)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, e)| e["value"].as_str().map(str::to_string))
+}
+
+#[test]
+fn default_values_render_cluster_mode_with_leader_election() {
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &["--set", &admin_url_arg()],
+    ));
+    let mut names = kinds_and_names(&docs);
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "ClusterRole/ops-kratos-operator",
+            "ClusterRoleBinding/ops-kratos-operator",
+            "Deployment/ops-kratos-operator",
+            "Role/ops-kratos-operator-leader-election",
+            "RoleBinding/ops-kratos-operator-leader-election",
+            "Service/ops-kratos-operator-metrics",
+            "ServiceAccount/ops-kratos-operator",
+        ]
+    );
+    for d in &docs {
+        if d["kind"] != "ClusterRole" && d["kind"] != "ClusterRoleBinding" {
+            assert_eq!(d["metadata"]["namespace"], "kratos-system", "{d}");
+        }
+    }
+    let deployment = find(&docs, "Deployment", "ops-kratos-operator");
+    let spec = &deployment["spec"]["template"]["spec"];
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert_eq!(spec["serviceAccountName"], "ops-kratos-operator");
+    let container = &spec["containers"][0];
+    assert_eq!(
+        container["image"],
+        "ghcr.io/kratos-operator/kratos-operator:0.1.0"
+    );
+    assert_eq!(container["args"], json!(["run"]));
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(
+        env_value(deployment, "KRATOS_ADMIN_URL").as_deref(),
+        Some(PLACEHOLDER_ADMIN_URL)
+    );
+    assert_eq!(
+        env_value(deployment, "LEADER_ELECT").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        env_value(deployment, "METRICS_ADDR").as_deref(),
+        Some("0.0.0.0:8080")
+    );
+    assert_eq!(env_value(deployment, "WATCH_NAMESPACE"), None);
+    let env = env_of(deployment);
+    for (name, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let (_, e) = env.iter().find(|(n, _)| n == name).unwrap();
+        assert_eq!(e["valueFrom"]["fieldRef"]["fieldPath"], field);
+    }
+    // Cluster mode: the binding names the ServiceAccount in the release namespace.
+    let binding = find(&docs, "ClusterRoleBinding", "ops-kratos-operator");
+    assert_eq!(
+        binding["subjects"],
+        json!([{ "kind": "ServiceAccount", "name": "ops-kratos-operator", "namespace": "kratos-system" }])
+    );
+    // The Service selects the pods.
+    let service = find(&docs, "Service", "ops-kratos-operator-metrics");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in service["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&pod_labels[k], v, "selector {k}");
+    }
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "metrics");
+}
+
+#[test]
+fn watch_namespaces_render_a_role_per_namespace_and_only_a_crd_clusterrole() {
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            &admin_url_arg(),
+            "--set",
+            "watchNamespaces={team-a,team-b}",
+        ],
+    ));
+    let deployment = find(&docs, "Deployment", "ops-kratos-operator");
+    assert_eq!(
+        env_value(deployment, "WATCH_NAMESPACE").as_deref(),
+        Some("team-a,team-b")
+    );
+    let cluster_role = find(&docs, "ClusterRole", "ops-kratos-operator-crds");
+    assert_eq!(
+        cluster_role["rules"],
+        json!([{ "apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list"] }]),
+        "namespace mode grants nothing namespaced cluster-wide"
+    );
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "ops-kratos-operator")
+    );
+    for ns in ["team-a", "team-b"] {
+        let role = docs
+            .iter()
+            .find(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == ns)
+            .unwrap_or_else(|| panic!("no Role in {ns}"));
+        assert!(
+            role["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["resources"] == json!(["secrets"])),
+            "{role}"
+        );
+        let binding = docs
+            .iter()
+            .find(|d| d["kind"] == "RoleBinding" && d["metadata"]["namespace"] == ns)
+            .unwrap_or_else(|| panic!("no RoleBinding in {ns}"));
+        assert_eq!(binding["subjects"][0]["namespace"], "kratos-system");
+        assert_eq!(binding["roleRef"]["kind"], "Role");
+    }
+}
+
+#[test]
+fn optional_parts_render_when_enabled() {
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            &admin_url_arg(),
+            "--set",
+            "serviceMonitor.enabled=true,serviceMonitor.labels.release=prom",
+            "--set",
+            "podDisruptionBudget.enabled=true,replicas=3,podDisruptionBudget.minAvailable=2",
+            "--set",
+            "kratos.tokenSecret.name=ory-token,kratos.tokenSecret.key=api-key",
+            "--set",
+            "kratos.ca.configMap.name=corp-ca,kratos.publicUrl=https://kratos.example.com",
+            "--set",
+            "priorityClassName=system-cluster-critical,kratos.rateLimit=50",
+        ],
+    ));
+    let monitor = find(&docs, "ServiceMonitor", "ops-kratos-operator");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prom");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    let service = find(&docs, "Service", "ops-kratos-operator-metrics");
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(
+            &service["metadata"]["labels"][k], v,
+            "ServiceMonitor selects the Service"
+        );
+    }
+    let pdb = find(&docs, "PodDisruptionBudget", "ops-kratos-operator");
+    assert_eq!(pdb["spec"]["minAvailable"], 2);
+    let deployment = find(&docs, "Deployment", "ops-kratos-operator");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let spec = &deployment["spec"]["template"]["spec"];
+    assert_eq!(spec["priorityClassName"], "system-cluster-critical");
+    assert_eq!(
+        env_value(deployment, "KRATOS_TOKEN_FILE").as_deref(),
+        Some("/etc/kratos-operator/token/token")
+    );
+    assert_eq!(
+        env_value(deployment, "KRATOS_CA_FILE").as_deref(),
+        Some("/etc/kratos-operator/ca/ca.crt")
+    );
+    assert_eq!(
+        env_value(deployment, "KRATOS_PUBLIC_URL").as_deref(),
+        Some("https://kratos.example.com")
+    );
+    assert_eq!(
+        env_value(deployment, "KRATOS_RATE_LIMIT").as_deref(),
+        Some("50")
+    );
+    let volumes = spec["volumes"].as_array().unwrap();
+    let token = volumes
+        .iter()
+        .find(|v| v["name"] == "kratos-token")
+        .unwrap();
+    assert_eq!(
+        token["secret"],
+        json!({ "secretName": "ory-token", "items": [{ "key": "api-key", "path": "token" }] })
+    );
+    let ca = volumes.iter().find(|v| v["name"] == "kratos-ca").unwrap();
+    assert_eq!(ca["configMap"]["name"], "corp-ca");
+    // Directory mounts (no subPath), so that a rotated token or CA reaches the running pod.
+    for mount in spec["containers"][0]["volumeMounts"].as_array().unwrap() {
+        assert!(mount.get("subPath").is_none(), "{mount}");
+    }
+}
+
+/// Every environment variable with a literal value is one the operator reads, and its value
+/// parses as the corresponding flag's value.
+#[test]
+fn every_rendered_environment_variable_is_an_operator_flag_with_a_valid_value() {
+    use clap::CommandFactory;
+    let command = kratos_operator::config::Cli::command();
+    let flags: Vec<(String, String, bool)> = command
+        .get_arguments()
+        .filter_map(|a| {
+            let env = a.get_env()?.to_str()?.to_string();
+            let long = a.get_long()?.to_string();
+            let is_bool = !a.get_action().takes_values();
+            Some((env, long, is_bool))
+        })
+        .collect();
+    for args in [
+        vec!["--set".to_string(), admin_url_arg()],
+        vec![
+            "--set".to_string(),
+            admin_url_arg(),
+            "--set".to_string(),
+            "watchNamespaces={a,b},leaderElection.enabled=false,logFormat=text".to_string(),
+            "--set".to_string(),
+            "kratos.tokenSecret.name=t,kratos.ca.secret.name=c,kratos.rateLimit=2.5".to_string(),
+            "--set".to_string(),
+            "kratos.publicUrl=https://k.example.com,resyncInterval=1h30m".to_string(),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let docs = json_documents(&render("env", "default", &args));
+        let deployment = find(&docs, "Deployment", "env-kratos-operator");
+        let mut argv = vec!["kratos-operator".to_string()];
+        for (name, e) in env_of(deployment) {
+            // Read by the operator outside clap: the pod identity and the log filter.
+            if ["POD_NAME", "POD_NAMESPACE", "RUST_LOG"].contains(&name.as_str()) {
+                continue;
+            }
+            let (_, long, is_bool) = flags
+                .iter()
+                .find(|(env, _, _)| *env == name)
+                .unwrap_or_else(|| panic!("{name} is not read by any operator flag"));
+            let value = e["value"].as_str().expect("literal value").to_string();
+            if *is_bool {
+                assert!(
+                    ["true", "false"].contains(&value.as_str()),
+                    "{name}={value}"
+                );
+                if value == "true" {
+                    argv.push(format!("--{long}"));
+                }
+            } else {
+                argv.push(format!("--{long}={value}"));
+            }
+        }
+        if let Err(e) = <kratos_operator::config::Cli as clap::Parser>::try_parse_from(&argv) {
+            panic!("the operator rejects the chart's environment {argv:?}: {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server-side dry-run against the real apiserver
+
+/// `kubectl apply --dry-run=server` of every rendered document except those whose API the test
+/// apiserver does not serve (the Prometheus Operator's ServiceMonitor, checked above).
+fn server_dry_run(t: &TestEnv, manifests: &str) {
+    let docs: Vec<&str> = manifests
+        .split("\n---\n")
+        .filter(|d| !d.contains("kind: ServiceMonitor\n"))
+        .collect();
+    let input = docs.join("\n---\n");
+    let out = kubectl_run(
+        &t.env.state.kubeconfig,
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&input),
+    );
+    assert!(out.status.success(), "server dry-run: {}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let expected = json_documents(&input).len();
+    assert_eq!(
+        stdout.matches("(server dry run)").count(),
+        expected,
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn rendered_manifests_pass_a_server_side_dry_run_in_every_mode() {
+    let t = setup("chart-dry-run").await;
+    let release = unique_name("dry");
+    let admin = admin_url_arg();
+    let watch = format!("watchNamespaces={{{},default}}", t.namespace);
+    for extra in [
+        vec!["--include-crds"],
+        vec!["--set", watch.as_str()],
+        vec![
+            "--set",
+            "serviceMonitor.enabled=true,podDisruptionBudget.enabled=true,replicas=2",
+            "--set",
+            "kratos.tokenSecret.name=kratos-token,kratos.ca.secret.name=kratos-ca",
+        ],
+    ] {
+        let mut args = vec!["--set", admin.as_str()];
+        args.extend(extra);
+        let manifests = render(&release, &t.namespace, &args);
+        server_dry_run(&t, &manifests);
+    }
+    t.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pod security
+
+fn pod_specs(docs: &[Value]) -> Vec<Value> {
+    docs.iter()
+        .filter(|d| d["kind"] == "Deployment")
+        .map(|d| d["spec"]["template"].clone())
+        .collect()
+}
+
+/// The `restricted` profile, checked field by field (plus resources, which it does not require
+/// but this chart promises).
+fn assert_restricted(template: &Value) {
+    let spec = &template["spec"];
+    let pod = &spec["securityContext"];
+    assert_eq!(pod["runAsNonRoot"], true, "{pod}");
+    assert_eq!(pod["seccompProfile"]["type"], "RuntimeDefault", "{pod}");
+    assert!(pod["runAsUser"].as_i64().is_some_and(|u| u != 0), "{pod}");
+    for key in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert!(spec.get(key).is_none_or(|v| v == false), "{key}");
+    }
+    for volume in spec["volumes"].as_array().into_iter().flatten() {
+        assert!(volume.get("hostPath").is_none(), "{volume}");
+    }
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().into_iter().flatten())
+        .collect();
+    assert!(!containers.is_empty());
+    for c in containers {
+        let sc = &c["securityContext"];
+        let name = &c["name"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(sc["runAsNonRoot"], true, "{name}");
+        assert!(sc.get("privileged").is_none_or(|v| v == false), "{name}");
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{name}");
+        assert!(sc["capabilities"].get("add").is_none(), "{name}");
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        for kind in ["requests", "limits"] {
+            for resource in ["cpu", "memory"] {
+                assert!(
+                    c["resources"][kind][resource].is_string(),
+                    "{name}: resources.{kind}.{resource}"
+                );
+            }
+        }
+        for port in c["ports"].as_array().into_iter().flatten() {
+            assert!(port.get("hostPort").is_none(), "{name}");
+        }
+    }
+}
+
+#[test]
+fn every_container_runs_with_the_restricted_settings_in_every_mode() {
+    let admin = admin_url_arg();
+    for extra in [
+        vec![],
+        vec!["--set", "watchNamespaces={a}"],
+        vec![
+            "--set",
+            "replicas=2,kratos.tokenSecret.name=t,kratos.ca.configMap.name=c",
+        ],
+    ] {
+        let mut args = vec!["--set", admin.as_str()];
+        args.extend(extra);
+        let docs = json_documents(&render("psa", "default", &args));
+        let templates = pod_specs(&docs);
+        assert_eq!(templates.len(), 1);
+        for template in &templates {
+            assert_restricted(template);
+        }
+    }
+}
+
+/// A Pod made from the rendered pod template, dry-run created in a namespace that enforces the
+/// `restricted` Pod Security Standard: the apiserver's PodSecurity admission is the judge.
+async fn pod_admitted(t: &TestEnv, template: &Value) -> Result<(), String> {
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": unique_name("psa"), "namespace": t.namespace, "labels": template["metadata"]["labels"] },
+        "spec": template["spec"],
+    });
+    let out = kubectl_run(
+        &t.env.state.kubeconfig,
+        &["create", "--dry-run=server", "-f", "-"],
+        Some(&pod.to_string()),
+    );
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(describe(&out))
+    }
+}
+
+#[tokio::test]
+async fn the_apiserver_admits_the_pod_under_the_restricted_pod_security_standard() {
+    let t = setup("chart-psa").await;
+    let namespaces: Api<Namespace> = Api::all(t.client.clone());
+    namespaces
+        .patch(
+            &t.namespace,
+            &PatchParams::apply("kratos-operator-tests").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": { "name": t.namespace, "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "v1.33",
+                } }
+            })),
+        )
+        .await
+        .unwrap();
+    let admin = admin_url_arg();
+    let docs = json_documents(&render(
+        "psa",
+        &t.namespace,
+        &["--set", &admin, "--set", "kratos.tokenSecret.name=t"],
+    ));
+    let template = pod_specs(&docs).remove(0);
+    pod_admitted(&t, &template)
+        .await
+        .unwrap_or_else(|e| panic!("the restricted namespace refuses the chart's pod: {e}"));
+
+    // The check bites: the same pod with privilege escalation allowed is refused.
+    let weakened = json_documents(&render(
+        "psa",
+        &t.namespace,
+        &[
+            "--set",
+            &admin,
+            "--set",
+            "securityContext.allowPrivilegeEscalation=true",
+        ],
+    ));
+    let err = pod_admitted(&t, &pod_specs(&weakened).remove(0))
+        .await
+        .expect_err("a pod allowing privilege escalation must be refused");
+    assert!(err.contains("allowPrivilegeEscalation"), "{err}");
+    t.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// CRDs
+
+/// The chart carries exactly the generated CRDs. `UPDATE_CRDS=1` copies `crds/` into the chart.
+#[test]
+fn chart_crds_are_the_generated_crds() {
+    let source = read_tree(&repo().join("crds"));
+    assert!(
+        source.len() >= 3,
+        "crds/ holds the generated CRDs: {source:?}"
+    );
+    let chart_crds = chart_dir().join("crds");
+    if std::env::var_os("UPDATE_CRDS").is_some() {
+        write_tree(&chart_crds, &source);
+    }
+    let diff = tree_diff(&source, &read_tree(&chart_crds));
+    assert!(
+        diff.is_empty(),
+        "charts/kratos-operator/crds differs from crds/: {diff:?}; run `UPDATE_CRDS=1 cargo test --test chart`"
+    );
+}

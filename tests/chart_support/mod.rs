@@ -1,0 +1,200 @@
+//! Helpers of the chart, RBAC and deploy tests: the Helm and kubectl binaries the test
+//! environment built, rendering the chart, and splitting multi-document YAML.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use kratos_operator_testenv::{build, versions};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The chart's directory.
+pub fn chart_dir() -> PathBuf {
+    repo().join("charts").join("kratos-operator")
+}
+
+/// The Kratos admin URL the rendered manifests use where no real one is needed.
+pub const PLACEHOLDER_ADMIN_URL: &str = "http://kratos-admin.kratos.svc.cluster.local:4434";
+
+/// The Helm binary built by the test environment.
+pub fn helm() -> PathBuf {
+    build::HELM.binary("helm").unwrap_or_else(|e| {
+        panic!("Helm is not built: {e}; build it with `cargo xtask testenv build`")
+    })
+}
+
+/// The kubectl binary built by the test environment.
+pub fn kubectl() -> PathBuf {
+    build::KUBERNETES.binary("kubectl").unwrap_or_else(|e| {
+        panic!("kubectl is not built: {e}; build it with `cargo xtask testenv build`")
+    })
+}
+
+/// A Helm command with its state kept out of the user's home (under the test target dir).
+pub fn helm_command() -> Command {
+    let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("helm-home");
+    let mut cmd = Command::new(helm());
+    cmd.env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    cmd
+}
+
+/// Runs a command, optionally feeding `stdin`, and returns its output.
+pub fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    if let Some(input) = stdin {
+        // Write from a thread so that a large output cannot dead-lock against the input.
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_string();
+        let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        out
+    } else {
+        child.wait_with_output().unwrap()
+    }
+}
+
+/// Text of an output, for messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `helm lint <chart> <args>`.
+pub fn helm_lint(args: &[&str]) -> Output {
+    let mut cmd = helm_command();
+    cmd.arg("lint").arg(chart_dir()).args(args);
+    run(cmd, None)
+}
+
+/// `helm template <release> <chart> --namespace <namespace> --kube-version <pinned> <args>`.
+pub fn helm_template(release: &str, namespace: &str, args: &[&str]) -> Result<String, String> {
+    let mut cmd = helm_command();
+    cmd.arg("template")
+        .arg(release)
+        .arg(chart_dir())
+        .args(["--namespace", namespace])
+        .args(["--kube-version", versions::KUBERNETES])
+        .args(args);
+    let out = run(cmd, None);
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(describe(&out))
+    }
+}
+
+/// Like [`helm_template`], panicking on failure.
+pub fn render(release: &str, namespace: &str, args: &[&str]) -> String {
+    helm_template(release, namespace, args)
+        .unwrap_or_else(|e| panic!("helm template {args:?} failed: {e}"))
+}
+
+/// The non-empty documents of a multi-document YAML stream.
+pub fn documents(yaml: &str) -> Vec<serde_yaml::Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde_yaml::Value::deserialize(d).expect("valid YAML document"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The documents as JSON values (easier to index).
+pub fn json_documents(yaml: &str) -> Vec<serde_json::Value> {
+    documents(yaml)
+        .into_iter()
+        .map(|d| serde_json::to_value(d).unwrap())
+        .collect()
+}
+
+/// `kind/name` of each document.
+pub fn kinds_and_names(docs: &[serde_json::Value]) -> Vec<String> {
+    docs.iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap_or("?"),
+                d["metadata"]["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+/// `kubectl --kubeconfig <kubeconfig> <args>` with `stdin`.
+pub fn kubectl_run(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(kubectl());
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+    run(cmd, stdin)
+}
+
+/// The files under `dir` (relative paths, sorted) with their contents.
+pub fn read_tree(dir: &Path) -> Vec<(String, String)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                out.push((rel, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Replaces the files under `dir` with `files` (relative path, content).
+pub fn write_tree(dir: &Path, files: &[(String, String)]) {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    for (rel, content) in files {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+    }
+}
+
+/// Names of the files that differ between two trees (missing on either side, or changed).
+pub fn tree_diff(want: &[(String, String)], have: &[(String, String)]) -> Vec<String> {
+    let mut diff = Vec::new();
+    for (path, content) in want {
+        match have.iter().find(|(p, _)| p == path) {
+            None => diff.push(format!("{path}: missing")),
+            Some((_, c)) if c != content => diff.push(format!("{path}: differs")),
+            Some(_) => {}
+        }
+    }
+    for (path, _) in have {
+        if !want.iter().any(|(p, _)| p == path) {
+            diff.push(format!("{path}: not expected"));
+        }
+    }
+    diff
+}
