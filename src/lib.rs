@@ -1,10 +1,12 @@
 //! kratos-operator: manages Ory Kratos identities declaratively from Kubernetes objects.
 //!
-//! - [`api`]: the custom resources (Identity, IdentitySchemaRef) and their conditions.
+//! - [`api`]: the custom resources (Identity, IdentitySchemaRef, RecoveryRequest) and their
+//!   kstatus conditions.
 //! - [`kratos`]: the typed, resilient client of the Kratos admin API.
 //! - [`controller`]: the controllers, each split into observe / plan (pure) / act / report.
 //! - [`schema`]: compiled identity schemas for client-side validation.
-//! - [`config`]: the command line.
+//! - [`config`]: the command line; [`server`]: /metrics, /healthz, /readyz; [`leader`]: leader
+//!   election; [`export`]: manifests for identities already in Kratos; [`metrics`].
 
 pub mod api;
 pub mod config;

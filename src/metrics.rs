@@ -50,6 +50,15 @@ pub struct Metrics {
     pub outcomes: Family<OutcomeLabels, Counter>,
     /// Identity objects whose Kratos identity is in sync.
     pub identities_managed: Gauge<i64, AtomicI64>,
+    /// Changes made to Kratos identities, by action (`created`, `updated`, `adopted`, `deleted`).
+    pub identity_changes: Family<ActionLabels, Counter>,
+}
+
+/// Labels of change series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// What was done.
+    pub action: &'static str,
 }
 
 fn duration_histogram() -> Histogram {
@@ -67,6 +76,7 @@ impl Default for Metrics {
             in_flight: Family::default(),
             outcomes: Family::default(),
             identities_managed: Gauge::default(),
+            identity_changes: Family::default(),
         }
     }
 }
@@ -101,6 +111,11 @@ impl Metrics {
             "Identity objects in sync with Kratos",
             self.identities_managed.clone(),
         );
+        r.register(
+            "identity_changes",
+            "Changes made to Kratos identities by action",
+            self.identity_changes.clone(),
+        );
     }
 
     /// Starts measuring one reconcile of `kind`; the guard records duration when dropped.
@@ -123,6 +138,11 @@ impl Metrics {
                 error: error.metric_label(),
             })
             .inc();
+    }
+
+    /// Counts a change made to a Kratos identity.
+    pub fn change(&self, action: &'static str) {
+        self.identity_changes.get_or_create(&ActionLabels { action }).inc();
     }
 
     /// Counts an outcome.

@@ -12,6 +12,8 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
+
+mod bench;
 use kratos_operator_testenv::{Environment, build, env};
 
 #[derive(Parser)]
@@ -36,6 +38,13 @@ enum Task {
     },
     /// Build and start the environment, then show how to use it.
     Demo,
+    /// Measure convergence of N new identities against the Kratos and apiserver floors, the cost
+    /// of an idle resync and peak memory; writes docs/benchmarks.md and docs/benchmarks.png.
+    Bench {
+        /// Object counts (passwords are measured at the first).
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        sizes: Vec<usize>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -78,6 +87,7 @@ fn main() -> ExitCode {
         Task::Testenv { action } => testenv(action),
         Task::Test { cargo_args } => test(&cargo_args),
         Task::Demo => demo(),
+        Task::Bench { sizes } => bench_cmd(&sizes),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -259,6 +269,21 @@ fn kubectl(env: &Environment, args: &[&str], stdin: Option<&str>) -> Result<Stri
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+fn bench_cmd(sizes: &[usize]) -> Result<(), String> {
+    build_all(false)?;
+    cargo(&["build", "--release", "--quiet", "--bin", "kratos-operator"], &[])?;
+    let repo = kratos_operator_testenv::repo_root();
+    let figures = bench::run(sizes, &repo)?;
+    let docs = bench::docs_dir(&repo);
+    std::fs::create_dir_all(&docs).map_err(|e| e.to_string())?;
+    let command = format!("cargo xtask bench --sizes {}", sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+    let md = bench::report(&figures, &command);
+    std::fs::write(docs.join("benchmarks.md"), &md).map_err(|e| e.to_string())?;
+    bench::chart(&figures, &docs.join("benchmarks.png"))?;
+    println!("{md}");
+    Ok(())
 }
 
 /// The README's run command: the environment, the CRDs, the operator and the examples.

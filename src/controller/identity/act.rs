@@ -340,6 +340,7 @@ pub async fn cleanup(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
     match obj.spec.deletion_policy() {
         DeletionPolicy::Delete => {
             ctx.kratos.delete_identity(&id).await?;
+            ctx.metrics.change("deleted");
             report::event(
                 &ctx,
                 &obj,

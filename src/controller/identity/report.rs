@@ -188,6 +188,12 @@ pub async fn outcome(obj: &Identity, ctx: &Context, outcome: Outcome) -> Result<
             write_status(ctx, obj, &synced_status(obj, &s, now)).await?;
             let id = &s.identity_id;
             match &s.change {
+                Change::Created => ctx.metrics.change("created"),
+                Change::Adopted => ctx.metrics.change("adopted"),
+                Change::Updated(_) => ctx.metrics.change("updated"),
+                Change::TookBack | Change::Unchanged => {}
+            }
+            match &s.change {
                 Change::Created => {
                     event(
                         ctx,
