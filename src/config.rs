@@ -29,7 +29,7 @@ pub enum Command {
     Crds,
     /// Write Identity manifests (and IdentitySchemaRefs) for the identities already in Kratos,
     /// with `adoption: IfUnowned`, to standard output.
-    Export(ExportArgs),
+    Export(Box<ExportArgs>),
     /// Print the version.
     Version,
 }

@@ -115,7 +115,7 @@ async fn main() -> ExitCode {
             println!("kratos-operator {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Some(Command::Export(args)) => export_cmd(args).await,
+        Some(Command::Export(args)) => export_cmd(*args).await,
         Some(Command::Run(args)) => run(*args).await,
         None => run(cli.run).await,
     };

@@ -1,0 +1,120 @@
+{{/*
+Chart name, truncated to the 63 characters of a DNS label.
+*/}}
+{{- define "kratos-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's objects. It always contains the release name, so two releases in one
+cluster never share a cluster-scoped name (ClusterRole, ClusterRoleBinding).
+*/}}
+{{- define "kratos-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "kratos-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels of every object.
+*/}}
+{{- define "kratos-operator.labels" -}}
+helm.sh/chart: {{ include "kratos-operator.chart" . }}
+{{ include "kratos-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: kratos-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Selector labels (stable across upgrades).
+*/}}
+{{- define "kratos-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kratos-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Name of the ServiceAccount.
+*/}}
+{{- define "kratos-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kratos-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The image reference.
+*/}}
+{{- define "kratos-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+Rules on the operator's own custom resources, shared by the ClusterRole and the per-namespace Roles.
+*/}}
+{{- define "kratos-operator.namespacedRules" -}}
+# The three kinds the operator reconciles: list and watch feed the controllers' caches; get reads
+# one object fresh (a RecoveryRequest reads its Identity's status.identityId); patch adds and
+# removes the Identity finalizer kratos-operator.dev/cleanup (JSON patch). No update, create or
+# delete: the operator never replaces, creates or deletes these objects.
+- apiGroups: ["kratos-operator.dev"]
+  resources: ["identities", "identityschemarefs", "recoveryrequests"]
+  verbs: ["get", "list", "watch", "patch"]
+# Status is written through the status subresource only, by server-side apply (a patch).
+- apiGroups: ["kratos-operator.dev"]
+  resources: ["identities/status", "identityschemarefs/status", "recoveryrequests/status"]
+  verbs: ["patch"]
+# A RecoveryRequest owns the Secret it writes (ownerReference with blockOwnerDeletion, so
+# deleting the request deletes the Secret) and an Identity carries the cleanup finalizer. Where
+# the OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift and others), setting
+# blockOwnerDeletion requires update on the owner's finalizers subresource.
+- apiGroups: ["kratos-operator.dev"]
+  resources: ["identities/finalizers", "recoveryrequests/finalizers"]
+  verbs: ["update"]
+# Secrets, read side: an Identity's password comes from the Secret named in
+# spec.credentials.password.secretRef / hashedSecretRef. The operator watches Secrets (metadata
+# only) to re-import a password when its Secret changes, and reads the one referenced key with get.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+# Secrets, write side: a RecoveryRequest writes the recovery link or code into a Secret it owns
+# (server-side apply: create + patch), clears its data when the link expires (patch) and deletes
+# the Secret it wrote when spec.secretName changes (delete, only when the Secret's ownerReference
+# names that request). It never updates or deletes a Secret it does not own; `update` is not granted.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "patch", "delete"]
+# Events about the objects it reconciles (events.k8s.io/v1; repeated Events are patched as series).
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+Rules of the small ClusterRole that remains in every mode.
+*/}}
+{{- define "kratos-operator.crdRules" -}}
+# /readyz answers ready only when the operator's CRDs are installed: it reads their definitions.
+# CustomResourceDefinitions are cluster-scoped, hence a ClusterRole even when watchNamespaces is set.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list"]
+{{- end }}
