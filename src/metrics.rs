@@ -142,7 +142,9 @@ impl Metrics {
 
     /// Counts a change made to a Kratos identity.
     pub fn change(&self, action: &'static str) {
-        self.identity_changes.get_or_create(&ActionLabels { action }).inc();
+        self.identity_changes
+            .get_or_create(&ActionLabels { action })
+            .inc();
     }
 
     /// Counts an outcome.

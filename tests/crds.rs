@@ -39,7 +39,11 @@ fn crd_files_match_the_types() {
 #[test]
 fn crds_output_lists_every_kind() {
     let yaml = api::crds_yaml().unwrap();
-    for kind in ["kind: Identity\n", "kind: IdentitySchemaRef\n", "kind: RecoveryRequest\n"] {
+    for kind in [
+        "kind: Identity\n",
+        "kind: IdentitySchemaRef\n",
+        "kind: RecoveryRequest\n",
+    ] {
         assert!(yaml.contains(kind), "missing {kind}");
     }
     assert!(yaml.matches("kind: CustomResourceDefinition").count() == api::crds().len());

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod identity;
 pub mod json;
 pub mod recovery;
+pub mod report;
 pub mod schema_ref;
 pub mod sweep;
 

@@ -8,22 +8,14 @@ use std::sync::Arc;
 use futures::{StreamExt, future::BoxFuture, future::Shared};
 use jiff::Timestamp;
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::{
-        Controller,
-        controller::Action,
-        events::{Event, EventType},
-        watcher,
-    },
+    Api, ResourceExt,
+    runtime::{Controller, controller::Action, watcher},
 };
-use serde_json::json;
 use tracing::{info, warn};
 
 use crate::{
     Error, Result,
     api::{
-        FIELD_MANAGER,
         conditions::{self, Desired, Status},
         schema_ref::{IdentitySchemaRef, IdentitySchemaRefStatus},
     },
@@ -120,21 +112,7 @@ async fn write_status(
     if obj.status.as_ref().is_some_and(|s| same(s, status)) {
         return Ok(false);
     }
-    let ns = obj
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let api: Api<IdentitySchemaRef> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = json!({
-        "apiVersion": IdentitySchemaRef::api_version(&()),
-        "kind": IdentitySchemaRef::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    crate::controller::report::apply_status(ctx, obj, status).await?;
     Ok(true)
 }
 
@@ -145,20 +123,7 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    let ev = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(note),
-        action: "Resolve".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
-        warn!(error = %e, "could not publish event");
-    }
+    crate::controller::report::event(ctx, obj, warning, reason, "Resolve", note).await;
 }
 
 fn key(obj: &IdentitySchemaRef) -> String {

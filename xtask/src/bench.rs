@@ -24,8 +24,8 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kratos_operator::{
     api::{FIELD_MANAGER, Identity},
     kratos::{
-        BATCH_PATCH_MAX_CLEARTEXT_PASSWORDS, BATCH_PATCH_MAX_ITEMS, BatchPatchItem, ClientConfig, CreateIdentityBody,
-        IdentityCredentialsImport, KratosClient,
+        BATCH_PATCH_MAX_CLEARTEXT_PASSWORDS, BATCH_PATCH_MAX_ITEMS, BatchPatchItem, ClientConfig,
+        CreateIdentityBody, IdentityCredentialsImport, KratosClient,
     },
 };
 use kratos_operator_testenv::{
@@ -107,7 +107,9 @@ fn proxy(target: &str) -> Result<Proxy, String> {
     let counter = bytes.clone();
     thread::spawn(move || {
         for client in listener.incoming().flatten() {
-            let Ok(server) = TcpStream::connect(&target) else { continue };
+            let Ok(server) = TcpStream::connect(&target) else {
+                continue;
+            };
             let (c2, s2) = match (client.try_clone(), server.try_clone()) {
                 (Ok(c), Ok(s)) => (c, s),
                 _ => continue,
@@ -128,9 +130,14 @@ fn kratos_client(admin: &str, public: &str) -> Result<KratosClient, String> {
 }
 
 fn body(i: usize, run: &str, password: bool) -> CreateIdentityBody {
-    let mut b = CreateIdentityBody::new("customer", json!({ "email": format!("user{i}.{run}@bench.example.com"), "name": { "first": format!("User{i}") } }));
+    let mut b = CreateIdentityBody::new(
+        "customer",
+        json!({ "email": format!("user{i}.{run}@bench.example.com"), "name": { "first": format!("User{i}") } }),
+    );
     if password {
-        b.credentials = Some(IdentityCredentialsImport::password(format!("Bench-Password-{i}").into()));
+        b.credentials = Some(IdentityCredentialsImport::password(
+            format!("Bench-Password-{i}").into(),
+        ));
     }
     b
 }
@@ -145,8 +152,14 @@ fn fresh_kratos(root: &Path, name: &str) -> Result<KratosInstance, String> {
 async fn kratos_floor(root: &Path, n: usize, passwords: bool) -> Result<f64, String> {
     let kratos = fresh_kratos(root, &format!("floor-{n}-{passwords}"))?;
     let client = kratos_client(&kratos.admin_url(), &kratos.public_url())?;
-    let per = if passwords { BATCH_PATCH_MAX_CLEARTEXT_PASSWORDS } else { BATCH_PATCH_MAX_ITEMS };
-    let items: Vec<BatchPatchItem> = (0..n).map(|i| BatchPatchItem::create(body(i, "floor", passwords), None)).collect();
+    let per = if passwords {
+        BATCH_PATCH_MAX_CLEARTEXT_PASSWORDS
+    } else {
+        BATCH_PATCH_MAX_ITEMS
+    };
+    let items: Vec<BatchPatchItem> = (0..n)
+        .map(|i| BatchPatchItem::create(body(i, "floor", passwords), None))
+        .collect();
     let started = Instant::now();
     for chunk in items.chunks(per) {
         let results = client.batch_patch_identities(chunk).await.map_err(err)?;
@@ -158,12 +171,22 @@ async fn kratos_floor(root: &Path, n: usize, passwords: bool) -> Result<f64, Str
 }
 
 async fn namespace(client: &Client, name: &str) -> Result<(), String> {
-    let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } })).map_err(err)?;
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.map_err(err)?;
+    let ns: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": name } })).map_err(err)?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .map_err(err)?;
     Ok(())
 }
 
-async fn create_objects(client: &Client, ns: &str, n: usize, passwords: bool, run: &str) -> Result<(), String> {
+async fn create_objects(
+    client: &Client,
+    ns: &str,
+    n: usize,
+    passwords: bool,
+    run: &str,
+) -> Result<(), String> {
     let ids: Api<Identity> = Api::namespaced(client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     futures::stream::iter(0..n)
@@ -218,7 +241,11 @@ async fn apiserver_floor(client: &Client, n: usize, tag: &str) -> Result<f64, St
 }
 
 fn metrics(url: &str) -> String {
-    ureq::get(url).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok()).unwrap_or_default()
+    ureq::get(url)
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default()
 }
 
 fn metric_sum(text: &str, prefix: &str, filter: impl Fn(&str) -> bool) -> f64 {
@@ -243,8 +270,16 @@ const WRITE_OPS: [&str; 9] = [
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -271,12 +306,19 @@ async fn operator_run(
     create_objects(client, &ns, n, passwords, tag).await?;
     let kratos = fresh_kratos(root, &format!("kratos-{tag}"))?;
     let proxy = proxy(&kratos.admin_url())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").map_err(err)?.local_addr().map_err(err)?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(err)?
+        .local_addr()
+        .map_err(err)?
+        .port();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let log = std::fs::File::create(root.join(format!("operator-{tag}.log"))).map_err(err)?;
     let mut child: Child = Command::new(binary)
         .env("KUBECONFIG", &env.state.kubeconfig)
-        .env("KRATOS_ADMIN_URL", format!("http://127.0.0.1:{}", proxy.port))
+        .env(
+            "KRATOS_ADMIN_URL",
+            format!("http://127.0.0.1:{}", proxy.port),
+        )
         .env("KRATOS_PUBLIC_URL", kratos.public_url())
         .env("WATCH_NAMESPACE", &ns)
         .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
@@ -294,7 +336,9 @@ async fn operator_run(
     let result = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let text = metrics(&url);
-        let created = metric_sum(&text, "kratos_operator_identity_changes_total", |l| l.contains("action=\"created\""));
+        let created = metric_sum(&text, "kratos_operator_identity_changes_total", |l| {
+            l.contains("action=\"created\"")
+        });
         if a1.is_none() && created >= n as f64 {
             a1 = Some(started.elapsed().as_secs_f64());
         }
@@ -305,7 +349,10 @@ async fn operator_run(
             break Err(format!("{tag}: not converged after 30 minutes"));
         }
         if let Ok(Some(status)) = child.try_wait() {
-            break Err(format!("{tag}: the operator exited ({status}); see {}", root.join(format!("operator-{tag}.log")).display()));
+            break Err(format!(
+                "{tag}: the operator exited ({status}); see {}",
+                root.join(format!("operator-{tag}.log")).display()
+            ));
         }
     };
     let a2 = match result {
@@ -315,31 +362,56 @@ async fn operator_run(
             return Err(e);
         }
     };
-    let idle = if fast { Some(idle_resync(&url, &proxy).await) } else { None };
+    let idle = if fast {
+        Some(idle_resync(&url, &proxy).await)
+    } else {
+        None
+    };
     let rss_mib = peak_rss_mib(child.id());
     let _ = child.kill();
     let _ = child.wait();
     drop(kratos);
-    Ok(OperatorRun { a1: a1.unwrap_or(a2), a2, rss_mib, idle })
+    Ok(OperatorRun {
+        a1: a1.unwrap_or(a2),
+        a2,
+        rss_mib,
+        idle,
+    })
 }
 
 /// (d): the Kratos traffic of one idle resync: the window from the end of one sweep to the end
 /// of the next.
 async fn idle_resync(url: &str, proxy: &Proxy) -> (u64, u64, u64) {
     let requests = |t: &str| metric_sum(t, "kratos_client_http_requests_total", |_| true) as u64;
-    let writes = |t: &str| metric_sum(t, "kratos_client_http_requests_total", |l| WRITE_OPS.iter().any(|op| l.contains(&format!("operation=\"{op}\"")))) as u64;
+    let writes = |t: &str| {
+        metric_sum(t, "kratos_client_http_requests_total", |l| {
+            WRITE_OPS
+                .iter()
+                .any(|op| l.contains(&format!("operation=\"{op}\"")))
+        }) as u64
+    };
     // Let the first sweep after convergence pass, then measure exactly one more.
     tokio::time::sleep(RESYNC + Duration::from_secs(3)).await;
     let t0 = metrics(url);
-    let (r0, w0, b0) = (requests(&t0), writes(&t0), proxy.bytes.load(Ordering::Relaxed));
+    let (r0, w0, b0) = (
+        requests(&t0),
+        writes(&t0),
+        proxy.bytes.load(Ordering::Relaxed),
+    );
     tokio::time::sleep(RESYNC).await;
     let t1 = metrics(url);
-    (requests(&t1) - r0, writes(&t1) - w0, proxy.bytes.load(Ordering::Relaxed) - b0)
+    (
+        requests(&t1) - r0,
+        writes(&t1) - w0,
+        proxy.bytes.load(Ordering::Relaxed) - b0,
+    )
 }
 
 async fn kube_client(env: &Environment) -> Result<Client, String> {
     let kubeconfig = Kubeconfig::read_from(&env.state.kubeconfig).map_err(err)?;
-    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.map_err(err)?;
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(err)?;
     config.read_timeout = Some(Duration::from_secs(120));
     Client::try_from(config).map_err(err)
 }
@@ -349,7 +421,13 @@ async fn install_crds(client: &Client) -> Result<(), String> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in kratos_operator::api::crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
-        crds.patch(&name, &PatchParams::apply("kratos-operator-bench").force(), &Patch::Apply(&crd)).await.map_err(err)?;
+        crds.patch(
+            &name,
+            &PatchParams::apply("kratos-operator-bench").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .map_err(err)?;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     Ok(())
@@ -357,7 +435,10 @@ async fn install_crds(client: &Client) -> Result<(), String> {
 
 /// Runs every scenario and writes the report.
 pub fn run(sizes: &[usize], root_repo: &Path) -> Result<Vec<Figures>, String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(err)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(err)?;
     runtime.block_on(run_async(sizes, root_repo))
 }
 
@@ -381,9 +462,32 @@ async fn run_async(sizes: &[usize], repo: &Path) -> Result<Vec<Figures>, String>
         eprintln!("bench:   (b) Kratos floor {b:.1}s");
         let k = apiserver_floor(&client, n, &tag).await?;
         eprintln!("bench:   (k) apiserver floor {k:.1}s");
-        let fast = operator_run(&env, &client, &root, &binary, n, passwords, true, &format!("{tag}-fast")).await?;
-        eprintln!("bench:   (a1) {:.1}s (a2) {:.1}s rss {:.0} MiB idle {:?}", fast.a1, fast.a2, fast.rss_mib, fast.idle);
-        let slow = operator_run(&env, &client, &root, &binary, n, passwords, false, &format!("{tag}-slow")).await?;
+        let fast = operator_run(
+            &env,
+            &client,
+            &root,
+            &binary,
+            n,
+            passwords,
+            true,
+            &format!("{tag}-fast"),
+        )
+        .await?;
+        eprintln!(
+            "bench:   (a1) {:.1}s (a2) {:.1}s rss {:.0} MiB idle {:?}",
+            fast.a1, fast.a2, fast.rss_mib, fast.idle
+        );
+        let slow = operator_run(
+            &env,
+            &client,
+            &root,
+            &binary,
+            n,
+            passwords,
+            false,
+            &format!("{tag}-slow"),
+        )
+        .await?;
         eprintln!("bench:   (c) {:.1}s rss {:.0} MiB", slow.a2, slow.rss_mib);
         let (d_requests, d_writes, d_bytes) = fast.idle.unwrap_or_default();
         all.push(Figures {
@@ -456,33 +560,57 @@ pub fn report(figures: &[Figures], command: &str) -> String {
 /// The PNG chart: per scenario, bars for (a1), (a2), (b), (b)+(k) and (c).
 pub fn chart(figures: &[Figures], path: &Path) -> Result<(), String> {
     use plotters::prelude::*;
-    let font = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"]
-        .iter()
-        .find_map(|p| std::fs::read(p).ok())
-        .ok_or("no DejaVuSans.ttf for the chart's labels (apt-get install fonts-dejavu-core)")?;
+    let font = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read(p).ok())
+    .ok_or("no DejaVuSans.ttf for the chart's labels (apt-get install fonts-dejavu-core)")?;
     let font: &'static [u8] = Box::leak(font.into_boxed_slice());
-    plotters::style::register_font("sans-serif", FontStyle::Normal, font).map_err(|_| "cannot load the font".to_string())?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+        .map_err(|_| "cannot load the font".to_string())?;
     let root = BitMapBackend::new(path, (1100, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let series = ["(a1) in Kratos", "(a2) Ready", "(b) Kratos floor", "(b)+(k) floors", "(c) per-object"];
+    let series = [
+        "(a1) in Kratos",
+        "(a2) Ready",
+        "(b) Kratos floor",
+        "(b)+(k) floors",
+        "(c) per-object",
+    ];
     let colors = [BLUE, GREEN, RGBColor(120, 120, 120), BLACK, RED];
-    let max = figures.iter().map(|f| f.c.max(f.a2).max(f.b + f.k)).fold(1.0, f64::max) * 1.1;
+    let max = figures
+        .iter()
+        .map(|f| f.c.max(f.a2).max(f.b + f.k))
+        .fold(1.0, f64::max)
+        * 1.1;
     let groups = figures.len().max(1);
     let mut chart = ChartBuilder::on(&root)
-        .caption("kratos-operator: seconds until N new identities converge", ("sans-serif", 22))
+        .caption(
+            "kratos-operator: seconds until N new identities converge",
+            ("sans-serif", 22),
+        )
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..(groups as f64), 0f64..max)
         .map_err(err)?;
-    let labels: Vec<String> = figures.iter().map(|f| format!("N={}{}", f.n, if f.passwords { " + passwords" } else { "" })).collect();
+    let labels: Vec<String> = figures
+        .iter()
+        .map(|f| format!("N={}{}", f.n, if f.passwords { " + passwords" } else { "" }))
+        .collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(groups * 2 + 1)
         .x_label_formatter(&|x| {
             let i = x.floor() as usize;
-            if (x - x.floor() - 0.5).abs() < 0.01 { labels.get(i).cloned().unwrap_or_default() } else { String::new() }
+            if (x - x.floor() - 0.5).abs() < 0.01 {
+                labels.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         })
         .y_desc("seconds")
         .label_style(("sans-serif", 14))
@@ -505,7 +633,10 @@ pub fn chart(figures: &[Figures], path: &Path) -> Result<(), String> {
             })
             .collect();
         chart
-            .draw_series(bars.iter().map(|(x, v)| Rectangle::new([(*x, 0.0), (*x + 0.14, *v)], color.filled())))
+            .draw_series(
+                bars.iter()
+                    .map(|(x, v)| Rectangle::new([(*x, 0.0), (*x + 0.14, *v)], color.filled())),
+            )
             .map_err(err)?
             .label(*name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));

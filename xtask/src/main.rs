@@ -30,7 +30,8 @@ enum Task {
         #[command(subcommand)]
         action: TestenvAction,
     },
-    /// The whole test suite: fmt, clippy, and every test against the real environment.
+    /// The whole test suite: fmt, clippy, every test against the real environment, and the
+    /// release build.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
         #[arg(last = true)]
@@ -203,6 +204,52 @@ fn cargo(args: &[&str], extra: &[String]) -> Result<(), String> {
     }
 }
 
+/// Runs `cargo test --workspace`, echoing its output, and sums the passed and failed counts of
+/// every test binary. Fails when any test failed.
+fn cargo_test(extra: &[String]) -> Result<(u64, u64), String> {
+    use std::io::BufRead;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!(
+        "xtask: cargo test --workspace --no-fail-fast {}",
+        extra.join(" ")
+    );
+    let mut child = Command::new(cargo)
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running cargo test: {e}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                for part in rest.split(';') {
+                    let mut words = part.split_whitespace().rev();
+                    let (Some(label), Some(n)) = (words.next(), words.next()) else {
+                        continue;
+                    };
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match label {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("running cargo test: {e}"))?;
+    if status.success() && failed == 0 {
+        Ok((passed, failed))
+    } else {
+        println!("tests: {passed} passed, {failed} failed");
+        Err(format!("`cargo test` failed ({status}): {failed} failed"))
+    }
+}
+
 fn test(cargo_args: &[String]) -> Result<(), String> {
     let started = Instant::now();
     cargo(&["fmt", "--all", "--check"], &[])?;
@@ -228,11 +275,18 @@ fn test(cargo_args: &[String]) -> Result<(), String> {
         if was_running { "reused" } else { "started" },
         env.dir.display()
     );
-    let result = cargo(&["test", "--workspace", "--no-fail-fast"], cargo_args);
+    let result = cargo_test(cargo_args);
     if !was_running {
         let _ = env::down(&dir);
     }
+    let (passed, failed) = result?;
+    // The static release binary the Dockerfile packages.
+    let result = cargo(
+        &["build", "--release", "--locked", "--bin", "kratos-operator"],
+        &[],
+    );
     eprintln!("xtask: test command took {:.1?}", started.elapsed());
+    println!("tests: {passed} passed, {failed} failed");
     result
 }
 
@@ -273,12 +327,22 @@ fn kubectl(env: &Environment, args: &[&str], stdin: Option<&str>) -> Result<Stri
 
 fn bench_cmd(sizes: &[usize]) -> Result<(), String> {
     build_all(false)?;
-    cargo(&["build", "--release", "--quiet", "--bin", "kratos-operator"], &[])?;
+    cargo(
+        &["build", "--release", "--quiet", "--bin", "kratos-operator"],
+        &[],
+    )?;
     let repo = kratos_operator_testenv::repo_root();
     let figures = bench::run(sizes, &repo)?;
     let docs = bench::docs_dir(&repo);
     std::fs::create_dir_all(&docs).map_err(|e| e.to_string())?;
-    let command = format!("cargo xtask bench --sizes {}", sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+    let command = format!(
+        "cargo xtask bench --sizes {}",
+        sizes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     let md = bench::report(&figures, &command);
     std::fs::write(docs.join("benchmarks.md"), &md).map_err(|e| e.to_string())?;
     bench::chart(&figures, &docs.join("benchmarks.png"))?;

@@ -3,15 +3,7 @@
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::{
-        controller::Action,
-        events::{Event, EventType},
-    },
-};
-use serde_json::json;
+use kube::runtime::controller::Action;
 use tracing::warn;
 
 use super::{
@@ -21,7 +13,6 @@ use super::{
 use crate::{
     Error, Result,
     api::{
-        FIELD_MANAGER,
         conditions::{self, Desired, Status},
         identity::{CredentialsStatus, Identity, IdentityStatus, PasswordStatus},
     },
@@ -37,20 +28,7 @@ pub async fn event(
     action: &str,
     note: String,
 ) {
-    let ev = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
-        warn!(error = %e, "could not publish event");
-    }
+    crate::controller::report::event(ctx, obj, warning, reason, action, note).await;
 }
 
 /// The status for a Synced outcome.
@@ -154,21 +132,7 @@ pub async fn write_status(ctx: &Context, obj: &Identity, status: &IdentityStatus
     if obj.status.as_ref().is_some_and(|s| same_status(s, status)) {
         return Ok(false);
     }
-    let ns = obj
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let api: Api<Identity> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = json!({
-        "apiVersion": Identity::api_version(&()),
-        "kind": Identity::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    crate::controller::report::apply_status(ctx, obj, status).await?;
     Ok(true)
 }
 

@@ -4,12 +4,6 @@
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::events::{Event, EventType},
-};
-use serde_json::json;
 use tracing::warn;
 
 use super::{
@@ -19,7 +13,6 @@ use super::{
 use crate::{
     Error, Result,
     api::{
-        FIELD_MANAGER,
         conditions::{self, Desired, Status},
         recovery_request::{RecoveryPhase, RecoveryRequest, RecoveryRequestStatus},
     },
@@ -35,20 +28,7 @@ pub async fn event(
     action: &str,
     note: String,
 ) {
-    let ev = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
-        warn!(error = %e, "could not publish event");
-    }
+    crate::controller::report::event(ctx, obj, warning, reason, action, note).await;
 }
 
 /// Status times are whole seconds (that is how the API server stores them).
@@ -174,21 +154,7 @@ pub async fn write_status(
     if obj.status.as_ref().is_some_and(|s| same_status(s, status)) {
         return Ok(false);
     }
-    let ns = obj
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let api: Api<RecoveryRequest> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = json!({
-        "apiVersion": RecoveryRequest::api_version(&()),
-        "kind": RecoveryRequest::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    crate::controller::report::apply_status(ctx, obj, status).await?;
     Ok(true)
 }
 
