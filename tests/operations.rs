@@ -402,3 +402,50 @@ async fn export_moves_existing_identities_under_management_without_changing_them
     let _ = std::fs::remove_dir_all(dir);
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_reconcile_spans() {
+    let t = setup("ops-logs").await;
+    support::install_crds(&t.client).await;
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kratos-operator"))
+        .env("KUBECONFIG", &t.env.state.kubeconfig)
+        .env("KRATOS_ADMIN_URL", &t.kratos_admin_url)
+        .env("KRATOS_PUBLIC_URL", &t.kratos_public_url)
+        .env("WATCH_NAMESPACE", &t.namespace)
+        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info,kratos_operator=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the operator binary");
+    apply::<Identity>(
+        &t,
+        identity_manifest("j1", &format!("j1.{}@example.com", t.namespace)),
+    )
+    .await;
+    wait_ready::<Identity>(&t, "j1", "True", Some("Synced"), T).await;
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            == "kratos-operator starting; serving /metrics, /healthz, /readyz"),
+        "{text}"
+    );
+    let in_reconcile = lines.iter().find(|l| {
+        l["span"]["object.ref"].as_str().is_some_and(|r| {
+            r.starts_with("Identity.") && r.contains(&format!("/j1.{}", t.namespace))
+        })
+    });
+    assert!(
+        in_reconcile.is_some(),
+        "a log line inside the reconcile span of Identity j1:\n{text}"
+    );
+    t.cleanup().await;
+}

@@ -148,6 +148,7 @@ pub async fn outcome(obj: &Identity, ctx: &Context, outcome: Outcome) -> Result<
     let now = Timestamp::now();
     match outcome {
         Outcome::Synced(s) => {
+            tracing::debug!(identity = %s.identity_id, change = ?s.change, "Identity synced");
             ctx.metrics.outcome("Identity", "Synced");
             write_status(ctx, obj, &synced_status(obj, &s, now)).await?;
             let id = &s.identity_id;
@@ -214,6 +215,7 @@ pub async fn outcome(obj: &Identity, ctx: &Context, outcome: Outcome) -> Result<
             })
         }
         Outcome::Blocked(b) => {
+            tracing::debug!(reason = b.reason, "Identity blocked");
             ctx.metrics.outcome("Identity", b.reason);
             let changed_reason = previous_ready_reason(obj).as_deref() != Some(b.reason);
             write_status(ctx, obj, &blocked_status(obj, &b, now)).await?;
