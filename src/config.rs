@@ -123,7 +123,7 @@ pub struct RunArgs {
     #[arg(long, env = "SCHEMA_RECHECK_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub schema_recheck_interval: Duration,
     /// Reconciles running at once per controller (creates waiting for a batch count too).
-    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
     /// Coalesce creates into batch requests (`false`: one POST per identity).
     #[arg(long, env = "BATCH_CREATES", default_value_t = true, action = clap::ArgAction::Set)]

@@ -60,7 +60,7 @@ impl Default for Settings {
         Self {
             resync_interval: Duration::from_secs(300),
             schema_recheck_interval: Duration::from_secs(60),
-            max_concurrent_reconciles: 64,
+            max_concurrent_reconciles: 128,
             watch_namespaces: Vec::new(),
             instance: None,
             batch_creates: true,

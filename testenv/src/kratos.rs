@@ -136,7 +136,10 @@ impl KratosInstance {
 
     fn dsn(&self) -> String {
         format!(
-            "sqlite://{}/kratos.sqlite?_fk=true&mode=rwc",
+            // Concurrent writers wait for the lock (instead of failing with "database is
+            // locked"), and every transaction takes the write lock up front, so that two
+            // readers never deadlock upgrading to writers.
+            "sqlite://{}/kratos.sqlite?_fk=true&mode=rwc&_busy_timeout=10000&_txlock=immediate",
             self.dir.display()
         )
     }
