@@ -2,6 +2,7 @@
 //! Kratos and Kubernetes) and report (status and Events).
 
 pub mod batch;
+pub mod finalizer;
 pub mod identity;
 pub mod json;
 pub mod recovery;

@@ -98,18 +98,27 @@ pub async fn run(
         }
         let objects = store.state();
         let candidates = candidates(&objects);
-        let ids: Vec<String> = candidates.iter().map(|(_, id)| id.clone()).collect();
-        let kratos = match fetch(&ctx, &ids).await {
-            Ok(map) => map,
-            Err(e) => {
-                warn!(error = %e, "drift sweep could not list Kratos identities; trying again next interval");
-                continue;
+        drop(objects);
+        // One chunk at a time, so that at most 500 Kratos identities are held at once.
+        let mut drifted_refs = Vec::new();
+        let mut failed = false;
+        for chunk in candidates.chunks(IDS_PER_REQUEST) {
+            let ids: Vec<String> = chunk.iter().map(|(_, id)| id.clone()).collect();
+            match fetch(&ctx, &ids).await {
+                Ok(kratos) => drifted_refs.extend(drifted(chunk, &kratos)),
+                Err(e) => {
+                    warn!(error = %e, "drift sweep could not list Kratos identities; trying again next interval");
+                    failed = true;
+                    break;
+                }
             }
-        };
-        let drifted = drifted(&candidates, &kratos);
+        }
+        if failed {
+            continue;
+        }
+        let drifted = drifted_refs;
         debug!(
-            objects = objects.len(),
-            checked = ids.len(),
+            checked = candidates.len(),
             drifted = drifted.len(),
             "drift sweep"
         );

@@ -21,7 +21,6 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        finalizer::{Event as FinalizerEvent, finalizer},
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -31,7 +30,7 @@ use tracing::{info, warn};
 use crate::{
     Error, Result,
     api::{FINALIZER, IdentitySchemaRef, identity::Identity},
-    controller::Context,
+    controller::{Context, finalizer},
 };
 
 /// Why an Identity cannot be synced right now (reported as `Ready=False` with this reason).
@@ -81,14 +80,25 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> 
     let api: Api<Identity> = Api::namespaced(ctx.client.clone(), &ns);
     let key = key(&obj);
     let _measure = ctx.metrics.reconcile("Identity");
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
-        match event {
-            FinalizerEvent::Apply(o) => apply(o, ctx.clone()).await,
-            FinalizerEvent::Cleanup(o) => act::cleanup(o, ctx.clone()).await,
+    let result = if obj.metadata.deletion_timestamp.is_some() {
+        if finalizer::has(&*obj, FINALIZER) {
+            match act::cleanup(obj.clone(), ctx.clone()).await {
+                Ok(action) => finalizer::remove(&api, &*obj, FINALIZER)
+                    .await
+                    .map(|()| action),
+                Err(e) => Err(e),
+            }
+        } else {
+            Ok(Action::await_change())
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    } else if finalizer::has(&*obj, FINALIZER) {
+        apply(obj, ctx.clone()).await
+    } else {
+        match finalizer::add(&api, &*obj, FINALIZER).await {
+            Ok(patched) => apply(Arc::new(patched), ctx.clone()).await,
+            Err(e) => Err(e),
+        }
+    };
     match &result {
         Ok(_) => ctx.backoff.reset(&key),
         Err(e) => ctx.metrics.failure("Identity", e),
@@ -109,7 +119,13 @@ async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
         Err(e) => {
             let transient = match &e {
                 Error::Kratos(k) => {
-                    k.is_transient() || matches!(k, crate::kratos::Error::Unauthorized { .. })
+                    // An unparsable answer is reported too (it is retried with backoff).
+                    k.is_transient()
+                        || matches!(
+                            k,
+                            crate::kratos::Error::Unauthorized { .. }
+                                | crate::kratos::Error::Unexpected { .. }
+                        )
                 }
                 _ => false,
             };
@@ -174,7 +190,9 @@ pub async fn controller(
     let (store, writer) = kube::runtime::reflector::store();
     let stream = kube::runtime::reflector(
         writer,
-        watcher(identities, watcher::Config::default().any_semantic()),
+        // managedFields are most of an object's bytes and the operator never reads them.
+        watcher(identities, watcher::Config::default().any_semantic())
+            .modify(|obj| obj.managed_fields_mut().clear()),
     )
     .default_backoff()
     .touched_objects()
