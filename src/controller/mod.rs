@@ -91,6 +91,34 @@ pub struct Context {
     pub caches: Caches,
     /// The create batcher, when creates are coalesced.
     pub creates: Option<batch::CreateBatcher>,
+    /// Kratos ids this process created or found, by object uid: a reconcile that runs before the
+    /// status it wrote is in the cache must not create the identity again.
+    pub known_ids: KnownIds,
+}
+
+/// Kratos identity ids by object uid.
+#[derive(Debug, Default)]
+pub struct KnownIds(Mutex<std::collections::HashMap<String, String>>);
+
+impl KnownIds {
+    /// The id recorded for `uid`.
+    pub fn get(&self, uid: &str) -> Option<String> {
+        self.0.lock().ok().and_then(|m| m.get(uid).cloned())
+    }
+
+    /// Records `id` for `uid`.
+    pub fn set(&self, uid: &str, id: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(uid.to_string(), id.to_string());
+        }
+    }
+
+    /// Forgets `uid` (the object is gone).
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(uid);
+        }
+    }
 }
 
 async fn is_ready<E>(f: impl std::future::Future<Output = Result<(), E>>) -> bool {
@@ -200,6 +228,7 @@ impl Context {
             backoff: Backoff::default(),
             metrics: Arc::new(Metrics::default()),
             caches: Caches::default(),
+            known_ids: KnownIds::default(),
         }
     }
 }

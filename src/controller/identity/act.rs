@@ -108,7 +108,11 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
         .map(|p| p.secret_version.clone());
 
     // The Kratos identity this object manages, if it exists.
-    let mut current = match &status.identity_id {
+    let known = status
+        .identity_id
+        .clone()
+        .or_else(|| ctx.known_ids.get(&uid));
+    let mut current = match &known {
         Some(id) => match ctx.kratos.get_identity(id, &[]).await {
             Ok(i) => Some(i),
             Err(kratos::Error::NotFound { .. }) => {

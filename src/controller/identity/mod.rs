@@ -83,9 +83,14 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> 
     let result = if obj.metadata.deletion_timestamp.is_some() {
         if finalizer::has(&*obj, FINALIZER) {
             match act::cleanup(obj.clone(), ctx.clone()).await {
-                Ok(action) => finalizer::remove(&api, &*obj, FINALIZER)
-                    .await
-                    .map(|()| action),
+                Ok(action) => {
+                    if let Some(uid) = obj.metadata.uid.as_deref() {
+                        ctx.known_ids.forget(uid);
+                    }
+                    finalizer::remove(&api, &*obj, FINALIZER)
+                        .await
+                        .map(|()| action)
+                }
                 Err(e) => Err(e),
             }
         } else {
@@ -137,15 +142,17 @@ async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
     }
 }
 
-/// What a change to an Identity must alter to be reconciled: generation (spec), finalizers,
-/// deletion, uid (a re-created object).
+/// What a change to an Identity must alter to be reconciled: generation (spec), deletion, uid (a
+/// re-created object). Not the finalizers: the reconcile that adds the finalizer goes on to apply
+/// (see [`finalizer`]), so the event of its own finalizer patch must not reconcile the object a
+/// second time (before the status it wrote is in the cache, that second pass would try to create
+/// the identity again). Not the status either: the operator writes it.
 pub fn lifecycle_changed(obj: &Identity) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     obj.metadata.uid.hash(&mut h);
     obj.metadata.generation.hash(&mut h);
     obj.metadata.deletion_timestamp.is_some().hash(&mut h);
-    obj.metadata.finalizers.hash(&mut h);
     Some(h.finish())
 }
 

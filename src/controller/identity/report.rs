@@ -148,6 +148,9 @@ pub async fn outcome(obj: &Identity, ctx: &Context, outcome: Outcome) -> Result<
     let now = Timestamp::now();
     match outcome {
         Outcome::Synced(s) => {
+            if let Some(uid) = obj.metadata.uid.as_deref() {
+                ctx.known_ids.set(uid, &s.identity_id);
+            }
             tracing::debug!(identity = %s.identity_id, change = ?s.change, "Identity synced");
             ctx.metrics.outcome("Identity", "Synced");
             write_status(ctx, obj, &synced_status(obj, &s, now)).await?;
