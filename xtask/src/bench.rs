@@ -399,6 +399,7 @@ async fn operator_run(
     Ok(OperatorRun {
         a1: a1.unwrap_or(a2),
         a2,
+        ready,
         rss_mib,
         idle,
     })
