@@ -353,7 +353,7 @@ async fn operator_run(
     };
     let deadline = started + cap;
     let mut a1 = None;
-    let mut ready = 0usize;
+    let mut ready: usize;
     let result = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let text = metrics(&url);
