@@ -32,12 +32,28 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    if let Err(e) = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        // The status is where every outcome is reported. When it cannot be stored (an object at
+        // etcd's size limit: "etcdserver: request is too large"), an Event, a separate object,
+        // is the one place left to say so.
+        event(
+            ctx,
+            obj,
+            true,
+            "StatusNotWritten",
+            "Reconcile",
+            format!("cannot write the status: {e}"),
+        )
+        .await;
+        return Err(e.into());
+    }
     Ok(())
 }
 

@@ -264,8 +264,14 @@ pub fn parse_instance_pointer(reason: &str) -> Option<String> {
     root
 }
 
+/// The longest wait a rate-limit header is taken to ask for. A larger value (a bogus header, or
+/// one of a proxy in between) is capped: it would otherwise overflow `Duration`/`Instant`
+/// arithmetic (a panic) or stop every Kratos call for years through the shared cool-down.
+pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(300);
+
 /// Reads how long to wait from `x-ratelimit-reset` (seconds until the reset; an epoch
-/// timestamp is tolerated) or `Retry-After` (seconds or an HTTP date).
+/// timestamp is tolerated) or `Retry-After` (seconds or an HTTP date), at most
+/// [`MAX_SERVER_WAIT`].
 pub fn retry_after_from_headers(headers: &HeaderMap) -> Option<Duration> {
     let header = |name: &str| {
         headers
@@ -274,15 +280,17 @@ pub fn retry_after_from_headers(headers: &HeaderMap) -> Option<Duration> {
             .map(str::trim)
     };
     if let Some(reset) = header("x-ratelimit-reset").and_then(parse_seconds) {
-        return Some(reset);
+        return Some(reset.min(MAX_SERVER_WAIT));
     }
     let value = header("retry-after")?;
-    parse_seconds(value).or_else(|| {
-        let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
-        let now = jiff::Timestamp::now();
-        let secs = at.as_second().saturating_sub(now.as_second());
-        Some(Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
-    })
+    parse_seconds(value)
+        .or_else(|| {
+            let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+            let now = jiff::Timestamp::now();
+            let secs = at.as_second().saturating_sub(now.as_second());
+            Some(Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+        })
+        .map(|wait| wait.min(MAX_SERVER_WAIT))
 }
 
 /// Seconds as an integer or decimal; values that look like a Unix timestamp are turned into the
@@ -295,7 +303,8 @@ fn parse_seconds(value: &str) -> Option<Duration> {
     // Anything beyond ~30 years is an absolute epoch time, not a delay.
     if secs > 1.0e9 {
         let now = jiff::Timestamp::now().as_second() as f64;
-        return Some(Duration::from_secs_f64((secs - now).max(0.0)));
+        // Saturating: a time beyond what a Duration holds is "very long", not a panic.
+        return Some(Duration::try_from_secs_f64((secs - now).max(0.0)).unwrap_or(Duration::MAX));
     }
     Some(Duration::from_secs_f64(secs))
 }

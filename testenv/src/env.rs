@@ -336,6 +336,54 @@ impl Environment {
         Ok(true)
     }
 
+    /// Restarts the environment's kube-apiserver, as a crash and restart of the control plane
+    /// would: SIGTERM (SIGKILL after `grace`), then the same binary with the same command line
+    /// (read from `/proc/<pid>/cmdline`, so the same port, certificates and etcd), its output
+    /// appended to the same log. Returns once `/readyz` answers again; the state file records
+    /// the new pid. Clients reconnect to the same URL. Meant for fault-injection tests on a
+    /// private environment ([`Environment::up`] in a directory of the test's own), never on the
+    /// shared one.
+    pub fn restart_apiserver(&mut self, grace: Duration) -> Result<()> {
+        const NAME: &str = "kube-apiserver";
+        let Some(record) = self
+            .state
+            .processes
+            .iter()
+            .find(|p| p.name == NAME && p.is_running())
+            .cloned()
+        else {
+            return Err(Error::NotReady {
+                component: NAME.into(),
+                message: "it is not running, so it cannot be restarted".into(),
+                log: self.dir.join("logs").join("kube-apiserver.log"),
+                log_tail: String::new(),
+            });
+        };
+        let cmdline = fs::read(format!("/proc/{}/cmdline", record.pid))
+            .map_err(io_err("reading the kube-apiserver command line"))?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .skip(1)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        record.stop(grace);
+        let (mut child, new) = process::spawn(NAME, &record.binary, &args, &[], &record.log)?;
+        let ca =
+            fs::read(self.dir.join("pki").join(files::CA_CERT)).map_err(io_err("reading CA"))?;
+        let kube = process::http_agent(Some(&ca));
+        let url = format!("{}/readyz", self.state.apiserver_url);
+        process::wait_ready(&new, Some(&mut child), Duration::from_secs(120), || {
+            process::http_ok(&kube, &url)
+        })?;
+        for p in &mut self.state.processes {
+            if p.name == NAME {
+                *p = new.clone();
+            }
+        }
+        self.write_state()
+    }
+
     /// The `export` lines a shell can `eval`.
     pub fn env_lines(&self) -> String {
         format!(

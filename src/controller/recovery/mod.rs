@@ -178,7 +178,13 @@ async fn apply(obj: Arc<RecoveryRequest>, ctx: &Context) -> Result<Action> {
             Err(e) => {
                 let transient = match &e {
                     Error::Kratos(k) => {
-                        k.is_transient() || matches!(k, crate::kratos::Error::Unauthorized { .. })
+                        // An unparsable answer is reported too (it is retried with backoff).
+                        k.is_transient()
+                            || matches!(
+                                k,
+                                crate::kratos::Error::Unauthorized { .. }
+                                    | crate::kratos::Error::Unexpected { .. }
+                            )
                     }
                     _ => false,
                 };

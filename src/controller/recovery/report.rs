@@ -249,7 +249,15 @@ pub async fn unavailable(ctx: &Context, obj: &RecoveryRequest, error: &Error) {
     // A link issued for this generation stays issued: only a pending request reports this.
     let issued_now =
         obj.status.as_ref().and_then(|s| s.issued_generation) == obj.metadata.generation;
-    if issued_now {
+    // Reported already for this generation: rewriting only the message (errors differ from try
+    // to try) would start another reconcile at once, as this controller sees its own status
+    // writes, and so bypass the error backoff.
+    let reported = obj
+        .status
+        .as_ref()
+        .is_some_and(|s| s.observed_generation == obj.metadata.generation)
+        && previous_ready_reason(obj).as_deref() == Some(REASON_KRATOS_UNAVAILABLE);
+    if issued_now || reported {
         return;
     }
     if let Err(e) = blocked(ctx, obj, &b).await {

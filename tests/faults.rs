@@ -1,0 +1,993 @@
+//! Fault injection with 200+ identities in flight, against the real control plane and a real
+//! (private) Kratos, so that Kratos' contents can be compared exactly with the manifests:
+//!
+//! - the operator process killed with SIGKILL at random moments of mass create, update and
+//!   delete, and restarted, 20 times;
+//! - Kratos stopped and restarted mid-sync;
+//! - the kube-apiserver restarted (a private control plane);
+//! - Kratos answering 429 with `x-ratelimit-reset`, then 503, for a while (a proxy in the test).
+//!
+//! After each, Kratos must equal the manifests: every object Ready with its identity, traits
+//! equal, exactly one Kratos identity per email, no owned identity without its object, no lost
+//! deletion. `KRATOS_OPERATOR_SOAK=1` makes the SIGKILL test a long soak (more objects, more
+//! rounds); `KRATOS_OPERATOR_FAULT_SEED` replays a run; `KRATOS_OPERATOR_FAULT_KEEP=1` keeps the
+//! operator's log and the private Kratos' directory, `KRATOS_OPERATOR_FAULT_LOG` sets the killed
+//! operator's `RUST_LOG`.
+
+// Test code: panicking on unexpected results is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use kratos_operator::{
+    api::{Identity, UID_MARKER},
+    controller::json,
+    kratos::{Identity as KratosIdentity, KratosClient},
+};
+use kratos_operator_testenv::{
+    Environment,
+    kratos::{KratosInstance, KratosOptions},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, PostParams},
+};
+use rand::{Rng, SeedableRng, rngs::StdRng, seq::IteratorRandom};
+use serde_json::{Value, json};
+use support::{TestEnv, eventually, kratos_client, setup, start_operator_with, test_settings};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn manifest(name: &str, traits: &Value) -> Value {
+    json!({
+        "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
+        "metadata": { "name": name },
+        "spec": { "schemaId": "customer", "traits": traits }
+    })
+}
+
+fn email(t: &TestEnv, name: &str) -> String {
+    format!("{name}.{}@example.com", t.namespace)
+}
+
+fn traits(t: &TestEnv, name: &str, first: &str) -> Value {
+    json!({ "email": email(t, name), "name": { "first": first } })
+}
+
+fn identities(t: &TestEnv) -> Api<Identity> {
+    Api::namespaced(t.client.clone(), &t.namespace)
+}
+
+/// Applies many manifests, 16 at a time.
+async fn apply_all(t: &TestEnv, objects: &BTreeMap<String, Value>) {
+    let owned: Vec<(String, Value)> = objects.clone().into_iter().collect();
+    futures::stream::iter(owned)
+        .map(|(name, traits)| async move {
+            support::apply::<Identity>(t, manifest(&name, &traits)).await;
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+async fn delete(t: &TestEnv, name: &str) {
+    match identities(t).delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => panic!("delete {name}: {e}"),
+    }
+}
+
+/// A private Kratos (sqlite file, survives restarts) in a directory of the test's own.
+async fn private_kratos(t: &TestEnv) -> (KratosInstance, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("kratos-{}", t.namespace));
+    let instance = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || KratosInstance::start(&dir, &KratosOptions::default()).expect("private Kratos")
+    })
+    .await
+    .unwrap();
+    (instance, dir)
+}
+
+async fn drop_kratos(instance: KratosInstance, dir: PathBuf) {
+    tokio::task::spawn_blocking(move || drop(instance))
+        .await
+        .unwrap();
+    if keep() {
+        println!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// `KRATOS_OPERATOR_FAULT_KEEP=1` keeps the private Kratos' directory and the operator's log.
+fn keep() -> bool {
+    std::env::var_os("KRATOS_OPERATOR_FAULT_KEEP").is_some()
+}
+
+fn ready_reason(obj: &Identity) -> Option<(String, String)> {
+    obj.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+fn is_synced(obj: &Identity) -> bool {
+    let status = obj.status.as_ref();
+    ready_reason(obj) == Some(("True".into(), "Synced".into()))
+        && status.is_some_and(|s| s.observed_generation == obj.metadata.generation)
+        && status.is_some_and(|s| s.identity_id.is_some())
+}
+
+/// Waits until exactly the `expected` objects exist, each Synced for its current generation with
+/// the expected traits in its spec; returns them.
+async fn wait_converged(
+    t: &TestEnv,
+    expected: &BTreeMap<String, Value>,
+    timeout: Duration,
+) -> Vec<Identity> {
+    let api = identities(t);
+    let mut last = String::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let list = api.list(&ListParams::default()).await;
+        if let Ok(list) = list {
+            let names: BTreeSet<String> = list.items.iter().map(ResourceExt::name_any).collect();
+            let missing: Vec<&String> = expected.keys().filter(|n| !names.contains(*n)).collect();
+            let extra: Vec<&String> = names
+                .iter()
+                .filter(|n| !expected.contains_key(*n))
+                .collect();
+            let not_synced: Vec<String> = list
+                .items
+                .iter()
+                .filter(|o| !is_synced(o))
+                .map(|o| format!("{}={:?}", o.name_any(), ready_reason(o)))
+                .collect();
+            let spec_differs = list
+                .items
+                .iter()
+                .filter(|o| {
+                    expected
+                        .get(&o.name_any())
+                        .is_some_and(|want| !json::equal(want, &o.spec.traits))
+                })
+                .count();
+            if missing.is_empty() && extra.is_empty() && not_synced.is_empty() && spec_differs == 0
+            {
+                return list.items;
+            }
+            last = format!(
+                "missing {missing:?}, still present {extra:?}, not synced ({}) {:?}, spec differs {spec_differs}",
+                not_synced.len(),
+                not_synced.iter().take(8).collect::<Vec<_>>()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not converged after {timeout:?}: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn all_kratos_identities(kratos: &KratosClient) -> Vec<KratosIdentity> {
+    kratos
+        .list_identities(Default::default())
+        .try_collect()
+        .await
+        .expect("list Kratos identities")
+}
+
+/// Kratos (private, so nothing else is in it) holds exactly one identity per object, owned by
+/// it, with its traits; and none of the deleted emails.
+async fn assert_kratos_equals_manifests(
+    kratos: &KratosClient,
+    objects: &[Identity],
+    deleted_emails: &BTreeSet<String>,
+) {
+    let all = all_kratos_identities(kratos).await;
+    let by_id: HashMap<&str, &KratosIdentity> = all.iter().map(|k| (k.id.as_str(), k)).collect();
+    let mut per_email: BTreeMap<String, usize> = BTreeMap::new();
+    for k in &all {
+        let e = k.traits["email"].as_str().unwrap_or("").to_lowercase();
+        *per_email.entry(e).or_default() += 1;
+    }
+    let duplicates: Vec<_> = per_email.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        duplicates.is_empty(),
+        "duplicate Kratos identities: {duplicates:?}"
+    );
+    let uids: BTreeSet<String> = objects.iter().filter_map(ResourceExt::uid).collect();
+    let orphans: Vec<String> = all
+        .iter()
+        .filter_map(|k| {
+            let uid = k.metadata_admin.as_ref()?.get(UID_MARKER)?.as_str()?;
+            (!uids.contains(uid)).then(|| format!("{} ({})", k.id, k.traits["email"]))
+        })
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "Kratos identities owned by no existing object: {orphans:?}"
+    );
+    let lost: Vec<&String> = deleted_emails
+        .iter()
+        .filter(|e| per_email.contains_key(&e.to_lowercase()))
+        .collect();
+    assert!(lost.is_empty(), "deletions lost in Kratos: {lost:?}");
+    for obj in objects {
+        let id = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.identity_id.clone())
+            .unwrap();
+        let k = by_id
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("{}: Kratos has no identity {id}", obj.name_any()));
+        assert!(
+            json::equal(&k.traits, &obj.spec.traits),
+            "{}: Kratos traits {} differ from the spec {}",
+            obj.name_any(),
+            k.traits,
+            obj.spec.traits
+        );
+        assert_eq!(
+            k.metadata_admin.as_ref().and_then(|m| m.get(UID_MARKER)),
+            Some(&json!(obj.uid().unwrap())),
+            "{}",
+            obj.name_any()
+        );
+    }
+    assert_eq!(
+        all.len(),
+        objects.len(),
+        "Kratos holds exactly one identity per object"
+    );
+}
+
+/// Deletes every Identity of the namespace and waits until they are gone and Kratos is empty
+/// (the operator must still run).
+async fn delete_all_and_wait(t: &TestEnv, kratos: &KratosClient, timeout: Duration) {
+    identities(t)
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .expect("delete all identities");
+    eventually("every Identity to be gone", timeout, || async {
+        identities(t)
+            .list(&ListParams::default())
+            .await
+            .ok()
+            .filter(|l| l.items.is_empty())
+            .map(drop)
+    })
+    .await;
+    let left = all_kratos_identities(kratos).await;
+    assert!(
+        left.is_empty(),
+        "{} Kratos identities left after every object was deleted",
+        left.len()
+    );
+}
+
+fn count_with_reason(objects: &[Identity], reason: &str) -> usize {
+    objects
+        .iter()
+        .filter(|o| ready_reason(o).is_some_and(|(_, r)| r == reason))
+        .count()
+}
+
+fn seed() -> u64 {
+    std::env::var("KRATOS_OPERATOR_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(7, |d| d.as_nanos() as u64)
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. SIGKILL of the operator process
+
+/// The operator binary, as in production (own process, env configuration), logging into `log`.
+struct OperatorProcess {
+    child: Child,
+}
+
+impl OperatorProcess {
+    fn spawn(t: &TestEnv, admin: &str, public: &str, log: &Path) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kratos-operator"))
+            .env("KUBECONFIG", &t.env.state.kubeconfig)
+            .env("KRATOS_ADMIN_URL", admin)
+            .env("KRATOS_PUBLIC_URL", public)
+            .env("WATCH_NAMESPACE", &t.namespace)
+            .env("RESYNC_INTERVAL", "2s")
+            .env("MAX_CONCURRENT_RECONCILES", "16")
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("LEADER_ELECT", "false")
+            .env("POD_NAME", format!("fault-{}", std::process::id()))
+            .env(
+                "RUST_LOG",
+                std::env::var("KRATOS_OPERATOR_FAULT_LOG")
+                    .unwrap_or_else(|_| "info,kube=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the operator binary");
+        Self { child }
+    }
+
+    /// SIGKILL: no shutdown, no cleanup, requests in flight are cut.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Random spec updates, deletions and creations; `live` and `deleted` follow.
+#[allow(clippy::too_many_arguments)]
+async fn mutate(
+    t: &TestEnv,
+    rng: &mut StdRng,
+    round: usize,
+    when: &str,
+    live: &mut BTreeMap<String, Value>,
+    deleted: &mut BTreeSet<String>,
+    counts: &mut (usize, usize, usize),
+) {
+    let updates: Vec<String> = live.keys().cloned().choose_multiple(rng, 6);
+    let mut changed = BTreeMap::new();
+    for name in updates {
+        let t2 = traits(t, &name, &format!("{when}-{round}"));
+        live.insert(name.clone(), t2.clone());
+        changed.insert(name, t2);
+    }
+    for k in 0..4 {
+        let name = format!("n{round:02}-{when}-{k}");
+        let t2 = traits(t, &name, "new");
+        live.insert(name.clone(), t2.clone());
+        changed.insert(name, t2);
+    }
+    apply_all(t, &changed).await;
+    counts.0 += 4;
+    counts.1 += 6;
+    let doomed: Vec<String> = live.keys().cloned().choose_multiple(rng, 3);
+    for name in doomed {
+        delete(t, &name).await;
+        live.remove(&name);
+        deleted.insert(email(t, &name));
+        counts.2 += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_killed_with_sigkill_20_times_loses_nothing() {
+    let soak = std::env::var("KRATOS_OPERATOR_SOAK").is_ok_and(|v| v == "1");
+    let (objects_n, rounds) = if soak { (1000, 100) } else { (220, 20) };
+    let seed = seed();
+    println!(
+        "seed {seed} (KRATOS_OPERATOR_FAULT_SEED replays it), {objects_n} objects, {rounds} kills"
+    );
+    let mut rng = StdRng::seed_from_u64(seed);
+    let t = setup("fault-sigkill").await;
+    support::install_crds(&t.client).await;
+    let (kratos, dir) = private_kratos(&t).await;
+    let (admin, public) = (kratos.admin_url(), kratos.public_url());
+    let log = std::env::temp_dir().join(format!("{}-operator.log", t.namespace));
+    let started = Instant::now();
+
+    let mut live: BTreeMap<String, Value> = (0..objects_n)
+        .map(|i| {
+            let name = format!("u{i:04}");
+            let tr = traits(&t, &name, "v0");
+            (name, tr)
+        })
+        .collect();
+    let mut deleted: BTreeSet<String> = BTreeSet::new();
+    let mut counts = (objects_n, 0, 0);
+    apply_all(&t, &live).await;
+
+    for round in 0..rounds {
+        let op = OperatorProcess::spawn(&t, &admin, &public, &log);
+        // The first kills land in the mass create; later ones in updates, deletes, resyncs.
+        let alive = Duration::from_millis(rng.random_range(300..2500));
+        let mutate_at = alive.mul_f64(rng.random_range(0.0..1.0));
+        tokio::time::sleep(mutate_at).await;
+        if round % 2 == 1 {
+            mutate(
+                &t,
+                &mut rng,
+                round,
+                "alive",
+                &mut live,
+                &mut deleted,
+                &mut counts,
+            )
+            .await;
+        }
+        tokio::time::sleep(alive.saturating_sub(mutate_at)).await;
+        op.kill();
+        if round % 2 == 0 {
+            mutate(
+                &t,
+                &mut rng,
+                round,
+                "dead",
+                &mut live,
+                &mut deleted,
+                &mut counts,
+            )
+            .await;
+        }
+    }
+    let kills_done = started.elapsed();
+
+    let op = OperatorProcess::spawn(&t, &admin, &public, &log);
+    let restart = Instant::now();
+    let objects =
+        wait_converged(&t, &live, Duration::from_secs(if soak { 600 } else { 120 })).await;
+    let converge = restart.elapsed();
+    let k = kratos_client(&admin, &public);
+    assert_kratos_equals_manifests(&k, &objects, &deleted).await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(t.client.clone(), &t.namespace);
+    let recovered = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Recovered"))
+        .count();
+    println!(
+        "FIGURES sigkill: {rounds} kills in {kills_done:?}; objects created {}, spec updates {}, deleted {}; \
+         final {} objects; converged {converge:?} after the last restart; {recovered} identities taken back \
+         (created before a kill, status lost); Kratos identities {}",
+        counts.0,
+        counts.1,
+        counts.2,
+        objects.len(),
+        objects.len(),
+    );
+    // Deleting everything through the operator empties Kratos: no deletion is lost either.
+    let cleanup = Instant::now();
+    delete_all_and_wait(&t, &k, Duration::from_secs(if soak { 600 } else { 90 })).await;
+    println!(
+        "FIGURES sigkill: all {} objects deleted and Kratos empty in {:?}",
+        objects.len(),
+        cleanup.elapsed()
+    );
+    drop(op);
+    drop_kratos(kratos, dir).await;
+    if keep() {
+        println!("kept {}", log.display());
+    } else {
+        let _ = std::fs::remove_file(log);
+    }
+    t.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Kratos stopped and restarted mid-sync
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kratos_restarted_mid_sync_reports_unavailable_and_converges() {
+    let t = setup("fault-kratos").await;
+    let (mut kratos, dir) = private_kratos(&t).await;
+    let (admin, public) = (kratos.admin_url(), kratos.public_url());
+    let op = start_operator_with(&t, &admin, &public, test_settings(&t.namespace)).await;
+    let mut expected: BTreeMap<String, Value> = (0..120)
+        .map(|i| {
+            let name = format!("a{i:03}");
+            let tr = traits(&t, &name, "v0");
+            (name, tr)
+        })
+        .collect();
+    apply_all(&t, &expected).await;
+    eventually(
+        "some identities to be synced",
+        Duration::from_secs(60),
+        || async {
+            let list = identities(&t).list(&ListParams::default()).await.ok()?;
+            (list.items.iter().filter(|o| is_synced(o)).count() >= 20).then_some(())
+        },
+    )
+    .await;
+    let stopped = Instant::now();
+    kratos = tokio::task::spawn_blocking(move || {
+        kratos.stop();
+        kratos
+    })
+    .await
+    .unwrap();
+    // More work while Kratos is down: 100 creates and 30 updates.
+    let mut more: BTreeMap<String, Value> = (0..100)
+        .map(|i| {
+            let name = format!("b{i:03}");
+            let tr = traits(&t, &name, "v0");
+            (name, tr)
+        })
+        .collect();
+    for i in 0..30 {
+        let name = format!("a{i:03}");
+        more.insert(name.clone(), traits(&t, &name, "during-outage"));
+    }
+    apply_all(&t, &more).await;
+    expected.extend(more);
+    let mut peak_unavailable = 0;
+    let (updated_unavailable, new_unavailable) = eventually(
+        "an updated and a new object to report KratosUnavailable",
+        Duration::from_secs(60),
+        || async {
+            let list = identities(&t).list(&ListParams::default()).await.ok()?;
+            let unavailable = |prefix: &str| {
+                list.items
+                    .iter()
+                    .filter(|o| o.name_any().starts_with(prefix))
+                    .filter(|o| {
+                        ready_reason(o) == Some(("False".into(), "KratosUnavailable".into()))
+                    })
+                    .count()
+            };
+            let (a, b) = (unavailable("a0"), unavailable("b"));
+            (a > 0 && b > 0).then_some((a, b))
+        },
+    )
+    .await;
+    // Stay down a while longer, so that backoffs grow.
+    while stopped.elapsed() < Duration::from_secs(8) {
+        let list = identities(&t).list(&ListParams::default()).await.unwrap();
+        peak_unavailable =
+            peak_unavailable.max(count_with_reason(&list.items, "KratosUnavailable"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let down_for = stopped.elapsed();
+    let kratos = tokio::task::spawn_blocking(move || {
+        kratos.restart().expect("restart Kratos");
+        kratos
+    })
+    .await
+    .unwrap();
+    let back = Instant::now();
+    let objects = wait_converged(&t, &expected, Duration::from_secs(120)).await;
+    let converge = back.elapsed();
+    let k = kratos_client(&admin, &public);
+    assert_kratos_equals_manifests(&k, &objects, &BTreeSet::new()).await;
+    println!(
+        "FIGURES kratos-restart: {} objects; Kratos down {down_for:?}; KratosUnavailable seen on {updated_unavailable} \
+         updated and {new_unavailable} new objects at first, peak {peak_unavailable}; converged {converge:?} after \
+         Kratos was back; Kratos calls {}",
+        objects.len(),
+        op.kratos.metrics().total_calls()
+    );
+    delete_all_and_wait(&t, &k, Duration::from_secs(60)).await;
+    drop(op);
+    drop_kratos(kratos, dir).await;
+    t.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. kube-apiserver restarted (a private control plane)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn apiserver_restart_resumes_watches_and_misses_nothing() {
+    let dir = std::env::temp_dir().join(support::unique_name("kratos-operator-env-fault"));
+    let up = Instant::now();
+    let env = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || Environment::up(&dir).expect("a private environment")
+    })
+    .await
+    .unwrap();
+    let env_up = up.elapsed();
+    // The scenario runs in its own task so that the environment is stopped even when it fails.
+    let result = tokio::spawn(apiserver_restart_scenario(env)).await;
+    tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || kratos_operator_testenv::env::down(&dir)
+    })
+    .await
+    .unwrap()
+    .expect("stop the private environment");
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Ok(figures) => {
+            println!("FIGURES apiserver-restart: environment up in {env_up:?}; {figures}")
+        }
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+async fn apiserver_restart_scenario(mut env: Environment) -> String {
+    let leaked: &'static Environment = Box::leak(Box::new(env.clone()));
+    let client = support::client(leaked).await;
+    let namespace = support::unique_name("fault-apiserver");
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": namespace } })).unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let t = TestEnv {
+        env: leaked,
+        client,
+        namespace,
+        kratos_admin_url: env.state.kratos_admin_url.clone(),
+        kratos_public_url: env.state.kratos_public_url.clone(),
+    };
+    let op = start_operator_with(
+        &t,
+        &t.kratos_admin_url,
+        &t.kratos_public_url,
+        test_settings(&t.namespace),
+    )
+    .await;
+    let mut expected: BTreeMap<String, Value> = (0..200)
+        .map(|i| {
+            let name = format!("p{i:03}");
+            let tr = traits(&t, &name, "v0");
+            (name, tr)
+        })
+        .collect();
+    apply_all(&t, &expected).await;
+    eventually(
+        "some identities to be synced",
+        Duration::from_secs(60),
+        || async {
+            let list = identities(&t).list(&ListParams::default()).await.ok()?;
+            (list.items.iter().filter(|o| is_synced(o)).count() >= 30).then_some(())
+        },
+    )
+    .await;
+    // Restart while the rest is being created and statuses written.
+    let restart = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        env.restart_apiserver(Duration::from_secs(10))
+            .expect("restart the kube-apiserver");
+    })
+    .await
+    .unwrap();
+    let downtime = restart.elapsed();
+    // Changes made after the restart must reach Kratos through the resumed watches.
+    let after = Instant::now();
+    let mut changes = BTreeMap::new();
+    changes.insert("p005".to_string(), traits(&t, "p005", "after-restart"));
+    changes.insert("after".to_string(), traits(&t, "after", "new"));
+    apply_all(&t, &changes).await;
+    delete(&t, "p007").await;
+    expected.extend(changes);
+    expected.remove("p007");
+    let objects = wait_converged(&t, &expected, Duration::from_secs(120)).await;
+    let converge = after.elapsed();
+    let k = kratos_client(&t.kratos_admin_url, &t.kratos_public_url);
+    let deleted = BTreeSet::from([email(&t, "p007")]);
+    assert_kratos_equals_manifests(&k, &objects, &deleted).await;
+    let p005 = objects.iter().find(|o| o.name_any() == "p005").unwrap();
+    let id = p005.status.as_ref().unwrap().identity_id.clone().unwrap();
+    let in_kratos = k.get_identity(&id, &[]).await.unwrap();
+    assert_eq!(in_kratos.traits["name"]["first"], "after-restart");
+    drop(op);
+    format!(
+        "{} objects; apiserver restart (stop + start + ready) took {downtime:?}; the changes made after it \
+         (update, create, delete) and the rest converged in {converge:?}",
+        objects.len()
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. 429 with x-ratelimit-reset, then 503: a proxy in front of the real Kratos
+
+/// What the proxy answered, and when.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    status: u16,
+    /// For a 429: the reset instant it announced.
+    reset: Option<Instant>,
+}
+
+struct ProxyState {
+    /// Rate limiting until then: `QUOTA` requests per `WINDOW`, then 429 until the window ends.
+    rate_limit_until: Option<Instant>,
+    /// 503 for everything until then (after the rate limiting).
+    unavailable_until: Option<Instant>,
+    window_start: Option<Instant>,
+    window_count: u32,
+    seen: Vec<Seen>,
+}
+
+const WINDOW: Duration = Duration::from_secs(2);
+const QUOTA: u32 = 10;
+
+#[derive(Clone)]
+struct Proxy {
+    upstream: String,
+    http: reqwest::Client,
+    state: Arc<Mutex<ProxyState>>,
+}
+
+enum Verdict {
+    Forward,
+    RateLimited(u64),
+    Unavailable,
+}
+
+impl Proxy {
+    fn judge(&self, now: Instant) -> Verdict {
+        let mut s = self.state.lock().unwrap();
+        let verdict = if s.rate_limit_until.is_some_and(|u| now < u) {
+            if s.window_start.is_none_or(|w| now >= w + WINDOW) {
+                s.window_start = Some(now);
+                s.window_count = 0;
+            }
+            s.window_count += 1;
+            if s.window_count > QUOTA {
+                let end = s.window_start.unwrap() + WINDOW;
+                Verdict::RateLimited((end - now).as_secs_f64().ceil().max(1.0) as u64)
+            } else {
+                Verdict::Forward
+            }
+        } else if s.unavailable_until.is_some_and(|u| now < u) {
+            Verdict::Unavailable
+        } else {
+            Verdict::Forward
+        };
+        let (status, reset) = match &verdict {
+            Verdict::Forward => (0, None),
+            Verdict::RateLimited(secs) => (429, Some(now + Duration::from_secs(*secs))),
+            Verdict::Unavailable => (503, None),
+        };
+        s.seen.push(Seen {
+            at: now,
+            status,
+            reset,
+        });
+        verdict
+    }
+}
+
+async fn proxy_handler(
+    axum::extract::State(p): axum::extract::State<Proxy>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let now = Instant::now();
+    match p.judge(now) {
+        Verdict::RateLimited(secs) => {
+            return (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [
+                    ("x-ratelimit-limit", QUOTA.to_string()),
+                    ("x-ratelimit-remaining", "0".to_string()),
+                    ("x-ratelimit-reset", secs.to_string()),
+                    ("content-type", "application/json".to_string()),
+                ],
+                r#"{"error":{"code":429,"status":"Too Many Requests","message":"rate limit exceeded"}}"#,
+            )
+                .into_response();
+        }
+        Verdict::Unavailable => {
+            return (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                [("content-type", "application/json")],
+                r#"{"error":{"code":503,"status":"Service Unavailable","message":"injected outage"}}"#,
+            )
+                .into_response();
+        }
+        Verdict::Forward => {}
+    }
+    let (parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let body = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
+    let mut forward = p
+        .http
+        .request(parts.method.clone(), format!("{}{path}", p.upstream))
+        .body(body.to_vec());
+    for name in ["content-type", "accept", "authorization"] {
+        if let Some(v) = parts.headers.get(name) {
+            forward = forward.header(name, v.clone());
+        }
+    }
+    match forward.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let mut headers = axum::http::HeaderMap::new();
+            for name in ["content-type", "link", "location", "x-total-count"] {
+                if let Some(v) = resp.headers().get(name) {
+                    headers.insert(name, v.clone());
+                }
+            }
+            let bytes = resp.bytes().await.unwrap_or_default();
+            (status, headers, bytes).into_response()
+        }
+        Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+async fn start_proxy(upstream: String) -> (String, Arc<Mutex<ProxyState>>) {
+    let state = Arc::new(Mutex::new(ProxyState {
+        rate_limit_until: None,
+        unavailable_until: None,
+        window_start: None,
+        window_count: 0,
+        seen: Vec::new(),
+    }));
+    let proxy = Proxy {
+        upstream,
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        state: state.clone(),
+    };
+    let app = axum::Router::new()
+        .fallback(proxy_handler)
+        .with_state(proxy);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limits_and_outages_are_backed_off_and_converge() {
+    let t = setup("fault-429").await;
+    let (kratos, dir) = private_kratos(&t).await;
+    let (proxy_url, state) = start_proxy(kratos.admin_url()).await;
+    let op = start_operator_with(
+        &t,
+        &proxy_url,
+        &kratos.public_url(),
+        test_settings(&t.namespace),
+    )
+    .await;
+    let mut expected: BTreeMap<String, Value> = (0..220)
+        .map(|i| {
+            let name = format!("r{i:03}");
+            let tr = traits(&t, &name, "v0");
+            (name, tr)
+        })
+        .collect();
+    apply_all(&t, &expected).await;
+    wait_converged(&t, &expected, Duration::from_secs(90)).await;
+
+    // Faults: 6 s of rate limiting, then 5 s of 503, while every spec changes and 30 objects
+    // are added (each update costs a read and a write per identity).
+    const LIMITED: Duration = Duration::from_secs(6);
+    const OUTAGE: Duration = Duration::from_secs(5);
+    let fault_start = Instant::now();
+    {
+        let mut s = state.lock().unwrap();
+        s.rate_limit_until = Some(fault_start + LIMITED);
+        s.unavailable_until = Some(fault_start + LIMITED + OUTAGE);
+        s.seen.clear();
+    }
+    let calls_before = op.kratos.metrics().total_calls();
+    let mut changes: BTreeMap<String, Value> = expected
+        .keys()
+        .map(|name| (name.clone(), traits(&t, name, "during-faults")))
+        .collect();
+    for i in 0..30 {
+        let name = format!("s{i:03}");
+        changes.insert(name.clone(), traits(&t, &name, "v0"));
+    }
+    apply_all(&t, &changes).await;
+    expected.extend(changes);
+    let mut unavailable_peak = 0;
+    while fault_start.elapsed() < LIMITED + OUTAGE {
+        let list = identities(&t).list(&ListParams::default()).await.unwrap();
+        unavailable_peak =
+            unavailable_peak.max(count_with_reason(&list.items, "KratosUnavailable"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let healed = Instant::now();
+    let objects = wait_converged(&t, &expected, Duration::from_secs(150)).await;
+    let converge = healed.elapsed();
+    let k = kratos_client(&kratos.admin_url(), &kratos.public_url());
+    assert_kratos_equals_manifests(&k, &objects, &BTreeSet::new()).await;
+
+    let seen = state.lock().unwrap().seen.clone();
+    let rel = |at: Instant| at.saturating_duration_since(fault_start).as_secs_f64();
+    // 1. No request while a reset the proxy announced is pending, beyond the requests already
+    //    in flight when the 429 went out (500 ms) and two stragglers.
+    const IN_FLIGHT: Duration = Duration::from_millis(500);
+    let announced: Vec<(Instant, Instant)> =
+        seen.iter().filter_map(|s| Some((s.at, s.reset?))).collect();
+    let violations: Vec<f64> = seen
+        .iter()
+        .filter(|s| {
+            announced.iter().any(|(at, reset)| {
+                s.at >= *at + IN_FLIGHT && s.at + Duration::from_millis(20) < *reset
+            })
+        })
+        .map(|s| rel(s.at))
+        .collect();
+    // 2. The request rate stays bounded: per second of the fault, and over the whole fault.
+    let fault_end = fault_start + LIMITED + OUTAGE;
+    let mut per_second: BTreeMap<u64, (u32, u32, u32)> = BTreeMap::new();
+    for s in seen
+        .iter()
+        .filter(|s| s.at < fault_end + Duration::from_secs(10))
+    {
+        let e = per_second.entry(rel(s.at) as u64).or_default();
+        match s.status {
+            429 => e.1 += 1,
+            503 => e.2 += 1,
+            _ => e.0 += 1,
+        }
+    }
+    let in_fault: Vec<u32> = per_second
+        .iter()
+        .filter(|(sec, _)| **sec < (LIMITED + OUTAGE).as_secs())
+        .map(|(_, (a, b, c))| a + b + c)
+        .collect();
+    let max_rps = in_fault.iter().copied().max().unwrap_or(0);
+    let total_429 = seen.iter().filter(|s| s.status == 429).count();
+    let total_503 = seen.iter().filter(|s| s.status == 503).count();
+    let table: Vec<String> = per_second
+        .iter()
+        .map(|(sec, (ok, r, u))| format!("{sec}s: {ok} forwarded, {r}x429, {u}x503"))
+        .collect();
+    println!(
+        "FIGURES 429/503: {} objects; {total_429} answers 429 and {total_503} answers 503 during {LIMITED:?} + {OUTAGE:?}; \
+         max {max_rps} requests in one second of the fault; {} requests announced-reset violations; \
+         KratosUnavailable peak {unavailable_peak}; converged {converge:?} after the faults ended; \
+         Kratos calls during and after the faults {}\n  per second: {}",
+        objects.len(),
+        violations.len(),
+        op.kratos.metrics().total_calls() - calls_before,
+        table.join("; ")
+    );
+    assert!(total_429 > 0 && total_503 > 0, "the faults were exercised");
+    assert!(
+        violations.len() <= 2,
+        "requests sent before the announced x-ratelimit-reset, at (s after fault start): {violations:?}"
+    );
+    // Rate limited: QUOTA per 2 s window plus the rejected requests in flight; outage: retries
+    // with backoff. A retry loop without backoff would send thousands per second.
+    assert!(
+        max_rps <= 80,
+        "{max_rps} requests in one second during the faults: {table:?}"
+    );
+    assert!(unavailable_peak > 0, "conditions showed KratosUnavailable");
+    delete_all_and_wait(&t, &k, Duration::from_secs(60)).await;
+    drop(op);
+    drop_kratos(kratos, dir).await;
+    t.cleanup().await;
+}

@@ -1,0 +1,575 @@
+//! No secret leaks: a full run (cleartext passwords and a bcrypt hash read from Secrets, a
+//! password rotation under policy Sync, a hash Kratos refuses, a recovery link and a recovery
+//! code, a bearer token for the Kratos admin API read from a file) while everything the operator
+//! emits is captured: its logs at TRACE (every crate, `log` records included), every Event in
+//! the namespace, the status of every object, and what its HTTP server answers on /metrics,
+//! /readyz and /healthz. None of the passwords, hashes, links, link tokens, codes or the token
+//! may appear in any of them, in clear or base64.
+//!
+//! This binary installs a global tracing subscriber, so it holds this one test only.
+
+// Test code: panicking on unexpected results is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use base64::Engine;
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Secret;
+use kratos_operator::{
+    api::{Identity, IdentitySchemaRef, RecoveryRequest},
+    controller::{self, Context},
+    kratos::{ClientConfig, KratosClient},
+    server,
+};
+use kratos_operator_testenv::kratos::ALLOWED_RETURN_URL;
+use kube::Api;
+use serde_json::{Value, json};
+use support::{TestEnv, apply, eventually, login, setup, test_settings, wait_ready};
+
+const T: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+struct SharedWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the global subscriber: every span and event at TRACE, from every crate, into a
+/// buffer. `try_init` also routes `log` records (rustls, for one) into it.
+fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let writer = SharedWriter(buffer.clone());
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(move || writer.clone())
+        .try_init()
+        .expect("install the capturing subscriber");
+    buffer
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+async fn secret(t: &TestEnv, name: &str, key: &str, value: &str) {
+    apply::<Secret>(
+        t,
+        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": { key: value } }),
+    )
+    .await;
+}
+
+async fn identity(t: &TestEnv, name: &str, spec: Value) {
+    apply::<Identity>(
+        t,
+        json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity", "metadata": { "name": name }, "spec": spec }),
+    )
+    .await;
+}
+
+async fn secret_data(t: &TestEnv, name: &str) -> BTreeMap<String, String> {
+    let s: Secret = Api::namespaced(t.client.clone(), &t.namespace)
+        .get(name)
+        .await
+        .unwrap();
+    s.data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+        .collect()
+}
+
+/// Occurrences of `digits` as a whole number, not counting the fraction of a timestamp
+/// (`.123456Z`), which is where a 6-digit number turns up by chance in TRACE logs.
+fn number_occurrences(haystack: &str, digits: &str) -> Vec<String> {
+    haystack
+        .match_indices(digits)
+        .filter(|(i, _)| {
+            let before = haystack[..*i].chars().next_back();
+            let after = haystack[i + digits.len()..].chars().next();
+            !before.is_some_and(|c| c.is_ascii_digit() || c == '.')
+                && !after.is_some_and(|c| c.is_ascii_digit())
+        })
+        .map(|(i, _)| {
+            let chars: String = haystack[..i].chars().rev().take(80).collect();
+            let before: String = chars.chars().rev().collect();
+            let after: String = haystack[i..].chars().take(80).collect();
+            format!("{before}{after}")
+        })
+        .collect()
+}
+
+/// A pass-through proxy in front of the Kratos admin API that records the Authorization headers
+/// it sees: proof that the token was really sent (the real Kratos ignores it).
+async fn recording_proxy(upstream: String) -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let recorded = seen.clone();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (upstream, recorded, http) = (upstream.clone(), recorded.clone(), http.clone());
+        async move {
+            use axum::response::IntoResponse;
+            let (parts, body) = request.into_parts();
+            if let Some(v) = parts.headers.get("authorization") {
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push(v.to_str().unwrap_or("").to_string());
+            }
+            let path = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            let body = axum::body::to_bytes(body, 64 << 20)
+                .await
+                .unwrap_or_default();
+            let mut forward = http
+                .request(parts.method.clone(), format!("{upstream}{path}"))
+                .body(body.to_vec());
+            for name in ["content-type", "accept", "authorization"] {
+                if let Some(v) = parts.headers.get(name) {
+                    forward = forward.header(name, v.clone());
+                }
+            }
+            match forward.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let mut headers = axum::http::HeaderMap::new();
+                    for name in ["content-type", "link", "location"] {
+                        if let Some(v) = resp.headers().get(name) {
+                            headers.insert(name, v.clone());
+                        }
+                    }
+                    (status, headers, resp.bytes().await.unwrap_or_default()).into_response()
+                }
+                Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), seen)
+}
+
+async fn get(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_password_hash_link_code_or_token_appears_in_logs_events_status_or_metrics() {
+    let logs = capture_logs();
+    let t = setup("security").await;
+    support::install_crds(&t.client).await;
+
+    // The bearer token, from a file, as the chart mounts it.
+    let token = format!("ory_pat_{}", random_hex(24));
+    let token_dir = std::env::temp_dir().join(format!("token-{}", t.namespace));
+    std::fs::create_dir_all(&token_dir).unwrap();
+    let token_file = token_dir.join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let (admin, authorizations) = recording_proxy(t.kratos_admin_url.clone()).await;
+    let mut config = ClientConfig::new(admin.parse().unwrap());
+    config.public_url = Some(t.kratos_public_url.parse().unwrap());
+    config.token_file = Some(token_file.clone());
+    config.request_timeout = Duration::from_secs(10);
+    let kratos = KratosClient::new(config).unwrap();
+    let ctx = Arc::new(Context::new(
+        t.client.clone(),
+        kratos.clone(),
+        test_settings(&t.namespace),
+    ));
+    let operator = tokio::spawn(controller::run(
+        ctx.clone(),
+        futures::future::pending().boxed(),
+    ));
+    let (addr, _server) = server::serve(ctx.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+
+    // Passwords and hashes.
+    let email = |n: &str| format!("{n}.{}@example.com", t.namespace);
+    let alice_pw = format!("alice-Pw-{}", random_hex(10));
+    let alice_pw2 = format!("alice-Pw2-{}", random_hex(10));
+    let bob_pw = format!("bob-Pw-{}", random_hex(10));
+    let bob_hash = bcrypt::hash(&bob_pw, 4).unwrap();
+    let carol_pw = format!("carol-Pw-{}", random_hex(10));
+    let refused_hash = format!("$unknown$v=1${}", random_hex(16));
+    apply::<IdentitySchemaRef>(&t, json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "IdentitySchemaRef", "metadata": { "name": "customer" }, "spec": { "schemaId": "customer" } })).await;
+    secret(&t, "alice-pw", "password", &alice_pw).await;
+    secret(&t, "bob-hash", "hash", &bob_hash).await;
+    secret(&t, "carol-pw", "password", &carol_pw).await;
+    secret(&t, "mallory-hash", "hash", &refused_hash).await;
+    identity(&t, "alice", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": email("alice") },
+        "credentials": { "password": { "secretRef": { "name": "alice-pw", "key": "password" }, "policy": "Sync" } } })).await;
+    identity(&t, "bob", json!({ "schemaId": "customer", "traits": { "email": email("bob") },
+        "credentials": { "password": { "hashedSecretRef": { "name": "bob-hash", "key": "hash" } } } })).await;
+    identity(&t, "carol", json!({ "schemaId": "customer", "traits": { "email": email("carol") },
+        "credentials": { "password": { "secretRef": { "name": "carol-pw", "key": "password" } } } })).await;
+    identity(&t, "mallory", json!({ "schemaId": "customer", "traits": { "email": email("mallory") },
+        "credentials": { "password": { "hashedSecretRef": { "name": "mallory-hash", "key": "hash" } } } })).await;
+    for name in ["alice", "bob", "carol"] {
+        wait_ready::<Identity>(&t, name, "True", Some("Synced"), T).await;
+    }
+    wait_ready::<Identity>(&t, "mallory", "False", Some("InvalidSpec"), T).await;
+    let public = &t.kratos_public_url;
+    login(public, &email("alice"), &alice_pw)
+        .await
+        .expect("alice's password was imported");
+    login(public, &email("bob"), &bob_pw)
+        .await
+        .expect("bob's hash was imported");
+    login(public, &email("carol"), &carol_pw)
+        .await
+        .expect("carol's password was imported");
+    // Rotation under policy Sync: the new password is imported, the old one stops working.
+    secret(&t, "alice-pw", "password", &alice_pw2).await;
+    eventually("alice's rotated password to work", T, || async {
+        login(public, &email("alice"), &alice_pw2)
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await;
+
+    // A recovery link and a recovery code.
+    let rr = |name: &str, spec: Value| json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "RecoveryRequest", "metadata": { "name": name }, "spec": spec });
+    apply::<RecoveryRequest>(&t, rr("alice-link", json!({ "identityRef": { "name": "alice" }, "method": "link", "returnTo": ALLOWED_RETURN_URL }))).await;
+    apply::<RecoveryRequest>(
+        &t,
+        rr(
+            "alice-code",
+            json!({ "identityRef": { "name": "alice" }, "method": "code" }),
+        ),
+    )
+    .await;
+    wait_ready::<RecoveryRequest>(&t, "alice-link", "True", Some("Issued"), T).await;
+    wait_ready::<RecoveryRequest>(&t, "alice-code", "True", Some("Issued"), T).await;
+    let link = secret_data(&t, "alice-link").await["recoveryLink"].clone();
+    let code_data = secret_data(&t, "alice-code").await;
+    let (code_link, code) = (
+        code_data["recoveryLink"].clone(),
+        code_data["recoveryCode"].clone(),
+    );
+    let link_token = url::Url::parse(&link)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.to_string())
+        .expect("token in the link");
+    assert!(
+        link_token.len() >= 16 && code.len() >= 6,
+        "real secrets to look for"
+    );
+
+    // The HTTP server, and a few resyncs and drift sweeps with everything in place.
+    let base = format!("http://{addr}");
+    eventually("/readyz to answer ok", T, || async {
+        (get(&format!("{base}/readyz")).await == "ok").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let metrics = get(&format!("{base}/metrics")).await;
+    let readyz = get(&format!("{base}/readyz")).await;
+    let healthz = get(&format!("{base}/healthz")).await;
+    assert!(
+        metrics.contains("kratos_client_calls_total"),
+        "metrics are captured: {metrics}"
+    );
+    assert!(
+        kratos.metrics().calls("create_recovery_code") == 1,
+        "the flow ran"
+    );
+
+    // Everything the operator wrote or emitted.
+    let mut places: Vec<(&str, String)> = Vec::new();
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(t.client.clone(), &t.namespace);
+    let events = events.list(&Default::default()).await.unwrap().items;
+    assert!(events.len() >= 8, "events are captured: {}", events.len());
+    places.push((
+        "events.k8s.io Events",
+        serde_json::to_string(&events).unwrap(),
+    ));
+    let core_events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(t.client.clone(), &t.namespace);
+    places.push((
+        "core Events",
+        serde_json::to_string(&core_events.list(&Default::default()).await.unwrap().items).unwrap(),
+    ));
+    let statuses = |items: Vec<Value>| {
+        items.into_iter().map(|o| json!({ "name": o["metadata"]["name"], "status": o["status"], "annotations": o["metadata"]["annotations"] })).collect::<Vec<_>>()
+    };
+    let ids: Vec<Value> = Api::<Identity>::namespaced(t.client.clone(), &t.namespace)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .collect();
+    let rrs: Vec<Value> = Api::<RecoveryRequest>::namespaced(t.client.clone(), &t.namespace)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .collect();
+    let srs: Vec<Value> = Api::<IdentitySchemaRef>::namespaced(t.client.clone(), &t.namespace)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .collect();
+    assert_eq!((ids.len(), rrs.len(), srs.len()), (4, 2, 1));
+    places.push((
+        "Identity status",
+        serde_json::to_string(&statuses(ids)).unwrap(),
+    ));
+    places.push((
+        "RecoveryRequest status",
+        serde_json::to_string(&statuses(rrs)).unwrap(),
+    ));
+    places.push((
+        "IdentitySchemaRef status",
+        serde_json::to_string(&statuses(srs)).unwrap(),
+    ));
+    places.push(("/metrics", metrics));
+    places.push(("/readyz and /healthz", format!("{readyz}\n{healthz}")));
+    places.push((
+        "Kratos client Debug",
+        format!("{kratos:?} {:?}", ctx.settings),
+    ));
+    let log = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+    assert!(
+        log.contains("kratos call finished"),
+        "the operator's logs are captured"
+    );
+    assert!(log.contains("TRACE"), "TRACE records are captured");
+    assert!(
+        log.contains("issued a recovery"),
+        "the recovery controller's logs are captured"
+    );
+    places.push(("logs", log.clone()));
+
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut needles: Vec<(String, String)> = vec![
+        ("alice's password".into(), alice_pw.clone()),
+        ("alice's rotated password".into(), alice_pw2.clone()),
+        ("bob's password".into(), bob_pw.clone()),
+        ("bob's bcrypt hash".into(), bob_hash.clone()),
+        (
+            "bob's bcrypt salt and digest".into(),
+            bob_hash[7..].to_string(),
+        ),
+        ("carol's password".into(), carol_pw.clone()),
+        ("the refused hash".into(), refused_hash.clone()),
+        ("the recovery link".into(), link.clone()),
+        ("the recovery link's token".into(), link_token.clone()),
+        ("the recovery code's flow link".into(), code_link.clone()),
+        ("the bearer token".into(), token.clone()),
+    ];
+    for (what, value) in needles.clone() {
+        needles.push((format!("{what} (base64)"), b64(&value)));
+    }
+    let scan = |place: &str, text: &str| {
+        let mut found = Vec::new();
+        for (what, value) in &needles {
+            if text.contains(value.as_str()) {
+                found.push(format!("{what} in {place}"));
+            }
+        }
+        for hit in number_occurrences(text, &code) {
+            found.push(format!("the recovery code in {place}: …{hit}…"));
+        }
+        found
+    };
+    // The scan finds what it looks for (a planted copy of two of them).
+    let planted = format!("{log} password={carol_pw} code: {code}\n");
+    assert_eq!(scan("planted", &planted).len(), 2, "the scan works");
+    // The token was really sent to Kratos, on every admin call.
+    let sent = authorizations.lock().unwrap().clone();
+    assert!(
+        !sent.is_empty() && sent.iter().all(|h| *h == format!("Bearer {token}")),
+        "{} admin requests carried the token",
+        sent.len()
+    );
+    let found: Vec<String> = places
+        .iter()
+        .flat_map(|(place, text)| scan(place, text))
+        .collect();
+    let sizes: Vec<String> = places
+        .iter()
+        .map(|(p, t)| format!("{p}: {} bytes", t.len()))
+        .collect();
+    println!(
+        "FIGURES security: {} admin requests carried the token; scanned {} for {} secret values and the 6-digit code: {} findings",
+        sent.len(),
+        sizes.join(", "),
+        needles.len(),
+        found.len()
+    );
+    assert!(found.is_empty(), "secrets leaked: {found:#?}");
+
+    // Clean up through the operator (its finalizer deletes the Kratos identities).
+    let identities = Api::<Identity>::namespaced(t.client.clone(), &t.namespace);
+    identities
+        .delete_collection(&Default::default(), &Default::default())
+        .await
+        .unwrap();
+    eventually("the identities to be deleted", T, || async {
+        identities
+            .list(&Default::default())
+            .await
+            .ok()
+            .filter(|l| l.items.is_empty())
+            .map(drop)
+    })
+    .await;
+    operator.abort();
+    let _ = std::fs::remove_dir_all(token_dir);
+    t.cleanup().await;
+}
+
+/// The operator watches Secrets (to re-import a changed password) as metadata only: the
+/// collection requests it sends for Secrets ask for `PartialObjectMetadata`, so Secret data
+/// (passwords, TLS keys, anything else in the namespace) never reaches it through the watch. Only
+/// the one referenced Secret is read in full, when an import is due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_are_watched_as_metadata_only() {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let t = setup("security-watch").await;
+    support::install_crds(&t.client).await;
+    let seen: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
+    let recorded = seen.clone();
+    let layer =
+        tower::util::MapRequestLayer::new(move |req: axum::http::Request<kube::client::Body>| {
+            let accept = req
+                .headers()
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            recorded.lock().unwrap().push((
+                req.method().to_string(),
+                req.uri()
+                    .path_and_query()
+                    .map_or(String::new(), |p| p.to_string()),
+                accept,
+            ));
+            req
+        });
+    let kubeconfig = Kubeconfig::read_from(&t.env.state.kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let client = kube::client::ClientBuilder::try_from(config)
+        .unwrap()
+        .with_layer(&layer)
+        .build();
+    let ctx = Arc::new(Context::new(
+        client,
+        support::kratos_client(&t.kratos_admin_url, &t.kratos_public_url),
+        test_settings(&t.namespace),
+    ));
+    let operator = tokio::spawn(controller::run(ctx, futures::future::pending().boxed()));
+    let email = format!("watch.{}@example.com", t.namespace);
+    secret(&t, "pw", "password", &format!("first-{}", random_hex(8))).await;
+    secret(&t, "unrelated", "tls.key", "-----BEGIN PRIVATE KEY-----").await;
+    identity(&t, "w", json!({ "schemaId": "customer", "traits": { "email": email },
+        "credentials": { "password": { "secretRef": { "name": "pw", "key": "password" }, "policy": "Sync" } } })).await;
+    let first = wait_ready::<Identity>(&t, "w", "True", Some("Synced"), T).await;
+    let version = |o: &Identity| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.credentials.as_ref())
+            .and_then(|c| c.password.as_ref())
+            .map(|p| p.secret_version.clone())
+    };
+    let v1 = version(&first);
+    // A changed Secret reaches the operator through the watch and is imported again.
+    let second = format!("second-{}", random_hex(8));
+    secret(&t, "pw", "password", &second).await;
+    eventually("the changed password to be imported", T, || async {
+        let o: Identity = Api::namespaced(t.client.clone(), &t.namespace)
+            .get("w")
+            .await
+            .ok()?;
+        (version(&o) != v1).then_some(())
+    })
+    .await;
+    login(&t.kratos_public_url, &email, &second)
+        .await
+        .expect("re-imported");
+
+    let collection = format!("/api/v1/namespaces/{}/secrets", t.namespace);
+    let requests = seen.lock().unwrap().clone();
+    let lists: Vec<&(String, String, String)> = requests
+        .iter()
+        .filter(|(_, path, _)| path == &collection || path.starts_with(&format!("{collection}?")))
+        .collect();
+    let reads: Vec<&(String, String, String)> = requests
+        .iter()
+        .filter(|(m, path, _)| m == "GET" && path.starts_with(&format!("{collection}/")))
+        .collect();
+    println!(
+        "FIGURES security-watch: {} list/watch requests on Secrets, {} reads of one Secret (imports)",
+        lists.len(),
+        reads.len()
+    );
+    assert!(
+        !lists.is_empty(),
+        "the operator watches Secrets: {requests:?}"
+    );
+    let full: Vec<_> = lists
+        .iter()
+        .filter(|(_, _, accept)| !accept.contains("as=PartialObjectMetadata"))
+        .collect();
+    assert!(
+        full.is_empty(),
+        "Secrets listed or watched with their data: {full:?}"
+    );
+    assert!(
+        reads
+            .iter()
+            .all(|(_, path, _)| path.starts_with(&format!("{collection}/pw"))),
+        "only the referenced Secret is read: {reads:?}"
+    );
+
+    let identities = Api::<Identity>::namespaced(t.client.clone(), &t.namespace);
+    identities.delete("w", &Default::default()).await.unwrap();
+    eventually("w to be deleted", T, || async {
+        identities.get_opt("w").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    operator.abort();
+    t.cleanup().await;
+}
