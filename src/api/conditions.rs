@@ -62,6 +62,16 @@ impl Desired {
     }
 }
 
+/// The conditions of an object that is not Ready: `Ready=False`, plus `Stalled=True` when only a
+/// change can help, or `Reconciling=True` while the operator keeps trying.
+pub fn not_ready(reason: &str, message: &str, stalled: bool) -> Vec<Desired> {
+    let second = if stalled { STALLED } else { RECONCILING };
+    vec![
+        Desired::new(READY, Status::False, reason, message),
+        Desired::new(second, Status::True, reason, message),
+    ]
+}
+
 /// Merges `desired` into `existing`: conditions of the listed types are replaced (keeping
 /// `lastTransitionTime` when the status did not change), the kstatus types not listed are removed,
 /// and other condition types are kept as they are.

@@ -87,27 +87,7 @@ pub fn synced_status(obj: &Identity, s: &Synced, now: Timestamp) -> IdentityStat
 pub fn blocked_status(obj: &Identity, b: &Blocked, now: Timestamp) -> IdentityStatus {
     let prev = obj.status.clone().unwrap_or_default();
     let generation = obj.metadata.generation;
-    let mut desired = vec![Desired::new(
-        conditions::READY,
-        Status::False,
-        b.reason,
-        b.message.clone(),
-    )];
-    if b.stalled {
-        desired.push(Desired::new(
-            conditions::STALLED,
-            Status::True,
-            b.reason,
-            b.message.clone(),
-        ));
-    } else {
-        desired.push(Desired::new(
-            conditions::RECONCILING,
-            Status::True,
-            b.reason,
-            b.message.clone(),
-        ));
-    }
+    let desired = conditions::not_ready(b.reason, &b.message, b.stalled);
     IdentityStatus {
         observed_generation: generation,
         conditions: conditions::merge(&prev.conditions, &desired, generation, now),

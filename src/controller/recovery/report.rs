@@ -103,27 +103,7 @@ pub fn issued_status(
 pub fn blocked_status(obj: &RecoveryRequest, b: &Blocked, now: Timestamp) -> RecoveryRequestStatus {
     let prev = obj.status.clone().unwrap_or_default();
     let generation = obj.metadata.generation;
-    let mut desired = vec![Desired::new(
-        conditions::READY,
-        Status::False,
-        b.reason,
-        b.message.clone(),
-    )];
-    if b.stalled {
-        desired.push(Desired::new(
-            conditions::STALLED,
-            Status::True,
-            b.reason,
-            b.message.clone(),
-        ));
-    } else {
-        desired.push(Desired::new(
-            conditions::RECONCILING,
-            Status::True,
-            b.reason,
-            b.message.clone(),
-        ));
-    }
+    let desired = conditions::not_ready(b.reason, &b.message, b.stalled);
     RecoveryRequestStatus {
         phase: Some(b.phase),
         identity: obj.spec.identity_display(),
