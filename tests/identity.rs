@@ -19,7 +19,7 @@ use support::{
     TestEnv, apply, events_for, eventually, kratos_client, login, setup, start_operator, wait_ready,
 };
 
-const T: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(60);
 
 fn email(t: &TestEnv, user: &str) -> String {
     format!("{user}.{}@example.com", t.namespace)

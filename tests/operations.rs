@@ -32,7 +32,7 @@ use support::{
     wait_ready,
 };
 
-const T: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(60);
 
 fn identity_manifest(name: &str, email: &str) -> serde_json::Value {
     json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity", "metadata": { "name": name },
