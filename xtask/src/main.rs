@@ -473,7 +473,23 @@ fn demo() -> Result<(), String> {
         "{:<38} {:<10} {:<28} {:<8} MANAGED BY",
         "ID", "SCHEMA", "IDENTIFIER", "STATE"
     );
-    for i in list.as_array().into_iter().flatten() {
+    let all = list.as_array().cloned().unwrap_or_default();
+    let demo: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|i| {
+            i["metadata_admin"]["kratos-operator.dev/owner"]
+                .as_str()
+                .is_some_and(|o| o.starts_with(&format!("{ns}/")))
+        })
+        .collect();
+    if demo.len() < all.len() {
+        println!(
+            "(the {} identities managed from namespace {ns}; Kratos holds {} in all)",
+            demo.len(),
+            all.len()
+        );
+    }
+    for i in demo {
         let traits = &i["traits"];
         let identifier = traits["email"]
             .as_str()
