@@ -27,10 +27,6 @@ pub enum Error {
     /// A Kratos admin API call failed.
     #[error("Kratos: {0}")]
     Kratos(#[from] kratos::Error),
-    /// Adding or removing the finalizer, or the work under it, failed.
-    // Boxed: the finalizer error wraps this type.
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// An object lacks a field the API server always sets.
     #[error("object has no {0}")]
     MissingField(&'static str),
@@ -48,14 +44,25 @@ impl Error {
         match self {
             Self::Kube(_) => "kube",
             Self::Kratos(e) => e.reason_label(),
-            Self::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(inner)
-                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.metric_label(),
-                _ => "finalizer",
-            },
             Self::MissingField(_) => "missing_field",
             Self::Serialization(_) => "serialization",
             Self::Config(_) => "config",
+        }
+    }
+
+    /// Whether the object reports this failure as `KratosUnavailable` while the reconcile is
+    /// retried with backoff: Kratos unreachable, 5xx, 429, a refused token, or an answer that
+    /// does not parse.
+    pub fn is_kratos_unavailable(&self) -> bool {
+        match self {
+            Self::Kratos(k) => {
+                k.is_transient()
+                    || matches!(
+                        k,
+                        kratos::Error::Unauthorized { .. } | kratos::Error::Unexpected { .. }
+                    )
+            }
+            _ => false,
         }
     }
 
@@ -63,11 +70,6 @@ impl Error {
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             Self::Kratos(e) => e.retry_after(),
-            Self::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(inner)
-                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.retry_after(),
-                _ => None,
-            },
             _ => None,
         }
     }

@@ -3,6 +3,40 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
+use kube::{Resource, ResourceExt, runtime::controller::Action};
+use tracing::warn;
+
+use super::Context;
+use crate::Error;
+
+/// The backoff key of an object: `<Kind>/<namespace>/<name>`.
+pub fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+/// The error policy of every controller: requeue `obj` after its next backoff delay.
+pub fn requeue_after_failure<K: Resource<DynamicType = ()>>(
+    obj: &K,
+    error: &Error,
+    ctx: &Context,
+) -> Action {
+    let delay = ctx.backoff.fail(&key(obj), error.retry_after());
+    warn!(
+        kind = %K::kind(&()),
+        namespace = obj.namespace().unwrap_or_default(),
+        name = obj.name_any(),
+        error = %error,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
 /// Failure counts by object key.
 #[derive(Debug, Default)]
 pub struct Backoff {
@@ -29,7 +63,7 @@ impl Backoff {
             *n = n.saturating_add(1);
             *n
         });
-        delay(attempt, rand::random::<f64>(), at_least)
+        delay(attempt, crate::kratos::retry::random_unit(), at_least)
     }
 
     /// Forgets the failures of `key` after a success.

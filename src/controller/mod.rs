@@ -10,7 +10,7 @@ pub mod report;
 pub mod schema_ref;
 pub mod sweep;
 
-mod backoff;
+pub mod backoff;
 
 use std::{
     sync::{Arc, Mutex},

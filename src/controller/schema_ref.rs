@@ -8,10 +8,10 @@ use std::sync::Arc;
 use futures::{StreamExt, future::BoxFuture, future::Shared};
 use jiff::Timestamp;
 use kube::{
-    Api, ResourceExt,
+    Api,
     runtime::{Controller, controller::Action, watcher},
 };
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     Error, Result,
@@ -20,7 +20,7 @@ use crate::{
         schema_ref::{IdentitySchemaRef, IdentitySchemaRefStatus},
     },
     controller::Context,
-    kratos,
+    kratos::{self, KratosClient},
     schema::CompiledSchema,
 };
 
@@ -33,6 +33,18 @@ pub enum Fetched {
     NotFound,
     /// Kratos serves something that is not a usable JSON Schema.
     Invalid(String),
+}
+
+/// Fetches schema `id` from Kratos and compiles it; an error only when Kratos could not answer.
+pub async fn fetch(kratos: &KratosClient, id: &str) -> Result<Fetched, kratos::Error> {
+    match kratos.get_identity_schema(id).await {
+        Ok(s) => Ok(match CompiledSchema::compile(id, s.raw.as_bytes()) {
+            Ok(c) => Fetched::Compiled(c),
+            Err(e) => Fetched::Invalid(e.to_string()),
+        }),
+        Err(kratos::Error::NotFound { .. }) => Ok(Fetched::NotFound),
+        Err(e) => Err(e),
+    }
 }
 
 /// The status for what was fetched (pure).
@@ -126,24 +138,12 @@ async fn publish(
     crate::controller::report::event(ctx, obj, warning, reason, "Resolve", note).await;
 }
 
-fn key(obj: &IdentitySchemaRef) -> String {
-    format!(
-        "IdentitySchemaRef/{}/{}",
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    )
-}
-
 /// Reconciles one IdentitySchemaRef.
 pub async fn reconcile(obj: Arc<IdentitySchemaRef>, ctx: Arc<Context>) -> Result<Action> {
     let _measure = ctx.metrics.reconcile("IdentitySchemaRef");
     let id = obj.spec.schema_id.clone();
-    let fetched = match ctx.kratos.get_identity_schema(&id).await {
-        Ok(s) => match CompiledSchema::compile(&id, s.raw.as_bytes()) {
-            Ok(c) => Fetched::Compiled(c),
-            Err(e) => Fetched::Invalid(e.to_string()),
-        },
-        Err(kratos::Error::NotFound { .. }) => Fetched::NotFound,
+    let fetched = match fetch(&ctx.kratos, &id).await {
+        Ok(f) => f,
         Err(e) => {
             let message = format!("cannot reach Kratos, retrying with backoff: {e}");
             let prev = obj.status.clone().unwrap_or_default();
@@ -151,20 +151,7 @@ pub async fn reconcile(obj: Arc<IdentitySchemaRef>, ctx: Arc<Context>) -> Result
                 observed_generation: obj.metadata.generation,
                 conditions: conditions::merge(
                     &prev.conditions,
-                    &[
-                        Desired::new(
-                            conditions::READY,
-                            Status::False,
-                            "KratosUnavailable",
-                            message.clone(),
-                        ),
-                        Desired::new(
-                            conditions::RECONCILING,
-                            Status::True,
-                            "KratosUnavailable",
-                            message,
-                        ),
-                    ],
+                    &conditions::not_ready("KratosUnavailable", &message, false),
                     obj.metadata.generation,
                     Timestamp::now(),
                 ),
@@ -217,16 +204,14 @@ pub async fn reconcile(obj: Arc<IdentitySchemaRef>, ctx: Arc<Context>) -> Result
     if let Fetched::Compiled(c) = fetched {
         ctx.schemas.put(c);
     }
-    ctx.backoff.reset(&key(&obj));
+    ctx.backoff.reset(&crate::controller::backoff::key(&*obj));
     Ok(Action::requeue(ctx.settings.schema_recheck_interval))
 }
 
 /// Requeues a failed reconcile with per-object backoff.
 pub fn error_policy(obj: Arc<IdentitySchemaRef>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failure("IdentitySchemaRef", error);
-    let delay = ctx.backoff.fail(&key(&obj), error.retry_after());
-    warn!(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any(), error = %error, retry_in = ?delay, "IdentitySchemaRef reconcile failed");
-    Action::requeue(delay)
+    crate::controller::backoff::requeue_after_failure(&*obj, error, &ctx)
 }
 
 /// Runs the IdentitySchemaRef controller for one namespace (or all) until `shutdown`.

@@ -25,7 +25,7 @@ use kube::{
         watcher,
     },
 };
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     Error, Result,
@@ -64,21 +64,13 @@ impl Blocked {
     }
 }
 
-fn key(obj: &Identity) -> String {
-    format!(
-        "Identity/{}/{}",
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    )
-}
-
 /// Reconciles one Identity (with the finalizer that guards its Kratos identity).
 pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
     let ns = obj
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<Identity> = Api::namespaced(ctx.client.clone(), &ns);
-    let key = key(&obj);
+    let key = crate::controller::backoff::key(&*obj);
     let _measure = ctx.metrics.reconcile("Identity");
     let result = if obj.metadata.deletion_timestamp.is_some() {
         if finalizer::has(&*obj, FINALIZER) {
@@ -113,27 +105,14 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> 
 
 /// Requeues a failed reconcile with per-object exponential backoff.
 pub fn error_policy(obj: Arc<Identity>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.backoff.fail(&key(&obj), error.retry_after());
-    warn!(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any(), error = %error, retry_in = ?delay, "Identity reconcile failed");
-    Action::requeue(delay)
+    crate::controller::backoff::requeue_after_failure(&*obj, error, &ctx)
 }
 
 async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
     match act::sync(&obj, &ctx).await {
         Ok(outcome) => report::outcome(&obj, &ctx, outcome).await,
         Err(e) => {
-            let transient = match &e {
-                Error::Kratos(k) => {
-                    // An unparsable answer is reported too (it is retried with backoff).
-                    k.is_transient()
-                        || matches!(
-                            k,
-                            crate::kratos::Error::Unauthorized { .. }
-                                | crate::kratos::Error::Unexpected { .. }
-                        )
-                }
-                _ => false,
-            };
+            let transient = e.is_kratos_unavailable();
             if transient {
                 report::unavailable(&obj, &ctx, &e).await;
             }

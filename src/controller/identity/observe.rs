@@ -8,12 +8,13 @@ use kube::{Api, ResourceExt};
 use secrecy::SecretString;
 
 use super::{Blocked, plan::PasswordInput};
+use crate::controller::schema_ref::Fetched;
 use crate::{
     Error, Result,
     api::{IdentitySchemaRef, conditions, identity::Identity},
     controller::Context,
-    kratos::{self, Identity as KratosIdentity},
-    schema::{CompiledSchema, digest},
+    kratos::Identity as KratosIdentity,
+    schema::CompiledSchema,
 };
 
 /// The schema an Identity uses.
@@ -86,19 +87,16 @@ pub async fn schema(obj: &Identity, ctx: &Context) -> Result<Result<SchemaResolu
 /// Fetches and compiles a schema into the cache. `None` when Kratos does not serve it or it does
 /// not compile (Kratos then validates on its own).
 pub async fn fetch_schema(ctx: &Context, id: &str) -> Result<Option<Arc<CompiledSchema>>> {
-    match ctx.kratos.get_identity_schema(id).await {
-        Ok(s) => match CompiledSchema::compile(id, s.raw.as_bytes()) {
-            Ok(c) => {
-                ctx.schemas.put(c);
-                Ok(ctx.schemas.get(id))
-            }
-            Err(e) => {
-                tracing::warn!(schema = id, digest = %digest(s.raw.as_bytes()), error = %e, "schema does not compile; relying on Kratos' validation");
-                Ok(None)
-            }
-        },
-        Err(kratos::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
+    match crate::controller::schema_ref::fetch(&ctx.kratos, id).await? {
+        Fetched::Compiled(c) => {
+            ctx.schemas.put(c);
+            Ok(ctx.schemas.get(id))
+        }
+        Fetched::Invalid(e) => {
+            tracing::warn!(schema = id, error = %e, "schema does not compile; relying on Kratos' validation");
+            Ok(None)
+        }
+        Fetched::NotFound => Ok(None),
     }
 }
 

@@ -25,7 +25,7 @@ use kube::{
     Api, ResourceExt,
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     Error, Result,
@@ -85,14 +85,6 @@ impl Blocked {
     }
 }
 
-fn key(obj: &RecoveryRequest) -> String {
-    format!(
-        "RecoveryRequest/{}/{}",
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    )
-}
-
 /// Observes and plans for `obj`.
 async fn decide(obj: &RecoveryRequest, ctx: &Context) -> Result<Plan> {
     let ns = obj
@@ -124,7 +116,7 @@ async fn decide(obj: &RecoveryRequest, ctx: &Context) -> Result<Plan> {
 
 /// Reconciles one RecoveryRequest.
 pub async fn reconcile(obj: Arc<RecoveryRequest>, ctx: Arc<Context>) -> Result<Action> {
-    let key = key(&obj);
+    let key = crate::controller::backoff::key(&*obj);
     let result = apply(obj, &ctx).await;
     if result.is_ok() {
         ctx.backoff.reset(&key);
@@ -176,18 +168,7 @@ async fn apply(obj: Arc<RecoveryRequest>, ctx: &Context) -> Result<Action> {
                 })
             }
             Err(e) => {
-                let transient = match &e {
-                    Error::Kratos(k) => {
-                        // An unparsable answer is reported too (it is retried with backoff).
-                        k.is_transient()
-                            || matches!(
-                                k,
-                                crate::kratos::Error::Unauthorized { .. }
-                                    | crate::kratos::Error::Unexpected { .. }
-                            )
-                    }
-                    _ => false,
-                };
+                let transient = e.is_kratos_unavailable();
                 if transient {
                     report::unavailable(ctx, &obj, &e).await;
                 }
@@ -231,9 +212,7 @@ async fn apply(obj: Arc<RecoveryRequest>, ctx: &Context) -> Result<Action> {
 
 /// Requeues a failed reconcile with per-object exponential backoff.
 pub fn error_policy(obj: Arc<RecoveryRequest>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay: Duration = ctx.backoff.fail(&key(&obj), error.retry_after());
-    warn!(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any(), error = %error, retry_in = ?delay, "RecoveryRequest reconcile failed");
-    Action::requeue(delay)
+    crate::controller::backoff::requeue_after_failure(&*obj, error, &ctx)
 }
 
 /// Runs the RecoveryRequest controller for one namespace (or all) until `shutdown`. Identities
