@@ -39,6 +39,9 @@ enum Task {
     },
     /// Build and start the environment, then show how to use it.
     Demo,
+    /// Regenerate every generated file: crds/, the chart's crds/ and deploy/base (the tests that
+    /// guard them rewrite them in this mode).
+    Generate,
     /// Measure convergence of N new identities against the Kratos and apiserver floors, the cost
     /// of an idle resync and peak memory; writes docs/benchmarks.md and docs/benchmarks.png.
     Bench {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Task::Testenv { action } => testenv(action),
         Task::Test { cargo_args } => test(&cargo_args),
         Task::Demo => demo(),
+        Task::Generate => generate(),
         Task::Bench { sizes } => bench_cmd(&sizes),
     };
     match result {
@@ -323,6 +327,29 @@ fn kubectl(env: &Environment, args: &[&str], stdin: Option<&str>) -> Result<Stri
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+fn generate() -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Order matters: the chart copies crds/, and deploy/base renders the chart.
+    for (test, var) in [
+        ("crds", "UPDATE_CRDS"),
+        ("chart", "UPDATE_CRDS"),
+        ("deploy", "UPDATE_DEPLOY"),
+    ] {
+        eprintln!("xtask: {var}=1 cargo test --test {test}");
+        let status = Command::new(&cargo)
+            .args(["test", "--quiet", "--test", test])
+            .env(var, "1")
+            .status()
+            .map_err(|e| format!("running cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "regenerating with `cargo test --test {test}` failed ({status})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn bench_cmd(sizes: &[usize]) -> Result<(), String> {
