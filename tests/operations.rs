@@ -186,8 +186,8 @@ fn replica(t: &support::TestEnv, name: &str) -> Replica {
         .env("WATCH_NAMESPACE", &t.namespace)
         .env("RESYNC_INTERVAL", "2s")
         .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
+        .env("RUST_LOG", "info,kube_lease_manager=debug")
+        .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .expect("start the operator binary");
