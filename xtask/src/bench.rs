@@ -76,6 +76,8 @@ pub struct Figures {
     pub rss_mib: f64,
     /// (e) the per-object operator's peak RSS in MiB.
     pub rss_per_object_mib: f64,
+    /// CPU seconds each process used during (a2), by process name.
+    pub cpu: Vec<(&'static str, f64)>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -288,12 +290,38 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+#[derive(Default)]
 struct OperatorRun {
     a1: f64,
     a2: f64,
     ready: usize,
     rss_mib: f64,
     idle: Option<(u64, u64, u64)>,
+    cpu: Vec<(&'static str, f64)>,
+}
+
+/// CPU seconds (user + system) a process has used so far; 0 when it is gone.
+fn cpu_seconds(pid: u32) -> f64 {
+    // /proc/<pid>/stat: the fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields of the line, in clock ticks (100 per second on Linux).
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// The processes whose CPU time a scenario reports.
+fn cpu_snapshot(processes: &[(&'static str, u32)]) -> Vec<(&'static str, f64)> {
+    processes
+        .iter()
+        .map(|(name, pid)| (*name, cpu_seconds(*pid)))
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -345,6 +373,19 @@ async fn operator_run(
         .stderr(log)
         .spawn()
         .map_err(err)?;
+    let mut watched: Vec<(&'static str, u32)> = vec![("operator", child.id())];
+    for p in &env.state.processes {
+        if let Some(name) = ["kube-apiserver", "etcd"]
+            .into_iter()
+            .find(|n| *n == p.name)
+        {
+            watched.push((name, p.pid as u32));
+        }
+    }
+    if let Some(pid) = kratos.pid() {
+        watched.push(("kratos", pid));
+    }
+    let cpu_before = cpu_snapshot(&watched);
     let started = Instant::now();
     let cap = if fast {
         Duration::from_secs(3600)
@@ -380,6 +421,11 @@ async fn operator_run(
             ));
         }
     };
+    let cpu: Vec<(&'static str, f64)> = cpu_snapshot(&watched)
+        .into_iter()
+        .zip(&cpu_before)
+        .map(|((name, after), (_, before))| (name, after - before))
+        .collect();
     let a2 = match result {
         Ok(v) => v,
         Err(e) => {
@@ -402,6 +448,7 @@ async fn operator_run(
         ready,
         rss_mib,
         idle,
+        cpu,
     })
 }
 
@@ -460,15 +507,27 @@ async fn install_crds(client: &Client) -> Result<(), String> {
 }
 
 /// Runs every scenario and writes the report.
-pub fn run(sizes: &[usize], root_repo: &Path) -> Result<Vec<Figures>, String> {
+/// Runs every scenario; without `baseline`, (c) is skipped, without `passwords` the scenario
+/// with passwords (quicker runs while tuning).
+pub fn run(
+    sizes: &[usize],
+    baseline: bool,
+    passwords: bool,
+    root_repo: &Path,
+) -> Result<Vec<Figures>, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(err)?;
-    runtime.block_on(run_async(sizes, root_repo))
+    runtime.block_on(run_async(sizes, baseline, passwords, root_repo))
 }
 
-async fn run_async(sizes: &[usize], repo: &Path) -> Result<Vec<Figures>, String> {
+async fn run_async(
+    sizes: &[usize],
+    baseline: bool,
+    with_passwords: bool,
+    repo: &Path,
+) -> Result<Vec<Figures>, String> {
     let root = repo.join("target").join("bench");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).map_err(err)?;
@@ -479,7 +538,9 @@ async fn run_async(sizes: &[usize], repo: &Path) -> Result<Vec<Figures>, String>
     let client = kube_client(&env).await?;
     install_crds(&client).await?;
     let mut scenarios: Vec<(usize, bool)> = sizes.iter().map(|n| (*n, false)).collect();
-    scenarios.push((sizes.first().copied().unwrap_or(1000), true));
+    if with_passwords {
+        scenarios.push((sizes.first().copied().unwrap_or(1000), true));
+    }
     let mut all = Vec::new();
     for (n, passwords) in scenarios {
         let tag = format!("{n}{}", if passwords { "-pw" } else { "" });
@@ -500,24 +561,29 @@ async fn run_async(sizes: &[usize], repo: &Path) -> Result<Vec<Figures>, String>
         )
         .await?;
         eprintln!(
-            "bench:   (a1) {:.1}s (a2) {:.1}s rss {:.0} MiB idle {:?}",
-            fast.a1, fast.a2, fast.rss_mib, fast.idle
+            "bench:   (a1) {:.1}s (a2) {:.1}s rss {:.0} MiB idle {:?} cpu {:?}",
+            fast.a1, fast.a2, fast.rss_mib, fast.idle, fast.cpu
         );
-        let slow = operator_run(
-            &env,
-            &client,
-            &root,
-            &binary,
-            n,
-            passwords,
-            false,
-            &format!("{tag}-slow"),
-        )
-        .await?;
-        eprintln!(
-            "bench:   (c) {:.1}s ({} of {n} Ready) rss {:.0} MiB",
-            slow.a2, slow.ready, slow.rss_mib
-        );
+        let slow = if baseline {
+            let slow = operator_run(
+                &env,
+                &client,
+                &root,
+                &binary,
+                n,
+                passwords,
+                false,
+                &format!("{tag}-slow"),
+            )
+            .await?;
+            eprintln!(
+                "bench:   (c) {:.1}s ({} of {n} Ready) rss {:.0} MiB",
+                slow.a2, slow.ready, slow.rss_mib
+            );
+            slow
+        } else {
+            OperatorRun::default()
+        };
         let (d_requests, d_writes, d_bytes) = fast.idle.unwrap_or_default();
         all.push(Figures {
             n,
@@ -533,6 +599,7 @@ async fn run_async(sizes: &[usize], repo: &Path) -> Result<Vec<Figures>, String>
             d_bytes,
             rss_mib: fast.rss_mib,
             rss_per_object_mib: slow.rss_mib,
+            cpu: fast.cpu,
         });
     }
     let _ = env::down(&env_dir);
@@ -561,14 +628,18 @@ pub fn report(figures: &[Figures], command: &str) -> String {
             f.a2,
             f.b,
             f.k,
-            if f.c_ready < f.n {
+            if f.c == 0.0 {
+                "not run".to_string()
+            } else if f.c_ready < f.n {
                 format!(">= {:.0} ({} of {} Ready)", f.c, f.c_ready, f.n)
             } else {
                 format!("{:.1}", f.c)
             },
             f.a1 / f.b.max(1e-9),
             f.a2 / (f.b + f.k).max(1e-9),
-            if f.c_ready < f.n {
+            if f.c == 0.0 {
+                "-".to_string()
+            } else if f.c_ready < f.n {
                 format!(">= {:.1}", f.c / f.a2.max(1e-9))
             } else {
                 format!("{:.1}", f.c / f.a2.max(1e-9))
@@ -592,6 +663,32 @@ pub fn report(figures: &[Figures], command: &str) -> String {
          - (d) Kratos HTTP requests, write requests and bytes (both directions, through a counting proxy) during one idle resync (10 s).\n\
          - (e) VmHWM of the operator process.\n\n![chart](benchmarks.png)\n",
     );
+    md.push_str(
+        "\n## Where the CPU goes during (a2)\n\nCPU seconds (user + system, from /proc) each process used between the operator's \
+         start and the last object becoming Ready; the machine has 2 cores, so the busy share is the sum over 2 x (a2).\n\n\
+         | N | passwords | operator | kube-apiserver | etcd | Kratos | sum | busy share |\n|---:|:---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for f in figures {
+        let of = |name: &str| {
+            f.cpu
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0.0, |(_, v)| *v)
+        };
+        let sum: f64 = f.cpu.iter().map(|(_, v)| v).sum();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% |",
+            f.n,
+            if f.passwords { "yes" } else { "no" },
+            of("operator"),
+            of("kube-apiserver"),
+            of("etcd"),
+            of("kratos"),
+            sum,
+            100.0 * sum / (2.0 * f.a2).max(1e-9)
+        );
+    }
     md
 }
 

@@ -48,6 +48,13 @@ enum Task {
         /// Object counts (passwords are measured at the first).
         #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
         sizes: Vec<usize>,
+        /// Skip the per-object baseline (c): a quicker run that prints its table and leaves
+        /// docs/benchmarks.md alone.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Skip the scenario with passwords (with --no-baseline: a quicker run while tuning).
+        #[arg(long, requires = "no_baseline")]
+        no_passwords: bool,
     },
 }
 
@@ -92,7 +99,11 @@ fn main() -> ExitCode {
         Task::Test { cargo_args } => test(&cargo_args),
         Task::Demo => demo(),
         Task::Generate => generate(),
-        Task::Bench { sizes } => bench_cmd(&sizes),
+        Task::Bench {
+            sizes,
+            no_baseline,
+            no_passwords,
+        } => bench_cmd(&sizes, !no_baseline, !no_passwords),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -352,14 +363,14 @@ fn generate() -> Result<(), String> {
     Ok(())
 }
 
-fn bench_cmd(sizes: &[usize]) -> Result<(), String> {
+fn bench_cmd(sizes: &[usize], baseline: bool, passwords: bool) -> Result<(), String> {
     build_all(false)?;
     cargo(
         &["build", "--release", "--quiet", "--bin", "kratos-operator"],
         &[],
     )?;
     let repo = kratos_operator_testenv::repo_root();
-    let figures = bench::run(sizes, &repo)?;
+    let figures = bench::run(sizes, baseline, passwords, &repo)?;
     let docs = bench::docs_dir(&repo);
     std::fs::create_dir_all(&docs).map_err(|e| e.to_string())?;
     let command = format!(
@@ -371,6 +382,10 @@ fn bench_cmd(sizes: &[usize]) -> Result<(), String> {
             .join(",")
     );
     let md = bench::report(&figures, &command);
+    if !baseline {
+        println!("{md}");
+        return Ok(());
+    }
     std::fs::write(docs.join("benchmarks.md"), &md).map_err(|e| e.to_string())?;
     bench::chart(&figures, &docs.join("benchmarks.png"))?;
     println!("{md}");
