@@ -52,6 +52,10 @@ pub struct Metrics {
     pub identities_managed: Gauge<i64, AtomicI64>,
     /// Changes made to Kratos identities, by action (`created`, `updated`, `adopted`, `deleted`).
     pub identity_changes: Family<ActionLabels, Counter>,
+    /// Events dropped because the publishing queue was full.
+    pub events_dropped: Counter,
+    /// Identity statuses waiting to be written.
+    pub status_writes_queued: Gauge<i64, AtomicI64>,
 }
 
 /// Labels of change series.
@@ -77,6 +81,8 @@ impl Default for Metrics {
             outcomes: Family::default(),
             identities_managed: Gauge::default(),
             identity_changes: Family::default(),
+            events_dropped: Counter::default(),
+            status_writes_queued: Gauge::default(),
         }
     }
 }
@@ -115,6 +121,16 @@ impl Metrics {
             "identity_changes",
             "Changes made to Kratos identities by action",
             self.identity_changes.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Events dropped because the publishing queue was full",
+            self.events_dropped.clone(),
+        );
+        r.register(
+            "status_writes_queued",
+            "Identity statuses waiting to be written",
+            self.status_writes_queued.clone(),
         );
     }
 

@@ -48,6 +48,10 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         .metrics
         .identities_managed
         .set(s.ctx.caches.identities_ready());
+    s.ctx
+        .metrics
+        .status_writes_queued
+        .set(i64::try_from(s.ctx.statuses.queued()).unwrap_or(i64::MAX));
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
         Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),

@@ -335,12 +335,10 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
             obj.status.as_ref().unwrap().identity_id.is_none(),
             "{name}: no Kratos identity"
         );
-        let events = support::events_for(&t, name).await;
-        assert!(
-            events
-                .iter()
-                .any(|e| e.type_.as_deref() == Some("Warning")
-                    && e.reason.as_deref() == Some(*reason)),
+        let event = support::wait_event(&t, name, reason).await;
+        assert_eq!(
+            event.type_.as_deref(),
+            Some("Warning"),
             "{name}: a Warning Event with reason {reason}"
         );
         row(input, &describe(&ready, &[&stalled_c, &reconciling]));

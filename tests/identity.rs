@@ -16,7 +16,8 @@ use kratos_operator::{
 use kube::{Api, ResourceExt, api::DeleteParams};
 use serde_json::{Value, json};
 use support::{
-    TestEnv, apply, events_for, eventually, kratos_client, login, setup, start_operator, wait_ready,
+    TestEnv, apply, events_for, eventually, kratos_client, login, setup, start_operator,
+    wait_event, wait_ready,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -137,13 +138,7 @@ async fn apply_creates_the_identity_with_everything_in_the_spec() {
         .find(|a| a.value.eq_ignore_ascii_case(&alice))
         .expect("address");
     assert!(addr.verified, "{addr:?}");
-    let events = events_for(&t, "alice").await;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("Created")),
-        "{events:?}"
-    );
+    wait_event(&t, "alice", "Created").await;
     t.cleanup().await;
 }
 
@@ -209,12 +204,7 @@ async fn spec_changes_update_kratos_and_an_unchanged_spec_writes_nothing() {
     assert_eq!(k.schema_id, "employee");
     assert_eq!(k.state.as_str(), "active");
     assert_eq!(k.metadata_public, None);
-    assert!(
-        events_for(&t, "bob")
-            .await
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("Updated"))
-    );
+    wait_event(&t, "bob", "Updated").await;
     t.cleanup().await;
 }
 
@@ -528,12 +518,7 @@ async fn existing_identities_conflict_or_are_adopted() {
     assert_eq!(count_with_email(&t, &gina).await, 1);
     let k = kratos_identity(&t, &pre.id).await.unwrap();
     assert_eq!(k.metadata_admin.unwrap()[UID_MARKER], obj.uid().unwrap());
-    assert!(
-        events_for(&t, "gina")
-            .await
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("Adopted"))
-    );
+    wait_event(&t, "gina", "Adopted").await;
 
     // The same email in a second object: Conflict, and the first stays untouched.
     identity(&t, "gina2", json!({ "schemaId": "customer", "traits": { "email": gina }, "adoption": "IfUnowned", "metadataPublic": { "evil": true } })).await;
@@ -570,6 +555,8 @@ async fn an_identity_carrying_the_objects_uid_is_taken_back_without_a_duplicate(
     let obj = ready(&t, "hank").await;
     assert_eq!(identity_id(&obj), pre.id);
     assert_eq!(count_with_email(&t, &hank).await, 1);
+    // The Event of the take-back, then: no Warning before it.
+    wait_event(&t, "hank", "Recovered").await;
     let events = events_for(&t, "hank").await;
     assert!(
         !events.iter().any(|e| e.type_.as_deref() == Some("Warning")),
@@ -903,12 +890,7 @@ async fn a_schema_change_in_kratos_reconciles_the_identities_that_use_it() {
         (Some(&d) != before.status.as_ref().unwrap().digest.as_ref()).then_some(sr)
     })
     .await;
-    assert!(
-        events_for(&t, "customer")
-            .await
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("SchemaChanged"))
-    );
+    wait_event(&t, "customer", "SchemaChanged").await;
     let otto = ready(&t, "otto").await;
     assert!(after.status.unwrap().digest.is_some());
     let k = kratos_client(&kratos.admin_url(), &kratos.public_url());

@@ -2,12 +2,14 @@
 //! Kratos and Kubernetes) and report (status and Events).
 
 pub mod batch;
+pub mod events;
 pub mod finalizer;
 pub mod identity;
 pub mod json;
 pub mod recovery;
 pub mod report;
 pub mod schema_ref;
+pub mod status;
 pub mod sweep;
 
 pub mod backoff;
@@ -77,8 +79,8 @@ pub struct Context {
     pub client: Client,
     /// Kratos admin client.
     pub kratos: KratosClient,
-    /// Events recorder.
-    pub recorder: Recorder,
+    /// Events, published in the background.
+    pub events: events::EventSink,
     /// Compiled identity schemas.
     pub schemas: SchemaCache,
     /// Tunables.
@@ -94,6 +96,10 @@ pub struct Context {
     /// Kratos ids this process created or found, by object uid: a reconcile that runs before the
     /// status it wrote is in the cache must not create the identity again.
     pub known_ids: KnownIds,
+    /// Identity status writes, off the reconciles' path.
+    pub statuses: status::StatusWriter,
+    /// New identities being created off the reconciles' path.
+    pub detached: identity::detach::Detached,
 }
 
 /// Kratos identity ids by object uid.
@@ -218,17 +224,23 @@ impl Context {
         let creates = settings
             .batch_creates
             .then(|| batch::CreateBatcher::spawn(kratos.clone(), settings.batch_window));
+        let metrics = Arc::new(Metrics::default());
         Self {
             creates,
-            recorder: Recorder::new(client.clone(), reporter),
+            events: events::EventSink::spawn(
+                Recorder::new(client.clone(), reporter),
+                metrics.clone(),
+            ),
             client,
             kratos,
             schemas: SchemaCache::default(),
             settings,
             backoff: Backoff::default(),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             caches: Caches::default(),
             known_ids: KnownIds::default(),
+            statuses: status::StatusWriter::default(),
+            detached: identity::detach::Detached::default(),
         }
     }
 }
@@ -246,7 +258,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: BoxFuture<'static, ()>) {
             .map(Some)
             .collect()
     };
-    let mut tasks = Vec::new();
+    let mut tasks = vec![ctx.statuses.run(ctx.clone(), shutdown.clone()).boxed()];
     for scope in &scopes {
         tasks.push(identity::controller(ctx.clone(), scope.as_deref(), shutdown.clone()).boxed());
         tasks.push(schema_ref::controller(ctx.clone(), scope.as_deref(), shutdown.clone()).boxed());

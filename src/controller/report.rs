@@ -1,5 +1,5 @@
 //! Reporting shared by every controller: status written by server-side apply, Events published
-//! through the shared recorder.
+//! through the background publishers.
 
 use kube::{
     Api, Resource, ResourceExt,
@@ -9,12 +9,14 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
-use tracing::warn;
 
 use super::Context;
-use crate::{Error, Result, api::FIELD_MANAGER};
+use crate::{Result, api::FIELD_MANAGER};
 
 /// Applies `status` to `obj`'s status subresource (field manager `kratos-operator`, forced).
+/// When it cannot be stored a Warning Event says so: the status is where every outcome is
+/// reported, and an object at etcd's size limit ("etcdserver: request is too large") has no room
+/// for it.
 pub async fn apply_status<K, S>(ctx: &Context, obj: &K, status: &S) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -23,26 +25,7 @@ where
         + std::fmt::Debug,
     S: Serialize,
 {
-    let ns = obj
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    if let Err(e) = api
-        .patch_status(
-            &obj.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        // The status is where every outcome is reported. When it cannot be stored (an object at
-        // etcd's size limit: "etcdserver: request is too large"), an Event, a separate object,
-        // is the one place left to say so.
+    if let Err(e) = apply_status_returning_version(ctx, obj, status).await {
         event(
             ctx,
             obj,
@@ -50,23 +33,46 @@ where
             "StatusNotWritten",
             "Reconcile",
             format!("cannot write the status: {e}"),
-        )
-        .await;
+        );
         return Err(e.into());
     }
     Ok(())
 }
 
-/// Publishes an Event about `obj`; a failure to publish is logged, never fatal. `note` must never
-/// carry a secret.
-pub async fn event<K>(
+/// Applies `status` and returns the object's new resourceVersion; reports nothing.
+pub async fn apply_status_returning_version<K, S>(
     ctx: &Context,
     obj: &K,
-    warning: bool,
-    reason: &str,
-    action: &str,
-    note: String,
-) where
+    status: &S,
+) -> std::result::Result<Option<String>, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    S: Serialize,
+{
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let written = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(written.resource_version())
+}
+
+/// Queues an Event about `obj` for the background publishers ([`super::events`]); a failure to
+/// publish is logged, never fatal. `note` must never carry a secret.
+pub fn event<K>(ctx: &Context, obj: &K, warning: bool, reason: &str, action: &str, note: String)
+where
     K: Resource<DynamicType = ()>,
 {
     let ev = Event {
@@ -80,7 +86,5 @@ pub async fn event<K>(
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
-        warn!(error = %e, "could not publish event");
-    }
+    ctx.events.publish(ev, obj.object_ref(&()));
 }

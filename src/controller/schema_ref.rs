@@ -135,7 +135,7 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    crate::controller::report::event(ctx, obj, warning, reason, "Resolve", note).await;
+    crate::controller::report::event(ctx, obj, warning, reason, "Resolve", note);
 }
 
 /// Reconciles one IdentitySchemaRef.

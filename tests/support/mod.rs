@@ -330,3 +330,23 @@ pub async fn events_for(t: &TestEnv, name: &str) -> Vec<k8s_openapi::api::events
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
         .collect()
 }
+
+/// Waits for an Event about `name` with `reason` (Events are published in the background, so
+/// they may arrive a moment after the status).
+pub async fn wait_event(
+    t: &TestEnv,
+    name: &str,
+    reason: &str,
+) -> k8s_openapi::api::events::v1::Event {
+    eventually(
+        &format!("a {reason} Event about {name}"),
+        Duration::from_secs(30),
+        || async {
+            events_for(t, name)
+                .await
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason))
+        },
+    )
+    .await
+}

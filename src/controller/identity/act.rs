@@ -320,8 +320,13 @@ async fn resolve(
 pub async fn cleanup(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
     let uid = obj.uid().ok_or(Error::MissingField("metadata.uid"))?;
     let status = obj.status.clone().unwrap_or_default();
-    // The identity id from status, or, if the status write was lost, the one carrying our marker.
-    let id = match status.identity_id.clone() {
+    // The identity id from status (or this process' memory of it), or, if the status write was
+    // lost, the one carrying our marker.
+    let id = match status
+        .identity_id
+        .clone()
+        .or_else(|| ctx.known_ids.get(&uid))
+    {
         Some(id) => Some(id),
         None => {
             let compiled = match observe::schema(&obj, &ctx).await? {
@@ -352,8 +357,7 @@ pub async fn cleanup(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
                 "Deleted",
                 "Delete",
                 format!("Deleted Kratos identity {id}"),
-            )
-            .await;
+            );
         }
         DeletionPolicy::Orphan => match ctx.kratos.get_identity(&id, &[]).await {
             Ok(identity) if plan::ownership(&identity, &uid) == plan::Ownership::Ours => {
@@ -370,8 +374,7 @@ pub async fn cleanup(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
                     "Orphaned",
                     "Orphan",
                     format!("Released Kratos identity {id}; it stays in Kratos"),
-                )
-                .await;
+                );
             }
             Ok(_) | Err(kratos::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),

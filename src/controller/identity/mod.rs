@@ -7,13 +7,14 @@
 //! API server unreachable) are errors, retried with per-object backoff.
 
 pub mod act;
+pub mod detach;
 pub mod observe;
 pub mod plan;
 pub mod report;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{StreamExt, future::BoxFuture, future::Shared};
+use futures::{FutureExt, StreamExt, future::BoxFuture, future::Shared};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
@@ -27,6 +28,7 @@ use kube::{
 };
 use tracing::info;
 
+use self::detach::Handoff;
 use crate::{
     Error, Result,
     api::{FINALIZER, IdentitySchemaRef, identity::Identity},
@@ -64,11 +66,38 @@ impl Blocked {
     }
 }
 
+/// When to look at an object again after a reconcile that did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// When something changes (or a drift sweep finds a difference).
+    AwaitChange,
+    /// After this long.
+    After(Duration),
+}
+
+impl From<Next> for Action {
+    fn from(next: Next) -> Self {
+        match next {
+            Next::AwaitChange => Action::await_change(),
+            Next::After(d) => Action::requeue(d),
+        }
+    }
+}
+
 /// Reconciles one Identity (with the finalizer that guards its Kratos identity).
-pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) -> Result<Action> {
     let ns = obj
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
+    // Its detached create still runs: it is reconciled again when that ends.
+    if obj
+        .metadata
+        .uid
+        .as_deref()
+        .is_some_and(|uid| ctx.detached.defer(uid))
+    {
+        return Ok(Action::await_change());
+    }
     let api: Api<Identity> = Api::namespaced(ctx.client.clone(), &ns);
     let key = crate::controller::backoff::key(&*obj);
     let _measure = ctx.metrics.reconcile("Identity");
@@ -79,6 +108,7 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> 
                     if let Some(uid) = obj.metadata.uid.as_deref() {
                         ctx.known_ids.forget(uid);
                     }
+                    ctx.statuses.forget(&obj);
                     finalizer::remove(&api, &*obj, FINALIZER)
                         .await
                         .map(|()| action)
@@ -89,10 +119,10 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> 
             Ok(Action::await_change())
         }
     } else if finalizer::has(&*obj, FINALIZER) {
-        apply(obj, ctx.clone()).await
+        dispatch(obj, ctx.clone(), &handoff).await
     } else {
         match finalizer::add(&api, &*obj, FINALIZER).await {
-            Ok(patched) => apply(Arc::new(patched), ctx.clone()).await,
+            Ok(patched) => dispatch(Arc::new(patched), ctx.clone(), &handoff).await,
             Err(e) => Err(e),
         }
     };
@@ -108,13 +138,22 @@ pub fn error_policy(obj: Arc<Identity>, error: &Error, ctx: Arc<Context>) -> Act
     crate::controller::backoff::requeue_after_failure(&*obj, error, &ctx)
 }
 
-async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
+/// Applies the spec here, or (a new object with batched creates) in a detached task.
+async fn dispatch(obj: Arc<Identity>, ctx: Arc<Context>, handoff: &Handoff) -> Result<Action> {
+    if detach::wanted(&obj, &ctx) {
+        handoff.spawn(obj, ctx).await;
+        return Ok(Action::await_change());
+    }
+    apply(obj, ctx).await.map(Action::from)
+}
+
+async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Next> {
     match act::sync(&obj, &ctx).await {
-        Ok(outcome) => report::outcome(&obj, &ctx, outcome).await,
+        Ok(outcome) => Ok(report::outcome(&obj, &ctx, outcome)),
         Err(e) => {
             let transient = e.is_kratos_unavailable();
             if transient {
-                report::unavailable(&obj, &ctx, &e).await;
+                report::unavailable(&obj, &ctx, &e);
             }
             Err(e)
         }
@@ -188,6 +227,17 @@ pub async fn controller(
     let secret_store = store.clone();
     let schema_store = store.clone();
     let (sweep_tx, sweep_triggers) = futures::channel::mpsc::unbounded();
+    let (retrigger, retriggers) = futures::channel::mpsc::unbounded();
+    // Detached creates stop with the controller: on shutdown, and when this future is dropped
+    // (an aborted controller task) together with `_alive`.
+    let (_alive, dropped) = futures::channel::oneshot::channel::<()>();
+    let handoff = Handoff {
+        retrigger,
+        shutdown: futures::future::select(shutdown.clone(), dropped)
+            .map(|_| ())
+            .boxed()
+            .shared(),
+    };
     if ctx.settings.drift_sweeps {
         tokio::spawn(crate::controller::sweep::run(
             ctx.clone(),
@@ -229,14 +279,18 @@ pub async fn controller(
                 })
             },
         )
-        .reconcile_on(sweep_triggers)
+        .reconcile_on(futures::stream::select(sweep_triggers, retriggers))
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(ctx.settings.max_concurrent_reconciles)
                 .debounce(Duration::from_millis(200)),
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            move |obj, ctx| reconcile(obj, ctx, handoff.clone()),
+            error_policy,
+            ctx,
+        )
         .for_each(|_| futures::future::ready(()))
         .await;
 }

@@ -3,15 +3,14 @@
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::controller::Action;
-use tracing::warn;
+use std::sync::Arc;
 
 use super::{
-    Blocked,
+    Blocked, Next,
     act::{Change, Outcome, Synced},
 };
 use crate::{
-    Error, Result,
+    Error,
     api::{
         conditions::{self, Desired, Status},
         identity::{CredentialsStatus, Identity, IdentityStatus, PasswordStatus},
@@ -20,7 +19,7 @@ use crate::{
 };
 
 /// Publishes an Event about `obj` (failures to publish are logged, never fatal).
-pub async fn event(
+pub fn event(
     ctx: &Context,
     obj: &Identity,
     warning: bool,
@@ -28,7 +27,7 @@ pub async fn event(
     action: &str,
     note: String,
 ) {
-    crate::controller::report::event(ctx, obj, warning, reason, action, note).await;
+    crate::controller::report::event(ctx, obj, warning, reason, action, note);
 }
 
 /// The status for a Synced outcome.
@@ -107,13 +106,11 @@ fn same_status(a: &IdentityStatus, b: &IdentityStatus) -> bool {
         && a.last_synced_at == b.last_synced_at
 }
 
-/// Writes `status` unless it equals the current one.
-pub async fn write_status(ctx: &Context, obj: &Identity, status: &IdentityStatus) -> Result<bool> {
-    if obj.status.as_ref().is_some_and(|s| same_status(s, status)) {
-        return Ok(false);
-    }
-    crate::controller::report::apply_status(ctx, obj, status).await?;
-    Ok(true)
+/// Hands `status` to the status writer ([`crate::controller::status`]) unless it equals the
+/// cached one and the cache is current. Returns whether a write was queued.
+pub fn write_status(ctx: &Context, obj: &Arc<Identity>, status: IdentityStatus) -> bool {
+    let unchanged = obj.status.as_ref().is_some_and(|s| same_status(s, &status));
+    ctx.statuses.submit(obj, status, unchanged)
 }
 
 fn previous_ready_reason(obj: &Identity) -> Option<String> {
@@ -124,7 +121,7 @@ fn previous_ready_reason(obj: &Identity) -> Option<String> {
 }
 
 /// Reports an outcome and says when to look again.
-pub async fn outcome(obj: &Identity, ctx: &Context, outcome: Outcome) -> Result<Action> {
+pub fn outcome(obj: &Arc<Identity>, ctx: &Context, outcome: Outcome) -> Next {
     let now = Timestamp::now();
     match outcome {
         Outcome::Synced(s) => {
@@ -133,7 +130,7 @@ pub async fn outcome(obj: &Identity, ctx: &Context, outcome: Outcome) -> Result<
             }
             tracing::debug!(identity = %s.identity_id, change = ?s.change, "Identity synced");
             ctx.metrics.outcome("Identity", "Synced");
-            write_status(ctx, obj, &synced_status(obj, &s, now)).await?;
+            write_status(ctx, obj, synced_status(obj, &s, now));
             let id = &s.identity_id;
             match &s.change {
                 Change::Created => ctx.metrics.change("created"),
@@ -142,28 +139,22 @@ pub async fn outcome(obj: &Identity, ctx: &Context, outcome: Outcome) -> Result<
                 Change::TookBack | Change::Unchanged => {}
             }
             match &s.change {
-                Change::Created => {
-                    event(
-                        ctx,
-                        obj,
-                        false,
-                        "Created",
-                        "Create",
-                        format!("Created Kratos identity {id}"),
-                    )
-                    .await
-                }
-                Change::Adopted => {
-                    event(
-                        ctx,
-                        obj,
-                        false,
-                        "Adopted",
-                        "Adopt",
-                        format!("Adopted existing Kratos identity {id}"),
-                    )
-                    .await
-                }
+                Change::Created => event(
+                    ctx,
+                    obj,
+                    false,
+                    "Created",
+                    "Create",
+                    format!("Created Kratos identity {id}"),
+                ),
+                Change::Adopted => event(
+                    ctx,
+                    obj,
+                    false,
+                    "Adopted",
+                    "Adopt",
+                    format!("Adopted existing Kratos identity {id}"),
+                ),
                 Change::TookBack => {
                     event(
                         ctx,
@@ -172,8 +163,7 @@ pub async fn outcome(obj: &Identity, ctx: &Context, outcome: Outcome) -> Result<
                         "Recovered",
                         "Create",
                         format!("Found Kratos identity {id} created earlier by this object"),
-                    )
-                    .await;
+                    );
                 }
                 Change::Updated(diffs) => {
                     let fields: Vec<&str> = diffs.iter().map(|d| d.as_str()).collect();
@@ -184,48 +174,45 @@ pub async fn outcome(obj: &Identity, ctx: &Context, outcome: Outcome) -> Result<
                         "Updated",
                         "Update",
                         format!("Updated Kratos identity {id}: {}", fields.join(", ")),
-                    )
-                    .await;
+                    );
                 }
                 Change::Unchanged => {}
             }
             // With drift sweeps, a list of all identities per resync finds drift; otherwise each
             // object reads its identity once per resync.
-            Ok(if ctx.settings.drift_sweeps {
-                Action::await_change()
+            if ctx.settings.drift_sweeps {
+                Next::AwaitChange
             } else {
-                Action::requeue(ctx.settings.resync_interval)
-            })
+                Next::After(ctx.settings.resync_interval)
+            }
         }
         Outcome::Blocked(b) => {
             tracing::debug!(reason = b.reason, "Identity blocked");
             ctx.metrics.outcome("Identity", b.reason);
             let changed_reason = previous_ready_reason(obj).as_deref() != Some(b.reason);
-            write_status(ctx, obj, &blocked_status(obj, &b, now)).await?;
+            write_status(ctx, obj, blocked_status(obj, &b, now));
             if changed_reason {
-                event(ctx, obj, true, b.reason, "Reconcile", b.message.clone()).await;
+                event(ctx, obj, true, b.reason, "Reconcile", b.message.clone());
             }
-            Ok(if b.stalled {
-                Action::await_change()
+            if b.stalled {
+                Next::AwaitChange
             } else {
-                Action::requeue(ctx.settings.resync_interval)
-            })
+                Next::After(ctx.settings.resync_interval)
+            }
         }
     }
 }
 
 /// Reports that Kratos (or a transient dependency) failed; the caller returns the error so the
 /// reconcile is retried with backoff.
-pub async fn unavailable(obj: &Identity, ctx: &Context, error: &Error) {
+pub fn unavailable(obj: &Arc<Identity>, ctx: &Context, error: &Error) {
     let b = Blocked::new(
         "KratosUnavailable",
         format!("cannot reach Kratos, retrying with backoff: {error}"),
     );
     let changed_reason = previous_ready_reason(obj).as_deref() != Some(b.reason);
-    if let Err(e) = write_status(ctx, obj, &blocked_status(obj, &b, Timestamp::now())).await {
-        warn!(error = %e, "could not write status");
-    }
+    write_status(ctx, obj, blocked_status(obj, &b, Timestamp::now()));
     if changed_reason {
-        event(ctx, obj, true, b.reason, "Reconcile", b.message).await;
+        event(ctx, obj, true, b.reason, "Reconcile", b.message);
     }
 }

@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// Publishes an Event about `obj` (failures to publish are logged, never fatal).
-pub async fn event(
+pub fn event(
     ctx: &Context,
     obj: &RecoveryRequest,
     warning: bool,
@@ -28,7 +28,7 @@ pub async fn event(
     action: &str,
     note: String,
 ) {
-    crate::controller::report::event(ctx, obj, warning, reason, action, note).await;
+    crate::controller::report::event(ctx, obj, warning, reason, action, note);
 }
 
 /// Status times are whole seconds (that is how the API server stores them).
@@ -160,7 +160,7 @@ pub async fn issued(ctx: &Context, obj: &RecoveryRequest, facts: &IssuedFacts) -
         facts.secret_name,
         second(facts.expires_at).0
     );
-    event(ctx, obj, false, "Issued", "Issue", note).await;
+    event(ctx, obj, false, "Issued", "Issue", note);
     Ok(())
 }
 
@@ -178,7 +178,7 @@ pub async fn adopted(ctx: &Context, obj: &RecoveryRequest, facts: &IssuedFacts) 
         what(obj),
         facts.generation
     );
-    event(ctx, obj, false, "Adopted", "Issue", note).await;
+    event(ctx, obj, false, "Adopted", "Issue", note);
     Ok(())
 }
 
@@ -204,7 +204,7 @@ pub async fn expired(ctx: &Context, obj: &RecoveryRequest, facts: &IssuedFacts) 
             second(facts.expires_at).0,
             facts.secret_name
         );
-        event(ctx, obj, false, "Expired", "Expire", note).await;
+        event(ctx, obj, false, "Expired", "Expire", note);
     }
     Ok(())
 }
@@ -214,7 +214,7 @@ pub async fn blocked(ctx: &Context, obj: &RecoveryRequest, b: &Blocked) -> Resul
     let changed_reason = previous_ready_reason(obj).as_deref() != Some(b.reason);
     write_status(ctx, obj, &blocked_status(obj, b, Timestamp::now())).await?;
     if changed_reason {
-        event(ctx, obj, true, b.reason, "Issue", b.message.clone()).await;
+        event(ctx, obj, true, b.reason, "Issue", b.message.clone());
     }
     Ok(())
 }

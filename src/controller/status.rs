@@ -1,0 +1,336 @@
+//! Identity status writes, off the reconcile's path. A reconcile hands the new status of its
+//! object to the writer and returns; a bounded number of writers apply the statuses by
+//! server-side apply. Per object the newest status wins and one write is in flight at a time.
+//!
+//! Why: at 10,000 new identities every object needs a finalizer patch before its Kratos create
+//! and a status write after it. Written inside the reconcile, each status held a reconcile slot,
+//! so the finalizer patches of the next objects (and with them the next create batch) waited
+//! for the status writes of the previous ones. Now creates stream at the pace of the finalizer
+//! patches and the status writes use the API server's remaining capacity.
+//!
+//! A failed write is retried with the controllers' backoff (1 s to 5 min) unless a newer status
+//! replaced it; the first failure of a status is also said in a Warning Event
+//! (`StatusNotWritten`), since the status cannot say it. A write to a deleted object is dropped.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
+};
+
+use futures::future::{BoxFuture, Shared};
+use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use tokio::sync::Notify;
+use tracing::debug;
+
+use super::Context;
+use crate::api::identity::{Identity, IdentityStatus};
+
+/// Status writes in flight at once.
+pub const WRITERS: usize = 8;
+
+/// One status waiting to be written.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// The object as the reconcile saw it (name, namespace, and the Event's subject).
+    pub obj: Arc<Identity>,
+    /// The status to apply.
+    pub status: IdentityStatus,
+    /// Failed attempts so far.
+    pub attempts: u32,
+}
+
+/// The queue of status writes (pure bookkeeping, no I/O): FIFO over objects, newest status per
+/// object, one write in flight per object, and the resourceVersion of each object's last write
+/// until the cache has caught up with it.
+#[derive(Debug, Default)]
+pub struct Queue {
+    pending: HashMap<ObjectRef<Identity>, Pending>,
+    order: VecDeque<ObjectRef<Identity>>,
+    in_flight: HashSet<ObjectRef<Identity>>,
+    written: HashMap<ObjectRef<Identity>, String>,
+}
+
+impl Queue {
+    /// Queues `p`; a status already waiting for the same object is replaced (it keeps its place).
+    pub fn push(&mut self, key: ObjectRef<Identity>, p: Pending) {
+        if self.pending.insert(key.clone(), p).is_none() {
+            self.order.push_back(key);
+        }
+    }
+
+    /// Queues a retry of `p` unless a newer status for the object is waiting.
+    pub fn retry(&mut self, key: ObjectRef<Identity>, p: Pending) {
+        if !self.pending.contains_key(&key) {
+            self.push(key, p);
+        }
+    }
+
+    /// The next status to write: the oldest queued object without a write in flight.
+    pub fn pop(&mut self) -> Option<(ObjectRef<Identity>, Pending)> {
+        let i = self
+            .order
+            .iter()
+            .position(|k| !self.in_flight.contains(k))?;
+        let key = self.order.remove(i)?;
+        let p = self.pending.remove(&key)?;
+        self.in_flight.insert(key.clone());
+        Some((key, p))
+    }
+
+    /// Marks the write of `key` finished; `written` is the resourceVersion it produced.
+    pub fn done(&mut self, key: &ObjectRef<Identity>, written: Option<String>) {
+        self.in_flight.remove(key);
+        if let Some(rv) = written {
+            self.written.insert(key.clone(), rv);
+        }
+    }
+
+    /// Whether the cached object (at `resource_version`) may be stale for status purposes: a
+    /// status of it is waiting or being written, or the last one written is not in the cache
+    /// yet. A reconcile then writes its status even when it equals the cached one.
+    pub fn cache_may_be_stale(
+        &mut self,
+        key: &ObjectRef<Identity>,
+        resource_version: Option<&str>,
+    ) -> bool {
+        if self.pending.contains_key(key) || self.in_flight.contains(key) {
+            return true;
+        }
+        match self.written.get(key) {
+            Some(rv) if Some(rv.as_str()) == resource_version => {
+                self.written.remove(key);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// Forgets an object (it was deleted).
+    pub fn forget(&mut self, key: &ObjectRef<Identity>) {
+        self.written.remove(key);
+    }
+
+    /// Statuses waiting (not counting those being written).
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+/// Hands statuses to the writers.
+#[derive(Debug, Clone, Default)]
+pub struct StatusWriter {
+    queue: Arc<Mutex<Queue>>,
+    wake: Arc<Notify>,
+}
+
+impl StatusWriter {
+    /// Queues `status` for `obj` unless it equals the cached status and the cache is current.
+    /// Returns whether a write was queued.
+    pub fn submit(&self, obj: &Arc<Identity>, status: IdentityStatus, unchanged: bool) -> bool {
+        let key = ObjectRef::from_obj(&**obj);
+        let Ok(mut q) = self.queue.lock() else {
+            return false;
+        };
+        if unchanged && !q.cache_may_be_stale(&key, obj.resource_version().as_deref()) {
+            return false;
+        }
+        q.push(
+            key,
+            Pending {
+                obj: obj.clone(),
+                status,
+                attempts: 0,
+            },
+        );
+        drop(q);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Forgets a deleted object.
+    pub fn forget(&self, obj: &Identity) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.forget(&ObjectRef::from_obj(obj));
+        }
+    }
+
+    /// Statuses waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().map(|q| q.len()).unwrap_or(0)
+    }
+
+    fn pop(&self) -> Option<(ObjectRef<Identity>, Pending)> {
+        self.queue.lock().ok()?.pop()
+    }
+
+    fn done(&self, key: &ObjectRef<Identity>, written: Option<String>) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.done(key, written);
+        }
+    }
+
+    fn retry(&self, key: ObjectRef<Identity>, p: Pending) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.retry(key, p);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Runs [`WRITERS`] writers until `shutdown`; statuses still queued then are dropped (the
+    /// next leader's reconciles compute them again).
+    pub async fn run(&self, ctx: Arc<Context>, shutdown: Shared<BoxFuture<'static, ()>>) {
+        let writers =
+            futures::future::join_all((0..WRITERS).map(|_| writer(self.clone(), ctx.clone())));
+        futures::future::select(Box::pin(writers), shutdown).await;
+    }
+}
+
+async fn writer(w: StatusWriter, ctx: Arc<Context>) {
+    loop {
+        let notified = w.wake.notified();
+        let Some((key, mut p)) = w.pop() else {
+            notified.await;
+            continue;
+        };
+        let result = super::report::apply_status_returning_version(&ctx, &*p.obj, &p.status).await;
+        match result {
+            Ok(rv) => w.done(&key, rv),
+            Err(e) if is_not_found(&e) => {
+                debug!(object = %key, "object gone; status dropped");
+                w.done(&key, None);
+            }
+            Err(e) => {
+                w.done(&key, None);
+                if p.attempts == 0 {
+                    super::report::event(
+                        &ctx,
+                        &*p.obj,
+                        true,
+                        "StatusNotWritten",
+                        "Reconcile",
+                        format!("cannot write the status: {e}"),
+                    );
+                }
+                p.attempts += 1;
+                let delay =
+                    super::backoff::delay(p.attempts, crate::kratos::retry::random_unit(), None);
+                debug!(object = %key, attempts = p.attempts, ?delay, "status write failed; retrying");
+                let w = w.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    w.retry(key, p);
+                });
+            }
+        }
+        // Another writer may be waiting for the object this one just finished.
+        w.wake.notify_one();
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 404)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(name: &str) -> Arc<Identity> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
+                "metadata": { "name": name, "namespace": "ns", "resourceVersion": "1" },
+                "spec": { "schemaId": "customer", "traits": {} }
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn pending(name: &str, generation: i64) -> (ObjectRef<Identity>, Pending) {
+        let o = obj(name);
+        (
+            ObjectRef::from_obj(&*o),
+            Pending {
+                obj: o,
+                status: IdentityStatus {
+                    observed_generation: Some(generation),
+                    ..Default::default()
+                },
+                attempts: 0,
+            },
+        )
+    }
+
+    #[test]
+    fn newest_status_wins_and_keeps_its_place() {
+        let mut q = Queue::default();
+        let (a, a1) = pending("a", 1);
+        let (b, b1) = pending("b", 1);
+        let (_, a2) = pending("a", 2);
+        q.push(a.clone(), a1);
+        q.push(b.clone(), b1);
+        q.push(a.clone(), a2);
+        assert_eq!(q.len(), 2);
+        let (k, p) = q.pop().unwrap();
+        assert_eq!(k, a);
+        assert_eq!(p.status.observed_generation, Some(2));
+        assert_eq!(q.pop().unwrap().0, b);
+        assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn one_write_in_flight_per_object() {
+        let mut q = Queue::default();
+        let (a, a1) = pending("a", 1);
+        let (_, a2) = pending("a", 2);
+        let (b, b1) = pending("b", 1);
+        q.push(a.clone(), a1);
+        assert_eq!(q.pop().unwrap().0, a);
+        q.push(a.clone(), a2);
+        q.push(b.clone(), b1);
+        assert_eq!(q.pop().unwrap().0, b, "a is being written: b goes first");
+        assert!(q.pop().is_none(), "a waits for its write in flight");
+        q.done(&a, Some("7".into()));
+        let (k, p) = q.pop().unwrap();
+        assert_eq!((k, p.status.observed_generation), (a, Some(2)));
+    }
+
+    #[test]
+    fn a_retry_never_replaces_a_newer_status() {
+        let mut q = Queue::default();
+        let (a, a1) = pending("a", 1);
+        let (_, a2) = pending("a", 2);
+        q.push(a.clone(), a2);
+        q.retry(a.clone(), a1);
+        assert_eq!(q.pop().unwrap().1.status.observed_generation, Some(2));
+        let (_, a1) = pending("a", 1);
+        q.done(&a, None);
+        q.retry(a.clone(), a1);
+        assert_eq!(q.pop().unwrap().1.status.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn the_cache_is_stale_until_it_shows_the_last_write() {
+        let mut q = Queue::default();
+        let (a, a1) = pending("a", 1);
+        assert!(!q.cache_may_be_stale(&a, Some("1")));
+        q.push(a.clone(), a1);
+        assert!(q.cache_may_be_stale(&a, Some("1")), "waiting");
+        q.pop();
+        assert!(q.cache_may_be_stale(&a, Some("1")), "in flight");
+        q.done(&a, Some("5".into()));
+        assert!(
+            q.cache_may_be_stale(&a, Some("1")),
+            "written at 5, cache at 1"
+        );
+        assert!(!q.cache_may_be_stale(&a, Some("5")), "the cache caught up");
+        assert!(!q.cache_may_be_stale(&a, Some("1")), "and is forgotten");
+    }
+}
