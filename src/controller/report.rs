@@ -17,41 +17,53 @@ use crate::{Result, api::FIELD_MANAGER};
 /// When it cannot be stored a Warning Event says so: the status is where every outcome is
 /// reported, and an object at etcd's size limit ("etcdserver: request is too large") has no room
 /// for it.
-pub async fn apply_status<K, S>(ctx: &Context, obj: &K, status: &S) -> Result<()>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-    S: Serialize,
-{
+pub async fn apply_status<K: StatusOwner, S: Serialize>(
+    ctx: &Context,
+    obj: &K,
+    status: &S,
+) -> Result<()> {
     if let Err(e) = apply_status_returning_version(ctx, obj, status).await {
-        event(
-            ctx,
-            obj,
-            true,
-            "StatusNotWritten",
-            "Reconcile",
-            format!("cannot write the status: {e}"),
-        );
+        status_not_written(ctx, obj, &e);
         return Err(e.into());
     }
     Ok(())
 }
 
-/// Applies `status` and returns the object's new resourceVersion; reports nothing.
-pub async fn apply_status_returning_version<K, S>(
-    ctx: &Context,
-    obj: &K,
-    status: &S,
-) -> std::result::Result<Option<String>, kube::Error>
-where
+/// The Warning Event for a status that cannot be written.
+pub fn status_not_written<K: StatusOwner>(ctx: &Context, obj: &K, error: &kube::Error) {
+    event(
+        ctx,
+        obj,
+        true,
+        "StatusNotWritten",
+        "Reconcile",
+        format!("cannot write the status: {error}"),
+    );
+}
+
+/// The kinds whose status the operator writes.
+pub trait StatusOwner:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> StatusOwner for K where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
         + DeserializeOwned
-        + std::fmt::Debug,
-    S: Serialize,
+        + std::fmt::Debug
 {
+}
+
+/// Applies `status` and returns the object's new resourceVersion; reports nothing.
+pub async fn apply_status_returning_version<K: StatusOwner, S: Serialize>(
+    ctx: &Context,
+    obj: &K,
+    status: &S,
+) -> std::result::Result<Option<String>, kube::Error> {
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = json!({

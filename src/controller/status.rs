@@ -208,14 +208,7 @@ async fn writer(w: StatusWriter, ctx: Arc<Context>) {
             Err(e) => {
                 w.done(&key, None);
                 if p.attempts == 0 {
-                    super::report::event(
-                        &ctx,
-                        &*p.obj,
-                        true,
-                        "StatusNotWritten",
-                        "Reconcile",
-                        format!("cannot write the status: {e}"),
-                    );
+                    super::report::status_not_written(&ctx, &*p.obj, &e);
                 }
                 p.attempts += 1;
                 let delay =
