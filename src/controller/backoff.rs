@@ -25,6 +25,15 @@ pub fn requeue_after_failure<K: Resource<DynamicType = ()>>(
     error: &Error,
     ctx: &Context,
 ) -> Action {
+    Action::requeue(delay_after_failure(obj, error, ctx))
+}
+
+/// Records a failed reconcile of `obj`, logs it, and returns how long to wait before the next.
+pub fn delay_after_failure<K: Resource<DynamicType = ()>>(
+    obj: &K,
+    error: &Error,
+    ctx: &Context,
+) -> Duration {
     let delay = ctx.backoff.fail(&key(obj), error.retry_after());
     warn!(
         kind = %K::kind(&()),
@@ -34,7 +43,7 @@ pub fn requeue_after_failure<K: Resource<DynamicType = ()>>(
         retry_in = ?delay,
         "reconcile failed"
     );
-    Action::requeue(delay)
+    delay
 }
 
 /// Failure counts by object key.

@@ -201,7 +201,7 @@ async fn writer(w: StatusWriter, ctx: Arc<Context>) {
         let result = super::report::apply_status_returning_version(&ctx, &*p.obj, &p.status).await;
         match result {
             Ok(rv) => w.done(&key, rv),
-            Err(e) if is_not_found(&e) => {
+            Err(kube::Error::Api(ref status)) if status.is_not_found() => {
                 debug!(object = %key, "object gone; status dropped");
                 w.done(&key, None);
             }
@@ -224,10 +224,6 @@ async fn writer(w: StatusWriter, ctx: Arc<Context>) {
         // Another writer may be waiting for the object this one just finished.
         w.wake.notify_one();
     }
-}
-
-fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(status) if status.code == 404)
 }
 
 #[cfg(test)]

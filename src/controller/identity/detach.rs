@@ -122,50 +122,51 @@ impl Handoff {
         let handoff = self.clone();
         // The task logs in the reconcile's span (object.ref, object.reason).
         let span = tracing::Span::current();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let object = ObjectRef::from_obj(&*obj);
-            let key = backoff::key(&*obj);
-            let work = super::apply(obj, ctx.clone());
-            let next = tokio::select! {
-                biased;
-                () = handoff.shutdown.clone() => {
-                    ctx.detached.finish(&uid);
-                    return;
-                }
-                result = work => match result {
-                    Ok(Next::AwaitChange) => {
-                        ctx.backoff.reset(&key);
-                        None
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                let object = ObjectRef::from_obj(&*obj);
+                let key = backoff::key(&*obj);
+                let work = super::apply(obj.clone(), ctx.clone());
+                let next = tokio::select! {
+                    biased;
+                    () = handoff.shutdown.clone() => {
+                        ctx.detached.finish(&uid);
+                        return;
                     }
-                    Ok(Next::After(delay)) => {
-                        ctx.backoff.reset(&key);
-                        Some(delay)
-                    }
-                    Err(e) => {
-                        ctx.metrics.failure("Identity", &e);
-                        let delay = ctx.backoff.fail(&key, e.retry_after());
-                        tracing::warn!(object = %object, error = %e, retry_in = ?delay, "reconcile failed");
-                        Some(delay)
-                    }
-                }
-            };
-            let marked = ctx.detached.finish(&uid);
-            match (marked, next) {
-                (true, _) => {
-                    let _ = handoff.retrigger.unbounded_send(object);
-                }
-                (false, Some(delay)) => {
-                    tokio::select! {
-                        () = handoff.shutdown => {}
-                        () = tokio::time::sleep(delay) => {
-                            let _ = handoff.retrigger.unbounded_send(object);
+                    result = work => match result {
+                        Ok(Next::AwaitChange) => {
+                            ctx.backoff.reset(&key);
+                            None
+                        }
+                        Ok(Next::After(delay)) => {
+                            ctx.backoff.reset(&key);
+                            Some(delay)
+                        }
+                        Err(e) => {
+                            ctx.metrics.failure("Identity", &e);
+                            Some(backoff::delay_after_failure(&*obj, &e, &ctx))
                         }
                     }
+                };
+                let marked = ctx.detached.finish(&uid);
+                match (marked, next) {
+                    (true, _) => {
+                        let _ = handoff.retrigger.unbounded_send(object);
+                    }
+                    (false, Some(delay)) => {
+                        tokio::select! {
+                            () = handoff.shutdown => {}
+                            () = tokio::time::sleep(delay) => {
+                                let _ = handoff.retrigger.unbounded_send(object);
+                            }
+                        }
+                    }
+                    (false, None) => {}
                 }
-                (false, None) => {}
             }
-        }.instrument(span));
+            .instrument(span),
+        );
     }
 }
 
