@@ -167,6 +167,8 @@ async fn kratos_floor(root: &Path, n: usize, passwords: bool) -> Result<f64, Str
     let items: Vec<BatchPatchItem> = (0..n)
         .map(|i| BatchPatchItem::create(body(i, "floor", passwords), None))
         .collect();
+    let kratos_cpu = || kratos.pid().map_or(0.0, cpu_seconds);
+    let cpu_before = kratos_cpu();
     let started = Instant::now();
     for chunk in items.chunks(per) {
         let results = client.batch_patch_identities(chunk).await.map_err(err)?;
@@ -174,7 +176,12 @@ async fn kratos_floor(root: &Path, n: usize, passwords: bool) -> Result<f64, Str
             return Err("the Kratos floor batch had failures".into());
         }
     }
-    Ok(started.elapsed().as_secs_f64())
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "bench:   (b) Kratos used {:.1} CPU seconds",
+        kratos_cpu() - cpu_before
+    );
+    Ok(elapsed)
 }
 
 async fn namespace(client: &Client, name: &str) -> Result<(), String> {
@@ -324,6 +331,52 @@ fn cpu_snapshot(processes: &[(&'static str, u32)]) -> Vec<(&'static str, f64)> {
         .collect()
 }
 
+/// The API server's request counts by verb, resource and subresource (its /metrics).
+async fn apiserver_requests(client: &Client) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(request) = http::Request::get("/metrics").body(Vec::new()) else {
+        return out;
+    };
+    let text = client.request_text(request).await.unwrap_or_default();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |name: &str| {
+            line.split(&format!("{name}=\"")[..])
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("")
+                .to_string()
+        };
+        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        let mut key = format!("{} {}", label("verb"), label("resource"));
+        let sub = label("subresource");
+        if !sub.is_empty() {
+            key = format!("{key}/{sub}");
+        }
+        *out.entry(key).or_default() += value;
+    }
+    out
+}
+
+/// Waits (at most 30 s) until `processes` together use less than a tenth of a core.
+async fn settle(processes: &[(&'static str, u32)]) {
+    let total = || cpu_snapshot(processes).iter().map(|(_, s)| s).sum::<f64>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut before = total();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = total();
+        if now - before < 0.1 {
+            return;
+        }
+        before = now;
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn operator_run(
     env: &Environment,
@@ -347,6 +400,22 @@ async fn operator_run(
         .port();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let log = std::fs::File::create(root.join(format!("operator-{tag}.log"))).map_err(err)?;
+    let kratos_pid = kratos.pid();
+    let mut environment: Vec<(&'static str, u32)> = env
+        .state
+        .processes
+        .iter()
+        .filter_map(|p| {
+            ["kube-apiserver", "etcd", "kube-controller-manager"]
+                .into_iter()
+                .find(|n| *n == p.name)
+                .map(|n| (n, p.pid as u32))
+        })
+        .collect();
+    environment.extend(kratos_pid.map(|pid| ("kratos", pid)));
+    // The clock must not start while the environment still digests the objects just created
+    // (the garbage collector's graph, the watch cache): wait until it is idle.
+    settle(&environment).await;
     let mut child: Child = Command::new(binary)
         .env("KUBECONFIG", &env.state.kubeconfig)
         .env(
@@ -374,17 +443,8 @@ async fn operator_run(
         .spawn()
         .map_err(err)?;
     let mut watched: Vec<(&'static str, u32)> = vec![("operator", child.id())];
-    for p in &env.state.processes {
-        if let Some(name) = ["kube-apiserver", "etcd"]
-            .into_iter()
-            .find(|n| *n == p.name)
-        {
-            watched.push((name, p.pid as u32));
-        }
-    }
-    if let Some(pid) = kratos.pid() {
-        watched.push(("kratos", pid));
-    }
+    watched.extend(environment);
+    let requests_before = apiserver_requests(client).await;
     let cpu_before = cpu_snapshot(&watched);
     let started = Instant::now();
     let cap = if fast {
@@ -395,6 +455,11 @@ async fn operator_run(
     let deadline = started + cap;
     let mut a1 = None;
     let mut ready: usize;
+    // One line per second: where the time goes (see `timeline-<tag>.tsv` under target/bench).
+    let mut timeline = String::from(
+        "t\tcreated\tready\treconciles\tstatus_queued\tbatch_requests\tidentity_lists\tcpu_by_process\n",
+    );
+    let mut last_line = (Instant::now(), cpu_before.clone());
     let result = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let text = metrics(&url);
@@ -402,6 +467,38 @@ async fn operator_run(
         let created = metric_sum(&text, "kratos_operator_identity_changes_total", |l| {
             l.contains("action=\"created\"")
         });
+        if last_line.0.elapsed() >= Duration::from_secs(1) {
+            let now = cpu_snapshot(&watched);
+            let interval = last_line.0.elapsed().as_secs_f64();
+            let cpu = now
+                .iter()
+                .zip(&last_line.1)
+                .map(|((name, after), (_, before))| {
+                    format!("{name}={:.2}", (after - before) / interval)
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            let lists = apiserver_requests(client)
+                .await
+                .get("LIST identities")
+                .copied()
+                .unwrap_or(0.0)
+                - requests_before
+                    .get("LIST identities")
+                    .copied()
+                    .unwrap_or(0.0);
+            let _ = writeln!(
+                timeline,
+                "{:.1}\t{created}\t{ready}\t{}\t{}\t{}\t{lists}\t{cpu}",
+                started.elapsed().as_secs_f64(),
+                metric_sum(&text, "kratos_operator_reconciles_total", |_| true),
+                metric_sum(&text, "kratos_operator_status_writes_queued", |_| true),
+                metric_sum(&text, "kratos_client_http_requests_total", |l| {
+                    l.contains("operation=\"batch_patch_identities\"")
+                }),
+            );
+            last_line = (Instant::now(), now);
+        }
         if a1.is_none() && created >= n as f64 {
             a1 = Some(started.elapsed().as_secs_f64());
         }
@@ -426,6 +523,15 @@ async fn operator_run(
         .zip(&cpu_before)
         .map(|((name, after), (_, before))| (name, after - before))
         .collect();
+    let requests_after = apiserver_requests(client).await;
+    let _ = std::fs::write(root.join(format!("metrics-{tag}.txt")), metrics(&url));
+    for (key, after) in &requests_after {
+        let delta = after - requests_before.get(key).copied().unwrap_or(0.0);
+        if delta >= 1.0 {
+            let _ = writeln!(timeline, "# apiserver requests during (a2): {key} {delta}");
+        }
+    }
+    let _ = std::fs::write(root.join(format!("timeline-{tag}.tsv")), &timeline);
     let a2 = match result {
         Ok(v) => v,
         Err(e) => {
@@ -666,7 +772,7 @@ pub fn report(figures: &[Figures], command: &str) -> String {
     md.push_str(
         "\n## Where the CPU goes during (a2)\n\nCPU seconds (user + system, from /proc) each process used between the operator's \
          start and the last object becoming Ready; the machine has 2 cores, so the busy share is the sum over 2 x (a2).\n\n\
-         | N | passwords | operator | kube-apiserver | etcd | Kratos | sum | busy share |\n|---:|:---:|---:|---:|---:|---:|---:|---:|\n",
+         | N | passwords | operator | kube-apiserver | etcd | kube-controller-manager | Kratos | sum | busy share |\n|---:|:---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for f in figures {
         let of = |name: &str| {
@@ -678,12 +784,13 @@ pub fn report(figures: &[Figures], command: &str) -> String {
         let sum: f64 = f.cpu.iter().map(|(_, v)| v).sum();
         let _ = writeln!(
             md,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% |",
             f.n,
             if f.passwords { "yes" } else { "no" },
             of("operator"),
             of("kube-apiserver"),
             of("etcd"),
+            of("kube-controller-manager"),
             of("kratos"),
             sum,
             100.0 * sum / (2.0 * f.a2).max(1e-9)
