@@ -29,7 +29,7 @@ use kube::{
 use serde_json::{Value, json};
 use support::{
     TestEnv, apply, events_for, eventually, setup, start_operator, start_operator_with,
-    unique_name, wait_ready,
+    test_settings, unique_name, wait_ready,
 };
 
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -646,7 +646,18 @@ async fn deleting_the_request_deletes_the_secret() {
 #[tokio::test]
 async fn waits_for_the_identity_and_issues_once_it_is_ready() {
     let t = setup("recovery-identity").await;
-    let operator = start_operator(&t).await;
+    // A resync far beyond the test's timeouts: only the Identity's change (seen by the Identity
+    // controller's watch and passed on) can wake the waiting request.
+    let operator = start_operator_with(
+        &t,
+        &t.kratos_admin_url,
+        &t.kratos_public_url,
+        kratos_operator::controller::Settings {
+            resync_interval: Duration::from_secs(600),
+            ..test_settings(&t.namespace)
+        },
+    )
+    .await;
     let name = unique_name("carol");
     request(
         &t,
@@ -666,6 +677,9 @@ async fn waits_for_the_identity_and_issues_once_it_is_ready() {
     );
     assert!(secrets(&t).get_opt("r").await.expect("get").is_none());
     assert_eq!(operator.kratos.metrics().calls("create_recovery_link"), 0);
+    // Let the request's own status write and its echo pass: from here on nothing but the
+    // Identity can trigger it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
 
     apply::<Identity>(
         &t,

@@ -6,6 +6,7 @@ pub mod events;
 pub mod finalizer;
 pub mod identity;
 pub mod json;
+pub mod priority;
 pub mod recovery;
 pub mod report;
 pub mod schema_ref;
@@ -100,6 +101,8 @@ pub struct Context {
     pub statuses: status::StatusWriter,
     /// New identities being created off the reconciles' path.
     pub detached: identity::detach::Detached,
+    /// Which API server and Kratos work goes first during a bulk create.
+    pub priority: Arc<priority::Priority>,
 }
 
 /// Kratos identity ids by object uid.
@@ -225,11 +228,13 @@ impl Context {
             .batch_creates
             .then(|| batch::CreateBatcher::spawn(kratos.clone(), settings.batch_window));
         let metrics = Arc::new(Metrics::default());
+        let priority = Arc::new(priority::Priority::default());
         Self {
             creates,
             events: events::EventSink::spawn(
                 Recorder::new(client.clone(), reporter),
                 metrics.clone(),
+                priority.clone(),
             ),
             client,
             kratos,
@@ -239,8 +244,9 @@ impl Context {
             metrics,
             caches: Caches::default(),
             known_ids: KnownIds::default(),
-            statuses: status::StatusWriter::default(),
-            detached: identity::detach::Detached::default(),
+            statuses: status::StatusWriter::new(priority.clone()),
+            detached: identity::detach::Detached::new(priority.clone()),
+            priority,
         }
     }
 }
@@ -260,9 +266,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: BoxFuture<'static, ()>) {
     };
     let mut tasks = vec![ctx.statuses.run(ctx.clone(), shutdown.clone()).boxed()];
     for scope in &scopes {
-        tasks.push(identity::controller(ctx.clone(), scope.as_deref(), shutdown.clone()).boxed());
+        let (touched, identities) = futures::channel::mpsc::unbounded();
+        tasks.push(
+            identity::controller(ctx.clone(), scope.as_deref(), shutdown.clone(), touched).boxed(),
+        );
         tasks.push(schema_ref::controller(ctx.clone(), scope.as_deref(), shutdown.clone()).boxed());
-        tasks.push(recovery::controller(ctx.clone(), scope.as_deref(), shutdown.clone()).boxed());
+        tasks.push(
+            recovery::controller(ctx.clone(), scope.as_deref(), shutdown.clone(), identities)
+                .boxed(),
+        );
     }
     futures::future::join_all(tasks).await;
 }

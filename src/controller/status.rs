@@ -18,21 +18,28 @@ use std::{
 };
 
 use futures::future::{BoxFuture, Shared};
-use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use kube::{
+    ResourceExt,
+    core::{ObjectMeta, PartialObjectMeta, PartialObjectMetaExt},
+    runtime::reflector::ObjectRef,
+};
 use tokio::sync::Notify;
 use tracing::debug;
 
-use super::Context;
+use super::{Context, priority::Priority};
 use crate::api::identity::{Identity, IdentityStatus};
 
-/// Status writes in flight at once.
-pub const WRITERS: usize = 8;
+/// Status writes in flight at once (fewer while many identities are being created, see
+/// [`super::priority`]).
+pub const WRITERS: usize = 32;
 
 /// One status waiting to be written.
 #[derive(Debug, Clone)]
 pub struct Pending {
-    /// The object as the reconcile saw it (name, namespace, and the Event's subject).
-    pub obj: Arc<Identity>,
+    /// The object's name, namespace, uid and resourceVersion as the reconcile saw it (where to
+    /// write, and the Event's subject): not the whole object, which thousands of queued
+    /// statuses would otherwise keep alive beside the cache's newer copies.
+    pub obj: PartialObjectMeta<Identity>,
     /// The status to apply.
     pub status: IdentityStatus,
     /// Failed attempts so far.
@@ -122,14 +129,36 @@ impl Queue {
     }
 }
 
+/// What a queued status keeps of its object.
+fn reference(obj: &Identity) -> PartialObjectMeta<Identity> {
+    ObjectMeta {
+        name: obj.metadata.name.clone(),
+        namespace: obj.metadata.namespace.clone(),
+        uid: obj.metadata.uid.clone(),
+        resource_version: obj.metadata.resource_version.clone(),
+        ..ObjectMeta::default()
+    }
+    .into_request_partial()
+}
+
 /// Hands statuses to the writers.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StatusWriter {
     queue: Arc<Mutex<Queue>>,
     wake: Arc<Notify>,
+    priority: Arc<Priority>,
 }
 
 impl StatusWriter {
+    /// An empty queue; `priority` learns its length and paces the writers.
+    pub fn new(priority: Arc<Priority>) -> Self {
+        Self {
+            queue: Arc::default(),
+            wake: Arc::default(),
+            priority,
+        }
+    }
+
     /// Queues `status` for `obj` unless it equals the cached status and the cache is current.
     /// Returns whether a write was queued.
     pub fn submit(&self, obj: &Arc<Identity>, status: IdentityStatus, unchanged: bool) -> bool {
@@ -143,11 +172,12 @@ impl StatusWriter {
         q.push(
             key,
             Pending {
-                obj: obj.clone(),
+                obj: reference(obj),
                 status,
                 attempts: 0,
             },
         );
+        self.priority.set_statuses_queued(q.len());
         drop(q);
         self.wake.notify_one();
         true
@@ -166,7 +196,10 @@ impl StatusWriter {
     }
 
     fn pop(&self) -> Option<(ObjectRef<Identity>, Pending)> {
-        self.queue.lock().ok()?.pop()
+        let mut q = self.queue.lock().ok()?;
+        let next = q.pop();
+        self.priority.set_statuses_queued(q.len());
+        next
     }
 
     fn done(&self, key: &ObjectRef<Identity>, written: Option<String>) {
@@ -178,6 +211,7 @@ impl StatusWriter {
     fn retry(&self, key: ObjectRef<Identity>, p: Pending) {
         if let Ok(mut q) = self.queue.lock() {
             q.retry(key, p);
+            self.priority.set_statuses_queued(q.len());
         }
         self.wake.notify_one();
     }
@@ -186,19 +220,20 @@ impl StatusWriter {
     /// next leader's reconciles compute them again).
     pub async fn run(&self, ctx: Arc<Context>, shutdown: Shared<BoxFuture<'static, ()>>) {
         let writers =
-            futures::future::join_all((0..WRITERS).map(|_| writer(self.clone(), ctx.clone())));
+            futures::future::join_all((0..WRITERS).map(|i| writer(i, self.clone(), ctx.clone())));
         futures::future::select(Box::pin(writers), shutdown).await;
     }
 }
 
-async fn writer(w: StatusWriter, ctx: Arc<Context>) {
+async fn writer(number: usize, w: StatusWriter, ctx: Arc<Context>) {
     loop {
+        w.priority.status_turn(number).await;
         let notified = w.wake.notified();
         let Some((key, mut p)) = w.pop() else {
             notified.await;
             continue;
         };
-        let result = super::report::apply_status_returning_version(&ctx, &*p.obj, &p.status).await;
+        let result = super::report::apply_status_returning_version(&ctx, &p.obj, &p.status).await;
         match result {
             Ok(rv) => w.done(&key, rv),
             Err(kube::Error::Api(ref status)) if status.is_not_found() => {
@@ -208,7 +243,7 @@ async fn writer(w: StatusWriter, ctx: Arc<Context>) {
             Err(e) => {
                 w.done(&key, None);
                 if p.attempts == 0 {
-                    super::report::status_not_written(&ctx, &*p.obj, &e);
+                    super::report::status_not_written(&ctx, &p.obj, &e);
                 }
                 p.attempts += 1;
                 let delay =
@@ -247,7 +282,7 @@ mod tests {
         (
             ObjectRef::from_obj(&*o),
             Pending {
-                obj: o,
+                obj: reference(&o),
                 status: IdentityStatus {
                     observed_generation: Some(generation),
                     ..Default::default()

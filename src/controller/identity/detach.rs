@@ -27,7 +27,7 @@ use tracing::Instrument;
 use super::Next;
 use crate::{
     api::identity::Identity,
-    controller::{Context, backoff},
+    controller::{Context, backoff, priority::Priority},
     kratos::BATCH_PATCH_MAX_ITEMS,
 };
 
@@ -39,18 +39,19 @@ pub const MAX_DETACHED: usize = BATCH_PATCH_MAX_ITEMS + BATCH_PATCH_MAX_ITEMS / 
 pub struct Detached {
     running: Mutex<HashMap<String, bool>>,
     slots: Arc<Semaphore>,
-}
-
-impl Default for Detached {
-    fn default() -> Self {
-        Self {
-            running: Mutex::default(),
-            slots: Arc::new(Semaphore::new(MAX_DETACHED)),
-        }
-    }
+    priority: Arc<Priority>,
 }
 
 impl Detached {
+    /// No task yet; `priority` counts the running ones.
+    pub fn new(priority: Arc<Priority>) -> Self {
+        Self {
+            running: Mutex::default(),
+            slots: Arc::new(Semaphore::new(MAX_DETACHED)),
+            priority,
+        }
+    }
+
     /// If `uid`'s task runs, marks it for another reconcile when it ends and returns true.
     pub fn defer(&self, uid: &str) -> bool {
         self.running
@@ -66,23 +67,20 @@ impl Detached {
     }
 
     fn start(&self, uid: &str) {
-        if let Ok(mut m) = self.running.lock() {
-            m.insert(uid.to_string(), false);
+        if let Ok(mut m) = self.running.lock()
+            && m.insert(uid.to_string(), false).is_none()
+        {
+            self.priority.create_started();
         }
     }
 
     /// Ends `uid`'s task; returns whether a reconcile arrived meanwhile.
     fn finish(&self, uid: &str) -> bool {
-        self.running
-            .lock()
-            .ok()
-            .and_then(|mut m| m.remove(uid))
-            .unwrap_or(false)
-    }
-
-    /// Tasks running now.
-    pub fn running(&self) -> usize {
-        self.running.lock().map(|m| m.len()).unwrap_or(0)
+        let marked = self.running.lock().ok().and_then(|mut m| m.remove(uid));
+        if marked.is_some() {
+            self.priority.create_ended();
+        }
+        marked.unwrap_or(false)
     }
 }
 
@@ -176,16 +174,17 @@ mod tests {
 
     #[test]
     fn a_reconcile_during_the_task_is_remembered_once() {
-        let d = Detached::default();
+        let priority = Arc::new(Priority::default());
+        let d = Detached::new(priority.clone());
         assert!(!d.defer("u1"), "no task: reconcile normally");
         d.start("u1");
         assert!(!d.finish("u1"), "nothing arrived meanwhile");
         d.start("u1");
         assert!(d.defer("u1"));
         assert!(d.defer("u1"));
-        assert_eq!(d.running(), 1);
+        assert_eq!(priority.creating(), 1);
         assert!(d.finish("u1"), "reconcile again");
         assert!(!d.defer("u1"));
-        assert_eq!(d.running(), 0);
+        assert_eq!(priority.creating(), 0);
     }
 }

@@ -14,7 +14,10 @@ pub mod report;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{FutureExt, StreamExt, future::BoxFuture, future::Shared};
+use futures::{
+    FutureExt, StreamExt, TryStreamExt, channel::mpsc::UnboundedSender, future::BoxFuture,
+    future::Shared,
+};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
@@ -122,7 +125,11 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) 
         dispatch(obj, ctx.clone(), &handoff).await
     } else {
         match finalizer::add(&api, &*obj, FINALIZER).await {
-            Ok(patched) => dispatch(Arc::new(patched), ctx.clone(), &handoff).await,
+            Ok(mut patched) => {
+                // As in the cache: a detached create holds this copy until it ends.
+                patched.managed_fields_mut().clear();
+                dispatch(Arc::new(patched), ctx.clone(), &handoff).await
+            }
             Err(e) => Err(e),
         }
     };
@@ -187,10 +194,14 @@ where
 }
 
 /// Runs the Identity controller for one namespace (or all) until `shutdown`.
+///
+/// Every Identity its watch sees change is also sent to `touched` (the RecoveryRequest
+/// controller of the same scope reacts to them).
 pub async fn controller(
     ctx: Arc<Context>,
     namespace: Option<&str>,
     shutdown: Shared<BoxFuture<'static, ()>>,
+    touched: UnboundedSender<ObjectRef<Identity>>,
 ) {
     let client = ctx.client.clone();
     let (identities, secrets, schema_refs): (
@@ -221,6 +232,10 @@ pub async fn controller(
     )
     .default_backoff()
     .touched_objects()
+    .inspect_ok(move |obj| {
+        // The receiver ends with its controller; nothing to do then.
+        let _ = touched.unbounded_send(ObjectRef::from_obj(obj));
+    })
     .predicate_filter(lifecycle_changed, kube::runtime::PredicateConfig::default());
     let controller = Controller::for_stream(stream, store.clone());
     ctx.caches.add_identities(store.clone());

@@ -19,7 +19,7 @@ pub mod report;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{StreamExt, future::BoxFuture, future::Shared};
+use futures::{StreamExt, channel::mpsc::UnboundedReceiver, future::BoxFuture, future::Shared};
 use jiff::Timestamp;
 use kube::{
     Api, ResourceExt,
@@ -217,43 +217,46 @@ pub fn error_policy(obj: Arc<RecoveryRequest>, error: &Error, ctx: Arc<Context>)
 
 /// Runs the RecoveryRequest controller for one namespace (or all) until `shutdown`. Identities
 /// are watched so that a request waiting for its Identity is issued as soon as it is ready.
+///
+/// `identities` are the Identity objects the Identity controller's watch saw change (in the same
+/// scope): each one reconciles the requests that name it. Sharing that watch, rather than
+/// watching Identities a second time, keeps every Identity change to one list and one watch
+/// event from the API server.
 pub async fn controller(
     ctx: Arc<Context>,
     namespace: Option<&str>,
     shutdown: Shared<BoxFuture<'static, ()>>,
+    identities: UnboundedReceiver<ObjectRef<Identity>>,
 ) {
     let client = ctx.client.clone();
-    let (requests, identities): (Api<RecoveryRequest>, Api<Identity>) = match namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client)),
+    let requests: Api<RecoveryRequest> = match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
     };
     let controller = Controller::new(requests, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let naming = identities.flat_map(move |identity| {
+        futures::stream::iter(
+            store
+                .state()
+                .into_iter()
+                .filter(|r| {
+                    r.namespace() == identity.namespace
+                        && r.spec
+                            .identity_ref
+                            .as_ref()
+                            .is_some_and(|i| i.name == identity.name)
+                })
+                .map(|r| ObjectRef::from_obj(&*r))
+                .collect::<Vec<_>>(),
+        )
+    });
     info!(
         namespace = namespace.unwrap_or("*"),
         "starting RecoveryRequest controller"
     );
     controller
-        .watches(
-            identities,
-            watcher::Config::default().any_semantic(),
-            move |identity| {
-                let name = identity.name_any();
-                let ns = identity.namespace();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|r| {
-                        r.namespace() == ns
-                            && r.spec.identity_ref.as_ref().is_some_and(|i| i.name == name)
-                    })
-                    .map(|r| ObjectRef::from_obj(&*r))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .reconcile_on(naming)
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(ctx.settings.max_concurrent_reconciles)
