@@ -56,6 +56,8 @@ pub struct Metrics {
     pub events_dropped: Counter,
     /// Identity statuses waiting to be written.
     pub status_writes_queued: Gauge<i64, AtomicI64>,
+    /// Drift sweeps that compared every candidate with Kratos.
+    pub drift_sweeps: Counter,
 }
 
 /// Labels of change series.
@@ -83,6 +85,7 @@ impl Default for Metrics {
             identity_changes: Family::default(),
             events_dropped: Counter::default(),
             status_writes_queued: Gauge::default(),
+            drift_sweeps: Counter::default(),
         }
     }
 }
@@ -92,6 +95,11 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("kratos_operator");
         r.register("reconciles", "Reconciles started", self.reconciles.clone());
+        r.register(
+            "drift_sweeps",
+            "Drift sweeps that compared every candidate Identity with Kratos",
+            self.drift_sweeps.clone(),
+        );
         r.register(
             "reconcile_failures",
             "Reconciles that failed and are retried",

@@ -116,6 +116,7 @@ pub async fn run(
         if failed {
             continue;
         }
+        ctx.metrics.drift_sweeps.inc();
         let drifted = drifted_refs;
         debug!(
             checked = candidates.len(),
