@@ -81,6 +81,10 @@ pub struct Figures {
     pub rss_per_object_mib: f64,
     /// CPU seconds each process used during (a2), by process name.
     pub cpu: Vec<(&'static str, f64)>,
+    /// CPU seconds Kratos used for (b).
+    pub b_cpu: f64,
+    /// API server requests during (a2) other than GET and WATCH, by verb and resource.
+    pub requests: Vec<(String, f64)>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -159,7 +163,7 @@ fn fresh_kratos(root: &Path, name: &str) -> Result<KratosInstance, String> {
 }
 
 /// (b): the same N identities imported directly through the batch endpoint, batch after batch.
-async fn kratos_floor(root: &Path, n: usize, passwords: bool) -> Result<f64, String> {
+async fn kratos_floor(root: &Path, n: usize, passwords: bool) -> Result<(f64, f64), String> {
     let kratos = fresh_kratos(root, &format!("floor-{n}-{passwords}"))?;
     let client = kratos_client(&kratos.admin_url(), &kratos.public_url())?;
     let per = if passwords {
@@ -179,12 +183,7 @@ async fn kratos_floor(root: &Path, n: usize, passwords: bool) -> Result<f64, Str
             return Err("the Kratos floor batch had failures".into());
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    eprintln!(
-        "bench:   (b) Kratos used {:.1} CPU seconds",
-        kratos_cpu() - cpu_before
-    );
-    Ok(elapsed)
+    Ok((started.elapsed().as_secs_f64(), kratos_cpu() - cpu_before))
 }
 
 async fn namespace(client: &Client, name: &str) -> Result<(), String> {
@@ -308,6 +307,7 @@ struct OperatorRun {
     rss_mib: f64,
     idle: Option<(u64, u64, u64)>,
     cpu: Vec<(&'static str, f64)>,
+    requests: Vec<(String, f64)>,
 }
 
 /// CPU seconds (user + system) a process has used so far; 0 when it is gone.
@@ -519,10 +519,14 @@ async fn operator_run(
         .collect();
     let requests_after = apiserver_requests(client).await;
     let _ = std::fs::write(root.join(format!("metrics-{tag}.txt")), metrics(&url));
+    let mut requests = Vec::new();
     for (key, after) in &requests_after {
         let delta = after - requests_before.get(key).copied().unwrap_or(0.0);
         if delta >= 1.0 {
             let _ = writeln!(timeline, "# apiserver requests during (a2): {key} {delta}");
+            if !key.starts_with("GET ") && !key.starts_with("WATCH ") {
+                requests.push((key.clone(), delta));
+            }
         }
     }
     let _ = std::fs::write(root.join(format!("timeline-{tag}.tsv")), &timeline);
@@ -549,6 +553,7 @@ async fn operator_run(
         rss_mib,
         idle,
         cpu,
+        requests,
     })
 }
 
@@ -656,8 +661,8 @@ async fn run_async(
     for (n, passwords) in scenarios {
         let tag = format!("{n}{}", if passwords { "-pw" } else { "" });
         eprintln!("bench: N={n} passwords={passwords}");
-        let b = kratos_floor(&root, n, passwords).await?;
-        eprintln!("bench:   (b) Kratos floor {b:.1}s");
+        let (b, b_cpu) = kratos_floor(&root, n, passwords).await?;
+        eprintln!("bench:   (b) Kratos floor {b:.1}s ({b_cpu:.1} CPU seconds)");
         let k = apiserver_floor(&client, n, &tag).await?;
         eprintln!("bench:   (k) apiserver floor {k:.1}s");
         let fast = operator_run(
@@ -711,6 +716,8 @@ async fn run_async(
             rss_mib: fast.rss_mib,
             rss_per_object_mib: slow.rss_mib,
             cpu: fast.cpu,
+            b_cpu,
+            requests: fast.requests,
         });
     }
     let _ = env::down(&env_dir);
@@ -777,7 +784,7 @@ pub fn report(figures: &[Figures], command: &str) -> String {
     md.push_str(
         "\n## Where the CPU goes during (a2)\n\nCPU seconds (user + system, from /proc) each process used between the operator's \
          start and the last object becoming Ready; the machine has 2 cores, so the busy share is the sum over 2 x (a2).\n\n\
-         | N | passwords | operator | kube-apiserver | etcd | kube-controller-manager | Kratos | sum | busy share |\n|---:|:---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | N | passwords | operator | kube-apiserver | etcd | kube-controller-manager | Kratos | sum | busy share | Kratos in (b) |\n|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for f in figures {
         let of = |name: &str| {
@@ -789,7 +796,7 @@ pub fn report(figures: &[Figures], command: &str) -> String {
         let sum: f64 = f.cpu.iter().map(|(_, v)| v).sum();
         let _ = writeln!(
             md,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.1} |",
             f.n,
             if f.passwords { "yes" } else { "no" },
             of("operator"),
@@ -798,7 +805,29 @@ pub fn report(figures: &[Figures], command: &str) -> String {
             of("kube-controller-manager"),
             of("kratos"),
             sum,
-            100.0 * sum / (2.0 * f.a2).max(1e-9)
+            100.0 * sum / (2.0 * f.a2).max(1e-9),
+            f.b_cpu
+        );
+    }
+    md.push_str(
+        "\n## API server requests during (a2)\n\nFrom the API server's `apiserver_request_total`, \
+         taken before the operator starts and when the last object is Ready (GET and WATCH left out). \
+         Per new object the operator writes the finalizer (PATCH identities) and the status (APPLY \
+         identities/status); its Events wait until the creates are over. The apiserver floor (k) is one \
+         write per object.\n\n| N | passwords | requests |\n|---:|:---:|---|\n",
+    );
+    for f in figures {
+        let list = f
+            .requests
+            .iter()
+            .map(|(k, v)| format!("{k}: {v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            md,
+            "| {} | {} | {list} |",
+            f.n,
+            if f.passwords { "yes" } else { "no" }
         );
     }
     md
