@@ -31,8 +31,9 @@ use crate::{
     kratos::BATCH_PATCH_MAX_ITEMS,
 };
 
-/// Detached creates running at once at most: two full batches.
-pub const MAX_DETACHED: usize = BATCH_PATCH_MAX_ITEMS + BATCH_PATCH_MAX_ITEMS / 4;
+/// Detached creates running at once at most: the batch in flight, the next one filling up and
+/// half a batch more.
+pub const MAX_DETACHED: usize = 2 * BATCH_PATCH_MAX_ITEMS + BATCH_PATCH_MAX_ITEMS / 2;
 
 /// The objects whose detached task runs, and whether a reconcile arrived meanwhile.
 #[derive(Debug)]
