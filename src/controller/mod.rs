@@ -101,8 +101,6 @@ pub struct Context {
     pub statuses: status::StatusWriter,
     /// New identities being created off the reconciles' path.
     pub detached: identity::detach::Detached,
-    /// Which API server and Kratos work goes first during a bulk create.
-    pub priority: Arc<priority::Priority>,
 }
 
 /// Kratos identity ids by object uid.
@@ -229,12 +227,14 @@ impl Context {
             .then(|| batch::CreateBatcher::spawn(kratos.clone(), settings.batch_window));
         let metrics = Arc::new(Metrics::default());
         let priority = Arc::new(priority::Priority::default());
+        let statuses = status::StatusWriter::new(priority.clone());
         Self {
             creates,
             events: events::EventSink::spawn(
                 Recorder::new(client.clone(), reporter),
                 metrics.clone(),
                 priority.clone(),
+                statuses.clone(),
             ),
             client,
             kratos,
@@ -244,9 +244,8 @@ impl Context {
             metrics,
             caches: Caches::default(),
             known_ids: KnownIds::default(),
-            statuses: status::StatusWriter::new(priority.clone()),
-            detached: identity::detach::Detached::new(priority.clone()),
-            priority,
+            statuses,
+            detached: identity::detach::Detached::new(priority),
         }
     }
 }

@@ -24,11 +24,11 @@ pub const STATUS_BACKLOG: usize = 100;
 /// How often a waiting writer looks again.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Counts shared by the Identity controller, the status writers and the Event publishers.
+/// The count of creates in flight, shared by the detached creates, the status writers and the
+/// Event publishers.
 #[derive(Debug, Default)]
 pub struct Priority {
     creating: AtomicUsize,
-    statuses: AtomicUsize,
 }
 
 /// Whether status writer number `writer` (0-based) may write now (pure).
@@ -55,11 +55,6 @@ impl Priority {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
-    /// Records how many statuses wait to be written.
-    pub fn set_statuses_queued(&self, n: usize) {
-        self.statuses.store(n, Ordering::Relaxed);
-    }
-
     /// New objects being created now.
     pub fn creating(&self) -> usize {
         self.creating.load(Ordering::Relaxed)
@@ -72,9 +67,9 @@ impl Priority {
         }
     }
 
-    /// Waits until Events may be published.
-    pub async fn event_turn(&self) {
-        while !events_may_run(self.creating(), self.statuses.load(Ordering::Relaxed)) {
+    /// Waits until Events may be published; `statuses_queued` says how many statuses wait.
+    pub async fn event_turn(&self, statuses_queued: impl Fn() -> usize) {
+        while !events_may_run(self.creating(), statuses_queued()) {
             tokio::time::sleep(POLL).await;
         }
     }

@@ -150,7 +150,7 @@ pub struct StatusWriter {
 }
 
 impl StatusWriter {
-    /// An empty queue; `priority` learns its length and paces the writers.
+    /// An empty queue; `priority` paces the writers.
     pub fn new(priority: Arc<Priority>) -> Self {
         Self {
             queue: Arc::default(),
@@ -177,7 +177,6 @@ impl StatusWriter {
                 attempts: 0,
             },
         );
-        self.priority.set_statuses_queued(q.len());
         drop(q);
         self.wake.notify_one();
         true
@@ -196,10 +195,7 @@ impl StatusWriter {
     }
 
     fn pop(&self) -> Option<(ObjectRef<Identity>, Pending)> {
-        let mut q = self.queue.lock().ok()?;
-        let next = q.pop();
-        self.priority.set_statuses_queued(q.len());
-        next
+        self.queue.lock().ok()?.pop()
     }
 
     fn done(&self, key: &ObjectRef<Identity>, written: Option<String>) {
@@ -211,7 +207,6 @@ impl StatusWriter {
     fn retry(&self, key: ObjectRef<Identity>, p: Pending) {
         if let Ok(mut q) = self.queue.lock() {
             q.retry(key, p);
-            self.priority.set_statuses_queued(q.len());
         }
         self.wake.notify_one();
     }
