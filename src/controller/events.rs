@@ -14,7 +14,7 @@ use kube::runtime::events::{Event, Recorder};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::{priority::Priority, status::StatusWriter};
+use super::status::StatusWriter;
 use crate::metrics::Metrics;
 
 /// Events waiting to be published at most (about 1 KiB each).
@@ -32,22 +32,16 @@ pub struct EventSink {
 impl EventSink {
     /// Starts the publishers; they end when every sink is dropped and the queue is drained.
     /// They give way to creates and to the `statuses` still queued (see [`super::priority`]).
-    pub fn spawn(
-        recorder: Recorder,
-        metrics: Arc<Metrics>,
-        priority: Arc<Priority>,
-        statuses: StatusWriter,
-    ) -> Self {
+    pub fn spawn(recorder: Recorder, metrics: Arc<Metrics>, statuses: StatusWriter) -> Self {
         let (tx, rx) = mpsc::channel::<(Event, ObjectReference)>(QUEUE);
         let queued = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
         tokio::spawn(
             queued.for_each_concurrent(PUBLISHERS, move |(event, reference)| {
-                let (recorder, priority, statuses) =
-                    (recorder.clone(), priority.clone(), statuses.clone());
+                let (recorder, statuses) = (recorder.clone(), statuses.clone());
                 async move {
-                    priority.event_turn(|| statuses.queued()).await;
+                    statuses.events_turn().await;
                     if let Err(e) = recorder.publish(&event, &reference).await {
                         warn!(error = %e, reason = %event.reason, "could not publish event");
                     }

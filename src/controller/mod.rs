@@ -233,7 +233,6 @@ impl Context {
             events: events::EventSink::spawn(
                 Recorder::new(client.clone(), reporter),
                 metrics.clone(),
-                priority.clone(),
                 statuses.clone(),
             ),
             client,

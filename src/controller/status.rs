@@ -189,6 +189,12 @@ impl StatusWriter {
         }
     }
 
+    /// Waits until Events may be published: no bulk create runs and few statuses wait (see
+    /// [`super::priority`]).
+    pub async fn events_turn(&self) {
+        self.priority.event_turn(|| self.queued()).await;
+    }
+
     /// Statuses waiting to be written.
     pub fn queued(&self) -> usize {
         self.queue.lock().map(|q| q.len()).unwrap_or(0)

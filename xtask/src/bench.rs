@@ -334,6 +334,18 @@ fn cpu_snapshot(processes: &[(&'static str, u32)]) -> Vec<(&'static str, f64)> {
         .collect()
 }
 
+/// CPU seconds each process used between two snapshots of the same processes.
+fn cpu_used(
+    after: &[(&'static str, f64)],
+    before: &[(&'static str, f64)],
+) -> Vec<(&'static str, f64)> {
+    after
+        .iter()
+        .zip(before)
+        .map(|((name, after), (_, before))| (*name, after - before))
+        .collect()
+}
+
 /// The API server's request counts by verb, resource and subresource (its /metrics).
 async fn apiserver_requests(client: &Client) -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
@@ -473,12 +485,9 @@ async fn operator_run(
         if last_line.0.elapsed() >= Duration::from_secs(1) {
             let now = cpu_snapshot(&watched);
             let interval = last_line.0.elapsed().as_secs_f64();
-            let cpu = now
+            let cpu = cpu_used(&now, &last_line.1)
                 .iter()
-                .zip(&last_line.1)
-                .map(|((name, after), (_, before))| {
-                    format!("{name}={:.2}", (after - before) / interval)
-                })
+                .map(|(name, used)| format!("{name}={:.2}", used / interval))
                 .collect::<Vec<_>>()
                 .join(" ");
             let _ = writeln!(
@@ -512,11 +521,7 @@ async fn operator_run(
             ));
         }
     };
-    let cpu: Vec<(&'static str, f64)> = cpu_snapshot(&watched)
-        .into_iter()
-        .zip(&cpu_before)
-        .map(|((name, after), (_, before))| (name, after - before))
-        .collect();
+    let cpu = cpu_used(&cpu_snapshot(&watched), &cpu_before);
     let requests_after = apiserver_requests(client).await;
     let _ = std::fs::write(root.join(format!("metrics-{tag}.txt")), metrics(&url));
     let mut requests = Vec::new();

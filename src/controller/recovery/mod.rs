@@ -215,13 +215,13 @@ pub fn error_policy(obj: Arc<RecoveryRequest>, error: &Error, ctx: Arc<Context>)
     crate::controller::backoff::requeue_after_failure(&*obj, error, &ctx)
 }
 
-/// Runs the RecoveryRequest controller for one namespace (or all) until `shutdown`. Identities
-/// are watched so that a request waiting for its Identity is issued as soon as it is ready.
+/// Runs the RecoveryRequest controller for one namespace (or all) until `shutdown`.
 ///
-/// `identities` are the Identity objects the Identity controller's watch saw change (in the same
-/// scope): each one reconciles the requests that name it. Sharing that watch, rather than
-/// watching Identities a second time, keeps every Identity change to one list and one watch
-/// event from the API server.
+/// A request waiting for its Identity is issued as soon as that Identity is ready: `identities`
+/// are the Identity objects the Identity controller's watch saw change (in the same scope), and
+/// each one reconciles the requests that name it. Sharing that watch, rather than watching
+/// Identities a second time, keeps every Identity change to one list and one watch event from
+/// the API server.
 pub async fn controller(
     ctx: Arc<Context>,
     namespace: Option<&str>,
