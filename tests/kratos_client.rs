@@ -1703,6 +1703,7 @@ async fn a_create_that_times_out_is_not_retried() {
         .await
         .expect_err("timeout");
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    // A negative check (no retry arrives late): a bounded observation window.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(stub.count(), 3, "one request per call");
     assert_eq!(kratos.metrics().retries("create_identity"), 0);
@@ -2060,4 +2061,375 @@ async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<Received> {
         path,
         headers,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// redirects and the response size cap, against local stub servers
+
+/// A token file of its own for a test (removed by the caller with its directory).
+fn token_file(name: &str, token: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("kc-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("token");
+    std::fs::write(&file, token).expect("write token");
+    (dir, file)
+}
+
+/// Whether `err` is the refusal of a redirect answered with `status`.
+fn is_refused_redirect(err: &Error, status: u16) -> bool {
+    matches!(err, Error::Unexpected { status: s, body_excerpt } if *s == status && body_excerpt.contains("redirect") && body_excerpt.contains("refused"))
+}
+
+#[tokio::test]
+async fn requests_with_a_body_never_follow_redirects() {
+    const PASSWORD: &str = "cleartext-Secret-1";
+    for status in [307, 308, 302] {
+        let target = Stub::start(vec![Canned::json(201, STUB_IDENTITY)]).await;
+        let origin = Stub::start(vec![
+            Canned::json(status, "")
+                .header("location", &format!("{}/admin/identities", target.url)),
+        ])
+        .await;
+        let kratos = KratosClient::new(fast_retries(&origin.url)).expect("client");
+        let err = kratos
+            .create_identity(&with_password("stub@example.com", PASSWORD))
+            .await
+            .expect_err("a redirected create fails");
+        assert!(is_refused_redirect(&err, status), "{status}: {err:?}");
+        assert!(!err.is_transient(), "not retried hot");
+        assert!(!format!("{err:?}").contains(PASSWORD));
+        assert_eq!(origin.count(), 1, "{status}: not retried");
+        assert_eq!(target.count(), 0, "{status}: the body went nowhere else");
+    }
+
+    for status in [307, 308] {
+        let target = Stub::start(vec![Canned::json(200, STUB_IDENTITY)]).await;
+        let location = format!("{}/admin/identities/x", target.url);
+        let origin =
+            Stub::start(vec![Canned::json(status, "").header("location", &location)]).await;
+        let kratos = KratosClient::new(fast_retries(&origin.url)).expect("client");
+        let err = kratos
+            .update_identity(
+                "x",
+                &UpdateIdentityBody {
+                    schema_id: "customer".into(),
+                    traits: json!({ "email": "stub@example.com" }),
+                    credentials: Some(IdentityCredentialsImport::password(SecretString::from(
+                        PASSWORD,
+                    ))),
+                    ..UpdateIdentityBody::default()
+                },
+            )
+            .await
+            .expect_err("a redirected update fails");
+        assert!(is_refused_redirect(&err, status), "{status}: {err:?}");
+        let err = kratos
+            .patch_identity("x", &[JsonPatchOp::replace("/traits/age", json!(1))])
+            .await
+            .expect_err("a redirected patch fails");
+        assert!(is_refused_redirect(&err, status), "{status}: {err:?}");
+        let err = kratos
+            .delete_identity("x")
+            .await
+            .expect_err("a redirected delete fails");
+        assert!(is_refused_redirect(&err, status), "{status}: {err:?}");
+        let err = kratos
+            .create_recovery_code(&CreateRecoveryCodeBody {
+                identity_id: "x".into(),
+                expires_in: None,
+                flow_type: None,
+            })
+            .await
+            .expect_err("a redirected recovery request fails");
+        assert!(is_refused_redirect(&err, status), "{status}: {err:?}");
+        assert_eq!(origin.count(), 4, "{status}: one request per call");
+        assert_eq!(target.count(), 0, "{status}: nothing was re-sent");
+    }
+}
+
+#[tokio::test]
+async fn gets_other_than_schemas_do_not_follow_redirects() {
+    let target = Stub::start(vec![Canned::json(200, STUB_IDENTITY)]).await;
+    let origin = Stub::start(vec![
+        Canned::json(302, "").header("location", &format!("{}/admin/identities/x", target.url)),
+    ])
+    .await;
+    let kratos = KratosClient::new(fast_retries(&origin.url)).expect("client");
+    let err = kratos
+        .get_identity("x", &[CredentialType::Password])
+        .await
+        .expect_err("a redirected get fails");
+    assert!(is_refused_redirect(&err, 302), "{err:?}");
+    assert!(!err.is_transient());
+    let err = kratos
+        .list_identities(ListIdentitiesParams::default())
+        .try_collect::<Vec<_>>()
+        .await
+        .expect_err("a redirected list fails");
+    assert!(is_refused_redirect(&err, 302), "{err:?}");
+    assert_eq!(origin.count(), 2, "one request per call, no retries");
+    assert_eq!(target.count(), 0, "no redirect was followed");
+}
+
+#[tokio::test]
+async fn schema_redirects_to_another_origin_are_followed_without_the_token() {
+    const TOKEN: &str = "schema-redirect-token";
+    let (dir, token) = token_file("schema-redirect", TOKEN);
+    for host in ["127.0.0.1", "localhost"] {
+        let public = Stub::start(vec![Canned::json(200, r#"{"type":"object"}"#)]).await;
+        let public_url = format!("http://{host}:{}", public.port());
+        let admin = Stub::start(vec![
+            Canned::json(302, "").header("location", &format!("{public_url}/schemas/customer")),
+        ])
+        .await;
+        let kratos = KratosClient::new(ClientConfig {
+            token_file: Some(token.clone()),
+            ..fast_retries(&admin.url)
+        })
+        .expect("client");
+        let schema = kratos
+            .get_identity_schema("customer")
+            .await
+            .expect("schema through the redirect");
+        assert_eq!(schema.json, json!({ "type": "object" }));
+        let to_admin = admin.requests();
+        assert_eq!(to_admin.len(), 1);
+        assert_eq!(
+            to_admin[0].header("authorization").as_deref(),
+            Some(format!("Bearer {TOKEN}").as_str()),
+            "the admin origin gets the token"
+        );
+        let to_public = public.requests();
+        assert_eq!(to_public.len(), 1, "{host}: the redirect was followed");
+        assert_eq!(to_public[0].path, "/schemas/customer");
+        assert_eq!(
+            to_public[0].header("authorization"),
+            None,
+            "{host}: no token for another origin"
+        );
+    }
+
+    // The list follows the redirect the same way.
+    let public = Stub::start(vec![Canned::json(200, "[]")]).await;
+    let admin = Stub::start(vec![
+        Canned::json(302, "").header("location", &format!("{}/schemas", public.url)),
+    ])
+    .await;
+    let kratos = KratosClient::new(ClientConfig {
+        token_file: Some(token.clone()),
+        ..fast_retries(&admin.url)
+    })
+    .expect("client");
+    let listed: Vec<_> = kratos
+        .list_identity_schemas()
+        .try_collect()
+        .await
+        .expect("list through the redirect");
+    assert!(listed.is_empty());
+    assert_eq!(public.count(), 1);
+    assert_eq!(public.requests()[0].header("authorization"), None);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn schema_redirects_are_bounded_and_keep_the_scheme() {
+    // A redirect loop: five hops are followed, the sixth is refused, and nothing is retried.
+    let looping = Stub::start(vec![
+        Canned::json(302, "").header("location", "/schemas/customer"),
+    ])
+    .await;
+    let kratos = KratosClient::new(fast_retries(&looping.url)).expect("client");
+    let err = kratos
+        .get_identity_schema("customer")
+        .await
+        .expect_err("endless redirects");
+    assert!(is_refused_redirect(&err, 302), "{err:?}");
+    assert!(err.to_string().contains("more than 5"), "{err}");
+    assert!(!err.is_transient());
+    assert_eq!(looping.count(), 6, "the request and five redirects");
+
+    // Same host and port, another scheme: reqwest would keep the Authorization header there, so
+    // the redirect is refused before anything is sent to it.
+    let (dir, token) = token_file("schema-scheme", "scheme-token");
+    let stub = RawStub::start(
+        |port| {
+            format!(
+                "HTTP/1.1 308 Stub\r\nconnection: close\r\nlocation: https://127.0.0.1:{port}/schemas/customer\r\ncontent-length: 0\r\n\r\n"
+            )
+            .into_bytes()
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let kratos = KratosClient::new(ClientConfig {
+        token_file: Some(token),
+        request_timeout: Duration::from_secs(2),
+        ..fast_retries(&stub.url)
+    })
+    .expect("client");
+    let err = kratos
+        .get_identity_schema("customer")
+        .await
+        .expect_err("scheme change refused");
+    assert!(is_refused_redirect(&err, 308), "{err:?}");
+    assert!(!err.is_transient());
+    assert_eq!(stub.count(), 1, "nothing followed, nothing retried");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Whether `err` is the refusal of a body larger than a cap of `cap` bytes, without the body.
+fn assert_cap_error(err: &Error, cap: usize) {
+    assert!(
+        matches!(err, Error::Unexpected { body_excerpt, .. } if body_excerpt.contains(&format!("{cap} bytes")) && body_excerpt.contains("max_response_bytes")),
+        "{err:?}"
+    );
+    assert!(!err.is_transient(), "not retried hot");
+    assert!(!format!("{err:?}").contains("PAD"), "no body in the error");
+}
+
+#[tokio::test]
+async fn responses_larger_than_the_cap_are_refused() {
+    const CAP: usize = 1024;
+    let padding = "PAD".repeat(1200);
+    let big_identity = STUB_IDENTITY.replacen(
+        r#""email":"stub@example.com""#,
+        &format!(r#""email":"stub@example.com","pad":"{padding}""#),
+        1,
+    );
+    assert!(big_identity.len() > CAP);
+    let capped = |url: &str| ClientConfig {
+        max_response_bytes: CAP,
+        request_timeout: Duration::from_secs(3),
+        ..fast_retries(url)
+    };
+
+    // Announced by Content-Length: single objects, pages and schemas alike.
+    let stub = Stub::start(vec![Canned::json(200, &big_identity)]).await;
+    let kratos = KratosClient::new(capped(&stub.url)).expect("client");
+    let err = kratos.get_identity("x", &[]).await.expect_err("too large");
+    assert_cap_error(&err, CAP);
+    let err = kratos
+        .list_identities_page(&ListIdentitiesParams::default())
+        .await
+        .expect_err("page too large");
+    assert_cap_error(&err, CAP);
+    let err = kratos
+        .get_identity_schema("customer")
+        .await
+        .expect_err("schema too large");
+    assert_cap_error(&err, CAP);
+    assert_eq!(stub.count(), 3, "nothing retried");
+    assert_eq!(kratos.metrics().outcomes("get_identity", "unexpected"), 1);
+
+    // A Content-Length beyond the cap is refused before the body arrives: this stub announces a
+    // gigabyte, sends a few bytes and holds the connection open.
+    let stub = RawStub::start(
+        |_| {
+            b"HTTP/1.1 200 Stub\r\ncontent-type: application/json\r\ncontent-length: 1000000000\r\n\r\n{\"id\":"
+                .to_vec()
+        },
+        Duration::from_secs(5),
+    )
+    .await;
+    let kratos = KratosClient::new(capped(&stub.url)).expect("client");
+    let started = Instant::now();
+    let err = kratos.get_identity("x", &[]).await.expect_err("too large");
+    assert_cap_error(&err, CAP);
+    assert!(err.to_string().contains("1000000000"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused without waiting for the body: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stub.count(), 1);
+
+    // Chunked, without Content-Length: reading stops at the cap.
+    let body = chunked(&big_identity, 200);
+    let stub = RawStub::start(
+        move |_| {
+            format!("HTTP/1.1 200 Stub\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{body}")
+                .into_bytes()
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let kratos = KratosClient::new(capped(&stub.url)).expect("client");
+    let err = kratos.get_identity("x", &[]).await.expect_err("too large");
+    assert_cap_error(&err, CAP);
+    let err = kratos
+        .update_identity("x", &UpdateIdentityBody::default())
+        .await
+        .expect_err("too large");
+    assert_cap_error(&err, CAP);
+    assert_eq!(stub.count(), 2, "nothing retried");
+
+    // Bodies within the cap, chunked or not, are read as before.
+    let body = chunked(STUB_IDENTITY, 64);
+    let stub = RawStub::start(
+        move |_| {
+            format!("HTTP/1.1 200 Stub\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{body}")
+                .into_bytes()
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let kratos = KratosClient::new(capped(&stub.url)).expect("client");
+    kratos.get_identity("x", &[]).await.expect("chunked, small");
+    let stub = Stub::start(vec![Canned::json(200, STUB_IDENTITY)]).await;
+    let kratos = KratosClient::new(capped(&stub.url)).expect("client");
+    kratos.get_identity("x", &[]).await.expect("small");
+}
+
+/// `body` in the chunked transfer coding, in chunks of `size` bytes.
+fn chunked(body: &str, size: usize) -> String {
+    let mut out = String::new();
+    for chunk in body.as_bytes().chunks(size) {
+        out.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            chunk.len(),
+            String::from_utf8_lossy(chunk)
+        ));
+    }
+    out.push_str("0\r\n\r\n");
+    out
+}
+
+/// A stub that answers every request with the same raw bytes, built from its own port (for what
+/// [`Canned`] cannot write: chunked bodies, a Content-Length that lies, a redirect to itself),
+/// and holds each connection open for `hold` before closing it.
+struct RawStub {
+    url: String,
+    count: Arc<AtomicUsize>,
+}
+
+impl RawStub {
+    async fn start(response: impl FnOnce(u16) -> Vec<u8>, hold: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("addr");
+        let response = Arc::new(response(address.port()));
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (seen, response) = (seen.clone(), response.clone());
+                tokio::spawn(async move {
+                    if read_request(&mut socket).await.is_none() {
+                        return;
+                    }
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let _ = socket.write_all(&response).await;
+                    tokio::time::sleep(hold).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        Self {
+            url: format!("http://{address}"),
+            count,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
 }

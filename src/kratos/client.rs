@@ -1,5 +1,5 @@
-//! The Kratos admin API client: configuration, transport (token, CA, timeouts), the retry loop,
-//! and one method per IdentityAPI operation.
+//! The Kratos admin API client: configuration, transport (token, CA, timeouts, redirects, the
+//! response size cap), the retry loop, and one method per IdentityAPI operation.
 
 use std::{borrow::Cow, collections::HashSet, fmt, path::PathBuf, sync::Arc, time::Duration};
 
@@ -7,7 +7,6 @@ use futures::{Stream, TryStreamExt};
 use reqwest::{
     Method, StatusCode,
     header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, LINK},
-    redirect,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::{
@@ -18,10 +17,12 @@ use tracing::{Instrument, debug};
 use url::Url;
 
 use super::{
+    body::{DEFAULT_MAX_RESPONSE_BYTES, ReadFailure, read_capped},
     error::{Error, excerpt},
     metrics::KratosMetrics,
     models::*,
     pagination::{DEFAULT_IDENTITY_PAGE_SIZE, Page, next_page_token, paged},
+    redirect::{RefusedHop, no_redirects, not_followed, schema_redirects},
     retry::{Idempotency, RateLimiter, RetryPolicy},
     token::TokenFile,
 };
@@ -83,11 +84,16 @@ pub struct ClientConfig {
     pub page_size: u32,
     /// The `User-Agent` header.
     pub user_agent: String,
+    /// The largest response body the client reads, in bytes; a larger answer fails the call
+    /// with [`Error::Unexpected`] (not retried). Applies to every response: objects, pages,
+    /// schemas and error bodies.
+    pub max_response_bytes: usize,
 }
 
 impl ClientConfig {
     /// Defaults for `admin_url`: no public URL, no token, no extra CA, 5 s connect and 30 s
-    /// request timeouts, no rate limit, 32 requests in flight, 3 retries, pages of 500.
+    /// request timeouts, no rate limit, 32 requests in flight, 3 retries, pages of 500, and
+    /// responses of at most 64 MiB.
     pub fn new(admin_url: Url) -> Self {
         Self {
             admin_url,
@@ -102,6 +108,7 @@ impl ClientConfig {
             retry: RetryPolicy::default(),
             page_size: DEFAULT_IDENTITY_PAGE_SIZE,
             user_agent: format!("kratos-operator/{}", env!("CARGO_PKG_VERSION")),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -114,7 +121,12 @@ pub struct KratosClient {
 }
 
 struct Inner {
+    /// Every call but the schema reads: follows no redirect.
     http: reqwest::Client,
+    /// The schema reads: follows the admin port's redirect to the public URL (see
+    /// [`super::redirect`]).
+    http_schemas: reqwest::Client,
+    max_response_bytes: usize,
     admin_url: Url,
     public_url: Option<Url>,
     token: Option<TokenFile>,
@@ -149,31 +161,17 @@ impl KratosClient {
         if config.max_in_flight == 0 {
             return Err(Error::Config("max_in_flight must be at least 1".into()));
         }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .user_agent(config.user_agent.clone())
-            .redirect(redirect::Policy::limited(5));
-        if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path).map_err(|source| Error::Io {
-                context: format!("reading CA bundle {}", path.display()),
-                source,
-            })?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| Error::Config(format!("CA bundle {}: {e}", path.display())))?;
-            if certificates.is_empty() {
-                return Err(Error::Config(format!(
-                    "CA bundle {} holds no certificate",
-                    path.display()
-                )));
-            }
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
+        if config.max_response_bytes == 0 {
+            return Err(Error::Config(
+                "max_response_bytes must be at least 1".into(),
+            ));
         }
-        let http = builder
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let certificates = match &config.ca_file {
+            Some(path) => load_ca_bundle(path)?,
+            None => Vec::new(),
+        };
+        let http = http_client(&config, &certificates, no_redirects())?;
+        let http_schemas = http_client(&config, &certificates, schema_redirects())?;
         let token = match &config.token_file {
             Some(path) => {
                 let token = TokenFile::new(path.clone());
@@ -185,6 +183,8 @@ impl KratosClient {
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
+                http_schemas,
+                max_response_bytes: config.max_response_bytes,
                 admin_url: config.admin_url,
                 public_url: config.public_url,
                 token,
@@ -574,11 +574,13 @@ impl KratosClient {
     // Schemas
 
     /// `GET /schemas/{id}` from the public URL, or through the admin port's redirect when no
-    /// public URL is configured. The text is kept exactly as served.
+    /// public URL is configured (at most [`MAX_REDIRECTS`](super::MAX_REDIRECTS) hops, never
+    /// from https to http; the token only to the admin URL's origin). The text is kept exactly as
+    /// served.
     pub async fn get_identity_schema(&self, id: &str) -> Result<IdentitySchema, Error> {
         let request = Request::get("get_identity_schema", self.schemas_url(&["schemas", id])?);
         let auth = self.sends_token_to(&request.url);
-        let request = request.auth(auth);
+        let request = request.auth(auth).follow_schema_redirects();
         self.observe(request.op, false, async {
             let response = self.execute(&request).await?;
             let raw = String::from_utf8(response.body).map_err(|_| Error::Unexpected {
@@ -594,7 +596,8 @@ impl KratosClient {
         .await
     }
 
-    /// `GET /schemas` as a stream, following the pages.
+    /// `GET /schemas` as a stream, following the pages (and redirects, as
+    /// [`KratosClient::get_identity_schema`] does).
     pub fn list_identity_schemas(
         &self,
     ) -> impl Stream<Item = Result<IdentitySchemaEntry, Error>> + Send + 'static {
@@ -606,9 +609,10 @@ impl KratosClient {
                 query.extend(token.map(|t| ("page_token", t)));
                 let url = with_query(client.schemas_url(&["schemas"])?, &query);
                 let auth = client.sends_token_to(&url);
-                client
-                    .fetch_page(Request::get("list_identity_schemas", url).auth(auth))
-                    .await
+                let request = Request::get("list_identity_schemas", url)
+                    .auth(auth)
+                    .follow_schema_redirects();
+                client.fetch_page(request).await
             }
         })
     }
@@ -872,9 +876,12 @@ impl KratosClient {
 
     /// One HTTP exchange.
     async fn attempt(&self, request: &Request, attempt: u32) -> Result<Response, AttemptFailure> {
-        let mut builder = self
-            .inner
-            .http
+        let http = if request.follow_schema_redirects {
+            &self.inner.http_schemas
+        } else {
+            &self.inner.http
+        };
+        let mut builder = http
             .request(request.method.clone(), request.url.clone())
             .header(ACCEPT, "application/json");
         if let Some(body) = &request.body {
@@ -898,10 +905,15 @@ impl KratosClient {
         self.inner.metrics.record_request(request.op);
         let started = Instant::now();
         let sent = builder.send().await;
-        let response = match sent {
+        let mut response = match sent {
             Ok(response) => response,
             Err(e) => {
-                let failure = AttemptFailure::transport(&request.method, &request.url, e);
+                let failure = match RefusedHop::find(&e) {
+                    Some(hop) => {
+                        AttemptFailure::answered(hop.to_error(&request.method, request.url.path()))
+                    }
+                    None => AttemptFailure::transport(&request.method, &request.url, e),
+                };
                 debug!(method = %request.method, path = request.url.path(), attempt, elapsed_ms = started.elapsed().as_millis() as u64, error = %failure.error, "kratos request failed");
                 return Err(failure);
             }
@@ -909,9 +921,29 @@ impl KratosClient {
         let status = response.status();
         let headers = response.headers().clone();
         let final_url = response.url().clone();
-        let body = match response.bytes().await {
-            Ok(body) => body.to_vec(),
-            Err(e) => {
+        if status.is_redirection() {
+            let failure = AttemptFailure::answered(not_followed(
+                &request.method,
+                request.url.path(),
+                status,
+                &final_url,
+                &headers,
+                request.follow_schema_redirects,
+            ));
+            debug!(method = %request.method, path = request.url.path(), attempt, status = status.as_u16(), error = %failure.error, "kratos redirect refused");
+            return Err(failure);
+        }
+        let body = match read_capped(&mut response, self.inner.max_response_bytes).await {
+            Ok(body) => body,
+            Err(ReadFailure::TooLarge(too_large)) => {
+                let failure = AttemptFailure::answered(Error::Unexpected {
+                    status: status.as_u16(),
+                    body_excerpt: format!("{} {}: {too_large}", request.method, request.url.path()),
+                });
+                debug!(method = %request.method, path = request.url.path(), attempt, status = status.as_u16(), error = %failure.error, "kratos response too large");
+                return Err(failure);
+            }
+            Err(ReadFailure::Transport(e)) => {
                 let failure = AttemptFailure::transport(&request.method, &request.url, e);
                 debug!(method = %request.method, path = request.url.path(), attempt, status = status.as_u16(), error = %failure.error, "kratos response body failed");
                 return Err(failure);
@@ -997,6 +1029,44 @@ fn check_base_url(what: &str, url: &Url) -> Result<(), Error> {
     Ok(())
 }
 
+/// The certificates of a PEM bundle; an unreadable file, a bad bundle or an empty one is an
+/// error.
+fn load_ca_bundle(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Error> {
+    let pem = std::fs::read(path).map_err(|source| Error::Io {
+        context: format!("reading CA bundle {}", path.display()),
+        source,
+    })?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| Error::Config(format!("CA bundle {}: {e}", path.display())))?;
+    if certificates.is_empty() {
+        return Err(Error::Config(format!(
+            "CA bundle {} holds no certificate",
+            path.display()
+        )));
+    }
+    Ok(certificates)
+}
+
+/// An HTTP client with the configured timeouts, user agent and extra CA certificates, and the
+/// given redirect policy.
+fn http_client(
+    config: &ClientConfig,
+    certificates: &[reqwest::Certificate],
+    redirects: reqwest::redirect::Policy,
+) -> Result<reqwest::Client, Error> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .timeout(config.request_timeout)
+        .user_agent(config.user_agent.clone())
+        .redirect(redirects);
+    for certificate in certificates {
+        builder = builder.add_root_certificate(certificate.clone());
+    }
+    builder
+        .build()
+        .map_err(|e| Error::Config(format!("HTTP client: {e}")))
+}
+
 /// `base` with `segments` appended to its path (each percent-encoded, so ids cannot escape).
 fn endpoint(base: &Url, segments: &[&str]) -> Result<Url, Error> {
     let mut url = base.clone();
@@ -1026,6 +1096,8 @@ struct Request {
     idempotency: Idempotency,
     sensitive: bool,
     auth: bool,
+    /// Whether the schema client, which follows the admin port's redirect, sends it.
+    follow_schema_redirects: bool,
 }
 
 impl Request {
@@ -1038,6 +1110,7 @@ impl Request {
             idempotency: Idempotency::Idempotent,
             sensitive: false,
             auth: true,
+            follow_schema_redirects: false,
         }
     }
 
@@ -1066,6 +1139,12 @@ impl Request {
         self.auth = auth;
         self
     }
+
+    /// Sends the request with the client that follows schema redirects; only GETs may.
+    fn follow_schema_redirects(mut self) -> Self {
+        self.follow_schema_redirects = self.method == Method::GET;
+        self
+    }
 }
 
 struct Response {
@@ -1082,6 +1161,16 @@ struct AttemptFailure {
 }
 
 impl AttemptFailure {
+    /// A failure of an answer Kratos (or something in between) gave: a refused redirect, a body
+    /// over the cap. Never retried: none of these errors is transient.
+    fn answered(error: Error) -> Self {
+        Self {
+            error,
+            status: None,
+            may_have_been_processed: true,
+        }
+    }
+
     /// A failure before anything was sent (token file, shutdown).
     fn local(error: Error) -> Self {
         Self {
@@ -1157,6 +1246,9 @@ mod tests {
         assert!(matches!(KratosClient::new(config), Err(Error::Io { .. })));
         let mut config = ClientConfig::new(Url::parse("http://127.0.0.1:1").unwrap());
         config.max_in_flight = 0;
+        assert!(matches!(KratosClient::new(config), Err(Error::Config(_))));
+        let mut config = ClientConfig::new(Url::parse("http://127.0.0.1:1").unwrap());
+        config.max_response_bytes = 0;
         assert!(matches!(KratosClient::new(config), Err(Error::Config(_))));
     }
 

@@ -66,7 +66,9 @@ pub enum Error {
         /// What went wrong (no bodies of the request).
         message: String,
     },
-    /// Any other answer: an unexpected status, or a body that does not parse.
+    /// Any other answer: an unexpected status, a body that does not parse, a redirect the client
+    /// does not follow, or a body larger than `max_response_bytes`. Not transient: the call is not
+    /// retried.
     #[error("unexpected response from Kratos (status {status}): {body_excerpt}")]
     Unexpected {
         /// The HTTP status.
