@@ -21,7 +21,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde_json::{Value, json};
-use support::{TestEnv, setup, unique_name};
+use support::{TestEnv, eventually, setup, unique_name};
 
 fn admin_url_arg() -> String {
     format!("kratos.adminUrl={PLACEHOLDER_ADMIN_URL}")
@@ -36,6 +36,10 @@ fn helm_lint_strict_passes_with_the_required_value() {
     for extra in [
         vec![],
         vec!["--set", "watchNamespaces={team-a,team-b}"],
+        vec![
+            "--set",
+            "tenancy.enforce=false,admissionPolicies.operatorSecrets=false",
+        ],
         vec![
             "--set",
             "serviceMonitor.enabled=true,podDisruptionBudget.enabled=true,replicas=2",
@@ -80,9 +84,18 @@ fn the_values_schema_rejects_wrong_types_unknown_keys_and_bad_urls() {
         ("watchNamespaces[0]=Team_A", "/watchNamespaces/0"),
         ("kratos.adminurl=http://typo", "adminurl"),
         ("replica=2", "replica"),
+        ("tenancy.enforce=yes", "/tenancy/enforce"),
+        ("tenancy.enfroce=false", "enfroce"),
+        (
+            "admissionPolicies.operatorSecrets=off",
+            "/admissionPolicies/operatorSecrets",
+        ),
     ] {
         // --set-string for the ones whose type error is the point; --set parses numbers/bools.
-        let flag = if bad.starts_with("leaderElection") {
+        let flag = if ["leaderElection", "tenancy.enforce", "admissionPolicies"]
+            .iter()
+            .any(|p| bad.starts_with(p))
+        {
             "--set-string"
         } else {
             "--set"
@@ -162,10 +175,16 @@ fn default_values_render_cluster_mode_with_leader_election() {
             "RoleBinding/ops-kratos-operator-leader-election",
             "Service/ops-kratos-operator-metrics",
             "ServiceAccount/ops-kratos-operator",
+            "ValidatingAdmissionPolicy/ops-kratos-operator-identity-adoption",
+            "ValidatingAdmissionPolicy/ops-kratos-operator-operator-secrets",
+            "ValidatingAdmissionPolicy/ops-kratos-operator-recovery-by-id",
+            "ValidatingAdmissionPolicyBinding/ops-kratos-operator-identity-adoption",
+            "ValidatingAdmissionPolicyBinding/ops-kratos-operator-operator-secrets",
+            "ValidatingAdmissionPolicyBinding/ops-kratos-operator-recovery-by-id",
         ]
     );
     for d in &docs {
-        if d["kind"] != "ClusterRole" && d["kind"] != "ClusterRoleBinding" {
+        if !CLUSTER_SCOPED.contains(&d["kind"].as_str().unwrap()) {
             assert_eq!(d["metadata"]["namespace"], "kratos-system", "{d}");
         }
     }
@@ -195,6 +214,19 @@ fn default_values_render_cluster_mode_with_leader_election() {
         Some("0.0.0.0:8080")
     );
     assert_eq!(env_value(deployment, "WATCH_NAMESPACE"), None);
+    assert_eq!(
+        env_value(deployment, "TENANCY_ENFORCE").as_deref(),
+        Some("true")
+    );
+    // Tenancy: the operator reads any Namespace, with get only.
+    let cluster_role = find(&docs, "ClusterRole", "ops-kratos-operator");
+    assert!(
+        cluster_role["rules"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({ "apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"] })),
+        "{cluster_role}"
+    );
     let env = env_of(deployment);
     for (name, field) in [
         ("POD_NAME", "metadata.name"),
@@ -238,9 +270,33 @@ fn watch_namespaces_render_a_role_per_namespace_and_only_a_crd_clusterrole() {
     let cluster_role = find(&docs, "ClusterRole", "ops-kratos-operator-crds");
     assert_eq!(
         cluster_role["rules"],
-        json!([{ "apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list"] }]),
-        "namespace mode grants nothing namespaced cluster-wide"
+        json!([
+            { "apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list"] },
+            { "apiGroups": [""], "resources": ["namespaces"], "resourceNames": ["team-a", "team-b"], "verbs": ["get"] },
+        ]),
+        "namespace mode grants nothing namespaced cluster-wide, and reads only the watched Namespaces"
     );
+    // The tenancy policies judge the watched namespaces only; the policy on the operator's own
+    // Secret writes judges its ServiceAccount everywhere.
+    for policy in ["identity-adoption", "recovery-by-id"] {
+        let binding = find(
+            &docs,
+            "ValidatingAdmissionPolicyBinding",
+            &format!("ops-kratos-operator-{policy}"),
+        );
+        assert_eq!(
+            binding["spec"]["matchResources"]["namespaceSelector"],
+            json!({ "matchExpressions": [{
+                "key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]
+            }] })
+        );
+    }
+    let binding = find(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        "ops-kratos-operator-operator-secrets",
+    );
+    assert!(binding["spec"].get("matchResources").is_none(), "{binding}");
     assert!(
         !docs
             .iter()
@@ -342,6 +398,160 @@ fn optional_parts_render_when_enabled() {
     }
 }
 
+/// Kinds without a namespace.
+const CLUSTER_SCOPED: [&str; 4] = [
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+];
+
+/// The admission policies: the tenancy ones refuse with the operator's own words and follow
+/// `tenancy.enforce`; the one on the operator's Secret writes judges exactly the release's
+/// ServiceAccount and has its own switch.
+#[test]
+fn admission_policies_follow_their_values_and_speak_the_operators_words() {
+    use kratos_operator::tenancy::NamespacePolicy;
+    let admin = admin_url_arg();
+    let docs = json_documents(&render("ops", "kratos-system", &["--set", &admin]));
+    let none = NamespacePolicy::from_metadata(&Default::default(), &Default::default());
+    for (policy, refusal) in [
+        ("identity-adoption", none.check_adoption().unwrap_err()),
+        ("recovery-by-id", none.check_recovery_by_id().unwrap_err()),
+    ] {
+        let name = format!("ops-kratos-operator-{policy}");
+        let vap = find(&docs, "ValidatingAdmissionPolicy", &name);
+        assert_eq!(vap["apiVersion"], "admissionregistration.k8s.io/v1");
+        assert_eq!(vap["spec"]["failurePolicy"], "Fail");
+        assert_eq!(
+            vap["spec"]["matchConstraints"]["resourceRules"][0]["operations"],
+            json!(["CREATE", "UPDATE"])
+        );
+        let validations = vap["spec"]["validations"].as_array().unwrap();
+        assert_eq!(validations.len(), 1);
+        assert_eq!(validations[0]["message"], refusal.as_str(), "{policy}");
+        assert_eq!(validations[0]["reason"], "Forbidden");
+        let binding = find(&docs, "ValidatingAdmissionPolicyBinding", &name);
+        assert_eq!(binding["spec"]["policyName"], name.as_str());
+        assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+        // Cluster mode: every namespace.
+        assert_eq!(
+            binding["spec"]["matchResources"]["namespaceSelector"],
+            json!({})
+        );
+    }
+    let secrets = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "ops-kratos-operator-operator-secrets",
+    );
+    assert_eq!(
+        secrets["spec"]["matchConditions"],
+        json!([{
+            "name": "by-the-operator",
+            "expression": "request.userInfo.username == 'system:serviceaccount:kratos-system:ops-kratos-operator'"
+        }])
+    );
+    assert_eq!(
+        find(
+            &docs,
+            "ValidatingAdmissionPolicyBinding",
+            "ops-kratos-operator-operator-secrets"
+        )["spec"]["validationActions"],
+        json!(["Deny"])
+    );
+    // An existing ServiceAccount: the policy names that one.
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            &admin,
+            "--set",
+            "serviceAccount.create=false,serviceAccount.name=shared-operator",
+        ],
+    ));
+    let secrets = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "ops-kratos-operator-operator-secrets",
+    );
+    assert_eq!(
+        secrets["spec"]["matchConditions"][0]["expression"],
+        "request.userInfo.username == 'system:serviceaccount:kratos-system:shared-operator'"
+    );
+
+    // tenancy.enforce=false: no tenancy policy, no Namespace read, the operator told so; the
+    // Secret policy stays.
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &["--set", &admin, "--set", "tenancy.enforce=false"],
+    ));
+    let mut policies: Vec<String> = kinds_and_names(&docs)
+        .into_iter()
+        .filter(|n| n.starts_with("ValidatingAdmissionPolicy"))
+        .collect();
+    policies.sort();
+    assert_eq!(
+        policies,
+        [
+            "ValidatingAdmissionPolicy/ops-kratos-operator-operator-secrets",
+            "ValidatingAdmissionPolicyBinding/ops-kratos-operator-operator-secrets",
+        ]
+    );
+    let deployment = find(&docs, "Deployment", "ops-kratos-operator");
+    assert_eq!(
+        env_value(deployment, "TENANCY_ENFORCE").as_deref(),
+        Some("false")
+    );
+    let cluster_role = find(&docs, "ClusterRole", "ops-kratos-operator");
+    assert!(
+        !cluster_role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resources"] == json!(["namespaces"])),
+        "{cluster_role}"
+    );
+    // And the Secret policy off too: no policy at all.
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            &admin,
+            "--set",
+            "tenancy.enforce=false,admissionPolicies.operatorSecrets=false",
+        ],
+    ));
+    assert!(
+        !docs.iter().any(|d| d["kind"]
+            .as_str()
+            .unwrap()
+            .starts_with("ValidatingAdmissionPolicy")),
+        "{:?}",
+        kinds_and_names(&docs)
+    );
+    // The Secret policy off alone: the tenancy policies stay.
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            &admin,
+            "--set",
+            "admissionPolicies.operatorSecrets=false",
+        ],
+    ));
+    let policies: Vec<String> = kinds_and_names(&docs)
+        .into_iter()
+        .filter(|n| n.starts_with("ValidatingAdmissionPolicy/"))
+        .collect();
+    assert_eq!(policies.len(), 2, "{policies:?}");
+    assert!(!policies.iter().any(|p| p.ends_with("operator-secrets")));
+}
+
 /// Every environment variable with a literal value is one the operator reads, and its value
 /// parses as the corresponding flag's value.
 #[test]
@@ -368,6 +578,8 @@ fn every_rendered_environment_variable_is_an_operator_flag_with_a_valid_value() 
             "kratos.tokenSecret.name=t,kratos.ca.secret.name=c,kratos.rateLimit=2.5".to_string(),
             "--set".to_string(),
             "kratos.publicUrl=https://k.example.com,resyncInterval=1h30m".to_string(),
+            "--set".to_string(),
+            "tenancy.enforce=false".to_string(),
         ],
     ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -437,6 +649,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run_in_every_mode() {
     for extra in [
         vec!["--include-crds"],
         vec!["--set", watch.as_str()],
+        vec!["--set", "tenancy.enforce=false"],
         vec![
             "--set",
             "serviceMonitor.enabled=true,podDisruptionBudget.enabled=true,replicas=2",
@@ -572,11 +785,10 @@ async fn the_apiserver_admits_the_pod_under_the_restricted_pod_security_standard
         &["--set", &admin, "--set", "kratos.tokenSecret.name=t"],
     ));
     let template = pod_specs(&docs).remove(0);
-    pod_admitted(&t, &template)
-        .await
-        .unwrap_or_else(|e| panic!("the restricted namespace refuses the chart's pod: {e}"));
 
-    // The check bites: the same pod with privilege escalation allowed is refused.
+    // The check bites: the same pod with privilege escalation allowed is refused. PodSecurity
+    // admission reads the Namespace from the apiserver's informer cache, which may still hold it
+    // without the labels: wait until the policy is in force, then judge the chart's pod.
     let weakened = json_documents(&render(
         "psa",
         &t.namespace,
@@ -587,10 +799,17 @@ async fn the_apiserver_admits_the_pod_under_the_restricted_pod_security_standard
             "securityContext.allowPrivilegeEscalation=true",
         ],
     ));
-    let err = pod_admitted(&t, &pod_specs(&weakened).remove(0))
-        .await
-        .expect_err("a pod allowing privilege escalation must be refused");
+    let weakened = pod_specs(&weakened).remove(0);
+    let err = eventually(
+        "the restricted policy to refuse a pod allowing privilege escalation",
+        std::time::Duration::from_secs(30),
+        || async { pod_admitted(&t, &weakened).await.err() },
+    )
+    .await;
     assert!(err.contains("allowPrivilegeEscalation"), "{err}");
+    pod_admitted(&t, &template)
+        .await
+        .unwrap_or_else(|e| panic!("the restricted namespace refuses the chart's pod: {e}"));
     t.cleanup().await;
 }
 

@@ -50,6 +50,16 @@ const KUSTOMIZATION_HEADER: &str = "\
 #         - op: replace
 #           path: /spec/template/spec/containers/0/env/0/value   # KRATOS_ADMIN_URL
 #           value: http://kratos-admin.kratos.svc.cluster.local:4434
+#
+# An overlay that moves it to another namespace (`namespace: ...`) must also name the
+# ServiceAccount there in the policy on the operator's Secret writes (kustomize does not rewrite
+# this string; unpatched, the policy judges no one):
+#
+#     - target: { kind: ValidatingAdmissionPolicy, name: kratos-operator-operator-secrets }
+#       patch: |-
+#         - op: replace
+#           path: /spec/matchConditions/0/expression
+#           value: request.userInfo.username == 'system:serviceaccount:<namespace>:kratos-operator'
 ";
 
 const FILE_HEADER: &str = "\
@@ -121,14 +131,25 @@ fn generate_base() -> Vec<(String, String)> {
     files
 }
 
+/// Held while `deploy/base` is rewritten (`UPDATE_DEPLOY=1`) or read by kustomize: the tests of
+/// this file run in parallel, and a rewrite removes the directory first.
+fn lock_base() -> std::sync::MutexGuard<'static, ()> {
+    static BASE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    BASE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn deploy_base_is_the_chart_rendered_with_default_values() {
     let want = generate_base();
     let dir = repo().join("deploy").join("base");
-    if std::env::var_os("UPDATE_DEPLOY").is_some() {
-        write_tree(&dir, &want);
-    }
-    let diff = tree_diff(&want, &read_tree(&dir));
+    let diff = {
+        let _files = lock_base();
+        if std::env::var_os("UPDATE_DEPLOY").is_some() {
+            write_tree(&dir, &want);
+        }
+        tree_diff(&want, &read_tree(&dir))
+    };
     assert!(
         diff.is_empty(),
         "deploy/base is stale: {diff:?}; run `UPDATE_DEPLOY=1 cargo test --test deploy`"
@@ -155,18 +176,24 @@ async fn deploy_base_builds_from_an_overlay_and_passes_a_server_dry_run() {
         format!(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {ns}\nresources:\n  - {base}\n\
              patches:\n  - target: {{ kind: Deployment, name: kratos-operator }}\n    patch: |-\n      - op: replace\n        \
-             path: /spec/template/spec/containers/0/env/0/value\n        value: {url}\n",
+             path: /spec/template/spec/containers/0/env/0/value\n        value: {url}\n\
+             \x20 - target: {{ kind: ValidatingAdmissionPolicy, name: kratos-operator-operator-secrets }}\n    patch: |-\n      \
+             - op: replace\n        path: /spec/matchConditions/0/expression\n        \
+             value: request.userInfo.username == 'system:serviceaccount:{ns}:kratos-operator'\n",
             ns = t.namespace,
             base = base.display(),
             url = t.kratos_admin_url,
         ),
     )
     .unwrap();
-    let out = kubectl_run(
-        &t.env.state.kubeconfig,
-        &["kustomize", overlay.to_str().unwrap()],
-        None,
-    );
+    let out = {
+        let _files = lock_base();
+        kubectl_run(
+            &t.env.state.kubeconfig,
+            &["kustomize", overlay.to_str().unwrap()],
+            None,
+        )
+    };
     assert!(out.status.success(), "kustomize: {}", describe(&out));
     let built = String::from_utf8(out.stdout).unwrap();
     let docs = json_documents(&built);
@@ -183,6 +210,12 @@ async fn deploy_base_builds_from_an_overlay_and_passes_a_server_dry_run() {
         "RoleBinding/kratos-operator-leader-election",
         "Service/kratos-operator-metrics",
         "ServiceAccount/kratos-operator",
+        "ValidatingAdmissionPolicy/kratos-operator-identity-adoption",
+        "ValidatingAdmissionPolicy/kratos-operator-operator-secrets",
+        "ValidatingAdmissionPolicy/kratos-operator-recovery-by-id",
+        "ValidatingAdmissionPolicyBinding/kratos-operator-identity-adoption",
+        "ValidatingAdmissionPolicyBinding/kratos-operator-operator-secrets",
+        "ValidatingAdmissionPolicyBinding/kratos-operator-recovery-by-id",
     ]
     .map(str::to_string)
     .to_vec();
@@ -196,13 +229,15 @@ async fn deploy_base_builds_from_an_overlay_and_passes_a_server_dry_run() {
             "ClusterRoleBinding",
             "CustomResourceDefinition",
             "Namespace",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
         ]
         .contains(&kind)
         {
             assert_eq!(d["metadata"]["namespace"], t.namespace.as_str(), "{kind}");
         }
         // The bindings follow the ServiceAccount into the overlay's namespace.
-        if kind.ends_with("Binding") {
+        if ["ClusterRoleBinding", "RoleBinding"].contains(&kind) {
             assert_eq!(
                 d["subjects"][0]["namespace"],
                 t.namespace.as_str(),
@@ -213,6 +248,18 @@ async fn deploy_base_builds_from_an_overlay_and_passes_a_server_dry_run() {
             assert_eq!(
                 d["spec"]["template"]["spec"]["containers"][0]["env"][0],
                 json!({ "name": "KRATOS_ADMIN_URL", "value": t.kratos_admin_url })
+            );
+        }
+        // The documented patch: the Secret policy judges the ServiceAccount of the overlay.
+        if kind == "ValidatingAdmissionPolicy"
+            && d["metadata"]["name"] == "kratos-operator-operator-secrets"
+        {
+            assert_eq!(
+                d["spec"]["matchConditions"][0]["expression"],
+                format!(
+                    "request.userInfo.username == 'system:serviceaccount:{}:kratos-operator'",
+                    t.namespace
+                )
             );
         }
     }

@@ -7,6 +7,12 @@
 //! (`watchNamespaces`: a Role per namespace). Each uses its own release name, so the cluster-scoped
 //! names never clash between tests, and its own namespace; the cluster-scoped objects are owned by
 //! that namespace, so deleting it deletes them.
+//!
+//! The chart's ValidatingAdmissionPolicies are installed too, their bindings confined to the
+//! test's namespace (the environment is shared: a binding of the chart selects every namespace
+//! in cluster mode). Both RBAC tests run the operator's flows under the policy on its own Secret
+//! writes and check that it refuses the ServiceAccount token Secrets and foreign Secrets the RBAC
+//! alone would allow; a third test checks the tenancy policies as a tenant sees them.
 
 // Test code: panicking on unexpected results is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,6 +26,7 @@ use chart_support::{PLACEHOLDER_ADMIN_URL, json_documents, render};
 use futures::FutureExt;
 use k8s_openapi::{
     api::{
+        admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
         apps::v1::Deployment,
         coordination::v1::Lease,
         core::v1::{ConfigMap, Namespace, Secret, ServiceAccount},
@@ -115,6 +122,29 @@ async fn install_chart_rbac(t: &TestEnv, release: &str, set: &[&str]) -> Install
                     .await
                     .unwrap();
             }
+            "ValidatingAdmissionPolicy" => {
+                doc["metadata"]["ownerReferences"] = owner.clone();
+                let policy: ValidatingAdmissionPolicy = serde_json::from_value(doc).unwrap();
+                objects.push(format!("ValidatingAdmissionPolicy/{}", policy.name_any()));
+                Api::<ValidatingAdmissionPolicy>::all(t.client.clone())
+                    .create(&pp, &policy)
+                    .await
+                    .unwrap();
+            }
+            "ValidatingAdmissionPolicyBinding" => {
+                doc["metadata"]["ownerReferences"] = owner.clone();
+                confine_to_namespace(&mut doc, &t.namespace);
+                let binding: ValidatingAdmissionPolicyBinding =
+                    serde_json::from_value(doc).unwrap();
+                objects.push(format!(
+                    "ValidatingAdmissionPolicyBinding/{}",
+                    binding.name_any()
+                ));
+                Api::<ValidatingAdmissionPolicyBinding>::all(t.client.clone())
+                    .create(&pp, &binding)
+                    .await
+                    .unwrap();
+            }
             // The workload itself is not run here: the operator runs in-process.
             "Deployment" | "Service" => {}
             other => panic!("unexpected kind {other} in the chart's default render"),
@@ -124,6 +154,28 @@ async fn install_chart_rbac(t: &TestEnv, release: &str, set: &[&str]) -> Install
     Installed {
         service_account: service_account.expect("the chart renders a ServiceAccount"),
         objects,
+    }
+}
+
+/// The namespace selector that confines a binding to `namespace`.
+fn only_namespace(namespace: &str) -> Value {
+    json!({ "matchExpressions": [
+        { "key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace] }
+    ] })
+}
+
+/// Confines a rendered ValidatingAdmissionPolicyBinding to the test's namespace: the environment
+/// is shared, and a binding that selects every namespace (as the chart's do in cluster mode)
+/// would judge the other tests' requests too. A binding the chart already confines (namespace
+/// mode) must select exactly the test's namespace.
+fn confine_to_namespace(binding: &mut Value, namespace: &str) {
+    let rendered = binding.clone();
+    let selector = &mut binding["spec"]["matchResources"]["namespaceSelector"];
+    let selects_all = selector.is_null() || selector.as_object().is_some_and(|o| o.is_empty());
+    if selects_all {
+        *selector = only_namespace(namespace);
+    } else {
+        assert_eq!(*selector, only_namespace(namespace), "{rendered}");
     }
 }
 
@@ -140,6 +192,18 @@ async fn client_as_service_account(t: &TestEnv, sa: &str) -> Client {
         format!("system:serviceaccounts:{}", t.namespace),
         "system:authenticated".into(),
     ]);
+    Client::try_from(config).unwrap()
+}
+
+/// A client of the environment's apiserver that acts as the user `user` (a tenant), with no
+/// groups but `system:authenticated`.
+async fn client_as_user(t: &TestEnv, user: &str) -> Client {
+    let kubeconfig = Kubeconfig::read_from(&t.env.state.kubeconfig).unwrap();
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some(user.to_string());
+    config.auth_info.impersonate_groups = Some(vec!["system:authenticated".into()]);
     Client::try_from(config).unwrap()
 }
 
@@ -518,6 +582,9 @@ async fn leader_election_works(t: &TestEnv, operator: &Client) {
 async fn wait_for_rbac(t: &TestEnv, operator: &Client) {
     let identities = Api::<Identity>::namespaced(operator.clone(), &t.namespace);
     let leases = Api::<Lease>::namespaced(operator.clone(), &t.namespace);
+    let crds = Api::<CustomResourceDefinition>::all(operator.clone());
+    // One right of each binding: in namespace mode the CRD read comes from a ClusterRoleBinding
+    // of its own, which the authorizer may serve later than the RoleBindings.
     eventually("the chart's RBAC to take effect", T, || async {
         let kinds = identities.list(&ListParams::default()).await.is_ok();
         // 404 (no Lease yet) means allowed; 403 means the binding is not served yet.
@@ -525,9 +592,250 @@ async fn wait_for_rbac(t: &TestEnv, operator: &Client) {
             Ok(_) => true,
             Err(e) => status_code(&e) == Some(404),
         };
-        (kinds && lease).then_some(())
+        let crd = crds.get("identities.kratos-operator.dev").await.is_ok();
+        (kinds && lease && crd).then_some(())
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The admission policies
+
+/// The refusal of the chart's policy on the operator's Secret writes.
+const OPERATOR_SECRETS_REFUSAL: &str = "the operator's ServiceAccount may only write the Opaque Secrets of its RecoveryRequests (type Opaque, label app.kubernetes.io/managed-by=kratos-operator, controller ownerReference to a kratos-operator.dev RecoveryRequest)";
+/// The refusals of the tenancy policies: the operator's own words (src/tenancy.rs).
+const ADOPTION_REFUSAL: &str = "spec.adoption IfUnowned is not allowed in this namespace: a cluster admin must label the Namespace kratos-operator.dev/allow-adoption=true";
+const RECOVERY_BY_ID_REFUSAL: &str = "spec.identityId is not allowed in this namespace (use spec.identityRef): a cluster admin must label the Namespace kratos-operator.dev/allow-recovery-by-id=true";
+
+/// Whether `e` is a refusal by a ValidatingAdmissionPolicy whose message is `message`.
+fn refused_by_policy(e: &kube::Error, message: &str) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 403
+        && s.reason == "Forbidden"
+        && s.message.contains(" is forbidden: ValidatingAdmissionPolicy '")
+        && s.message.ends_with(message))
+}
+
+/// Asserts that `result` is a refusal by a ValidatingAdmissionPolicy with `message`.
+fn assert_refused<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>, message: &str) {
+    match result {
+        Err(e) if refused_by_policy(&e, message) => {}
+        other => panic!("{what}: expected the refusal {message:?}, got {other:?}"),
+    }
+}
+
+/// Retries `attempt` (a dry run, so that it changes nothing while the policy is not enforced yet)
+/// until a policy refuses it with `message`: the apiserver starts enforcing a new policy and
+/// binding a moment after they are created.
+async fn until_refused<T, F, Fut>(what: &str, message: &str, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut last = String::new();
+    let refused = tokio::time::timeout(T, async {
+        loop {
+            match attempt().await {
+                Err(e) if refused_by_policy(&e, message) => return,
+                Err(e) => last = e.to_string(),
+                Ok(_) => last = "admitted".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "{what} is never refused; last: {last}");
+}
+
+/// Retries `attempt` until it succeeds (a Namespace label reaches the policies' Namespace cache
+/// a moment after it is set).
+async fn until_admitted<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut last = String::new();
+    let admitted = tokio::time::timeout(T, async {
+        loop {
+            match attempt().await {
+                Ok(v) => return v,
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    admitted.unwrap_or_else(|_| panic!("{what} is never admitted; last: {last}"))
+}
+
+fn dry_run() -> PostParams {
+    PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    }
+}
+
+/// Server-side apply as the operator writes its recovery Secrets.
+fn operator_apply(dry_run: bool) -> PatchParams {
+    PatchParams {
+        dry_run,
+        ..PatchParams::apply("kratos-operator-test").force()
+    }
+}
+
+/// A Secret as the operator's ServiceAccount could write it: `type_`, with the operator's
+/// managed-by label when `labelled`, and `owners`.
+fn secret(name: &str, type_: &str, labelled: bool, owners: Value) -> Secret {
+    let mut s = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": name, "ownerReferences": owners },
+        "type": type_,
+        "stringData": { "recoveryLink": "http://forged.example.com/" }
+    });
+    if labelled {
+        s["metadata"]["labels"] = json!({ "app.kubernetes.io/managed-by": "kratos-operator" });
+    }
+    if type_ == "kubernetes.io/service-account-token" {
+        s["metadata"]["annotations"] = json!({ "kubernetes.io/service-account.name": "default" });
+        s["stringData"] = json!({});
+    }
+    serde_json::from_value(s).unwrap()
+}
+
+/// An ownerReference to a RecoveryRequest (the uid need not exist: admission does not look).
+fn recovery_owner(api_version: &str, kind: &str, controller: bool) -> Value {
+    json!([{
+        "apiVersion": api_version, "kind": kind, "name": "some-request",
+        "uid": "00000000-0000-4000-8000-000000000001",
+        "controller": controller, "blockOwnerDeletion": true,
+    }])
+}
+
+/// The policy on the operator's Secret writes: its Secret rights cannot mint a ServiceAccount
+/// token, write another type, or write a Secret that is not a RecoveryRequest's; what the
+/// operator itself writes passes (the full flow proves it for the real writes, including the
+/// update that clears an expired Secret). Other users are not judged.
+async fn operator_secret_policy_holds(t: &TestEnv, operator: &Client) {
+    let ns = &t.namespace;
+    let secrets = Api::<Secret>::namespaced(operator.clone(), ns);
+    let admin_secrets = Api::<Secret>::namespaced(t.client.clone(), ns);
+    let token = || {
+        secret(
+            "minted",
+            "kubernetes.io/service-account-token",
+            false,
+            json!([]),
+        )
+    };
+    until_refused(
+        "a ServiceAccount token Secret by the operator",
+        OPERATOR_SECRETS_REFUSAL,
+        || async { secrets.create(&dry_run(), &token()).await },
+    )
+    .await;
+
+    assert_refused(
+        "create a ServiceAccount token Secret",
+        secrets.create(&PostParams::default(), &token()).await,
+        OPERATOR_SECRETS_REFUSAL,
+    );
+    let owned = recovery_owner("kratos-operator.dev/v1alpha1", "RecoveryRequest", true);
+    // Dressed up as a recovery Secret, the token type is still refused.
+    assert_refused(
+        "create a labelled, owned ServiceAccount token Secret",
+        secrets
+            .create(
+                &PostParams::default(),
+                &secret(
+                    "minted",
+                    "kubernetes.io/service-account-token",
+                    true,
+                    owned.clone(),
+                ),
+            )
+            .await,
+        OPERATOR_SECRETS_REFUSAL,
+    );
+    assert!(admin_secrets.get_opt("minted").await.unwrap().is_none());
+    for (what, s) in [
+        (
+            "an Opaque Secret without the RecoveryRequest owner",
+            secret("unowned", "Opaque", true, json!([])),
+        ),
+        (
+            "an Opaque Secret without the managed-by label",
+            secret("unlabelled", "Opaque", false, owned.clone()),
+        ),
+        (
+            "a Secret of another type",
+            secret("custom", "example.com/custom", true, owned.clone()),
+        ),
+        (
+            "an Opaque Secret whose RecoveryRequest owner is not its controller",
+            secret(
+                "not-controller",
+                "Opaque",
+                true,
+                recovery_owner("kratos-operator.dev/v1alpha1", "RecoveryRequest", false),
+            ),
+        ),
+        (
+            "an Opaque Secret owned by a RecoveryRequest of another group",
+            secret(
+                "other-group",
+                "Opaque",
+                true,
+                recovery_owner("evil.example.com/v1", "RecoveryRequest", true),
+            ),
+        ),
+    ] {
+        assert_refused(
+            &format!("create {what}"),
+            secrets.create(&PostParams::default(), &s).await,
+            OPERATOR_SECRETS_REFUSAL,
+        );
+        assert_refused(
+            &format!("apply {what}"),
+            secrets
+                .patch(&s.name_any(), &operator_apply(false), &Patch::Apply(&s))
+                .await,
+            OPERATOR_SECRETS_REFUSAL,
+        );
+    }
+    // A foreign Opaque Secret cannot be taken over (an update must start from a Secret that is
+    // already a RecoveryRequest's), even by writing the label and owner into it.
+    let foreign: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "foreign" }, "stringData": { "k": "v" }
+    }))
+    .unwrap();
+    admin_secrets
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    let takeover = secret("foreign", "Opaque", true, owned.clone());
+    assert_refused(
+        "take over a foreign Opaque Secret",
+        secrets
+            .patch("foreign", &operator_apply(false), &Patch::Apply(&takeover))
+            .await,
+        OPERATOR_SECRETS_REFUSAL,
+    );
+    let unchanged = admin_secrets.get("foreign").await.unwrap();
+    assert!(unchanged.owner_references().is_empty());
+    assert_eq!(
+        unchanged.data.unwrap().get("k").map(|v| v.0.clone()),
+        Some(b"v".to_vec())
+    );
+    // What the operator writes passes (dry run: the owner does not exist).
+    let recovery = secret("recovery", "Opaque", true, owned);
+    secrets
+        .patch("recovery", &operator_apply(true), &Patch::Apply(&recovery))
+        .await
+        .expect("the operator's own kind of Secret is admitted");
+    // The policy judges the operator only: an admin may still create a token Secret.
+    admin_secrets
+        .create(&dry_run(), &token())
+        .await
+        .expect("an admin's Secret is not judged by the policy");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -548,6 +856,12 @@ async fn cluster_mode_rbac_runs_every_flow_and_refuses_the_rest() {
             format!("Role/{full}-leader-election"),
             format!("RoleBinding/{full}-leader-election"),
             format!("ServiceAccount/{full}"),
+            format!("ValidatingAdmissionPolicy/{full}-identity-adoption"),
+            format!("ValidatingAdmissionPolicy/{full}-operator-secrets"),
+            format!("ValidatingAdmissionPolicy/{full}-recovery-by-id"),
+            format!("ValidatingAdmissionPolicyBinding/{full}-identity-adoption"),
+            format!("ValidatingAdmissionPolicyBinding/{full}-operator-secrets"),
+            format!("ValidatingAdmissionPolicyBinding/{full}-recovery-by-id"),
         ]
     );
     let operator = client_as_service_account(&t, &installed.service_account).await;
@@ -556,6 +870,27 @@ async fn cluster_mode_rbac_runs_every_flow_and_refuses_the_rest() {
     // Before anything: the impersonated identity has no rights beyond the chart's.
     common_denials(&t, &operator).await;
     leader_election_works(&t, &operator).await;
+    operator_secret_policy_holds(&t, &operator).await;
+    // Tenancy: the operator reads any Namespace (get only), to read its opt-ins.
+    let namespaces = Api::<Namespace>::all(operator.clone());
+    namespaces.get(&t.namespace).await.unwrap();
+    namespaces.get("default").await.unwrap();
+    assert_forbidden(
+        "list Namespaces",
+        namespaces.list(&ListParams::default()).await,
+    );
+    assert_forbidden(
+        "label a Namespace",
+        namespaces
+            .patch(
+                &t.namespace,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "labels": {
+                    "kratos-operator.dev/allow-adoption": "true"
+                } } })),
+            )
+            .await,
+    );
 
     let op = start_operator_as(&t, operator.clone());
     becomes_ready(&op).await;
@@ -587,6 +922,12 @@ async fn namespace_mode_rbac_runs_every_flow_and_refuses_other_namespaces() {
             format!("RoleBinding/{full}"),
             format!("RoleBinding/{full}-leader-election"),
             format!("ServiceAccount/{full}"),
+            format!("ValidatingAdmissionPolicy/{full}-identity-adoption"),
+            format!("ValidatingAdmissionPolicy/{full}-operator-secrets"),
+            format!("ValidatingAdmissionPolicy/{full}-recovery-by-id"),
+            format!("ValidatingAdmissionPolicyBinding/{full}-identity-adoption"),
+            format!("ValidatingAdmissionPolicyBinding/{full}-operator-secrets"),
+            format!("ValidatingAdmissionPolicyBinding/{full}-recovery-by-id"),
         ]
     );
     let operator = client_as_service_account(&t, &installed.service_account).await;
@@ -594,6 +935,18 @@ async fn namespace_mode_rbac_runs_every_flow_and_refuses_other_namespaces() {
 
     common_denials(&t, &operator).await;
     leader_election_works(&t, &operator).await;
+    operator_secret_policy_holds(&t, &operator).await;
+    // Tenancy: the operator reads the watched Namespace objects only (get, by name).
+    let namespaces = Api::<Namespace>::all(operator.clone());
+    namespaces.get(&t.namespace).await.unwrap();
+    assert_forbidden(
+        "get an unwatched Namespace",
+        namespaces.get("default").await,
+    );
+    assert_forbidden(
+        "list Namespaces",
+        namespaces.list(&ListParams::default()).await,
+    );
     // Nothing outside the watched namespace: not its kinds, not Secrets, not cluster-wide lists.
     assert_forbidden(
         "list Identities in all namespaces",
@@ -617,5 +970,218 @@ async fn namespace_mode_rbac_runs_every_flow_and_refuses_other_namespaces() {
     let op = start_operator_as(&t, operator.clone());
     becomes_ready(&op).await;
     full_flow(&t).await;
+    t.cleanup().await;
+}
+
+/// The tenancy policies as a tenant sees them: with every right on the operator's kinds in its
+/// namespace, the tenant can neither adopt unowned identities nor recover by Kratos id until a
+/// cluster admin labels the Namespace; the refusal is the operator's own message. An update that
+/// leaves the spec unchanged is not judged again after the label goes (so finalizers and labels
+/// can still be changed, and deletion never hangs).
+#[tokio::test]
+async fn tenancy_policies_refuse_what_the_namespace_does_not_opt_in_to() {
+    let t = setup("vap-tenancy").await;
+    install_crds(&t.client).await;
+    let release = unique_name("vap");
+    let installed = install_chart_rbac(&t, &release, &[]).await;
+    let full = format!("{release}-kratos-operator");
+    for policy in ["identity-adoption", "recovery-by-id"] {
+        assert!(
+            installed
+                .objects
+                .contains(&format!("ValidatingAdmissionPolicyBinding/{full}-{policy}")),
+            "{:?}",
+            installed.objects
+        );
+    }
+    let ns = t.namespace.clone();
+
+    // The tenant: every verb on every resource of the operator's group (status included), in its
+    // namespace only.
+    let user = format!("tenant-{ns}");
+    let role: Role = serde_json::from_value(json!({
+        "metadata": { "name": "tenant" },
+        "rules": [{ "apiGroups": ["kratos-operator.dev"], "resources": ["*"], "verbs": ["*"] }]
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(t.client.clone(), &ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "tenant" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }]
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(t.client.clone(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let tenant = client_as_user(&t, &user).await;
+    let namespaces = Api::<Namespace>::all(t.client.clone());
+    let label = |key: &str, value: Option<&str>| {
+        let namespaces = namespaces.clone();
+        let patch = json!({ "metadata": { "labels": { key: value } } });
+        let ns = ns.clone();
+        async move {
+            namespaces
+                .patch(&ns, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .unwrap();
+        }
+    };
+    let tenant_apply = |dry_run: bool| PatchParams {
+        dry_run,
+        ..PatchParams::apply("tenant").force()
+    };
+
+    // Identity adoption IfUnowned.
+    let identities = Api::<Identity>::namespaced(tenant.clone(), &ns);
+    let identity = |name: &str, adoption: Option<&str>, first: &str| -> Identity {
+        let mut spec = json!({
+            "schemaId": "customer",
+            "traits": { "email": format!("{name}@{ns}.example.com"), "name": { "first": first } }
+        });
+        if let Some(a) = adoption {
+            spec["adoption"] = json!(a);
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
+            "metadata": { "name": name }, "spec": spec
+        }))
+        .unwrap()
+    };
+    let adopter = identity("adopter", Some("IfUnowned"), "Ada");
+    until_refused("an adopting Identity", ADOPTION_REFUSAL, || async {
+        identities.create(&dry_run(), &adopter).await
+    })
+    .await;
+    assert_refused(
+        "create an adopting Identity",
+        identities.create(&PostParams::default(), &adopter).await,
+        ADOPTION_REFUSAL,
+    );
+    assert_refused(
+        "apply an adopting Identity",
+        identities
+            .patch("adopter", &tenant_apply(false), &Patch::Apply(&adopter))
+            .await,
+        ADOPTION_REFUSAL,
+    );
+    // Without adoption, or with Never, nothing to judge.
+    for (name, adoption) in [("plain", None), ("never", Some("Never"))] {
+        identities
+            .create(&PostParams::default(), &identity(name, adoption, "Pat"))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    // Turning adoption on in an existing Identity is an update of its spec: refused too.
+    assert_refused(
+        "switch an Identity to adoption",
+        identities
+            .patch(
+                "never",
+                &tenant_apply(false),
+                &Patch::Apply(&identity("never", Some("IfUnowned"), "Pat")),
+            )
+            .await,
+        ADOPTION_REFUSAL,
+    );
+    // The cluster admin opts the namespace in: the same Identity is admitted.
+    label("kratos-operator.dev/allow-adoption", Some("true")).await;
+    until_admitted(
+        "the adopting Identity in the opted-in namespace",
+        || async {
+            identities
+                .patch("adopter", &tenant_apply(false), &Patch::Apply(&adopter))
+                .await
+        },
+    )
+    .await;
+    // The opt-in is withdrawn (only the exact value "true" opts in): a changed spec is refused
+    // again, an unchanged one passes (labels, finalizers: the operator's finalizer removal must
+    // never be blocked).
+    label("kratos-operator.dev/allow-adoption", Some("yes")).await;
+    let changed = identity("adopter", Some("IfUnowned"), "Adele");
+    until_refused("a changed adopting Identity", ADOPTION_REFUSAL, || async {
+        identities
+            .patch("adopter", &tenant_apply(true), &Patch::Apply(&changed))
+            .await
+    })
+    .await;
+    identities
+        .patch(
+            "adopter",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": {
+                "labels": { "team": "a" }, "finalizers": ["example.com/hold"]
+            } })),
+        )
+        .await
+        .expect("a metadata update of an unchanged spec is not judged");
+    identities
+        .patch(
+            "adopter",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+        )
+        .await
+        .expect("removing a finalizer is not judged");
+
+    // RecoveryRequest spec.identityId.
+    let requests = Api::<RecoveryRequest>::namespaced(tenant.clone(), &ns);
+    let by_id: RecoveryRequest = serde_json::from_value(json!({
+        "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "RecoveryRequest",
+        "metadata": { "name": "by-id" },
+        "spec": { "identityId": "00000000-0000-4000-8000-00000000abcd", "method": "link" }
+    }))
+    .unwrap();
+    until_refused(
+        "a RecoveryRequest by id",
+        RECOVERY_BY_ID_REFUSAL,
+        || async { requests.create(&dry_run(), &by_id).await },
+    )
+    .await;
+    assert_refused(
+        "create a RecoveryRequest by id",
+        requests.create(&PostParams::default(), &by_id).await,
+        RECOVERY_BY_ID_REFUSAL,
+    );
+    assert_refused(
+        "apply a RecoveryRequest by id",
+        requests
+            .patch("by-id", &tenant_apply(false), &Patch::Apply(&by_id))
+            .await,
+        RECOVERY_BY_ID_REFUSAL,
+    );
+    // By reference to an Identity of the namespace: nothing to judge.
+    let by_ref: RecoveryRequest = serde_json::from_value(json!({
+        "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "RecoveryRequest",
+        "metadata": { "name": "by-ref" },
+        "spec": { "identityRef": { "name": "plain" }, "method": "link" }
+    }))
+    .unwrap();
+    requests
+        .create(&PostParams::default(), &by_ref)
+        .await
+        .expect("a RecoveryRequest by identityRef needs no opt-in");
+    // The adoption opt-in does not open recovery by id.
+    label("kratos-operator.dev/allow-adoption", Some("true")).await;
+    assert_refused(
+        "create a RecoveryRequest by id with only the adoption opt-in",
+        requests.create(&dry_run(), &by_id).await,
+        RECOVERY_BY_ID_REFUSAL,
+    );
+    label("kratos-operator.dev/allow-recovery-by-id", Some("true")).await;
+    until_admitted(
+        "the RecoveryRequest by id in the opted-in namespace",
+        || async {
+            requests
+                .patch("by-id", &tenant_apply(false), &Patch::Apply(&by_id))
+                .await
+        },
+    )
+    .await;
     t.cleanup().await;
 }

@@ -118,3 +118,48 @@ Rules of the small ClusterRole that remains in every mode.
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list"]
 {{- end }}
+
+{{/*
+Rule of the Namespace read, in the cluster-wide ClusterRole of either mode (Namespaces are
+cluster-scoped, so a Role cannot grant it). Rendered only when tenancy.enforce is true: without
+enforcement the operator reads no Namespace. In namespace mode it is limited by resourceNames to
+the watched namespaces.
+*/}}
+{{- define "kratos-operator.namespaceRules" -}}
+{{- if .Values.tenancy.enforce }}
+# Tenancy: a cluster admin's opt-ins for a namespace are on its Namespace object (labels
+# kratos-operator.dev/allow-adoption and kratos-operator.dev/allow-recovery-by-id, annotation
+# kratos-operator.dev/identifier-patterns). The operator reads the Namespace of the object it
+# reconciles with get, one at a time; it never lists, watches or changes Namespaces.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  {{- with .Values.watchNamespaces }}
+  resourceNames: {{ toJson . }}
+  {{- end }}
+  verbs: ["get"]
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's ServiceAccount as it appears in request.userInfo.username.
+*/}}
+{{- define "kratos-operator.serviceAccountUsername" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "kratos-operator.serviceAccountName" .) }}
+{{- end }}
+
+{{/*
+matchResources of the tenancy policies' bindings: every namespace in cluster mode, the watched
+namespaces in namespace mode.
+*/}}
+{{- define "kratos-operator.tenantNamespaces" -}}
+matchResources:
+{{- if .Values.watchNamespaces }}
+  namespaceSelector:
+    matchExpressions:
+      - key: kubernetes.io/metadata.name
+        operator: In
+        values: {{ toJson .Values.watchNamespaces }}
+{{- else }}
+  namespaceSelector: {}
+{{- end }}
+{{- end }}
