@@ -131,6 +131,12 @@ pub struct RunArgs {
     /// Detect drift with one paginated list of Kratos per resync (`false`: one read per object).
     #[arg(long, env = "DRIFT_SWEEPS", default_value_t = true, action = clap::ArgAction::Set)]
     pub drift_sweeps: bool,
+    /// Enforce the tenancy opt-ins of each Namespace (labels kratos-operator.dev/allow-adoption
+    /// and kratos-operator.dev/allow-recovery-by-id, annotation
+    /// kratos-operator.dev/identifier-patterns). `false` allows adoption, recovery by Kratos id
+    /// and any identifier in every namespace: only for clusters where one team owns all of them.
+    #[arg(long, env = "TENANCY_ENFORCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tenancy_enforce: bool,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -157,6 +163,7 @@ impl RunArgs {
             instance: std::env::var("POD_NAME").ok(),
             batch_creates: self.batch_creates,
             drift_sweeps: self.drift_sweeps,
+            tenancy_enforce: self.tenancy_enforce,
             ..Settings::default()
         }
     }

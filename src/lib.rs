@@ -17,6 +17,7 @@ pub mod leader;
 pub mod metrics;
 pub mod schema;
 pub mod server;
+pub mod tenancy;
 
 /// Errors of the operator's reconcilers and start-up.
 #[derive(Debug, thiserror::Error)]

@@ -131,6 +131,7 @@ fn describe(ready: &Value, obj_conditions: &[&Value]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
     let t = setup("bad-input").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let other = setup("bad-input-other").await;
     let op = start_operator_with(
         &t,
@@ -289,7 +290,7 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
             json!({ "schemaId": "customer", "traits": { "email": email("dup") } }),
             "Conflict",
             false,
-            first_id.clone(),
+            "another Identity object manages it".into(),
         ),
         (
             "cross-ns",
@@ -499,22 +500,52 @@ async fn traits_near_the_object_size_limit_are_reported() {
         quiet(&[&t.namespace]),
     )
     .await;
-    // Large but storable with its status: Kratos takes it.
+    // Just under the operator's limit on free JSON: Kratos takes it.
     api.patch(
         "large",
         &ssa,
         &Patch::Apply(&big(
             "large",
             &format!("{}@example.com", unique_name("large")),
-            1_000_000,
+            15_000,
         )),
     )
     .await
     .unwrap();
     wait_ready::<Identity>(&t, "large", "True", Some("Synced"), T).await;
     row(
-        "`traits.name.first` of 1000000 bytes",
+        "`traits.name.first` of 15000 bytes",
         "`Ready=True` `Synced` (Kratos stores it)",
+    );
+    // Storable, but over the operator's limit (16 KiB of JSON per free-form field): refused
+    // before anything reaches Kratos, for good.
+    let huge_email = format!("{}@example.com", unique_name("huge"));
+    api.patch(
+        "huge",
+        &ssa,
+        &Patch::Apply(&big("huge", &huge_email, 1_000_000)),
+    )
+    .await
+    .unwrap();
+    let huge = wait_ready::<Identity>(&t, "huge", "False", Some("InvalidSpec"), T).await;
+    let huge_ready = condition(&huge, "Ready");
+    let huge_message = huge_ready["message"].as_str().unwrap_or_default();
+    assert!(
+        huge_message.contains("spec.traits") && huge_message.contains("16384"),
+        "{huge_message}"
+    );
+    assert_eq!(condition(&huge, "Stalled")["status"], "True");
+    let k = kratos_client(&t.kratos_admin_url, &t.kratos_public_url);
+    assert!(
+        k.find_by_credentials_identifier(&huge_email)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing was sent to Kratos"
+    );
+    row(
+        "`traits.name.first` of 1000000 bytes",
+        &describe(&huge_ready, &[&condition(&huge, "Stalled")]),
     );
     // Storable, but not once the operator adds its status: said in a Warning Event, and retried
     // with growing backoff only.
@@ -566,7 +597,7 @@ async fn traits_near_the_object_size_limit_are_reported() {
     row(
         &format!("`kubectl delete` of the {}-byte object", limit - 300),
         &format!(
-            "refused by the API server: `{}`; shrinking the spec first lets the operator write its status (the identity it created is taken back), then the deletion goes through",
+            "refused by the API server: `{}`; shrinking the spec first lets the operator create the identity and write its status, then the deletion goes through",
             refused_delete
                 .split(" (Status")
                 .next()
@@ -684,6 +715,8 @@ async fn garbage_stub(upstream: String, broken: Arc<AtomicBool>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_kratos_responses_give_a_condition_not_a_panic() {
     let t = setup("bad-kratos").await;
+    // Its recovery request goes by raw id (see below).
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let broken = Arc::new(AtomicBool::new(false));
     let stub = garbage_stub(t.kratos_admin_url.clone(), broken.clone()).await;
     let op = start_operator_with(&t, &stub, &t.kratos_public_url, quiet(&[&t.namespace])).await;
@@ -694,7 +727,8 @@ async fn malformed_kratos_responses_give_a_condition_not_a_panic() {
         json!({ "schemaId": "customer", "traits": { "email": email } }),
     )
     .await;
-    wait_ready::<Identity>(&t, "g", "True", Some("Synced"), T).await;
+    let g = wait_ready::<Identity>(&t, "g", "True", Some("Synced"), T).await;
+    let g_id = g.status.and_then(|s| s.identity_id).unwrap();
     broken.store(true, Ordering::SeqCst);
     // A spec change makes the operator read the identity: Kratos' answer is garbage.
     identity(
@@ -729,11 +763,12 @@ async fn malformed_kratos_responses_give_a_condition_not_a_panic() {
         ),
     );
     // A recovery link whose answer is garbage: reported, and the answer (it could hold a link)
-    // is withheld from the condition.
+    // is withheld from the condition. By raw id: a request by reference would first read the
+    // identity (its owner marker), and that answer is garbage too.
     apply::<RecoveryRequest>(
         &t,
         json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "RecoveryRequest",
-        "metadata": { "name": "r" }, "spec": { "identityRef": { "name": "g" } } }),
+        "metadata": { "name": "r" }, "spec": { "identityId": g_id } }),
     )
     .await;
     let rr = wait_ready::<RecoveryRequest>(&t, "r", "False", Some("KratosUnavailable"), T).await;

@@ -484,16 +484,18 @@ proptest! {
 
     #[test]
     fn take_back_adoption_and_conflict_follow_the_markers(
-        owners in prop::collection::vec(0u8..5, 0..5), if_unowned in any::<bool>(),
+        owners in prop::collection::vec(0u8..6, 0..5), if_unowned in any::<bool>(),
     ) {
-        // 0: ours, 1: unowned, 2: another object, 3: owner name without uid, 4: other uid only.
+        // 0: ours, 1: unowned, 2: another object, 3: owner name without uid, 4: other uid only,
+        // 5: this object's namespace/name with an old uid (the object was recreated: ours).
         let candidates: Vec<Identity> = owners.iter().enumerate().map(|(i, o)| {
             let admin = match o {
                 0 => json!({ OWNER_MARKER: OWNER, UID_MARKER: UID }),
                 1 => json!({ "crm": 1 }),
                 2 => json!({ OWNER_MARKER: "b/bob", UID_MARKER: "other" }),
                 3 => json!({ OWNER_MARKER: "b/bob" }),
-                _ => json!({ UID_MARKER: "other" }),
+                4 => json!({ UID_MARKER: "other" }),
+                _ => json!({ OWNER_MARKER: OWNER, UID_MARKER: "old-uid" }),
             };
             serde_json::from_value(json!({
                 "id": format!("id-{i}"), "schema_id": "customer", "traits": {}, "metadata_admin": admin,
@@ -501,8 +503,9 @@ proptest! {
             })).unwrap()
         }).collect();
         let adoption = if if_unowned { AdoptionPolicy::IfUnowned } else { AdoptionPolicy::Never };
-        let result = resolve_existing(&candidates, UID, adoption);
-        let ours = owners.iter().position(|o| *o == 0);
+        let me = kratos_operator::controller::identity::plan::Owner { uid: UID, name: OWNER };
+        let result = resolve_existing(&candidates, me, adoption);
+        let ours = owners.iter().position(|o| *o == 0 || *o == 5);
         match (&result, ours) {
             (Existing::TakeBack(id), Some(i)) => prop_assert_eq!(id, &format!("id-{i}")),
             (Existing::None, None) => prop_assert!(candidates.is_empty()),
@@ -513,6 +516,8 @@ proptest! {
             (Existing::Conflict(m), None) => {
                 prop_assert!(!candidates.is_empty());
                 prop_assert!(!(if_unowned && owners == vec![1]), "{}", m);
+                // Never an oracle: no other object's name, no Kratos id.
+                prop_assert!(!m.contains("b/bob") && !m.contains("id-"), "{}", m);
             }
             (other, _) => prop_assert!(false, "{:?} for owners {:?}", other, owners),
         }

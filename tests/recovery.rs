@@ -173,6 +173,7 @@ fn ts(value: &Value) -> Timestamp {
 #[tokio::test]
 async fn link_is_delivered_into_an_owned_secret_and_works() {
     let t = setup("recovery-link").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let _operator = start_operator(&t).await;
     let id = kratos_identity(&admin(&t), "link").await;
     let created = request(
@@ -250,6 +251,7 @@ async fn link_is_delivered_into_an_owned_secret_and_works() {
 #[tokio::test]
 async fn code_is_delivered_and_accepted_by_the_public_recovery_flow() {
     let t = setup("recovery-code").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let _operator = start_operator(&t).await;
     let id = kratos_identity(&admin(&t), "code").await;
     request(&t, "bob-code", json!({ "identityId": id, "method": "code", "expiresIn": "10m", "secretName": "bob-code-secret" })).await;
@@ -315,6 +317,7 @@ async fn code_is_delivered_and_accepted_by_the_public_recovery_flow() {
 #[tokio::test]
 async fn expires_in_and_return_to_are_passed_to_kratos() {
     let t = setup("recovery-returnto").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let _operator = start_operator(&t).await;
     let id = kratos_identity(&admin(&t), "returnto").await;
     let before = Timestamp::now();
@@ -367,6 +370,7 @@ async fn expires_in_and_return_to_are_passed_to_kratos() {
 #[tokio::test]
 async fn a_return_to_kratos_rejects_is_invalid_spec_and_not_retried() {
     let t = setup("recovery-badreturn").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let operator = start_operator(&t).await;
     let id = kratos_identity(&admin(&t), "badreturn").await;
     request(
@@ -394,6 +398,7 @@ async fn a_return_to_kratos_rejects_is_invalid_spec_and_not_retried() {
         "no Secret for a refused request"
     );
     let calls = operator.kratos.metrics().calls("create_recovery_link");
+    // A negative check: a bounded observation window (several resyncs) without a retry.
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(
         operator.kratos.metrics().calls("create_recovery_link"),
@@ -406,6 +411,7 @@ async fn a_return_to_kratos_rejects_is_invalid_spec_and_not_retried() {
 #[tokio::test]
 async fn one_shot_across_resyncs_and_an_operator_restart() {
     let t = setup("recovery-oneshot").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let operator = start_operator(&t).await;
     let id = kratos_identity(&admin(&t), "oneshot").await;
     request(&t, "r", json!({ "identityId": id, "expiresIn": "1h" })).await;
@@ -413,13 +419,13 @@ async fn one_shot_across_resyncs_and_an_operator_restart() {
     let link = secret_data(&t, "r").await["recoveryLink"].clone();
     assert_eq!(operator.kratos.metrics().calls("create_recovery_link"), 1);
 
-    // Several resyncs (2 s in tests) mint nothing.
+    // Several resyncs (2 s in tests) mint nothing: a negative check over a bounded window.
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(operator.kratos.metrics().calls("create_recovery_link"), 1);
     assert!(operator.kratos.metrics().total_calls() >= 1);
     assert_eq!(secret_data(&t, "r").await["recoveryLink"], link);
 
-    // Neither does a restart.
+    // Neither does a restart (again a bounded observation window).
     operator.stop();
     let operator = start_operator(&t).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
@@ -436,6 +442,9 @@ async fn one_shot_across_resyncs_and_an_operator_restart() {
         status(&first)["issuedGeneration"]
     );
     assert_eq!(status(&now)["expiresAt"], status(&first)["expiresAt"]);
+    // Events are published in the background: the one Issued Event must be there before it is
+    // counted (and no second one appeared in the windows above).
+    support::wait_event(&t, "r", "Issued").await;
     let issued_events = events_for(&t, "r")
         .await
         .into_iter()
@@ -448,6 +457,7 @@ async fn one_shot_across_resyncs_and_an_operator_restart() {
 #[tokio::test]
 async fn a_spec_change_issues_a_new_one_and_replaces_the_data() {
     let t = setup("recovery-respec").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let operator = start_operator(&t).await;
     let id = kratos_identity(&admin(&t), "respec").await;
     let v1 = request(&t, "r", json!({ "identityId": id, "expiresIn": "1h" })).await;
@@ -521,6 +531,7 @@ async fn a_spec_change_issues_a_new_one_and_replaces_the_data() {
 #[tokio::test]
 async fn a_secret_written_before_a_lost_status_write_is_adopted_not_reissued() {
     let t = setup("recovery-crash").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let id = kratos_identity(&admin(&t), "crash").await;
     support::install_crds(&t.client).await;
     // The request exists, the operator wrote the Secret for generation 1, then crashed before the
@@ -571,6 +582,7 @@ async fn a_secret_written_before_a_lost_status_write_is_adopted_not_reissued() {
     let s = status(&obj);
     assert_eq!(s["issuedGeneration"], json!(obj.metadata.generation));
     assert_eq!(ts(&s["expiresAt"]).as_second(), expires.as_second());
+    // A negative check: a bounded observation window (resyncs) in which nothing is issued.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
         operator.kratos.metrics().calls("create_recovery_link"),
@@ -588,6 +600,7 @@ async fn a_secret_written_before_a_lost_status_write_is_adopted_not_reissued() {
 #[tokio::test]
 async fn after_expires_at_the_secret_is_cleared_and_the_phase_is_expired() {
     let t = setup("recovery-expire").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let _operator = start_operator(&t).await;
     let id = kratos_identity(&admin(&t), "expire").await;
     request(
@@ -614,6 +627,7 @@ async fn after_expires_at_the_secret_is_cleared_and_the_phase_is_expired() {
 #[tokio::test]
 async fn deleting_the_request_deletes_the_secret() {
     let t = setup("recovery-gc").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let _operator = start_operator(&t).await;
     let id = kratos_identity(&admin(&t), "gc").await;
     request(
@@ -646,6 +660,7 @@ async fn deleting_the_request_deletes_the_secret() {
 #[tokio::test]
 async fn waits_for_the_identity_and_issues_once_it_is_ready() {
     let t = setup("recovery-identity").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     // A resync far beyond the test's timeouts: only the Identity's change (seen by the Identity
     // controller's watch and passed on) can wake the waiting request.
     let operator = start_operator_with(
@@ -705,6 +720,7 @@ async fn waits_for_the_identity_and_issues_once_it_is_ready() {
 #[tokio::test]
 async fn an_unknown_identity_id_fails_with_kratos_reason() {
     let t = setup("recovery-unknown").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let operator = start_operator(&t).await;
     let unknown = "00000000-0000-4000-8000-00000000beef";
     request(
@@ -745,7 +761,7 @@ async fn an_unknown_identity_id_fails_with_kratos_reason() {
         })
         .await;
     }
-    // Failed for good: not retried on resync.
+    // Failed for good: not retried on resync (a negative check over a bounded window).
     let calls = operator.kratos.metrics().total_calls();
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(operator.kratos.metrics().total_calls(), calls);
@@ -755,6 +771,7 @@ async fn an_unknown_identity_id_fails_with_kratos_reason() {
 #[tokio::test]
 async fn a_disabled_method_fails_naming_the_setting_to_enable() {
     let t = setup("recovery-disabled").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let dir = std::env::temp_dir().join(unique_name("kratos-nolink"));
     let instance = {
         let dir = dir.clone();
@@ -846,6 +863,7 @@ fn contains_number(haystack: &str, digits: &str) -> bool {
 async fn the_link_and_the_code_appear_in_no_event_status_log_or_metric() {
     let logs = captured_logs();
     let t = setup("recovery-leak").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let operator = start_operator(&t).await;
     let id = kratos_identity(&admin(&t), "leak").await;
     request(&t, "link", json!({ "identityId": id, "method": "link", "expiresIn": "4s", "returnTo": ALLOWED_RETURN_URL })).await;
@@ -875,7 +893,10 @@ async fn the_link_and_the_code_appear_in_no_event_status_log_or_metric() {
         json!(reissued.metadata.generation)
     );
     let code2 = secret_data(&t, "code").await;
+    // A few more resyncs to scan (the leak checks below are negative: a bounded window).
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // Events are published in the background: the one checked for below must have arrived.
+    support::wait_event(&t, "link", "Issued").await;
 
     let token = query_param(&link["recoveryLink"], "token");
     let secrets_to_find: Vec<(&str, &str)> = vec![
@@ -965,6 +986,7 @@ async fn the_link_and_the_code_appear_in_no_event_status_log_or_metric() {
 #[tokio::test]
 async fn cel_rejects_invalid_specs() {
     let t = setup("recovery-cel").await;
+    support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     support::install_crds(&t.client).await;
     // Untyped, so that specs the Rust types cannot even express reach the API server.
     let resource = kube::api::ApiResource::erase::<RecoveryRequest>(&());

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// its traits, state, schema, metadata and verified addresses equal to this spec, puts it back
 /// when it is changed or deleted in Kratos, and deletes it (or, with `deletionPolicy: Orphan`,
 /// releases it) when this object is deleted.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "kratos-operator.dev",
     version = "v1alpha1",
@@ -44,7 +44,8 @@ pub struct IdentitySpec {
     pub schema_id: Option<String>,
 
     /// The identity's traits, as a JSON object that must satisfy the identity schema, for example
-    /// `{email: alice@example.com, name: {first: Alice}}`.
+    /// `{email: alice@example.com, name: {first: Alice}}`. At most 32 levels deep and 16 KiB as
+    /// JSON (otherwise: reason InvalidSpec).
     #[schemars(schema_with = "super::free_form_object")]
     pub traits: serde_json::Value,
 
@@ -52,13 +53,15 @@ pub struct IdentitySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<IdentityState>,
 
-    /// Free JSON visible to the identity itself (Kratos `metadata_public`).
+    /// Free JSON visible to the identity itself (Kratos `metadata_public`). At most 32 levels
+    /// deep and 16 KiB as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::optional_free_form_object")]
     pub metadata_public: Option<serde_json::Value>,
 
     /// Free JSON visible only through the admin API (Kratos `metadata_admin`). The operator adds
-    /// its owner marker (`kratos-operator.dev/owner` and `kratos-operator.dev/uid`) to it.
+    /// its owner marker (`kratos-operator.dev/owner` and `kratos-operator.dev/uid`) to it. At
+    /// most 32 levels deep and 16 KiB as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::optional_free_form_object")]
     pub metadata_admin: Option<serde_json::Value>,
@@ -77,7 +80,9 @@ pub struct IdentitySpec {
 
     /// What to do when Kratos already has an identity with the same identifier that this object
     /// does not own: `Never` (the default) reports a Conflict; `IfUnowned` takes it over, unless
-    /// another kratos-operator object owns it.
+    /// another kratos-operator object owns it. `IfUnowned` is allowed only in a Namespace a
+    /// cluster admin labelled `kratos-operator.dev/allow-adoption: "true"` (otherwise: reason
+    /// Forbidden).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adoption: Option<AdoptionPolicy>,
 
@@ -85,6 +90,19 @@ pub struct IdentitySpec {
     /// identity; `Orphan` keeps it and removes the operator's owner marker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+
+    /// Why the stored spec could not be read, when it could not (too deeply nested, or of the
+    /// wrong shape): set by the operator's decoder ([`super::guard::GuardedIdentity`]), never
+    /// read from or written to the API server.
+    // Never deserialized, never serialized. (Not `skip`: KubeSchema's derive copies this struct
+    // with a Serialize derive, and that copy would leave a `skip`ped field unread.)
+    #[serde(skip_deserializing, skip_serializing_if = "never_serialized")]
+    #[schemars(skip)]
+    pub undecodable: Option<String>,
+}
+
+fn never_serialized<T>(_: &T) -> bool {
+    true
 }
 
 /// A reference to an object in the same namespace.

@@ -6,6 +6,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod conditions;
+pub mod guard;
 pub mod identity;
 pub mod recovery_request;
 pub mod schema_ref;
@@ -14,6 +15,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use schemars::{Schema, SchemaGenerator, json_schema};
 
+pub use guard::GuardedIdentity;
 pub use identity::{Identity, IdentitySpec, IdentityStatus};
 pub use recovery_request::{RecoveryRequest, RecoveryRequestSpec, RecoveryRequestStatus};
 pub use schema_ref::{IdentitySchemaRef, IdentitySchemaRefSpec, IdentitySchemaRefStatus};

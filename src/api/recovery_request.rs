@@ -43,7 +43,8 @@ pub struct RecoveryRequestSpec {
     pub identity_ref: Option<LocalObjectRef>,
 
     /// The id of any Kratos identity to recover, used as is. Exactly one of identityRef and
-    /// identityId must be set.
+    /// identityId must be set. Allowed only in a Namespace a cluster admin labelled
+    /// `kratos-operator.dev/allow-recovery-by-id: "true"` (otherwise: reason Forbidden).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub identity_id: Option<String>,

@@ -27,9 +27,10 @@ pub fn has<K: Resource>(obj: &K, finalizer: &str) -> bool {
 }
 
 /// Adds `finalizer` and returns the object as the apiserver stored it.
-pub async fn add<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<K>
+pub async fn add<K, O>(api: &Api<K>, obj: &O, finalizer: &str) -> Result<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
+    O: Resource,
 {
     let name = obj
         .meta()
@@ -53,9 +54,10 @@ where
 }
 
 /// Removes `finalizer` (a no-op when it is not there).
-pub async fn remove<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<()>
+pub async fn remove<K, O>(api: &Api<K>, obj: &O, finalizer: &str) -> Result<()>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
+    O: Resource,
 {
     let Some(index) = obj.finalizers().iter().position(|f| f == finalizer) else {
         return Ok(());

@@ -57,6 +57,9 @@ pub struct Settings {
     pub drift_sweeps: bool,
     /// How long the first create of a batch waits for company.
     pub batch_window: Duration,
+    /// Enforce the namespaces' tenancy opt-ins ([`crate::tenancy`]); `false` allows adoption,
+    /// recovery by id and any identifier everywhere (single-team clusters).
+    pub tenancy_enforce: bool,
 }
 
 impl Default for Settings {
@@ -70,6 +73,7 @@ impl Default for Settings {
             batch_creates: true,
             drift_sweeps: true,
             batch_window: Duration::from_millis(25),
+            tenancy_enforce: true,
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Context {
     pub statuses: status::StatusWriter,
     /// New identities being created off the reconciles' path.
     pub detached: identity::detach::Detached,
+    /// What each namespace may do (the cluster admin's opt-ins).
+    pub tenancy: crate::tenancy::Policies,
 }
 
 /// Kratos identity ids by object uid.
@@ -228,6 +234,7 @@ impl Context {
         let metrics = Arc::new(Metrics::default());
         let priority = Arc::new(priority::Priority::default());
         let statuses = status::StatusWriter::new(priority.clone());
+        let tenancy = crate::tenancy::Policies::new(settings.tenancy_enforce);
         Self {
             creates,
             events: events::EventSink::spawn(
@@ -245,6 +252,7 @@ impl Context {
             known_ids: KnownIds::default(),
             statuses,
             detached: identity::detach::Detached::new(priority),
+            tenancy,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! through the background publishers.
 
 use kube::{
-    Api, Resource, ResourceExt,
+    Resource, ResourceExt,
     api::{Patch, PatchParams},
     core::NamespaceResourceScope,
     runtime::events::{Event, EventType},
@@ -58,6 +58,22 @@ impl<K> StatusOwner for K where
 {
 }
 
+/// What is read of the API server's answer to a status write: the new resourceVersion. The
+/// answer holds the whole object, which the operator does not need and which (an Identity's
+/// free JSON) may nest deeper than a typed decode accepts; unread fields are skipped without
+/// recursing.
+#[derive(serde::Deserialize)]
+struct Written {
+    metadata: WrittenMeta,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WrittenMeta {
+    #[serde(default)]
+    resource_version: Option<String>,
+}
+
 /// Applies `status` and returns the object's new resourceVersion; reports nothing.
 pub async fn apply_status_returning_version<K: StatusOwner, S: Serialize>(
     ctx: &Context,
@@ -65,20 +81,21 @@ pub async fn apply_status_returning_version<K: StatusOwner, S: Serialize>(
     status: &S,
 ) -> std::result::Result<Option<String>, kube::Error> {
     let ns = obj.namespace().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
-    let written = api
-        .patch_status(
+    let request = kube::core::Request::new(K::url_path(&(), Some(&ns)))
+        .patch_subresource(
+            "status",
             &obj.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
-        .await?;
-    Ok(written.resource_version())
+        .map_err(kube::Error::BuildRequest)?;
+    let written: Written = ctx.client.request(request).await?;
+    Ok(written.metadata.resource_version)
 }
 
 /// Queues an Event about `obj` for the background publishers ([`super::events`]); a failure to

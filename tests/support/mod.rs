@@ -64,6 +64,26 @@ impl TestEnv {
     }
 }
 
+/// Labels the test's namespace with each of `labels` = "true", as a cluster admin opts a
+/// namespace into what the tenancy policy refuses by default (for example
+/// `kratos-operator.dev/allow-recovery-by-id`). The operator reads Namespaces with a cache of a
+/// few seconds; label before starting the operator, or wait for the outcome.
+pub async fn opt_in(t: &TestEnv, labels: &[&str]) {
+    use kube::api::{Patch, PatchParams};
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|l| ((*l).to_string(), serde_json::json!("true")))
+        .collect();
+    Api::<Namespace>::all(t.client.clone())
+        .patch(
+            &t.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "metadata": { "labels": labels } })),
+        )
+        .await
+        .expect("label the test namespace");
+}
+
 /// An admin client of the environment's apiserver.
 pub async fn client(env: &Environment) -> Client {
     let kubeconfig = Kubeconfig::read_from(&env.state.kubeconfig).expect("read kubeconfig");
@@ -283,6 +303,36 @@ where
     })
     .await;
     result.unwrap_or_else(|_| panic!("timed out waiting for {what}; last status: {last}"))
+}
+
+/// Polls the object `name` every 200 ms until `pred` holds and returns it, as `kubectl wait
+/// --for=jsonpath=...` does; panics after `timeout` naming `what` and the last status seen.
+///
+/// The operator writes Identity statuses and all Events in the background, after the Kratos
+/// calls they report: a test that waited for something else (a login, a change in Kratos) must
+/// wait for the status field it asserts on with this, not read it once.
+pub async fn wait_for<K, F>(t: &TestEnv, name: &str, what: &str, timeout: Duration, pred: F) -> K
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    F: Fn(&K) -> bool,
+{
+    let api: Api<K> = Api::namespaced(t.client.clone(), &t.namespace);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match api.get(name).await {
+            Ok(obj) if pred(&obj) => return obj,
+            Ok(obj) => serde_json::to_value(&obj).expect("json")["status"].to_string(),
+            Err(e) => format!("(get failed: {e})"),
+        };
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {name}: {what}; last status: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Logs in through Kratos' public API (native login flow) and returns the session token.

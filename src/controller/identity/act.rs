@@ -79,6 +79,15 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let owner = format!("{ns}/{}", obj.name_any());
     let status = obj.status.clone().unwrap_or_default();
+    if let Some(why) = &obj.spec.undecodable {
+        return Ok(Outcome::Blocked(Blocked::stalled(
+            "InvalidSpec",
+            why.clone(),
+        )));
+    }
+    if let Err(message) = plan::check_limits(&obj.spec) {
+        return Ok(Outcome::Blocked(Blocked::stalled("InvalidSpec", message)));
+    }
 
     let schema = match observe::schema(obj, ctx).await? {
         Ok(s) => s,
@@ -107,14 +116,33 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
         .and_then(|c| c.password.as_ref())
         .map(|p| p.secret_version.clone());
 
-    // The Kratos identity this object manages, if it exists.
+    let identifiers = schema
+        .compiled
+        .as_ref()
+        .map(|c| c.identifier_values(&obj.spec.traits))
+        .unwrap_or_default();
+    // What the namespace may do: decided by the cluster admin on the Namespace.
+    let policy = ctx.tenancy.get(&ctx.client, &ns).await?;
+    if let Some(blocked) =
+        plan::tenancy_refusal(&obj.spec, &policy, schema.compiled.is_some(), &identifiers)
+    {
+        return Ok(Outcome::Blocked(blocked));
+    }
+    let me = plan::Owner {
+        uid: &uid,
+        name: &owner,
+    };
+
+    // The Kratos identity this object manages, if it exists. The id in status (or in this
+    // process' memory) only says where to look: the marker in Kratos decides whether it is ours.
     let known = status
         .identity_id
         .clone()
         .or_else(|| ctx.known_ids.get(&uid));
     let mut current = match &known {
         Some(id) => match ctx.kratos.get_identity(id, &[]).await {
-            Ok(i) => Some(i),
+            Ok(i) if plan::ownership(&i, me).is_ours() => Some(i),
+            Ok(_) => return Ok(Outcome::Blocked(not_owned())),
             Err(kratos::Error::NotFound { .. }) => {
                 info!(%owner, identity = %id, "Kratos identity is gone; re-creating it");
                 None
@@ -123,17 +151,12 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
         },
         None => None,
     };
-    let identifiers = schema
-        .compiled
-        .as_ref()
-        .map(|c| c.identifier_values(&obj.spec.traits))
-        .unwrap_or_default();
     let mut change = None;
     // Per-object mode looks the identifiers up before creating. With batched creates the
     // lookup happens only when a create conflicts: an identifier is unique in Kratos, so the
     // conflict is what finds an identity created before (and the lookup then resolves it).
     if current.is_none() && ctx.creates.is_none() {
-        match resolve(ctx, &identifiers, &uid, obj).await? {
+        match resolve(ctx, &identifiers, me, obj).await? {
             Ok(found) => {
                 if let Some((identity, how)) = found {
                     current = Some(identity);
@@ -187,7 +210,7 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
             }
             Err(kratos::Error::Conflict { reason }) => {
                 let found = if ctx.creates.is_some() {
-                    resolve(ctx, &identifiers, &uid, obj).await?
+                    resolve(ctx, &identifiers, me, obj).await?
                 } else {
                     Ok(None)
                 };
@@ -260,6 +283,20 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
         }
     };
 
+    if change == Some(Change::Adopted) {
+        // Kratos has no compare-and-swap: two objects adopting one identity at once both write
+        // their marker and the last write wins. Read it back; the loser backs off to Conflict
+        // without touching the identity again (and its status never records the id).
+        let written = ctx.kratos.get_identity(&identity.id, &[]).await?;
+        if plan::ownership(&written, me) != plan::Ownership::Ours {
+            return Ok(Outcome::Blocked(Blocked::new(
+                "Conflict",
+                plan::OWNED_ELSEWHERE,
+            )));
+        }
+        identity = written;
+    }
+
     let ops: Vec<JsonPatchOp> = plan::verify_address_ops(&desired, &identity, Timestamp::now());
     if !ops.is_empty() {
         identity = ctx.kratos.patch_identity(&identity.id, &ops).await?;
@@ -292,16 +329,26 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
     })))
 }
 
+/// The Conflict of an object whose status (or memory) points at an identity it does not own.
+fn not_owned() -> Blocked {
+    Blocked::new(
+        "Conflict",
+        "the Kratos identity recorded in status.identityId is not owned by this object (its owner \
+         marker names another object, or none); nothing is changed in Kratos. Clear \
+         status.identityId to let the operator create or take back this object's own identity",
+    )
+}
+
 /// Looks the identifiers up and decides between take back, adopt and conflict.
 async fn resolve(
     ctx: &Context,
     identifiers: &[String],
-    uid: &str,
+    me: plan::Owner<'_>,
     obj: &Identity,
 ) -> Result<Result<Option<(KratosIdentity, Change)>, Blocked>> {
     let candidates = observe::candidates(ctx, identifiers).await?;
     Ok(
-        match plan::resolve_existing(&candidates, uid, obj.spec.adoption()) {
+        match plan::resolve_existing(&candidates, me, obj.spec.adoption()) {
             Existing::None => Ok(None),
             Existing::TakeBack(id) => Ok(candidates
                 .into_iter()
@@ -316,18 +363,47 @@ async fn resolve(
     )
 }
 
-/// Finalizer cleanup: delete the Kratos identity (policy Delete) or release it (policy Orphan).
+/// Finalizer cleanup: delete the Kratos identity (policy Delete) or release it (policy Orphan),
+/// only after its marker in Kratos proved it is this object's: an id in status alone never
+/// deletes or releases anything.
 pub async fn cleanup(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
     let uid = obj.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let owner = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    let me = plan::Owner {
+        uid: &uid,
+        name: &owner,
+    };
     let status = obj.status.clone().unwrap_or_default();
-    // The identity id from status (or this process' memory of it), or, if the status write was
-    // lost, the one carrying our marker.
-    let id = match status
+    // The identity id from status (or this process' memory of it), if its marker proves it is
+    // ours; otherwise (a lost status write, or a status that names someone else's identity) the
+    // one carrying our marker among those with this object's identifiers.
+    let recorded = match status
         .identity_id
         .clone()
         .or_else(|| ctx.known_ids.get(&uid))
     {
-        Some(id) => Some(id),
+        Some(id) => match ctx.kratos.get_identity(&id, &[]).await {
+            Ok(identity) if plan::ownership(&identity, me).is_ours() => Some(identity),
+            Ok(_) => {
+                info!(%owner, "the Kratos identity in status is not owned by this object; it is left alone");
+                report::event(
+                    &ctx,
+                    &obj,
+                    true,
+                    "NotOwned",
+                    "Delete",
+                    "The Kratos identity recorded in status is not owned by this object; it was neither deleted nor released".to_string(),
+                );
+                None
+            }
+            // Gone already: its identifiers may still name one of ours (a re-created one).
+            Err(kratos::Error::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
+    let identity = match recorded {
+        Some(identity) => Some(identity),
         None => {
             let compiled = match observe::schema(&obj, &ctx).await? {
                 Ok(s) => s.compiled,
@@ -339,13 +415,13 @@ pub async fn cleanup(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
             let candidates = observe::candidates(&ctx, &identifiers).await?;
             candidates
                 .into_iter()
-                .find(|i| plan::ownership(i, &uid) == plan::Ownership::Ours)
-                .map(|i| i.id)
+                .find(|i| plan::ownership(i, me).is_ours())
         }
     };
-    let Some(id) = id else {
+    let Some(identity) = identity else {
         return Ok(Action::await_change());
     };
+    let id = identity.id.clone();
     match obj.spec.deletion_policy() {
         DeletionPolicy::Delete => {
             ctx.kratos.delete_identity(&id).await?;
@@ -359,26 +435,25 @@ pub async fn cleanup(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
                 format!("Deleted Kratos identity {id}"),
             );
         }
-        DeletionPolicy::Orphan => match ctx.kratos.get_identity(&id, &[]).await {
-            Ok(identity) if plan::ownership(&identity, &uid) == plan::Ownership::Ours => {
-                let released = plan::released_metadata_admin(identity.metadata_admin.as_ref());
-                let op = JsonPatchOp::replace(
-                    "/metadata_admin",
-                    released.unwrap_or(serde_json::Value::Null),
-                );
-                ctx.kratos.patch_identity(&id, &[op]).await?;
-                report::event(
-                    &ctx,
-                    &obj,
-                    false,
-                    "Orphaned",
-                    "Orphan",
-                    format!("Released Kratos identity {id}; it stays in Kratos"),
-                );
+        DeletionPolicy::Orphan => {
+            let released = plan::released_metadata_admin(identity.metadata_admin.as_ref());
+            let op = JsonPatchOp::replace(
+                "/metadata_admin",
+                released.unwrap_or(serde_json::Value::Null),
+            );
+            match ctx.kratos.patch_identity(&id, &[op]).await {
+                Ok(_) | Err(kratos::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
-            Ok(_) | Err(kratos::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        },
+            report::event(
+                &ctx,
+                &obj,
+                false,
+                "Orphaned",
+                "Orphan",
+                format!("Released Kratos identity {id}; it stays in Kratos"),
+            );
+        }
     }
     Ok(Action::await_change())
 }

@@ -34,7 +34,7 @@ use tracing::info;
 use self::detach::Handoff;
 use crate::{
     Error, Result,
-    api::{FINALIZER, IdentitySchemaRef, identity::Identity},
+    api::{FINALIZER, GuardedIdentity, IdentitySchemaRef, identity::Identity},
     controller::{Context, finalizer},
 };
 
@@ -101,7 +101,8 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) 
     {
         return Ok(Action::await_change());
     }
-    let api: Api<Identity> = Api::namespaced(ctx.client.clone(), &ns);
+    // Guarded: the API server's answers to the finalizer patches hold the whole object.
+    let api: Api<GuardedIdentity> = Api::namespaced(ctx.client.clone(), &ns);
     let key = crate::controller::backoff::key(&*obj);
     let _measure = ctx.metrics.reconcile("Identity");
     let result = if obj.metadata.deletion_timestamp.is_some() {
@@ -123,8 +124,14 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) 
         }
     } else if finalizer::has(&*obj, FINALIZER) {
         dispatch(obj, ctx.clone(), &handoff).await
+    } else if obj.spec.undecodable.is_some() {
+        // Nothing will be created for a spec that cannot be read: no finalizer, only the report.
+        apply(obj, ctx.clone()).await.map(Action::from)
     } else {
-        match finalizer::add(&api, &*obj, FINALIZER).await {
+        match finalizer::add(&api, &*obj, FINALIZER)
+            .await
+            .map(|GuardedIdentity(i)| i)
+        {
             Ok(mut patched) => {
                 // As in the cache: a detached create holds this copy until it ends.
                 patched.managed_fields_mut().clear();
@@ -193,6 +200,17 @@ where
         .collect()
 }
 
+/// The watcher's events with the [`GuardedIdentity`] wrapper taken off.
+fn unguard(event: watcher::Event<GuardedIdentity>) -> watcher::Event<Identity> {
+    match event {
+        watcher::Event::Apply(GuardedIdentity(i)) => watcher::Event::Apply(i),
+        watcher::Event::Delete(GuardedIdentity(i)) => watcher::Event::Delete(i),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(GuardedIdentity(i)) => watcher::Event::InitApply(i),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
 /// Runs the Identity controller for one namespace (or all) until `shutdown`.
 ///
 /// Every Identity its watch sees change is also sent to `touched` (the RecoveryRequest
@@ -205,7 +223,7 @@ pub async fn controller(
 ) {
     let client = ctx.client.clone();
     let (identities, secrets, schema_refs): (
-        Api<Identity>,
+        Api<GuardedIdentity>,
         Api<PartialObjectMeta<Secret>>,
         Api<IdentitySchemaRef>,
     ) = match namespace {
@@ -226,9 +244,10 @@ pub async fn controller(
     let (store, writer) = kube::runtime::reflector::store();
     let stream = kube::runtime::reflector(
         writer,
-        // managedFields are most of an object's bytes and the operator never reads them.
-        watcher(identities, watcher::Config::default().any_semantic())
-            .modify(|obj| obj.managed_fields_mut().clear()),
+        // Guarded: one object whose spec cannot be decoded must not stop the watch of all the
+        // others; it arrives as a skeleton that reports InvalidSpec. managedFields (most of an
+        // object's bytes, never read) are dropped while decoding.
+        watcher(identities, watcher::Config::default().any_semantic()).map_ok(unguard),
     )
     .default_backoff()
     .touched_objects()

@@ -6,6 +6,7 @@ use jiff::Timestamp;
 use secrecy::SecretString;
 use serde_json::{Map, Value};
 
+use super::Blocked;
 use crate::{
     api::{
         OWNER_MARKER, UID_MARKER,
@@ -17,6 +18,7 @@ use crate::{
         JsonPatchOp, OidcImport, OidcImportConfig, OidcProviderImport, PasswordImport, Session,
         UpdateIdentityBody, VerifiableAddressImport,
     },
+    tenancy::{ANNOTATION_IDENTIFIER_PATTERNS, NamespacePolicy, REASON_FORBIDDEN},
 };
 
 /// A password to import, with the Secret version it came from.
@@ -83,6 +85,85 @@ pub fn released_metadata_admin(current: Option<&Value>) -> Option<Value> {
     }
 }
 
+/// How deeply the free JSON of a spec (traits, both metadata) may nest. Identity schemas need a
+/// few levels; the bound keeps one object from costing the operator (or Kratos) unbounded work.
+pub const MAX_NESTING: usize = 32;
+/// How large (as compact JSON) each free JSON field of a spec may be. Real traits are a few
+/// hundred bytes; the bound keeps a drift sweep's page of 500 identities (three such fields each)
+/// well under the Kratos client's response cap.
+pub const MAX_FREE_JSON_BYTES: usize = 16 * 1024;
+
+/// Nesting depth of `v`: 0 for a scalar, 1 + the deepest child for an array or object. Iterative,
+/// so a deep value cannot overflow the stack.
+pub fn nesting(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    deepest
+}
+
+/// Whether the spec's free JSON fields stay within [`MAX_NESTING`] and [`MAX_FREE_JSON_BYTES`]
+/// (pure); the refusal names the field and the limit.
+pub fn check_limits(spec: &IdentitySpec) -> Result<(), String> {
+    let fields = [
+        ("spec.traits", Some(&spec.traits)),
+        ("spec.metadataPublic", spec.metadata_public.as_ref()),
+        ("spec.metadataAdmin", spec.metadata_admin.as_ref()),
+    ];
+    for (name, value) in fields {
+        let Some(value) = value else { continue };
+        if nesting(value) > MAX_NESTING {
+            return Err(format!(
+                "{name} nests deeper than {MAX_NESTING} levels, the most the operator accepts"
+            ));
+        }
+        let size = serde_json::to_vec(value).map_or(usize::MAX, |b| b.len());
+        if size > MAX_FREE_JSON_BYTES {
+            return Err(format!(
+                "{name} is {size} bytes as JSON; the operator accepts at most {MAX_FREE_JSON_BYTES}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why the namespace's policy refuses this spec, if it does (pure): adoption without the
+/// opt-in label, or an identifier outside the namespace's patterns (reason Forbidden, Stalled).
+/// Without the compiled schema the identifiers are unknown: a namespace with patterns then
+/// refuses for now (retried) rather than let them pass unchecked.
+pub fn tenancy_refusal(
+    spec: &IdentitySpec,
+    policy: &NamespacePolicy,
+    schema_compiled: bool,
+    identifiers: &[String],
+) -> Option<Blocked> {
+    if spec.adoption() == AdoptionPolicy::IfUnowned
+        && let Err(message) = policy.check_adoption()
+    {
+        return Some(Blocked::stalled(REASON_FORBIDDEN, message));
+    }
+    if policy.identifier_patterns.is_some() && !schema_compiled {
+        return Some(Blocked::new(
+            REASON_FORBIDDEN,
+            format!(
+                "this namespace restricts identifiers (Namespace annotation {ANNOTATION_IDENTIFIER_PATTERNS}) and the identity schema could not be read to find them; retried"
+            ),
+        ));
+    }
+    policy
+        .check_identifiers(identifiers.iter().map(String::as_str))
+        .err()
+        .map(|message| Blocked::stalled(REASON_FORBIDDEN, message))
+}
+
 /// Builds [`Desired`] from the spec and the resolved inputs.
 pub fn desired(
     spec: &IdentitySpec,
@@ -128,28 +209,51 @@ pub fn desired(
     }
 }
 
-/// Who owns a Kratos identity, according to its `metadata_admin` marker.
+/// Who a Kratos identity belongs to, relative to one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ownership {
-    /// It carries this object's uid.
+    /// Its marker carries this object's uid.
     Ours,
+    /// Its marker names this object's `<namespace>/<name>` with another uid: an earlier object of
+    /// the same name created it and no longer exists (only one object can hold a namespace and
+    /// name at a time), as after a restore from backup or a force-removed finalizer. The object
+    /// takes it back; the next write puts its own uid into the marker.
+    Recreated,
     /// It carries no marker.
     Unowned,
-    /// Another object owns it (`<namespace>/<name>` when known).
-    Other(String),
+    /// Another object owns it. Deliberately without its name: messages a tenant reads never
+    /// name another namespace's object.
+    Other,
 }
 
-/// Reads the owner marker of `identity` relative to the object with `uid`.
-pub fn ownership(identity: &Identity, uid: &str) -> Ownership {
+impl Ownership {
+    /// Whether the object may change, recover, revoke or delete the identity.
+    pub fn is_ours(&self) -> bool {
+        matches!(self, Self::Ours | Self::Recreated)
+    }
+}
+
+/// The object whose ownership is checked: its uid and its `<namespace>/<name>`.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    /// `metadata.uid`.
+    pub uid: &'a str,
+    /// `<namespace>/<name>`.
+    pub name: &'a str,
+}
+
+/// Reads the owner marker of `identity` relative to `owner` (pure).
+pub fn ownership(identity: &Identity, owner: Owner<'_>) -> Ownership {
     let meta = identity.metadata_admin.as_ref();
     let marker_uid = meta.and_then(|m| m.get(UID_MARKER)).and_then(Value::as_str);
     let marker_owner = meta
         .and_then(|m| m.get(OWNER_MARKER))
         .and_then(Value::as_str);
     match (marker_uid, marker_owner) {
-        (Some(u), _) if u == uid => Ownership::Ours,
+        (Some(u), _) if u == owner.uid => Ownership::Ours,
+        (_, Some(o)) if o == owner.name => Ownership::Recreated,
         (None, None) => Ownership::Unowned,
-        (_, owner) => Ownership::Other(owner.unwrap_or("another object").to_string()),
+        _ => Ownership::Other,
     }
 }
 
@@ -158,30 +262,32 @@ pub fn ownership(identity: &Identity, uid: &str) -> Ownership {
 pub enum Existing {
     /// None exists: create one.
     None,
-    /// One carries this object's marker (a crash between create and status write): use it.
+    /// One carries this object's marker (a crash between create and status write, or an earlier
+    /// object of the same name): use it.
     TakeBack(String),
     /// An unowned one may be adopted (adoption IfUnowned).
     Adopt(String),
-    /// It cannot be used; the message says why.
+    /// It cannot be used; the message says why (never naming another object or its id).
     Conflict(String),
 }
 
+/// Message of a conflict with an identity another object owns.
+pub const OWNED_ELSEWHERE: &str = "Kratos already has an identity with one of this object's identifiers, and another Identity object manages it; two objects cannot own one identity";
+
 /// Decides between create, take back, adopt and conflict.
-pub fn resolve_existing(candidates: &[Identity], uid: &str, adoption: AdoptionPolicy) -> Existing {
-    if let Some(ours) = candidates
-        .iter()
-        .find(|i| ownership(i, uid) == Ownership::Ours)
-    {
+pub fn resolve_existing(
+    candidates: &[Identity],
+    owner: Owner<'_>,
+    adoption: AdoptionPolicy,
+) -> Existing {
+    if let Some(ours) = candidates.iter().find(|i| ownership(i, owner).is_ours()) {
         return Existing::TakeBack(ours.id.clone());
     }
     let Some(first) = candidates.first() else {
         return Existing::None;
     };
-    match (ownership(first, uid), adoption) {
-        (Ownership::Other(owner), _) => Existing::Conflict(format!(
-            "Kratos identity {} has the same identifier and is owned by {owner}",
-            first.id
-        )),
+    match (ownership(first, owner), adoption) {
+        (Ownership::Other, _) => Existing::Conflict(OWNED_ELSEWHERE.into()),
         (_, AdoptionPolicy::IfUnowned) if candidates.len() == 1 => {
             Existing::Adopt(first.id.clone())
         }
@@ -189,11 +295,11 @@ pub fn resolve_existing(candidates: &[Identity], uid: &str, adoption: AdoptionPo
             "{} Kratos identities share this object's identifiers; refusing to adopt one",
             candidates.len()
         )),
-        (_, AdoptionPolicy::Never) => Existing::Conflict(format!(
-            "Kratos identity {} already has this identifier and is not managed by this object; \
-             set spec.adoption to IfUnowned to take it over",
-            first.id
-        )),
+        (_, AdoptionPolicy::Never) => Existing::Conflict(
+            "Kratos already has an identity with one of this object's identifiers that no object manages; \
+             set spec.adoption to IfUnowned to take it over"
+                .into(),
+        ),
     }
 }
 
@@ -452,6 +558,10 @@ mod tests {
     use serde_json::json;
 
     const UID: &str = "uid-1";
+    const OWNER: Owner<'static> = Owner {
+        uid: UID,
+        name: "ns/a",
+    };
 
     fn spec(v: Value) -> IdentitySpec {
         serde_json::from_value(v).unwrap()
@@ -541,23 +651,114 @@ mod tests {
     }
 
     #[test]
-    fn ownership_is_read_from_the_marker() {
-        assert_eq!(ownership(&identity(json!({})), UID), Ownership::Ours);
+    fn the_namespace_policy_refuses_adoption_and_foreign_identifiers() {
+        use std::collections::BTreeMap;
+        let closed = NamespacePolicy::from_metadata(&BTreeMap::new(), &BTreeMap::new());
+        let mut adopting = base_spec();
+        adopting.adoption = Some(AdoptionPolicy::IfUnowned);
+        let ids = vec!["a@example.com".to_string()];
+        let refused = tenancy_refusal(&adopting, &closed, true, &ids).unwrap();
+        assert_eq!(refused.reason, REASON_FORBIDDEN);
+        assert!(refused.stalled && refused.message.contains("allow-adoption"));
+        assert_eq!(tenancy_refusal(&base_spec(), &closed, true, &ids), None);
         assert_eq!(
-            ownership(&identity(json!({"metadata_admin": null})), UID),
+            tenancy_refusal(&adopting, &NamespacePolicy::unrestricted(), true, &ids),
+            None
+        );
+        let narrow = NamespacePolicy::from_metadata(
+            &BTreeMap::new(),
+            &BTreeMap::from([(
+                ANNOTATION_IDENTIFIER_PATTERNS.to_string(),
+                "*@team-a.example.com".to_string(),
+            )]),
+        );
+        let refused = tenancy_refusal(&base_spec(), &narrow, true, &ids).unwrap();
+        assert!(refused.stalled && refused.message.contains("a@example.com"));
+        let unknown = tenancy_refusal(&base_spec(), &narrow, false, &[]).unwrap();
+        assert!(!unknown.stalled, "retried until the schema can be read");
+        let ok = vec!["Bob@Team-A.example.com".to_string()];
+        assert_eq!(tenancy_refusal(&base_spec(), &narrow, true, &ok), None);
+    }
+
+    #[test]
+    fn free_json_is_bounded_in_depth_and_size() {
+        fn deep(levels: usize) -> Value {
+            (0..levels).fold(json!("leaf"), |v, i| {
+                if i % 2 == 0 {
+                    json!({ "k": v })
+                } else {
+                    json!([v])
+                }
+            })
+        }
+        assert_eq!(nesting(&json!("x")), 0);
+        assert_eq!(nesting(&json!({})), 1);
+        assert_eq!(nesting(&json!({"a": [1, {"b": []}]})), 4);
+        assert_eq!(nesting(&deep(500)), 500);
+        let mut s = base_spec();
+        assert!(check_limits(&s).is_ok());
+        s.traits = json!({ "email": "a@example.com", "x": deep(MAX_NESTING - 1) });
+        assert!(check_limits(&s).is_ok(), "exactly at the limit");
+        s.traits = json!({ "email": "a@example.com", "x": deep(MAX_NESTING) });
+        let refusal = check_limits(&s).unwrap_err();
+        assert!(
+            refusal.contains("spec.traits") && refusal.contains("32"),
+            "{refusal}"
+        );
+        s.traits = json!({ "email": "a@example.com" });
+        s.metadata_admin = Some(json!({ "blob": "x".repeat(MAX_FREE_JSON_BYTES) }));
+        let refusal = check_limits(&s).unwrap_err();
+        assert!(refusal.contains("spec.metadataAdmin"), "{refusal}");
+    }
+
+    #[test]
+    fn ownership_is_read_from_the_marker() {
+        assert_eq!(ownership(&identity(json!({})), OWNER), Ownership::Ours);
+        assert_eq!(
+            ownership(&identity(json!({"metadata_admin": null})), OWNER),
             Ownership::Unowned
         );
         assert_eq!(
-            ownership(&identity(json!({"metadata_admin": {"crm": 1}})), UID),
+            ownership(&identity(json!({"metadata_admin": {"crm": 1}})), OWNER),
             Ownership::Unowned
         );
         assert_eq!(
             ownership(
                 &identity(json!({"metadata_admin": {OWNER_MARKER: "x/y", UID_MARKER: "other"}})),
-                UID
+                OWNER
             ),
-            Ownership::Other("x/y".into())
+            Ownership::Other
         );
+        // The same namespace/name with an old uid: the object was recreated; it is ours again.
+        let recreated =
+            identity(json!({"metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: "old-uid"}}));
+        assert_eq!(ownership(&recreated, OWNER), Ownership::Recreated);
+        assert!(ownership(&recreated, OWNER).is_ours());
+        // A uid alone, or an owner alone, of someone else is not ours.
+        assert_eq!(
+            ownership(
+                &identity(json!({"metadata_admin": {UID_MARKER: "u2"}})),
+                OWNER
+            ),
+            Ownership::Other
+        );
+        assert_eq!(
+            ownership(
+                &identity(json!({"metadata_admin": {OWNER_MARKER: "ns/b"}})),
+                OWNER
+            ),
+            Ownership::Other
+        );
+        // The uid decides over a stale name (a marker the object wrote under its old name is
+        // impossible, but the uid is the stronger proof).
+        assert!(
+            ownership(
+                &identity(json!({"metadata_admin": {OWNER_MARKER: "x/y", UID_MARKER: UID}})),
+                OWNER
+            )
+            .is_ours()
+        );
+        assert!(!Ownership::Unowned.is_ours() && !Ownership::Other.is_ours());
     }
 
     #[test]
@@ -568,29 +769,29 @@ mod tests {
             json!({"id": "theirs", "metadata_admin": {OWNER_MARKER: "x/y", UID_MARKER: "u2"}}),
         );
         assert_eq!(
-            resolve_existing(&[], UID, AdoptionPolicy::Never),
+            resolve_existing(&[], OWNER, AdoptionPolicy::Never),
             Existing::None
         );
         assert_eq!(
-            resolve_existing(&[unowned.clone(), ours], UID, AdoptionPolicy::Never),
+            resolve_existing(&[unowned.clone(), ours], OWNER, AdoptionPolicy::Never),
             Existing::TakeBack("ours".into())
         );
         assert_eq!(
             resolve_existing(
                 std::slice::from_ref(&unowned),
-                UID,
+                OWNER,
                 AdoptionPolicy::IfUnowned
             ),
             Existing::Adopt("free".into())
         );
         assert!(
-            matches!(resolve_existing(std::slice::from_ref(&unowned), UID, AdoptionPolicy::Never), Existing::Conflict(m) if m.contains("IfUnowned"))
+            matches!(resolve_existing(std::slice::from_ref(&unowned), OWNER, AdoptionPolicy::Never), Existing::Conflict(m) if m.contains("IfUnowned") && !m.contains("free"))
         );
         assert!(
-            matches!(resolve_existing(&[other], UID, AdoptionPolicy::IfUnowned), Existing::Conflict(m) if m.contains("x/y"))
+            matches!(resolve_existing(&[other], OWNER, AdoptionPolicy::IfUnowned), Existing::Conflict(m) if !m.contains("x/y") && !m.contains("theirs"))
         );
         assert!(matches!(
-            resolve_existing(&[unowned.clone(), unowned], UID, AdoptionPolicy::IfUnowned),
+            resolve_existing(&[unowned.clone(), unowned], OWNER, AdoptionPolicy::IfUnowned),
             Existing::Conflict(m) if m.contains("refusing")
         ));
     }

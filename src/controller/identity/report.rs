@@ -194,7 +194,9 @@ pub fn outcome(obj: &Arc<Identity>, ctx: &Context, outcome: Outcome) -> Next {
             if changed_reason {
                 event(ctx, obj, true, b.reason, "Reconcile", b.message.clone());
             }
-            if b.stalled {
+            // A Forbidden spec may become allowed by a change to the Namespace, which is not
+            // watched: look again after a resync interval.
+            if b.stalled && b.reason != crate::tenancy::REASON_FORBIDDEN {
                 Next::AwaitChange
             } else {
                 Next::After(ctx.settings.resync_interval)

@@ -114,6 +114,17 @@ async fn decide(obj: &RecoveryRequest, ctx: &Context) -> Result<Plan> {
     }))
 }
 
+/// [`decide`], reporting `KratosUnavailable` when reading the identity from Kratos failed.
+async fn decided(obj: &RecoveryRequest, ctx: &Context) -> Result<Plan> {
+    let decided = decide(obj, ctx).await;
+    if let Err(e) = &decided
+        && e.is_kratos_unavailable()
+    {
+        report::unavailable(ctx, obj, e).await;
+    }
+    decided
+}
+
 /// Reconciles one RecoveryRequest.
 pub async fn reconcile(obj: Arc<RecoveryRequest>, ctx: Arc<Context>) -> Result<Action> {
     let key = crate::controller::backoff::key(&*obj);
@@ -130,7 +141,7 @@ async fn apply(obj: Arc<RecoveryRequest>, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     }
     let mut obj = obj;
-    let mut plan = decide(&obj, ctx).await?;
+    let mut plan = decided(&obj, ctx).await?;
     if matches!(plan, Plan::Issue(_) | Plan::Adopt(_)) {
         // Never issue (or report an adoption) on the word of a possibly stale cache.
         let ns = obj
@@ -144,7 +155,7 @@ async fn apply(obj: Arc<RecoveryRequest>, ctx: &Context) -> Result<Action> {
             return Ok(Action::await_change());
         }
         obj = Arc::new(fresh);
-        plan = decide(&obj, ctx).await?;
+        plan = decided(&obj, ctx).await?;
     }
     let resync = ctx.settings.resync_interval;
     match plan {

@@ -11,8 +11,11 @@ use super::plan::{
 };
 use crate::{
     Error, Result,
-    api::{Identity, recovery_request::RecoveryRequest},
-    controller::Context,
+    api::{GuardedIdentity, recovery_request::RecoveryRequest},
+    controller::{
+        Context,
+        identity::plan::{Owner, Ownership, ownership},
+    },
 };
 
 /// What `secret` says about itself, relative to the request with uid `owner_uid`.
@@ -54,22 +57,28 @@ pub async fn secret(
         .map(|s| secret_state(&s, owner_uid)))
 }
 
-/// The Kratos identity of the request: spec.identityId as is, or the `status.identityId` of the
-/// referenced Identity.
+/// The Kratos identity of the request: `spec.identityId` where the namespace allows recovery by
+/// id, or the Kratos identity of the referenced Identity, once its owner marker in Kratos proves
+/// that it belongs to that Identity (its `status.identityId` alone proves nothing: a tenant can
+/// write status).
 pub async fn identity(ctx: &Context, obj: &RecoveryRequest) -> Result<IdentityResolution> {
+    let ns = obj
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     if let Some(id) = &obj.spec.identity_id {
-        return Ok(IdentityResolution::Resolved(id.clone()));
+        let policy = ctx.tenancy.get(&ctx.client, &ns).await?;
+        return Ok(match policy.check_recovery_by_id() {
+            Ok(()) => IdentityResolution::Resolved(id.clone()),
+            Err(message) => IdentityResolution::Forbidden(message),
+        });
     }
     let Some(r) = &obj.spec.identity_ref else {
         return Ok(IdentityResolution::NotReady(
             "spec names no identity".into(),
         ));
     };
-    let ns = obj
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let api: Api<Identity> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(identity) = api.get_opt(&r.name).await? else {
+    let api: Api<GuardedIdentity> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(GuardedIdentity(identity)) = api.get_opt(&r.name).await? else {
         return Ok(IdentityResolution::NotReady(format!(
             "Identity {} does not exist in namespace {ns}",
             r.name
@@ -81,20 +90,37 @@ pub async fn identity(ctx: &Context, obj: &RecoveryRequest) -> Result<IdentityRe
             r.name
         )));
     }
-    match identity.status.as_ref().and_then(|s| s.identity_id.clone()) {
-        Some(id) => Ok(IdentityResolution::Resolved(id)),
-        None => {
-            let why = identity
-                .status
-                .as_ref()
-                .and_then(|s| crate::api::conditions::ready(&s.conditions))
-                .map(|c| format!(" ({}: {})", c.reason, c.message))
-                .unwrap_or_default();
-            Ok(IdentityResolution::NotReady(format!(
-                "Identity {} has no Kratos identity yet{why}",
-                r.name
-            )))
-        }
+    let Some(id) = identity.status.as_ref().and_then(|s| s.identity_id.clone()) else {
+        let why = identity
+            .status
+            .as_ref()
+            .and_then(|s| crate::api::conditions::ready(&s.conditions))
+            .map(|c| format!(" ({}: {})", c.reason, c.message))
+            .unwrap_or_default();
+        return Ok(IdentityResolution::NotReady(format!(
+            "Identity {} has no Kratos identity yet{why}",
+            r.name
+        )));
+    };
+    let uid = identity.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let owner = format!("{ns}/{}", r.name);
+    let me = Owner {
+        uid: &uid,
+        name: &owner,
+    };
+    match ctx.kratos.get_identity(&id, &[]).await {
+        Ok(k) if ownership(&k, me) == Ownership::Ours => Ok(IdentityResolution::Resolved(id)),
+        // Not (yet) marked as this Identity's: its own reconcile either fixes the marker or
+        // reports the Conflict. Nothing is issued meanwhile.
+        Ok(_) => Ok(IdentityResolution::NotReady(format!(
+            "Identity {} does not own the Kratos identity recorded in its status; waiting until it is Ready",
+            r.name
+        ))),
+        Err(crate::kratos::Error::NotFound { .. }) => Ok(IdentityResolution::NotReady(format!(
+            "the Kratos identity of Identity {} does not exist (yet); waiting until it is Ready",
+            r.name
+        ))),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -82,6 +82,8 @@ pub enum IdentityResolution {
     Resolved(String),
     /// The referenced Identity is missing or has no Kratos identity yet (the message says which).
     NotReady(String),
+    /// The namespace's policy does not allow this request (the message names the label).
+    Forbidden(String),
 }
 
 /// Everything the plan looks at.
@@ -314,6 +316,12 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         IdentityResolution::NotReady(message) => {
             Plan::Blocked(Blocked::pending(REASON_IDENTITY_NOT_READY, message.clone()))
         }
+        // Stalled, but looked at again after the resync interval: the cluster admin may label
+        // the Namespace, which is not watched.
+        IdentityResolution::Forbidden(message) => Plan::Blocked(Blocked::failed_retry(
+            crate::tenancy::REASON_FORBIDDEN,
+            message.clone(),
+        )),
         IdentityResolution::Resolved(id) => Plan::Issue(Issue {
             identity_id: id.clone(),
             method: o.spec.method,
@@ -597,6 +605,24 @@ mod tests {
             plan(&observed(&spec, &status, None, &id, 600)),
             Plan::Expire(_)
         ));
+    }
+
+    #[test]
+    fn a_forbidden_request_is_stalled_and_looked_at_again() {
+        let mut spec = spec();
+        spec.identity_ref = None;
+        spec.identity_id = Some("id-of-someone".into());
+        let status = RecoveryRequestStatus::default();
+        let id = IdentityResolution::Forbidden("label the Namespace".into());
+        match plan(&observed(&spec, &status, None, &id, 100)) {
+            Plan::Blocked(b) => {
+                assert_eq!(b.reason, crate::tenancy::REASON_FORBIDDEN);
+                assert_eq!(b.message, "label the Namespace");
+                assert_eq!(b.phase, RecoveryPhase::Failed);
+                assert!(b.stalled && b.retry, "a label may allow it later");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
