@@ -114,7 +114,7 @@ fn skeleton(raw: &str, error: &str) -> IdentitySpec {
     let why = if error.contains("recursion limit") {
         format!(
             "the spec nests too deeply to be read (traits and metadata may nest at most {} levels)",
-            crate::controller::identity::plan::MAX_NESTING
+            super::identity::MAX_NESTING
         )
     } else {
         let short: String = error.chars().take(200).collect();

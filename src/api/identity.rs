@@ -101,6 +101,15 @@ pub struct IdentitySpec {
     pub undecodable: Option<String>,
 }
 
+/// How deeply the free JSON of a spec (traits, both metadata) may nest (the operator reports
+/// InvalidSpec beyond). Identity schemas need a few levels; the bound keeps one object from
+/// costing the operator (or Kratos) unbounded work.
+pub const MAX_NESTING: usize = 32;
+/// How large (as compact JSON) each free JSON field of a spec may be. Real traits are a few
+/// hundred bytes; the bound keeps a drift sweep's page of 500 identities (three such fields each)
+/// well under the Kratos client's response cap.
+pub const MAX_FREE_JSON_BYTES: usize = 16 * 1024;
+
 fn never_serialized<T>(_: &T) -> bool {
     true
 }

@@ -132,11 +132,9 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) 
             .await
             .map(|GuardedIdentity(i)| i)
         {
-            Ok(mut patched) => {
-                // As in the cache: a detached create holds this copy until it ends.
-                patched.managed_fields_mut().clear();
-                dispatch(Arc::new(patched), ctx.clone(), &handoff).await
-            }
+            // Decoded without managedFields, as in the cache (a detached create holds this copy
+            // until it ends).
+            Ok(patched) => dispatch(Arc::new(patched), ctx.clone(), &handoff).await,
             Err(e) => Err(e),
         }
     };

@@ -10,7 +10,10 @@ use super::Blocked;
 use crate::{
     api::{
         OWNER_MARKER, UID_MARKER,
-        identity::{AdoptionPolicy, IdentitySpec, IdentityState, PasswordPolicy},
+        identity::{
+            AdoptionPolicy, IdentitySpec, IdentityState, MAX_FREE_JSON_BYTES, MAX_NESTING,
+            PasswordPolicy,
+        },
     },
     controller::json,
     kratos::{
@@ -84,14 +87,6 @@ pub fn released_metadata_admin(current: Option<&Value>) -> Option<Value> {
         Some(other) => Some(other.clone()),
     }
 }
-
-/// How deeply the free JSON of a spec (traits, both metadata) may nest. Identity schemas need a
-/// few levels; the bound keeps one object from costing the operator (or Kratos) unbounded work.
-pub const MAX_NESTING: usize = 32;
-/// How large (as compact JSON) each free JSON field of a spec may be. Real traits are a few
-/// hundred bytes; the bound keeps a drift sweep's page of 500 identities (three such fields each)
-/// well under the Kratos client's response cap.
-pub const MAX_FREE_JSON_BYTES: usize = 16 * 1024;
 
 /// Nesting depth of `v`: 0 for a scalar, 1 + the deepest child for an array or object. Iterative,
 /// so a deep value cannot overflow the stack.
