@@ -36,9 +36,8 @@ use k8s_openapi::{
 };
 use kratos_operator::api::{Identity, IdentitySchemaRef, RecoveryRequest};
 use kube::{
-    Api, Client, Config, ResourceExt,
+    Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use serde_json::{Value, json};
 use support::{
@@ -182,29 +181,16 @@ fn confine_to_namespace(binding: &mut Value, namespace: &str) {
 /// A client of the environment's apiserver that acts as `system:serviceaccount:<ns>:<sa>` with
 /// the groups every ServiceAccount token carries, and no other rights.
 async fn client_as_service_account(t: &TestEnv, sa: &str) -> Client {
-    let kubeconfig = Kubeconfig::read_from(&t.env.state.kubeconfig).unwrap();
-    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    config.auth_info.impersonate = Some(format!("system:serviceaccount:{}:{sa}", t.namespace));
-    config.auth_info.impersonate_groups = Some(vec![
-        "system:serviceaccounts".into(),
-        format!("system:serviceaccounts:{}", t.namespace),
-        "system:authenticated".into(),
-    ]);
-    Client::try_from(config).unwrap()
-}
-
-/// A client of the environment's apiserver that acts as the user `user` (a tenant), with no
-/// groups but `system:authenticated`.
-async fn client_as_user(t: &TestEnv, user: &str) -> Client {
-    let kubeconfig = Kubeconfig::read_from(&t.env.state.kubeconfig).unwrap();
-    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    config.auth_info.impersonate = Some(user.to_string());
-    config.auth_info.impersonate_groups = Some(vec!["system:authenticated".into()]);
-    Client::try_from(config).unwrap()
+    support::client_as(
+        t.env,
+        &format!("system:serviceaccount:{}:{sa}", t.namespace),
+        vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{}", t.namespace),
+            "system:authenticated".into(),
+        ],
+    )
+    .await
 }
 
 /// An operator running inside the test process with the given (impersonating) client.
@@ -999,26 +985,12 @@ async fn tenancy_policies_refuse_what_the_namespace_does_not_opt_in_to() {
     // The tenant: every verb on every resource of the operator's group (status included), in its
     // namespace only.
     let user = format!("tenant-{ns}");
-    let role: Role = serde_json::from_value(json!({
-        "metadata": { "name": "tenant" },
-        "rules": [{ "apiGroups": ["kratos-operator.dev"], "resources": ["*"], "verbs": ["*"] }]
-    }))
-    .unwrap();
-    Api::<Role>::namespaced(t.client.clone(), &ns)
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": "tenant" },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant" },
-        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }]
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(t.client.clone(), &ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
-    let tenant = client_as_user(&t, &user).await;
+    let tenant = support::bind_tenant(
+        &t,
+        &user,
+        json!([{ "apiGroups": ["kratos-operator.dev"], "resources": ["*"], "verbs": ["*"] }]),
+    )
+    .await;
     let namespaces = Api::<Namespace>::all(t.client.clone());
     let label = |key: &str, value: Option<&str>| {
         let namespaces = namespaces.clone();

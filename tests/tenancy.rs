@@ -11,18 +11,14 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::{
-    core::v1::{Namespace, Secret},
-    rbac::v1::{Role, RoleBinding},
-};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kratos_operator::{
     api::{Identity, RecoveryRequest},
     kratos::{CreateIdentityBody, Identity as KratosIdentity, KratosClient},
 };
 use kube::{
-    Api, Client, Config, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
 };
 use serde_json::{Value, json};
 use support::{
@@ -96,36 +92,15 @@ impl Cluster {
 /// A user bound by a Role to `*` on the operator's API group (status subresources included) and
 /// to reading Secrets, in `t`'s namespace only, as a platform team grants a tenant.
 async fn tenant_user(t: &TestEnv) -> Client {
-    let user = format!("tenant-{}", t.namespace);
-    let role: Role = serde_json::from_value(json!({
-        "metadata": { "name": "tenant" },
-        "rules": [
+    let client = support::bind_tenant(
+        t,
+        &format!("tenant-{}", t.namespace),
+        json!([
             { "apiGroups": ["kratos-operator.dev"], "resources": ["*"], "verbs": ["*"] },
             { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"] }
-        ]
-    }))
-    .unwrap();
-    Api::<Role>::namespaced(t.client.clone(), &t.namespace)
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": "tenant" },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant" },
-        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }]
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(t.client.clone(), &t.namespace)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
-    let kubeconfig = Kubeconfig::read_from(&t.env.state.kubeconfig).unwrap();
-    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    config.auth_info.impersonate = Some(user);
-    config.auth_info.impersonate_groups = Some(vec!["system:authenticated".into()]);
-    let client = Client::try_from(config).unwrap();
+        ]),
+    )
+    .await;
     // The binding is in force once the user can list (RBAC is read from an informer).
     let api: Api<Identity> = Api::namespaced(client.clone(), &t.namespace);
     eventually("the tenant's Role to apply", T, || async {
@@ -147,24 +122,8 @@ fn email(t: &TestEnv, user: &str) -> String {
     format!("{user}.{}@example.com", t.namespace)
 }
 
-async fn apply_as<K>(client: &Client, ns: &str, manifest: Value) -> K
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(manifest).unwrap();
-    let name = obj.meta().name.clone().unwrap();
-    Api::<K>::namespaced(client.clone(), ns)
-        .patch(
-            &name,
-            &PatchParams::apply("tenant").force(),
-            &Patch::Apply(&obj),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("apply {name} in {ns}: {e}"))
+async fn apply_as<K: support::Namespaced>(client: &Client, ns: &str, manifest: Value) -> K {
+    support::apply_as(client, ns, "tenant", manifest).await
 }
 
 fn identity(name: &str, spec: Value) -> Value {
@@ -271,13 +230,7 @@ async fn secret_has_recovery_data(t: &TestEnv, name: &str) -> bool {
         .is_some_and(|d| d.contains_key("recoveryLink") || d.contains_key("recoveryCode"))
 }
 
-async fn wait_gone<K>(t: &TestEnv, name: &str)
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
+async fn wait_gone<K: support::Namespaced>(t: &TestEnv, name: &str) {
     let api: Api<K> = Api::namespaced(t.client.clone(), &t.namespace);
     eventually(&format!("{name} to be gone"), T, || async {
         matches!(api.get_opt(name).await, Ok(None)).then_some(())

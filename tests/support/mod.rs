@@ -241,43 +241,97 @@ pub async fn start_operator_with(
     Operator { kratos, ctx, task }
 }
 
-/// Applies a manifest (YAML or JSON text) by server-side apply into the test namespace.
-pub async fn apply<K>(t: &TestEnv, manifest: serde_json::Value) -> K
-where
+/// A namespaced kind the helpers read and write (every kind of the operator, and Secrets).
+pub trait Namespaced:
+    kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+{
+}
+
+impl<K> Namespaced for K where
     K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
         + serde::Serialize
-        + std::fmt::Debug,
+        + std::fmt::Debug
 {
+}
+
+/// Applies a manifest (YAML or JSON text) by server-side apply into the test namespace.
+pub async fn apply<K: Namespaced>(t: &TestEnv, manifest: serde_json::Value) -> K {
+    apply_as(&t.client, &t.namespace, "kratos-operator-tests", manifest).await
+}
+
+/// Applies a manifest by server-side apply into `ns` with `client`'s rights (an impersonated
+/// tenant, a ServiceAccount), as `field_manager`.
+pub async fn apply_as<K: Namespaced>(
+    client: &Client,
+    ns: &str,
+    field_manager: &str,
+    manifest: serde_json::Value,
+) -> K {
     use kube::api::{Patch, PatchParams};
     let obj: K = serde_json::from_value(manifest).expect("manifest");
     let name = obj.meta().name.clone().expect("name");
-    let api: Api<K> = Api::namespaced(t.client.clone(), &t.namespace);
-    api.patch(
-        &name,
-        &PatchParams::apply("kratos-operator-tests").force(),
-        &Patch::Apply(&obj),
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch(
+            &name,
+            &PatchParams::apply(field_manager).force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {name} in {ns}: {e}"))
+}
+
+/// A client of the environment's apiserver acting as `user` with `groups` (impersonation), and
+/// so with their rights only.
+pub async fn client_as(env: &Environment, user: &str, groups: Vec<String>) -> Client {
+    let kubeconfig = Kubeconfig::read_from(&env.state.kubeconfig).expect("read kubeconfig");
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    config.auth_info.impersonate = Some(user.to_string());
+    config.auth_info.impersonate_groups = Some(groups);
+    Client::try_from(config).expect("client")
+}
+
+/// A tenant: the Role `tenant` with `rules` in the test namespace, bound to the user `user`;
+/// returns a client acting as that user (group `system:authenticated` only). RBAC takes a
+/// moment to apply: wait for a request it allows before relying on it.
+pub async fn bind_tenant(t: &TestEnv, user: &str, rules: serde_json::Value) -> Client {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let role: Role = serde_json::from_value(
+        serde_json::json!({ "metadata": { "name": "tenant" }, "rules": rules }),
     )
-    .await
-    .expect("apply")
+    .expect("role");
+    Api::<Role>::namespaced(t.client.clone(), &t.namespace)
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("create the tenant Role");
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "tenant" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }]
+    }))
+    .expect("binding");
+    Api::<RoleBinding>::namespaced(t.client.clone(), &t.namespace)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("bind the tenant Role");
+    client_as(t.env, user, vec!["system:authenticated".into()]).await
 }
 
 /// Waits until the object's `Ready` condition has `status` and returns the object.
-pub async fn wait_ready<K>(
+pub async fn wait_ready<K: Namespaced>(
     t: &TestEnv,
     name: &str,
     status: &str,
     reason: Option<&str>,
     timeout: Duration,
-) -> K
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
+) -> K {
     let api: Api<K> = Api::namespaced(t.client.clone(), &t.namespace);
     let what = format!("{name} Ready={status} reason={reason:?}");
     let mut last = String::new();
@@ -311,13 +365,14 @@ where
 /// The operator writes Identity statuses and all Events in the background, after the Kratos
 /// calls they report: a test that waited for something else (a login, a change in Kratos) must
 /// wait for the status field it asserts on with this, not read it once.
-pub async fn wait_for<K, F>(t: &TestEnv, name: &str, what: &str, timeout: Duration, pred: F) -> K
+pub async fn wait_for<K: Namespaced, F>(
+    t: &TestEnv,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: F,
+) -> K
 where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
     F: Fn(&K) -> bool,
 {
     let api: Api<K> = Api::namespaced(t.client.clone(), &t.namespace);
