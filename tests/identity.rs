@@ -571,6 +571,9 @@ async fn an_identity_carrying_the_objects_uid_is_taken_back_without_a_duplicate(
     let t = setup("id-takeback").await;
     let hank = email(&t, "hank");
     // The object exists but no operator runs: as if it crashed between create and status write.
+    // (The operator installs the CRDs when it starts; here the object comes first, and on a
+    // fresh environment no other test may have installed them yet.)
+    support::install_crds(&t.client).await;
     let obj = identity(
         &t,
         "hank",
