@@ -16,8 +16,8 @@ use kratos_operator::{
 use kube::{Api, ResourceExt, api::DeleteParams};
 use serde_json::{Value, json};
 use support::{
-    TestEnv, apply, events_for, eventually, kratos_client, login, setup, start_operator,
-    wait_event, wait_for, wait_ready,
+    TestEnv, apply, events_for, eventually, kratos_client, login, ready_message, setup,
+    start_operator, wait_event, wait_for, wait_ready,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -96,14 +96,6 @@ fn identity_id(obj: &Identity) -> String {
         .as_ref()
         .and_then(|s| s.identity_id.clone())
         .expect("status.identityId")
-}
-
-fn ready_message(obj: &Identity) -> String {
-    obj.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| c.message.clone())
-        .unwrap_or_default()
 }
 
 async fn ready(t: &TestEnv, name: &str) -> Identity {

@@ -22,8 +22,8 @@ use kube::{
 };
 use serde_json::{Value, json};
 use support::{
-    Operator, TestEnv, eventually, kratos_client, setup, start_operator_with, test_settings,
-    wait_ready,
+    Operator, TestEnv, eventually, kratos_client, ready_message, setup, start_operator_with,
+    test_settings, wait_ready,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -74,6 +74,21 @@ impl Cluster {
             )
             .await,
         );
+    }
+
+    /// Applies the Identity `name` with `spec` as the attacker, in the tenant namespace.
+    async fn attack(&self, name: &str, spec: Value) -> Identity {
+        apply_as(&self.attacker, &self.tenant.namespace, identity(name, spec)).await
+    }
+
+    /// The attacker's own Identity `name` (its own email), once Synced.
+    async fn own_identity(&self, name: &str) -> Identity {
+        self.attack(
+            name,
+            json!({ "schemaId": "customer", "traits": { "email": email(&self.tenant, name) } }),
+        )
+        .await;
+        wait_ready(&self.tenant, name, "True", Some("Synced"), T).await
     }
 
     fn kratos(&self) -> KratosClient {
@@ -195,15 +210,6 @@ async fn forge_status(c: &Cluster, name: &str, id: &str) {
         .expect("the tenant may write status: that is the attack");
 }
 
-/// The Ready condition's message of `obj`.
-fn ready_message(obj: &Identity) -> String {
-    obj.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| c.message.clone())
-        .unwrap_or_default()
-}
-
 /// Waits until the Identity `name` reports `Ready=False` with `reason` for its current generation.
 async fn wait_reason(t: &TestEnv, name: &str, reason: &str) -> Identity {
     wait_ready::<Identity>(t, name, "False", Some(reason), T).await
@@ -248,27 +254,14 @@ async fn a_forged_status_identity_id_never_reaches_another_namespaces_identity()
     let victim_id = team_identity(&c.victim, "victim").await;
     let before = kratos_identity(&kratos, &victim_id).await.unwrap();
 
-    apply_as::<Identity>(
-        &c.attacker,
-        &c.tenant.namespace,
-        identity(
-            "x",
-            json!({ "schemaId": "customer", "traits": { "email": email(&c.tenant, "x") } }),
-        ),
-    )
-    .await;
-    let own: Identity = wait_ready(&c.tenant, "x", "True", Some("Synced"), T).await;
+    let own = c.own_identity("x").await;
     let own_id = own.status.unwrap().identity_id.unwrap();
     forge_status(&c, "x", &victim_id).await;
     // A spec change makes the operator act on the object at once (a drift sweep would too).
-    apply_as::<Identity>(
-        &c.attacker,
-        &c.tenant.namespace,
-        identity(
-            "x",
-            json!({ "schemaId": "customer", "traits": { "email": email(&c.tenant, "x") },
+    c.attack(
+        "x",
+        json!({ "schemaId": "customer", "traits": { "email": email(&c.tenant, "x") },
                     "metadataPublic": { "plan": "stolen" } }),
-        ),
     )
     .await;
     let refused = wait_reason(&c.tenant, "x", "Conflict").await;
@@ -360,16 +353,7 @@ async fn recovery_by_raw_id_needs_the_namespace_label() {
 async fn recovery_through_a_forged_identity_status_is_refused() {
     let c = Cluster::new("ten-rref").await;
     let victim_id = team_identity(&c.victim, "victim").await;
-    apply_as::<Identity>(
-        &c.attacker,
-        &c.tenant.namespace,
-        identity(
-            "x",
-            json!({ "schemaId": "customer", "traits": { "email": email(&c.tenant, "x") } }),
-        ),
-    )
-    .await;
-    wait_ready::<Identity>(&c.tenant, "x", "True", Some("Synced"), T).await;
+    c.own_identity("x").await;
     forge_status(&c, "x", &victim_id).await;
     apply_as::<RecoveryRequest>(
         &c.attacker,
@@ -406,14 +390,10 @@ async fn self_service_identities_are_adopted_only_where_the_cluster_admin_allows
     let kratos = c.kratos();
     let address = format!("signup.{}@example.com", c.tenant.namespace);
     let id = self_service_identity(&kratos, &address).await;
-    apply_as::<Identity>(
-        &c.attacker,
-        &c.tenant.namespace,
-        identity(
-            "grab",
-            json!({ "schemaId": "customer", "traits": { "email": address },
+    c.attack(
+        "grab",
+        json!({ "schemaId": "customer", "traits": { "email": address },
                     "adoption": "IfUnowned", "metadataPublic": { "owned": "by tenant" } }),
-        ),
     )
     .await;
     let refused = wait_reason(&c.tenant, "grab", "Forbidden").await;
@@ -485,11 +465,7 @@ async fn two_objects_adopting_one_identity_end_with_exactly_one_owner() {
         json!({ "schemaId": "customer", "traits": { "email": address }, "adoption": "IfUnowned" });
     // Both at once, from two namespaces.
     let (one, two) = futures::join!(
-        apply_as::<Identity>(
-            &c.attacker,
-            &c.tenant.namespace,
-            identity("one", spec.clone())
-        ),
+        c.attack("one", spec.clone()),
         apply_as::<Identity>(
             &c.victim.client,
             &c.victim.namespace,
@@ -550,13 +526,9 @@ async fn two_objects_adopting_one_identity_end_with_exactly_one_owner() {
 async fn conflict_messages_name_no_other_namespace_object_or_kratos_id() {
     let c = Cluster::new("ten-oracle").await;
     let victim_id = team_identity(&c.victim, "victim").await;
-    apply_as::<Identity>(
-        &c.attacker,
-        &c.tenant.namespace,
-        identity(
-            "probe",
-            json!({ "schemaId": "customer", "traits": { "email": email(&c.victim, "victim") } }),
-        ),
+    c.attack(
+        "probe",
+        json!({ "schemaId": "customer", "traits": { "email": email(&c.victim, "victim") } }),
     )
     .await;
     let refused = wait_reason(&c.tenant, "probe", "Conflict").await;

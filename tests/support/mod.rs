@@ -390,6 +390,15 @@ where
     }
 }
 
+/// The message of an Identity's `Ready` condition (empty when it has none).
+pub fn ready_message(obj: &kratos_operator::api::Identity) -> String {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
 /// Logs in through Kratos' public API (native login flow) and returns the session token. A
 /// refused login is an `Err` at once; an answer of 5xx (the test environment's sqlite answers
 /// "database is locked" under load) is Kratos asking to try again, and is retried up to 20
