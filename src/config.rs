@@ -116,6 +116,11 @@ pub struct RunArgs {
     /// How long the leader's Lease lasts without renewal, e.g. `15s`.
     #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
+    /// How long the operator may take, after SIGTERM, to finish the reconciles and Kratos calls
+    /// in flight and write the statuses they queued before it releases the Lease and exits,
+    /// e.g. `20s`. Keep it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
     /// How often each Identity is compared with Kratos (drift detection), e.g. `5m`.
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,

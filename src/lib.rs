@@ -6,7 +6,8 @@
 //! - [`controller`]: the controllers, each split into observe / plan (pure) / act / report.
 //! - [`schema`]: compiled identity schemas for client-side validation.
 //! - [`config`]: the command line; [`server`]: /metrics, /healthz, /readyz; [`leader`]: leader
-//!   election; [`export`]: manifests for identities already in Kratos; [`metrics`].
+//!   election; [`shutdown`]: signals and the shutdown bound; [`export`]: manifests for
+//!   identities already in Kratos; [`metrics`].
 
 pub mod api;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod leader;
 pub mod metrics;
 pub mod schema;
 pub mod server;
+pub mod shutdown;
 pub mod tenancy;
 
 /// Errors of the operator's reconcilers and start-up.

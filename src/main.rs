@@ -1,7 +1,10 @@
 //! The kratos-operator binary: parse the command line, build the clients, start the HTTP server
 //! and (when leading) the controllers.
 
-use std::{process::ExitCode, sync::Arc};
+use std::{
+    process::ExitCode,
+    sync::{Arc, atomic::Ordering},
+};
 
 use clap::Parser;
 use futures::FutureExt;
@@ -11,7 +14,7 @@ use kratos_operator::{
     controller::{self, Context},
     export,
     kratos::KratosClient,
-    leader, server,
+    leader, server, shutdown,
 };
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -51,11 +54,15 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), %addr, "kratos-operator starting; serving /metrics, /healthz, /readyz");
 
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    // The first SIGTERM (pod stop) or SIGINT starts the shutdown.
+    let terminated = shutdown::terminated().boxed().shared();
     if !args.leader_elect {
-        controller::run(ctx, ctrl_c.boxed()).await;
+        stop_within(
+            controller::run(ctx, terminated.clone().boxed()),
+            terminated,
+            args.shutdown_timeout,
+        )
+        .await;
         return Ok(());
     }
     let identity = std::env::var("POD_NAME")
@@ -65,29 +72,58 @@ async fn run(args: RunArgs) -> Result<(), String> {
         identity,
         duration: args.lease_duration,
     };
-    let mut rx = leader::elect(client, &lease)
+    ctx.standby.store(true, Ordering::Relaxed);
+    let mut election = leader::elect(client, &lease)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
     tokio::select! {
-        r = leader::wait_for_leadership(&mut rx) => r.map_err(|e| e.to_string())?,
-        () = ctrl_c => return Ok(()),
+        r = leader::wait_for_leadership(&mut election.leading) => r.map_err(|e| e.to_string())?,
+        () = terminated.clone() => {
+            election.release().await;
+            return Ok(());
+        }
     }
+    ctx.standby.store(false, Ordering::Relaxed);
     tracing::info!(identity = %lease.identity, "became leader; starting controllers");
-    let lost = leader::lost(rx.clone()).shared();
-    let shutdown = futures::future::select(
-        Box::pin(async {
-            let _ = tokio::signal::ctrl_c().await;
-        }),
-        lost.clone(),
+    let lost = leader::lost(election.leading.clone()).shared();
+    let stop = futures::future::select(terminated.clone(), lost.clone())
+        .map(|_| ())
+        .shared();
+    stop_within(
+        controller::run(ctx, stop.clone().boxed()),
+        stop,
+        args.shutdown_timeout,
     )
-    .map(|_| ())
-    .boxed();
-    controller::run(ctx, shutdown).await;
+    .await;
     if lost.now_or_never().is_some() {
+        election.release().await;
         return Err("lost leadership; exiting so that this replica restarts as a follower".into());
     }
+    // Released only now: until the controllers stopped, this replica still wrote.
+    if election.release().await {
+        tracing::info!("stopped; the Lease is free for the next leader");
+    } else {
+        tracing::warn!(
+            "stopped, but the Lease could not be released; the next leader waits for it to expire"
+        );
+    }
     Ok(())
+}
+
+/// Runs the controllers until they stop; once `stop` resolves they have `grace` to finish the
+/// reconciles and Kratos calls in flight and to write the statuses they queued.
+async fn stop_within(
+    controllers: impl std::future::Future<Output = ()>,
+    stop: impl std::future::Future<Output = ()>,
+    grace: std::time::Duration,
+) {
+    if !shutdown::bounded(controllers, stop, grace).await {
+        tracing::warn!(
+            ?grace,
+            "the controllers did not stop within the shutdown timeout; exiting anyway (the next leader reconciles what was left)"
+        );
+    }
 }
 
 async fn export_cmd(args: ExportArgs) -> Result<(), String> {

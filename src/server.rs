@@ -1,5 +1,7 @@
 //! The HTTP server on `--metrics-addr`: `/metrics` (OpenMetrics text), `/healthz` (the process
-//! runs) and `/readyz` (the CRDs are installed, Kratos answers and the caches are synced).
+//! runs) and `/readyz` (the CRDs are installed, Kratos answers and, on the replica that runs the
+//! controllers, the caches are synced: a follower waiting for the Lease is ready, or a rollout
+//! would wait for it forever).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -76,7 +78,8 @@ pub async fn not_ready_reason(ctx: &Context, crd_names: &[String]) -> Option<Str
     if let Err(e) = ctx.kratos.server_version().await {
         return Some(format!("Kratos does not answer: {e}"));
     }
-    if !ctx.caches.synced().await {
+    // A follower builds no caches; it is ready when it could take over.
+    if !ctx.standby.load(std::sync::atomic::Ordering::Relaxed) && !ctx.caches.synced().await {
         return Some("caches are not synced yet".into());
     }
     None

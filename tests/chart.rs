@@ -171,6 +171,7 @@ fn default_values_render_cluster_mode_with_leader_election() {
             "ClusterRole/ops-kratos-operator",
             "ClusterRoleBinding/ops-kratos-operator",
             "Deployment/ops-kratos-operator",
+            "PodDisruptionBudget/ops-kratos-operator",
             "Role/ops-kratos-operator-leader-election",
             "RoleBinding/ops-kratos-operator-leader-election",
             "Service/ops-kratos-operator-metrics",
@@ -182,6 +183,18 @@ fn default_values_render_cluster_mode_with_leader_election() {
             "ValidatingAdmissionPolicyBinding/ops-kratos-operator-operator-secrets",
             "ValidatingAdmissionPolicyBinding/ops-kratos-operator-recovery-by-id",
         ]
+    );
+    // Defaults that work with one replica and with several: the new pod of a rollout is Ready
+    // as a follower before an old one stops; a drain may always evict one pod; the grace period
+    // covers the shutdown bound.
+    let pdb = find(&docs, "PodDisruptionBudget", "ops-kratos-operator");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1, "{pdb}");
+    assert_eq!(pdb["spec"].get("minAvailable"), None, "{pdb}");
+    assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+    let rollout = &find(&docs, "Deployment", "ops-kratos-operator")["spec"]["strategy"];
+    assert_eq!(
+        rollout,
+        &json!({ "type": "RollingUpdate", "rollingUpdate": { "maxSurge": 1, "maxUnavailable": 0 } })
     );
     for d in &docs {
         if !CLUSTER_SCOPED.contains(&d["kind"].as_str().unwrap()) {
@@ -212,6 +225,11 @@ fn default_values_render_cluster_mode_with_leader_election() {
     assert_eq!(
         env_value(deployment, "METRICS_ADDR").as_deref(),
         Some("0.0.0.0:8080")
+    );
+    assert_eq!(spec["terminationGracePeriodSeconds"], 30);
+    assert_eq!(
+        env_value(deployment, "SHUTDOWN_TIMEOUT").as_deref(),
+        Some("20s")
     );
     assert_eq!(env_value(deployment, "WATCH_NAMESPACE"), None);
     assert_eq!(

@@ -206,6 +206,7 @@ async fn deploy_base_builds_from_an_overlay_and_passes_a_server_dry_run() {
         "CustomResourceDefinition/identityschemarefs.kratos-operator.dev",
         "CustomResourceDefinition/recoveryrequests.kratos-operator.dev",
         "Deployment/kratos-operator",
+        "PodDisruptionBudget/kratos-operator",
         "Role/kratos-operator-leader-election",
         "RoleBinding/kratos-operator-leader-election",
         "Service/kratos-operator-metrics",

@@ -180,6 +180,10 @@ impl Drop for Replica {
 }
 
 fn replica(t: &support::TestEnv, name: &str) -> Replica {
+    replica_with_lease(t, name, "4s")
+}
+
+fn replica_with_lease(t: &support::TestEnv, name: &str, lease: &str) -> Replica {
     let port = free_port();
     let log =
         std::fs::File::create(std::env::temp_dir().join(format!("{}-{name}.log", t.namespace)))
@@ -189,7 +193,7 @@ fn replica(t: &support::TestEnv, name: &str) -> Replica {
         .env("KRATOS_ADMIN_URL", &t.kratos_admin_url)
         .env("KRATOS_PUBLIC_URL", &t.kratos_public_url)
         .env("LEADER_ELECT", "true")
-        .env("LEASE_DURATION", "4s")
+        .env("LEASE_DURATION", lease)
         .env("POD_NAME", name)
         .env("POD_NAMESPACE", &t.namespace)
         .env("WATCH_NAMESPACE", &t.namespace)
@@ -205,6 +209,21 @@ fn replica(t: &support::TestEnv, name: &str) -> Replica {
         metrics: format!("http://127.0.0.1:{port}/metrics"),
         child,
     }
+}
+
+async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .get("kratos-operator-leader")
+        .await
+        .ok()?
+        .spec?
+        .holder_identity
+}
+
+/// The status of a replica's /readyz.
+async fn readyz(r: &Replica) -> u16 {
+    let url = r.metrics.replace("/metrics", "/readyz");
+    get(&url).await.0
 }
 
 async fn kratos_calls(metrics_url: &str) -> u64 {
@@ -279,6 +298,76 @@ async fn only_the_leader_writes_and_a_killed_leader_hands_over() {
         "handover took {:?}",
         started.elapsed()
     );
+    t.cleanup().await;
+}
+
+/// A pod stop as the kubelet does it: SIGTERM to the operator (PID 1 in the image). The leader
+/// stops its controllers, releases the Lease and exits 0 in seconds; the follower, Ready all
+/// along, takes over at once although the Lease would stay valid for 30 s.
+#[tokio::test]
+async fn a_sigtermed_leader_exits_in_seconds_and_its_follower_takes_over_at_once() {
+    let t = setup("ops-term").await;
+    support::install_crds(&t.client).await;
+    let leases: Api<Lease> = Api::namespaced(t.client.clone(), &t.namespace);
+    let mut leader = replica_with_lease(&t, "replica-a", "30s");
+    eventually("replica-a to lead", T, || async {
+        (lease_holder(&leases).await.as_deref() == Some("replica-a")).then_some(())
+    })
+    .await;
+    let follower = replica_with_lease(&t, "replica-b", "30s");
+    eventually("the leader and the follower to be ready", T, || async {
+        (readyz(&leader).await == 200 && readyz(&follower).await == 200).then_some(())
+    })
+    .await;
+    apply::<Identity>(
+        &t,
+        identity_manifest("t1", &format!("t1.{}@example.com", t.namespace)),
+    )
+    .await;
+    wait_ready::<Identity>(&t, "t1", "True", Some("Synced"), T).await;
+
+    let sent = std::time::Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &leader.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let exit = eventually("the leader to exit", T, || {
+        let exited = leader.child.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    let stopped_in = sent.elapsed();
+    assert!(exit.success(), "a SIGTERM'd leader exits 0, got {exit}");
+    assert!(
+        stopped_in < Duration::from_secs(10),
+        "the leader took {stopped_in:?} to stop"
+    );
+    eventually("replica-b to lead", T, || async {
+        (lease_holder(&leases).await.as_deref() == Some("replica-b")).then_some(())
+    })
+    .await;
+    let handover = sent.elapsed();
+    assert!(
+        handover < Duration::from_secs(15),
+        "handover took {handover:?}: the follower waited for the 30 s Lease to expire"
+    );
+    apply::<Identity>(
+        &t,
+        identity_manifest("t2", &format!("t2.{}@example.com", t.namespace)),
+    )
+    .await;
+    wait_ready::<Identity>(&t, "t2", "True", Some("Synced"), T).await;
+    let log = std::fs::read_to_string(
+        std::env::temp_dir().join(format!("{}-replica-a.log", t.namespace)),
+    )
+    .unwrap();
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(
+        log.contains("the Lease is free for the next leader"),
+        "{log}"
+    );
+    drop(follower);
     t.cleanup().await;
 }
 

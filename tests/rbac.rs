@@ -510,18 +510,22 @@ async fn common_denials(t: &TestEnv, operator: &Client) {
 /// kratos-operator-leader) wins with these rights; any other Lease can only be created (create
 /// cannot be limited by name), never read or changed; no Lease can be deleted.
 async fn leader_election_works(t: &TestEnv, operator: &Client) {
-    let settings = kratos_operator::leader::LeaseSettings {
+    let settings = |identity: &str| kratos_operator::leader::LeaseSettings {
         namespace: t.namespace.clone(),
-        identity: "rbac-proof-0".into(),
-        duration: Duration::from_secs(5),
+        identity: identity.into(),
+        // Long enough that a handover by expiry could not pass the check below.
+        duration: Duration::from_secs(60),
     };
-    let mut rx = kratos_operator::leader::elect(operator.clone(), &settings)
+    let mut leader = kratos_operator::leader::elect(operator.clone(), &settings("rbac-proof-0"))
         .await
         .expect("join the election");
-    tokio::time::timeout(T, kratos_operator::leader::wait_for_leadership(&mut rx))
-        .await
-        .expect("leadership in time")
-        .expect("leadership");
+    tokio::time::timeout(
+        T,
+        kratos_operator::leader::wait_for_leadership(&mut leader.leading),
+    )
+    .await
+    .expect("leadership in time")
+    .expect("leadership");
     let leases = Api::<Lease>::namespaced(operator.clone(), &t.namespace);
     let lease = leases
         .get(kratos_operator::leader::LEASE_NAME)
@@ -531,6 +535,23 @@ async fn leader_election_works(t: &TestEnv, operator: &Client) {
         lease.spec.and_then(|s| s.holder_identity).as_deref(),
         Some("rbac-proof-0")
     );
+    // A follower watches the Lease (list and watch limited to its name) and takes it as soon
+    // as the leader releases it.
+    let mut follower = kratos_operator::leader::elect(operator.clone(), &settings("rbac-proof-1"))
+        .await
+        .expect("join the election");
+    // The follower's watch must be running before the release for the release to be seen.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!*follower.leading.borrow(), "the Lease is held");
+    assert!(leader.release().await, "the leader releases the Lease");
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        kratos_operator::leader::wait_for_leadership(&mut follower.leading),
+    )
+    .await
+    .expect("the follower takes the released Lease long before it would expire")
+    .expect("leadership");
+    assert!(follower.release().await);
 
     let other: Lease = serde_json::from_value(
         json!({ "metadata": { "name": "someone-else" }, "spec": { "holderIdentity": "x" } }),

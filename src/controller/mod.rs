@@ -107,6 +107,9 @@ pub struct Context {
     pub detached: identity::detach::Detached,
     /// What each namespace may do (the cluster admin's opt-ins).
     pub tenancy: crate::tenancy::Policies,
+    /// Whether this replica waits for leadership: it runs no controllers, so it is ready without
+    /// their caches (it can take over).
+    pub standby: std::sync::atomic::AtomicBool,
 }
 
 /// Kratos identity ids by object uid.
@@ -253,11 +256,14 @@ impl Context {
             statuses,
             detached: identity::detach::Detached::new(priority),
             tenancy,
+            standby: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
 
-/// Runs every controller until `shutdown` resolves.
+/// Runs every controller until `shutdown` resolves, then lets the reconciles in flight (and the
+/// Kratos calls they make) finish and writes the statuses they queued. The caller bounds how
+/// long that may take.
 pub async fn run(ctx: Arc<Context>, shutdown: BoxFuture<'static, ()>) {
     let shutdown = shutdown.shared();
     let scopes: Vec<Option<String>> = if ctx.settings.watch_namespaces.is_empty() {
@@ -270,17 +276,30 @@ pub async fn run(ctx: Arc<Context>, shutdown: BoxFuture<'static, ()>) {
             .map(Some)
             .collect()
     };
-    let mut tasks = vec![ctx.statuses.run(ctx.clone(), shutdown.clone()).boxed()];
+    let mut controllers = Vec::new();
     for scope in &scopes {
         let (touched, identities) = futures::channel::mpsc::unbounded();
-        tasks.push(
+        controllers.push(
             identity::controller(ctx.clone(), scope.as_deref(), shutdown.clone(), touched).boxed(),
         );
-        tasks.push(schema_ref::controller(ctx.clone(), scope.as_deref(), shutdown.clone()).boxed());
-        tasks.push(
+        controllers
+            .push(schema_ref::controller(ctx.clone(), scope.as_deref(), shutdown.clone()).boxed());
+        controllers.push(
             recovery::controller(ctx.clone(), scope.as_deref(), shutdown.clone(), identities)
                 .boxed(),
         );
     }
-    futures::future::join_all(tasks).await;
+    let drained = {
+        let ctx = ctx.clone();
+        async move {
+            futures::future::join_all(controllers).await;
+            ctx.detached.idle().await;
+            let queued = ctx.statuses.queued();
+            if queued > 0 {
+                tracing::info!(queued, "controllers stopped; writing the queued statuses");
+            }
+            ctx.statuses.idle().await;
+        }
+    };
+    ctx.statuses.run(ctx.clone(), drained).await;
 }

@@ -17,7 +17,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use futures::future::{BoxFuture, Shared};
 use kube::{
     ResourceExt,
     core::{ObjectMeta, PartialObjectMeta, PartialObjectMetaExt},
@@ -127,6 +126,11 @@ impl Queue {
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
+
+    /// Whether nothing waits and nothing is being written.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.in_flight.is_empty()
+    }
 }
 
 /// What a queued status keeps of its object.
@@ -146,6 +150,8 @@ fn reference(obj: &Identity) -> PartialObjectMeta<Identity> {
 pub struct StatusWriter {
     queue: Arc<Mutex<Queue>>,
     wake: Arc<Notify>,
+    /// Notified whenever a write finishes (for [`StatusWriter::idle`]).
+    settled: Arc<Notify>,
     priority: Arc<Priority>,
 }
 
@@ -155,6 +161,7 @@ impl StatusWriter {
         Self {
             queue: Arc::default(),
             wake: Arc::default(),
+            settled: Arc::default(),
             priority,
         }
     }
@@ -208,6 +215,22 @@ impl StatusWriter {
         if let Ok(mut q) = self.queue.lock() {
             q.done(key, written);
         }
+        self.settled.notify_waiters();
+    }
+
+    /// Resolves once no status waits and none is being written (at shutdown, after the
+    /// controllers stopped: then nothing queues new ones). A failed write waiting for its retry
+    /// is not waited for; the next leader's reconcile writes that status again.
+    pub async fn idle(&self) {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if self.queue.lock().map(|q| q.is_idle()).unwrap_or(true) {
+                return;
+            }
+            settled.await;
+        }
     }
 
     fn retry(&self, key: ObjectRef<Identity>, p: Pending) {
@@ -217,12 +240,13 @@ impl StatusWriter {
         self.wake.notify_one();
     }
 
-    /// Runs [`WRITERS`] writers until `shutdown`; statuses still queued then are dropped (the
-    /// next leader's reconciles compute them again).
-    pub async fn run(&self, ctx: Arc<Context>, shutdown: Shared<BoxFuture<'static, ()>>) {
+    /// Runs [`WRITERS`] writers until `stop`; statuses still queued then are dropped (the next
+    /// leader's reconciles compute them again). [`super::run`] stops them once the controllers
+    /// stopped and the queue is [idle](Self::idle).
+    pub async fn run(&self, ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>) {
         let writers =
             futures::future::join_all((0..WRITERS).map(|i| writer(i, self.clone(), ctx.clone())));
-        futures::future::select(Box::pin(writers), shutdown).await;
+        futures::future::select(Box::pin(writers), Box::pin(stop)).await;
     }
 }
 

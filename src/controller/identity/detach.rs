@@ -75,6 +75,14 @@ impl Detached {
         }
     }
 
+    /// Resolves once no detached task runs (at shutdown, after the controllers stopped: then
+    /// no new task starts).
+    pub async fn idle(&self) {
+        if let Ok(all) = u32::try_from(MAX_DETACHED) {
+            let _ = self.slots.acquire_many(all).await;
+        }
+    }
+
     /// Ends `uid`'s task; returns whether a reconcile arrived meanwhile.
     fn finish(&self, uid: &str) -> bool {
         let marked = self.running.lock().ok().and_then(|mut m| m.remove(uid));
@@ -106,8 +114,12 @@ pub fn wanted(obj: &Identity, ctx: &Context) -> bool {
 pub struct Handoff {
     /// Triggers a reconcile of an object.
     pub retrigger: UnboundedSender<ObjectRef<Identity>>,
-    /// Resolves when the controller stops; running tasks stop with it.
+    /// Resolves when the controller stops: a running task finishes its Kratos calls and status
+    /// but asks for no further reconcile.
     pub shutdown: Shared<BoxFuture<'static, ()>>,
+    /// Resolves when the controller's future is dropped (an aborted task): running tasks stop
+    /// at once.
+    pub abort: Shared<BoxFuture<'static, ()>>,
 }
 
 impl Handoff {
@@ -129,7 +141,7 @@ impl Handoff {
                 let work = super::apply(obj.clone(), ctx.clone());
                 let next = tokio::select! {
                     biased;
-                    () = handoff.shutdown.clone() => {
+                    () = handoff.abort.clone() => {
                         ctx.detached.finish(&uid);
                         return;
                     }
@@ -150,6 +162,7 @@ impl Handoff {
                 };
                 let marked = ctx.detached.finish(&uid);
                 match (marked, next) {
+                    _ if handoff.shutdown.peek().is_some() => {}
                     (true, _) => {
                         let _ = handoff.retrigger.unbounded_send(object);
                     }

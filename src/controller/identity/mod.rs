@@ -260,13 +260,19 @@ pub async fn controller(
     let schema_store = store.clone();
     let (sweep_tx, sweep_triggers) = futures::channel::mpsc::unbounded();
     let (retrigger, retriggers) = futures::channel::mpsc::unbounded();
-    // Detached creates stop with the controller: on shutdown, and when this future is dropped
-    // (an aborted controller task) together with `_alive`.
-    let (_alive, dropped) = futures::channel::oneshot::channel::<()>();
+    // Detached creates finish what they started on shutdown (`run` waits for them), and stop
+    // at once when this future is dropped (an aborted controller task) together with `alive`;
+    // a controller that returns says so through `alive`, which never aborts them.
+    let (alive, dropped) = futures::channel::oneshot::channel::<()>();
     let handoff = Handoff {
         retrigger,
-        shutdown: futures::future::select(shutdown.clone(), dropped)
-            .map(|_| ())
+        shutdown: shutdown.clone(),
+        abort: dropped
+            .then(|returned| async move {
+                if returned.is_ok() {
+                    futures::future::pending::<()>().await;
+                }
+            })
             .boxed()
             .shared(),
     };
@@ -325,4 +331,5 @@ pub async fn controller(
         )
         .for_each(|_| futures::future::ready(()))
         .await;
+    let _ = alive.send(());
 }
