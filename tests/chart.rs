@@ -803,6 +803,19 @@ async fn the_apiserver_admits_the_pod_under_the_restricted_pod_security_standard
         &["--set", &admin, "--set", "kratos.tokenSecret.name=t"],
     ));
     let template = pod_specs(&docs).remove(0);
+    // The ServiceAccount admission plugin refuses a pod whose ServiceAccount does not exist;
+    // `helm install` creates it with the Deployment.
+    kubectl_run(
+        &t.env.state.kubeconfig,
+        &[
+            "-n",
+            &t.namespace,
+            "create",
+            "serviceaccount",
+            "psa-kratos-operator",
+        ],
+        None,
+    );
 
     // The check bites: the same pod with privilege escalation allowed is refused. PodSecurity
     // admission reads the Namespace from the apiserver's informer cache, which may still hold it

@@ -293,10 +293,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: BoxFuture<'static, ()>) {
         let ctx = ctx.clone();
         async move {
             futures::future::join_all(controllers).await;
+            tracing::info!("controllers stopped");
             ctx.detached.idle().await;
             let queued = ctx.statuses.queued();
             if queued > 0 {
-                tracing::info!(queued, "controllers stopped; writing the queued statuses");
+                tracing::info!(queued, "writing the queued statuses");
             }
             ctx.statuses.idle().await;
         }

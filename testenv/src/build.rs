@@ -1,5 +1,6 @@
 //! Builds the environment's binaries from the wrapper Go modules in `testenv/go/` and caches
-//! them by version (plus a hash of the wrapper's go.mod and go.sum) under [`crate::cache_dir`].
+//! them by version (plus a hash of the wrapper's go.mod, go.sum and Go sources) under
+//! [`crate::cache_dir`].
 
 use std::{
     fs,
@@ -36,7 +37,8 @@ pub struct Component {
     pub tags: &'static str,
 }
 
-/// kube-apiserver, kube-controller-manager and etcd.
+/// kube-apiserver, kube-controller-manager, etcd and kubectl; kube-scheduler and the kubelet for
+/// the node.
 pub const KUBERNETES: Component = Component {
     name: "kubernetes",
     version: versions::KUBERNETES,
@@ -56,6 +58,14 @@ pub const KUBERNETES: Component = Component {
         Binary {
             package: "k8s.io/kubernetes/cmd/kubectl",
             name: "kubectl",
+        },
+        Binary {
+            package: "k8s.io/kubernetes/cmd/kube-scheduler",
+            name: "kube-scheduler",
+        },
+        Binary {
+            package: "k8s.io/kubernetes/cmd/kubelet",
+            name: "kubelet",
         },
     ],
     cgo: false,
@@ -86,8 +96,21 @@ pub const HELM: Component = Component {
     tags: "",
 };
 
+/// The node's sandbox ("pause") program: our own source in `testenv/go/pause`, packaged as the
+/// image [`crate::image::PAUSE_IMAGE`].
+pub const PAUSE: Component = Component {
+    name: "pause",
+    version: versions::PAUSE,
+    binaries: &[Binary {
+        package: "kratos-operator.dev/testenv/pause",
+        name: "pause",
+    }],
+    cgo: false,
+    tags: "",
+};
+
 /// Every component, in build order (the slowest first, so a failure shows early).
-pub const ALL: [Component; 3] = [KUBERNETES, KRATOS, HELM];
+pub const ALL: [Component; 4] = [KUBERNETES, KRATOS, HELM, PAUSE];
 
 impl Component {
     /// The wrapper module's directory in the repository.
@@ -104,6 +127,12 @@ impl Component {
         for file in ["go.mod", "go.sum"] {
             // A missing go.sum only changes the key; the build reports the real problem.
             hasher.update(fs::read(self.module_dir().join(file)).unwrap_or_default());
+        }
+        // The module's own Go files: tools.go of the wrappers, the whole program of pause.
+        for (name, content) in go_sources(&self.module_dir()) {
+            hasher.update(name.as_bytes());
+            hasher.update((content.len() as u64).to_le_bytes());
+            hasher.update(content);
         }
         for binary in self.binaries {
             hasher.update(binary.package.as_bytes());
@@ -223,6 +252,26 @@ impl Component {
             .map_err(io_err(format!("moving build into {}", out.display())))?;
         Ok(started.elapsed())
     }
+}
+
+/// The `*.go` files directly in a module directory, sorted by name, with their contents. An
+/// unreadable directory gives none: the build then reports the real problem.
+fn go_sources(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(String, Vec<u8>)> = entries
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let name = path.file_name()?.to_str()?.to_string();
+            if !name.ends_with(".go") || !path.is_file() {
+                return None;
+            }
+            Some((name, fs::read(&path).unwrap_or_default()))
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// Path of a binary of the environment, failing with the command that builds it.

@@ -28,8 +28,9 @@ pub mod files {
     pub const SA_PUB: &str = "sa.pub";
 }
 
-/// Writes a fresh PKI into `dir`.
-pub fn generate(dir: &Path) -> Result<()> {
+/// Writes a fresh PKI into `dir`. The serving certificate is valid for loopback and for
+/// `extra_ips` (the node's bridge address, where pods reach the API server).
+pub fn generate(dir: &Path, extra_ips: &[std::net::Ipv4Addr]) -> Result<()> {
     fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
 
     let ca_key = KeyPair::generate()?;
@@ -47,13 +48,15 @@ pub fn generate(dir: &Path) -> Result<()> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let serving_key = KeyPair::generate()?;
-    let mut serving = CertificateParams::new(vec![
+    let mut names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "kubernetes".to_string(),
         "kubernetes.default".to_string(),
         "kubernetes.default.svc".to_string(),
-    ])?;
+    ];
+    names.extend(extra_ips.iter().map(ToString::to_string));
+    let mut serving = CertificateParams::new(names)?;
     serving
         .distinguished_name
         .push(DnType::CommonName, "kube-apiserver");

@@ -17,6 +17,7 @@ use crate::{
     certs::{self, files},
     io_err,
     kratos::{KratosInstance, KratosOptions},
+    node::{self, NodeState},
     process::{self, ProcessRecord},
     versions,
 };
@@ -50,6 +51,9 @@ pub struct State {
     pub kratos_version: String,
     /// The processes, in start order.
     pub processes: Vec<ProcessRecord>,
+    /// The node, once [`Environment::ensure_node`] started it.
+    #[serde(default)]
+    pub node: Option<NodeState>,
 }
 
 /// A running environment.
@@ -152,7 +156,10 @@ impl Environment {
         let pki = dir.join("pki");
         let logs = dir.join("logs");
         fs::create_dir_all(&logs).map_err(io_err("creating logs dir"))?;
-        certs::generate(&pki)?;
+        // The serving certificate also names the `kubernetes` Service address pods use, should a
+        // node start; the Service range is the environment's own (see crate::node).
+        let (_, net) = node::addresses(dir);
+        certs::generate(&pki, &[net.apiserver_service_ip, net.host_ip])?;
 
         let mut processes = Vec::new();
         let result = Self::start_processes(
@@ -192,6 +199,7 @@ impl Environment {
         etcd_bin: &Path,
         processes: &mut Vec<ProcessRecord>,
     ) -> Result<State> {
+        let (_, net) = node::addresses(dir);
         // etcd: data on tmpfs when there is one (fsync-free and fast), else in the env dir.
         let etcd_data = etcd_data_dir(dir);
         if etcd_data.exists() {
@@ -242,11 +250,18 @@ impl Environment {
                 format!("--service-account-issuer={apiserver_url}"),
                 format!("--service-account-key-file={}", p(files::SA_PUB)),
                 format!("--service-account-signing-key-file={}", p(files::SA_KEY)),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                format!(
+                    "--service-cluster-ip-range={}",
+                    node::cidr(net.service_range)
+                ),
                 "--authorization-mode=RBAC".into(),
                 "--allow-privileged=true".into(),
-                "--disable-admission-plugins=ServiceAccount".into(),
                 "--endpoint-reconciler-type=none".into(),
+                // Logs and exec reach the node's kubelet at its address on the bridge, with the
+                // admin certificate; never through a DNS lookup of the node's name.
+                "--kubelet-preferred-address-types=InternalIP".into(),
+                format!("--kubelet-client-certificate={}", p(files::ADMIN_CERT)),
+                format!("--kubelet-client-key={}", p(files::ADMIN_KEY)),
                 "--profiling=false".into(),
                 format!("--cert-dir={}", pki.display()),
             ],
@@ -268,7 +283,16 @@ impl Environment {
             kcm_bin,
             &[
                 format!("--kubeconfig={}", kubeconfig.display()),
-                "--controllers=garbage-collector-controller,namespace-controller".into(),
+                // What the node's workloads need besides garbage collection and namespace
+                // deletion: default ServiceAccounts and the CA ConfigMap (every pod mounts a
+                // token and the CA), Deployments, ReplicaSets and PodDisruptionBudgets, and the
+                // node lifecycle (it lifts the not-ready taint a new node registers with).
+                "--controllers=garbage-collector-controller,namespace-controller,\
+                 serviceaccount-controller,root-ca-certificate-publisher-controller,\
+                 deployment-controller,replicaset-controller,disruption-controller,\
+                 node-lifecycle-controller"
+                    .into(),
+                format!("--root-ca-file={}", p(files::CA_CERT)),
                 "--leader-elect=false".into(),
                 "--use-service-account-credentials=false".into(),
                 "--secure-port=0".into(),
@@ -299,6 +323,7 @@ impl Environment {
             kubernetes_version: versions::KUBERNETES.into(),
             kratos_version: versions::KRATOS.into(),
             processes: processes.clone(),
+            node: None,
         })
     }
 
@@ -384,14 +409,89 @@ impl Environment {
         self.write_state()
     }
 
-    /// The `export` lines a shell can `eval`.
+    /// The `export` lines a shell can `eval`; with a node, also where pods reach Kratos.
     pub fn env_lines(&self) -> String {
-        format!(
+        let mut lines = format!(
             "export KUBECONFIG={}\nexport KRATOS_ADMIN_URL={}\nexport KRATOS_PUBLIC_URL={}\n",
             self.state.kubeconfig.display(),
             self.state.kratos_admin_url,
             self.state.kratos_public_url
-        )
+        );
+        if let Some(node) = &self.state.node {
+            lines.push_str(&format!(
+                "export KRATOS_ADMIN_URL_FROM_PODS={}\nexport KRATOS_PUBLIC_URL_FROM_PODS={}\nexport CONTAINERD_ADDRESS={}\n",
+                node.kratos_admin_url_from_pods,
+                node.kratos_public_url_from_pods,
+                node.containerd_socket.display()
+            ));
+        }
+        lines
+    }
+
+    /// Starts the node of the environment in `dir` unless it runs (see [`crate::node`]), and
+    /// returns the environment with it. The environment itself must run.
+    pub fn ensure_node(dir: &Path) -> Result<Self> {
+        let _lock = lock(dir)?;
+        let Some(mut env) = Self::attach(dir)? else {
+            return Err(Error::NotReady {
+                component: "environment".into(),
+                message: "it is not running; start it with `cargo xtask testenv up`".into(),
+                log: dir.join("logs"),
+                log_tail: String::new(),
+            });
+        };
+        let running = |name: &str| {
+            env.state
+                .processes
+                .iter()
+                .any(|p| p.name == name && p.is_running())
+        };
+        if env.state.node.is_some() && node::PROCESSES.iter().all(|n| running(n)) {
+            return Ok(env);
+        }
+        env.stop_node();
+        let port = |url: &str| -> Result<(std::net::Ipv4Addr, u16)> {
+            let port = url
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.trim_end_matches('/').parse().ok());
+            port.map(|p| (std::net::Ipv4Addr::LOCALHOST, p))
+                .ok_or_else(|| Error::State {
+                    path: dir.join(STATE_FILE),
+                    message: format!("no port in {url}"),
+                })
+        };
+        let inputs = node::Inputs {
+            dir,
+            kubeconfig: &env.state.kubeconfig,
+            apiserver_port: port(&env.state.apiserver_url)?.1,
+            kratos_admin: port(&env.state.kratos_admin_url)?,
+            kratos_public: port(&env.state.kratos_public_url)?,
+        };
+        let mut started = Vec::new();
+        match node::start(&inputs, &mut started) {
+            Ok(state) => {
+                env.state.processes.extend(started);
+                env.state.node = Some(state);
+                env.write_state()?;
+                Ok(env)
+            }
+            Err(e) => {
+                env.state.processes.extend(started);
+                env.stop_node();
+                let _ = env.write_state();
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the node's processes and removes what it left on the host.
+    fn stop_node(&mut self) {
+        stop_node_processes(&self.dir, &self.state);
+        self.state
+            .processes
+            .retain(|p| !node::PROCESSES.contains(&p.name.as_str()));
+        self.state.node = None;
     }
 }
 
@@ -409,6 +509,7 @@ fn stop_recorded(dir: &Path) -> Vec<String> {
         .ok()
         .and_then(|t| serde_json::from_str::<State>(&t).ok())
     {
+        stopped.extend(stop_node_processes(dir, &state));
         for p in state.processes.iter().rev() {
             if p.is_running() {
                 p.stop(Duration::from_secs(10));
@@ -418,6 +519,29 @@ fn stop_recorded(dir: &Path) -> Vec<String> {
     }
     let _ = fs::remove_file(&path);
     let _ = fs::remove_dir_all(etcd_data_dir(dir));
+    stopped
+}
+
+/// Stops the kubelet and the scheduler, removes the containers (containerd still runs for
+/// that), then stops containerd and the relays and removes the bridge.
+fn stop_node_processes(dir: &Path, state: &State) -> Vec<String> {
+    let mut stopped = Vec::new();
+    let mut stop = |name: &str| {
+        for p in state.processes.iter().filter(|p| p.name == name) {
+            if p.is_running() {
+                p.stop(Duration::from_secs(10));
+                stopped.push(p.name.clone());
+            }
+        }
+    };
+    stop("kube-scheduler");
+    stop("kubelet");
+    node::cleanup(dir);
+    for name in node::PROCESSES.iter().rev() {
+        stop(name);
+    }
+    // Mounts and the bridge once containerd is gone, too.
+    node::cleanup(dir);
     stopped
 }
 

@@ -9,7 +9,9 @@
 pub mod build;
 pub mod certs;
 pub mod env;
+pub mod image;
 pub mod kratos;
+pub mod node;
 mod process;
 
 use std::path::PathBuf;
@@ -28,6 +30,9 @@ pub mod versions {
     pub const KRATOS: &str = "v1.3.1";
     /// Helm release (chart tests).
     pub const HELM: &str = "v3.18.6";
+    /// Our own sandbox program (testenv/go/pause). Its source joins the cache key, so this only
+    /// names the build; bump it when the recipe changes in a way the source does not show.
+    pub const PAUSE: &str = "v1";
 }
 
 /// Everything that can go wrong while building, starting or stopping the environment.
@@ -74,6 +79,14 @@ pub enum Error {
     /// Certificate generation failed.
     #[error("generating certificates: {0}")]
     Certs(#[from] rcgen::Error),
+    /// An OCI image could not be assembled, checked or imported into containerd.
+    #[error("image {image}: {message}")]
+    Image {
+        /// The image name (or the file being packaged).
+        image: String,
+        /// What failed.
+        message: String,
+    },
     /// The state file of a running environment could not be read or written.
     #[error("state file {}: {message}", path.display())]
     State {

@@ -4,6 +4,8 @@
 //!   kube-controller-manager and Ory Kratos on loopback), see the `kratos-operator-testenv` crate.
 //! - `test`: the whole test suite, exactly as CI runs it.
 //! - `demo`: builds and starts the environment and shows how to use it.
+//! - `image`: the operator's container image (or the test node's pause image) as an OCI archive,
+//!   assembled without docker, optionally imported into a containerd.
 
 use std::{
     path::PathBuf,
@@ -14,7 +16,7 @@ use std::{
 use clap::{Parser, Subcommand};
 
 mod bench;
-use kratos_operator_testenv::{Environment, build, env};
+use kratos_operator_testenv::{Environment, build, env, image};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Developer tasks of kratos-operator")]
@@ -42,6 +44,19 @@ enum Task {
     /// Regenerate every generated file: crds/, the chart's crds/ and deploy/base (the tests that
     /// guard them rewrite them in this mode).
     Generate,
+    /// Build the operator's image without docker: a static release binary (glibc,
+    /// crt-static, in target/image) packaged like the Dockerfile's image as the OCI archive
+    /// target/image/kratos-operator-dev.oci.tar (localhost/kratos-operator:dev).
+    Image {
+        /// The test node's pause (sandbox) image instead (localhost/pause:testenv, built from
+        /// testenv/go/pause), as target/image/pause-testenv.oci.tar.
+        #[arg(long)]
+        pause: bool,
+        /// Import the archive into the containerd listening on this socket (namespace k8s.io,
+        /// where the CRI plugin finds it).
+        #[arg(long, value_name = "PATH")]
+        containerd_socket: Option<PathBuf>,
+    },
     /// Measure convergence of N new identities against the Kratos and apiserver floors, the cost
     /// of an idle resync and peak memory; writes docs/benchmarks.md and docs/benchmarks.png.
     Bench {
@@ -71,6 +86,10 @@ enum TestenvAction {
         /// Directory of the environment (default: target/testenv/default or $KRATOS_OPERATOR_TESTENV).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Also start the node (containerd, a kubelet and kube-scheduler; needs root) and load
+        /// the operator's image into it.
+        #[arg(long)]
+        node: bool,
     },
     /// Stop exactly the processes `up` started.
     Down {
@@ -99,6 +118,10 @@ fn main() -> ExitCode {
         Task::Test { cargo_args } => test(&cargo_args),
         Task::Demo => demo(),
         Task::Generate => generate(),
+        Task::Image {
+            pause,
+            containerd_socket,
+        } => image_cmd(pause, containerd_socket.as_deref()),
         Task::Bench {
             sizes,
             no_baseline,
@@ -113,6 +136,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Where `cargo xtask demo` installs the chart.
+const DEMO_RELEASE_NAMESPACE: &str = "kratos-operator";
 
 fn dir_or_default(dir: Option<PathBuf>) -> PathBuf {
     dir.unwrap_or_else(env::default_dir)
@@ -143,10 +169,13 @@ fn build_all(force: bool) -> Result<(), String> {
 fn testenv(action: TestenvAction) -> Result<(), String> {
     match action {
         TestenvAction::Build { force } => build_all(force),
-        TestenvAction::Up { dir } => {
+        TestenvAction::Up { dir, node } => {
             let dir = dir_or_default(dir);
             let started = Instant::now();
-            let env = Environment::up(&dir).map_err(|e| e.to_string())?;
+            let mut env = Environment::up(&dir).map_err(|e| e.to_string())?;
+            if node {
+                env = node_with_image(&dir)?;
+            }
             eprintln!(
                 "testenv: up in {:.1?} ({})",
                 started.elapsed(),
@@ -290,19 +319,32 @@ fn test(cargo_args: &[String]) -> Result<(), String> {
         if was_running { "reused" } else { "started" },
         env.dir.display()
     );
-    let result = cargo_test(cargo_args);
+    // The node and the operator's image (a static release build: the release build the
+    // Dockerfile ships, checked here too) for tests/node.rs.
+    let result = node_with_image(&dir).and_then(|_| cargo_test(cargo_args));
     if !was_running {
         let _ = env::down(&dir);
     }
     let (passed, failed) = result?;
-    // The static release binary the Dockerfile packages.
-    let result = cargo(
-        &["build", "--release", "--locked", "--bin", "kratos-operator"],
-        &[],
-    );
     eprintln!("xtask: test command took {:.1?}", started.elapsed());
     println!("tests: {passed} passed, {failed} failed");
-    result
+    Ok(())
+}
+
+/// Starts the node of the environment in `dir` (unless it runs) and loads the operator's image
+/// into it, building the image when its sources changed.
+fn node_with_image(dir: &std::path::Path) -> Result<Environment, String> {
+    let started = Instant::now();
+    let env = Environment::ensure_node(dir).map_err(|e| e.to_string())?;
+    let socket = env
+        .state
+        .node
+        .as_ref()
+        .map(|n| n.containerd_socket.clone())
+        .ok_or("the node did not start")?;
+    eprintln!("xtask: node up in {:.1?}", started.elapsed());
+    image_cmd(false, Some(&socket))?;
+    Ok(env)
 }
 
 fn kubectl(env: &Environment, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
@@ -363,6 +405,56 @@ fn generate() -> Result<(), String> {
     Ok(())
 }
 
+fn image_cmd(pause: bool, containerd_socket: Option<&std::path::Path>) -> Result<(), String> {
+    let started = Instant::now();
+    let out_dir = kratos_operator_testenv::repo_root()
+        .join("target")
+        .join("image");
+    let (binary, size, written) = if pause {
+        let took = build::PAUSE.build(false).map_err(|e| e.to_string())?;
+        if !took.is_zero() {
+            eprintln!("xtask: built pause in {took:.1?}");
+        }
+        let spec = image::pause_spec().map_err(|e| e.to_string())?;
+        let written = image::write_oci_archive(&spec, &out_dir.join(image::PAUSE_ARCHIVE))
+            .map_err(|e| e.to_string())?;
+        let binary = build::PAUSE.binary("pause").map_err(|e| e.to_string())?;
+        let size = std::fs::metadata(&binary)
+            .map_err(|e| format!("reading {}: {e}", binary.display()))?
+            .len();
+        (binary, size, written)
+    } else {
+        let built = image::build_static_operator(&out_dir).map_err(|e| e.to_string())?;
+        eprintln!("xtask: {} (static, runs)", built.version);
+        let written =
+            image::operator_archive(&built.binary, &out_dir).map_err(|e| e.to_string())?;
+        (built.binary, built.size, written)
+    };
+    println!("image    {}", written.name);
+    println!("digest   {}", written.digest);
+    println!("config   {}", written.config_digest);
+    println!(
+        "binary   {} ({:.1} MiB)",
+        binary.display(),
+        size as f64 / (1024.0 * 1024.0)
+    );
+    println!(
+        "archive  {} ({:.1} MiB)",
+        written.archive.display(),
+        written.archive_size as f64 / (1024.0 * 1024.0)
+    );
+    if let Some(socket) = containerd_socket {
+        image::import(socket, &written.archive).map_err(|e| e.to_string())?;
+        println!(
+            "imported into {} (namespace {})",
+            socket.display(),
+            image::CRI_NAMESPACE
+        );
+    }
+    eprintln!("xtask: image took {:.1?}", started.elapsed());
+    Ok(())
+}
+
 fn bench_cmd(sizes: &[usize], baseline: bool, passwords: bool) -> Result<(), String> {
     build_all(false)?;
     cargo(
@@ -392,74 +484,78 @@ fn bench_cmd(sizes: &[usize], baseline: bool, passwords: bool) -> Result<(), Str
     Ok(())
 }
 
-/// The README's run command: the environment, the CRDs, the operator and the examples.
+/// The README's run command: the environment with its node, the operator installed with the
+/// chart as users run it (a pod), and the examples.
 fn demo() -> Result<(), String> {
     build_all(false)?;
     let dir = env::default_dir();
-    let mut env = Environment::up(&dir).map_err(|e| e.to_string())?;
-    cargo(&["build", "--quiet", "--bin", "kratos-operator"], &[])?;
+    Environment::up(&dir).map_err(|e| e.to_string())?;
+    let env = node_with_image(&dir)?;
     let root = kratos_operator_testenv::repo_root();
-    let operator = root.join("target").join("debug").join("kratos-operator");
-
-    let crds = Command::new(&operator)
-        .arg("crds")
-        .output()
-        .map_err(|e| format!("running the operator: {e}"))?;
-    kubectl(
-        &env,
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=kratos-operator-demo",
-            "-f",
-            "-",
-        ],
-        Some(&String::from_utf8_lossy(&crds.stdout)),
-    )?;
-    kubectl(
-        &env,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "--all",
-        ],
-        None,
-    )?;
+    let node = env.state.node.clone().ok_or("the node did not start")?;
     let ns = "demo";
-    let ns_yaml = kubectl(
-        &env,
-        &["create", "namespace", ns, "--dry-run=client", "-o", "yaml"],
-        None,
-    )?;
-    kubectl(&env, &["apply", "-f", "-"], Some(&ns_yaml))?;
-
-    let started = env
-        .start_process(
-            "kratos-operator",
-            &operator,
-            &[],
+    for namespace in [ns, DEMO_RELEASE_NAMESPACE] {
+        let yaml = kubectl(
+            &env,
             &[
-                ("KUBECONFIG", env.state.kubeconfig.display().to_string()),
-                ("KRATOS_ADMIN_URL", env.state.kratos_admin_url.clone()),
-                ("KRATOS_PUBLIC_URL", env.state.kratos_public_url.clone()),
-                ("METRICS_ADDR", "127.0.0.1:0".to_string()),
-                ("RESYNC_INTERVAL", "30s".to_string()),
-                // Only the demo namespace: tests share this environment and run operators of
-                // their own in their namespaces.
-                ("WATCH_NAMESPACE", ns.to_string()),
+                "create",
+                "namespace",
+                namespace,
+                "--dry-run=client",
+                "-o",
+                "yaml",
             ],
-        )
-        .map_err(|e| e.to_string())?;
-    println!(
-        "operator {} (log: {}/logs/kratos-operator.log)",
-        if started {
-            "started"
-        } else {
-            "already running"
-        },
-        dir.display()
+            None,
+        )?;
+        kubectl(&env, &["apply", "-f", "-"], Some(&yaml))?;
+    }
+    // The demo's operator watches only the demo namespace: tests share this environment and
+    // run operators of their own in their namespaces.
+    let chart = root.join("charts").join("kratos-operator");
+    let helm = build::HELM.binary("helm").map_err(|e| e.to_string())?;
+    let helm_home = root.join("target").join("helm-home");
+    let out = Command::new(helm)
+        .env("KUBECONFIG", &env.state.kubeconfig)
+        .env("HELM_CACHE_HOME", helm_home.join("cache"))
+        .env("HELM_CONFIG_HOME", helm_home.join("config"))
+        .env("HELM_DATA_HOME", helm_home.join("data"))
+        .args([
+            "upgrade",
+            "--install",
+            "--wait",
+            "--timeout",
+            "180s",
+            "--namespace",
+            DEMO_RELEASE_NAMESPACE,
+            "kratos-operator",
+        ])
+        .arg(&chart)
+        .arg("-f")
+        .arg(chart.join("ci").join("testenv-values.yaml"))
+        .args([
+            "--set",
+            &format!("kratos.adminUrl={}", node.kratos_admin_url_from_pods),
+            "--set",
+            &format!("kratos.publicUrl={}", node.kratos_public_url_from_pods),
+            "--set",
+            &format!("watchNamespaces={{{ns}}}"),
+        ])
+        .output()
+        .map_err(|e| format!("running helm: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "helm install failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    println!("\n$ kubectl get pods -n {DEMO_RELEASE_NAMESPACE} -o wide");
+    print!(
+        "{}",
+        kubectl(
+            &env,
+            &["get", "pods", "-n", DEMO_RELEASE_NAMESPACE, "-o", "wide"],
+            None
+        )?
     );
 
     let examples = root.join("deploy").join("examples");
@@ -490,8 +586,7 @@ fn demo() -> Result<(), String> {
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "the example identities did not become Ready: {ready}; see {}/logs/kratos-operator.log",
-                dir.display()
+                "the example identities did not become Ready: {ready}; see `kubectl logs -n {DEMO_RELEASE_NAMESPACE} deploy/kratos-operator`"
             ));
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
@@ -550,6 +645,8 @@ fn demo() -> Result<(), String> {
     }
     println!("\nThe environment and the operator keep running. Use them from a shell with:\n");
     print!("{}", env.env_lines());
-    println!("\nStop everything with `cargo xtask testenv down`.");
+    println!(
+        "\nThe operator's log: kubectl logs -n {DEMO_RELEASE_NAMESPACE} deploy/kratos-operator\nStop everything with `cargo xtask testenv down`."
+    );
     Ok(())
 }

@@ -1,0 +1,522 @@
+//! The chart as users run it: pods on the environment's node (containerd, runc, a kubelet and
+//! kube-scheduler), installed, upgraded, failed over, evicted, restarted under load and
+//! uninstalled with Helm. The image is the one `cargo xtask image` builds and loads into the
+//! node (`cargo xtask test` does both before the tests).
+//!
+//! Each test installs a release of its own in namespace mode (`watchNamespaces` = its own
+//! namespace), so its admission policies and its operator touch nothing of the other tests that
+//! share the environment.
+
+// Test code: panicking on unexpected results is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod chart_support;
+mod support;
+
+use std::{
+    collections::HashSet,
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use chart_support::{chart_dir, describe, helm_command, kubectl, run};
+use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease, core::v1::Pod};
+use kratos_operator::api::Identity;
+use kratos_operator_testenv::{Environment, env::default_dir};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams},
+};
+use support::{TestEnv, eventually, kratos_client, setup, wait_ready};
+
+const T: Duration = Duration::from_secs(180);
+
+/// The node of the shared environment, started if needed.
+async fn node_env() -> Environment {
+    tokio::task::spawn_blocking(|| Environment::ensure_node(&default_dir()))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the node does not start: {e}"))
+}
+
+struct Release<'a> {
+    t: &'a TestEnv,
+    env: Environment,
+    name: String,
+}
+
+impl<'a> Release<'a> {
+    fn new(t: &'a TestEnv, env: Environment) -> Self {
+        let image = env.state.node.as_ref().unwrap().containerd_socket.clone();
+        // The image must be in the node: `cargo xtask image` puts it there.
+        let images = run(
+            {
+                let mut c = std::process::Command::new("ctr");
+                c.args([
+                    "--address",
+                    &image.display().to_string(),
+                    "-n",
+                    "k8s.io",
+                    "images",
+                    "ls",
+                    "-q",
+                ]);
+                c
+            },
+            None,
+        );
+        assert!(
+            String::from_utf8_lossy(&images.stdout).contains("localhost/kratos-operator:dev"),
+            "the operator image is not in the node; run `cargo xtask image` first"
+        );
+        // Cluster-scoped parts (ClusterRoles, admission policies) are named after the release:
+        // one release name per namespace.
+        Self {
+            t,
+            env,
+            name: t.namespace.clone(),
+        }
+    }
+
+    fn helm(&self, args: &[&str]) -> Output {
+        let mut cmd = helm_command();
+        cmd.env("KUBECONFIG", &self.env.state.kubeconfig)
+            .args(["--namespace", &self.t.namespace])
+            .args(args);
+        run(cmd, None)
+    }
+
+    /// `helm upgrade --install --wait` with the testenv values, this namespace only, and `sets`.
+    fn install(&self, sets: &[&str]) -> Duration {
+        let node = self.env.state.node.as_ref().unwrap();
+        let values = chart_dir().join("ci").join("testenv-values.yaml");
+        let mut args = vec![
+            "upgrade".to_string(),
+            "--install".into(),
+            "--wait".into(),
+            "--timeout".into(),
+            "180s".into(),
+            self.name.clone(),
+            chart_dir().display().to_string(),
+            "-f".into(),
+            values.display().to_string(),
+            "--set".into(),
+            format!("kratos.adminUrl={}", node.kratos_admin_url_from_pods),
+            "--set".into(),
+            format!("kratos.publicUrl={}", node.kratos_public_url_from_pods),
+            "--set".into(),
+            format!("watchNamespaces={{{}}}", self.t.namespace),
+        ];
+        for s in sets {
+            args.push("--set".into());
+            args.push((*s).to_string());
+        }
+        let started = Instant::now();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.helm(&refs);
+        let took = started.elapsed();
+        assert!(
+            out.status.success(),
+            "helm {sets:?} failed after {took:?}: {}\n{}",
+            describe(&out),
+            self.pods_report()
+        );
+        took
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        let mut cmd = std::process::Command::new(kubectl());
+        cmd.env("KUBECONFIG", &self.env.state.kubeconfig)
+            .args(["--namespace", &self.t.namespace])
+            .args(args);
+        run(cmd, None)
+    }
+
+    /// Pods, events and the operator's logs, for failure messages.
+    fn pods_report(&self) -> String {
+        let pods = self.kubectl(&["get", "pods", "-o", "wide"]);
+        let events = self.kubectl(&["get", "events", "--sort-by=.lastTimestamp"]);
+        let logs = self.kubectl(&[
+            "logs",
+            "-l",
+            "app.kubernetes.io/name=kratos-operator",
+            "--tail=30",
+            "--all-containers",
+        ]);
+        format!(
+            "{}\n{}\n{}",
+            String::from_utf8_lossy(&pods.stdout),
+            String::from_utf8_lossy(&events.stdout),
+            String::from_utf8_lossy(&logs.stdout)
+        )
+    }
+
+    /// Follows a pod's log into a file (for failure messages) until the pod ends.
+    fn follow_logs(&self, pod: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("{}-{pod}.log", self.t.namespace));
+        let file = std::fs::File::create(&path).unwrap();
+        let mut child = std::process::Command::new(kubectl())
+            .env("KUBECONFIG", &self.env.state.kubeconfig)
+            .args(["--namespace", &self.t.namespace, "logs", "-f", pod])
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        // kubectl ends with the pod; reap it then.
+        std::thread::spawn(move || child.wait());
+        path
+    }
+
+    /// Asks the API to evict `pod`, as `kubectl drain` does (a policy/v1 Eviction).
+    fn evict(&self, pod: &str) -> Output {
+        let body = serde_json::json!({
+            "apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": { "name": pod, "namespace": self.t.namespace },
+        });
+        let mut cmd = std::process::Command::new(kubectl());
+        cmd.env("KUBECONFIG", &self.env.state.kubeconfig).args([
+            "create",
+            "--raw",
+            &format!(
+                "/api/v1/namespaces/{}/pods/{pod}/eviction",
+                self.t.namespace
+            ),
+            "-f",
+            "-",
+        ]);
+        run(cmd, Some(&body.to_string()))
+    }
+
+    fn deployment(&self) -> String {
+        format!("{}-kratos-operator", self.name)
+    }
+
+    async fn operator_pods(&self) -> Vec<Pod> {
+        Api::<Pod>::namespaced(self.t.client.clone(), &self.t.namespace)
+            .list(&ListParams::default().labels("app.kubernetes.io/name=kratos-operator"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect()
+    }
+
+    async fn ready_pods(&self) -> Vec<String> {
+        self.operator_pods()
+            .await
+            .into_iter()
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .map(|p| p.name_any())
+            .collect()
+    }
+
+    async fn lease_holder(&self) -> Option<String> {
+        Api::<Lease>::namespaced(self.t.client.clone(), &self.t.namespace)
+            .get_opt(kratos_operator::leader::LEASE_NAME)
+            .await
+            .ok()??
+            .spec?
+            .holder_identity
+            .filter(|h| !h.is_empty())
+    }
+}
+
+fn identity(name: &str, email: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
+        "metadata": { "name": name },
+        "spec": { "schemaId": "customer", "traits": { "email": email } }
+    })
+}
+
+/// Install with the defaults, Identities Ready through the pod; upgrades with one replica and
+/// with two; a deleted (SIGTERM'd) leader hands over at once; the PodDisruptionBudget holds;
+/// uninstall leaves the managed objects and a reinstall finishes what was left.
+#[tokio::test]
+async fn the_chart_runs_as_pods_through_install_upgrade_failover_eviction_and_uninstall() {
+    let t = setup("node-chart").await;
+    let env = node_env().await;
+    let r = Release::new(&t, env);
+
+    // Install with the defaults (one replica, leader election on) plus the node's values.
+    let took = r.install(&[]);
+    eprintln!("helm install --wait: {took:?}");
+    // Identities of this namespace's own (Kratos is shared with the other tests and the demo).
+    for name in ["alice", "bob"] {
+        let email = format!("{name}.{}@example.com", t.namespace);
+        support::apply::<Identity>(&t, identity(name, &email)).await;
+    }
+    for name in ["alice", "bob"] {
+        wait_ready::<Identity>(&t, name, "True", Some("Synced"), T).await;
+    }
+    let alice: Identity = Api::namespaced(t.client.clone(), &t.namespace)
+        .get("alice")
+        .await
+        .unwrap();
+    let alice_id = alice.status.unwrap().identity_id.unwrap();
+
+    // Upgrades wait for the new pod and complete: one replica, then two.
+    let took = r.install(&["podAnnotations.rollout=one"]);
+    eprintln!("helm upgrade --wait, 1 replica: {took:?}");
+    let took = r.install(&["replicas=2", "podAnnotations.rollout=two"]);
+    eprintln!("helm upgrade --wait, 2 replicas: {took:?}");
+    let deployment: Deployment = Api::namespaced(t.client.clone(), &t.namespace)
+        .get(&r.deployment())
+        .await
+        .unwrap();
+    assert_eq!(
+        deployment.status.unwrap().ready_replicas,
+        Some(2),
+        "both replicas are Ready, the follower too"
+    );
+
+    // The leader's pod is deleted: SIGTERM, a prompt exit, the Lease released, the follower
+    // leads long before the Lease (15 s) would expire.
+    let leader = eventually("a leader", T, || r.lease_holder()).await;
+    let pods: Api<Pod> = Api::namespaced(t.client.clone(), &t.namespace);
+    let leader_log = r.follow_logs(&leader);
+    let started = Instant::now();
+    pods.delete(&leader, &DeleteParams::default())
+        .await
+        .unwrap();
+    let successor = eventually("another pod to lead", T, || async {
+        r.lease_holder().await.filter(|h| *h != leader)
+    })
+    .await;
+    let handover = started.elapsed();
+    eventually("the old leader's pod to be gone", T, || async {
+        pods.get_opt(&leader).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let stopped = started.elapsed();
+    eprintln!(
+        "leader pod deleted: successor {successor} leads after {handover:?}, pod gone after {stopped:?}"
+    );
+    assert!(
+        handover < Duration::from_secs(10),
+        "handover took {handover:?}"
+    );
+    assert!(
+        stopped < Duration::from_secs(15),
+        "the pod took {stopped:?} to stop; its log:\n{}",
+        std::fs::read_to_string(&leader_log).unwrap_or_default()
+    );
+    let log = r.kubectl(&["logs", &successor, "--tail=200"]);
+    assert!(
+        String::from_utf8_lossy(&log.stdout).contains("became leader"),
+        "{}",
+        describe(&log)
+    );
+
+    // Evictions honour the PodDisruptionBudget (maxUnavailable 1): with two Ready pods one may
+    // go; the second is refused while the first's replacement is not Ready.
+    // The budget's status must describe these two pods (no pod of the handover terminating).
+    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(t.client.clone(), &t.namespace);
+    eventually(
+        "two Ready pods, nothing terminating, and a budget that allows one disruption",
+        T,
+        || async {
+            let all = Api::<Pod>::namespaced(t.client.clone(), &t.namespace)
+                .list(&ListParams::default().labels("app.kubernetes.io/name=kratos-operator"))
+                .await
+                .ok()?;
+            let status = pdbs.get(&r.deployment()).await.ok()?.status?;
+            (all.items.len() == 2
+                && r.ready_pods().await.len() == 2
+                && status.current_healthy == 2
+                && status.expected_pods == 2
+                && status.disruptions_allowed == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    let ready = r.ready_pods().await;
+    let before = r.pods_report();
+    let out = r.evict(&ready[0]);
+    assert!(
+        out.status.success(),
+        "the first eviction is allowed: {}",
+        describe(&out)
+    );
+    // While the budget is spent (the replacement is not Ready yet), the other pod stays.
+    let spent = pdbs
+        .get(&r.deployment())
+        .await
+        .unwrap()
+        .status
+        .is_some_and(|s| s.disruptions_allowed == 0);
+    assert!(spent, "the first eviction spends the budget");
+    let refused = r.evict(&ready[1]);
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("TooManyRequests"),
+        "the second eviction must be refused with 429: {}\nbefore:\n{before}\nafter:\n{}",
+        describe(&refused),
+        r.pods_report()
+    );
+    eventually("two Ready pods again", T, || async {
+        (r.ready_pods().await.len() == 2).then_some(())
+    })
+    .await;
+
+    // Uninstall with managed objects left: Helm removes the operator, not the CRDs and not the
+    // Identities; their Kratos identities stay. A deleted Identity then waits on its finalizer
+    // until an operator runs again, and a reinstall finishes the deletion.
+    let out = r.helm(&["uninstall", &r.name, "--wait", "--timeout", "120s"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    // The garbage collector removes the pods after the Deployment.
+    eventually("the operator's pods to be gone", T, || async {
+        r.operator_pods().await.is_empty().then_some(())
+    })
+    .await;
+    let identities: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
+    let left = identities.list(&ListParams::default()).await.unwrap();
+    assert!(left.items.len() >= 2, "the Identities stay");
+    let k = kratos_client(&t.kratos_admin_url, &t.kratos_public_url);
+    assert!(
+        k.get_identity(&alice_id, &[]).await.is_ok(),
+        "alice stays in Kratos"
+    );
+    identities
+        .delete("alice", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Nothing runs that could remove the finalizer: the object waits (an observation window).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = identities.get("alice").await.unwrap();
+    assert!(waiting.metadata.deletion_timestamp.is_some());
+    assert!(k.get_identity(&alice_id, &[]).await.is_ok());
+    r.install(&[]);
+    eventually("alice's deletion to finish", T, || async {
+        identities
+            .get_opt("alice")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("alice to be gone from Kratos", T, || async {
+        k.get_identity(&alice_id, &[]).await.is_err().then_some(())
+    })
+    .await;
+
+    // Leave nothing with a finalizer behind, then remove the release.
+    let out = r.kubectl(&[
+        "delete",
+        "identities",
+        "--all",
+        "--wait=true",
+        "--timeout=120s",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = r.helm(&["uninstall", &r.name, "--wait"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    t.cleanup().await;
+}
+
+/// `kubectl rollout restart` while 1,000 Identities are being created: every one ends Ready
+/// with exactly one Kratos identity.
+#[tokio::test]
+async fn a_rollout_restart_during_a_bulk_create_loses_and_duplicates_nothing() {
+    const N: usize = 1000;
+    let t = setup("node-restart").await;
+    let env = node_env().await;
+    let r = Release::new(&t, env);
+    r.install(&["replicas=2"]);
+    let identities: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
+    let emails: Vec<String> = (0..N)
+        .map(|i| format!("bulk-{i}.{}@example.com", t.namespace))
+        .collect();
+    // A third is applied, the Deployment restarted, and the rest applied while it rolls.
+    let apply_range = |range: std::ops::Range<usize>| {
+        let t = &t;
+        let emails = &emails;
+        futures::StreamExt::buffer_unordered(
+            futures::stream::iter(range.map(move |i| async move {
+                support::apply::<Identity>(t, identity(&format!("bulk-{i}"), &emails[i])).await;
+            })),
+            16,
+        )
+        .collect::<Vec<()>>()
+    };
+    use futures::StreamExt as _;
+    apply_range(0..N / 3).await;
+    let out = r.kubectl(&["rollout", "restart", "deployment", &r.deployment()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    apply_range(N / 3..N).await;
+    let out = r.kubectl(&[
+        "rollout",
+        "status",
+        "deployment",
+        &r.deployment(),
+        "--timeout=180s",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    eventually(
+        "every Identity to be Ready",
+        Duration::from_secs(600),
+        || async {
+            let all = identities.list(&ListParams::default()).await.ok()?;
+            let ready = all
+                .items
+                .iter()
+                .filter(|i| {
+                    i.status.as_ref().is_some_and(|s| {
+                        kratos_operator::api::conditions::ready(&s.conditions)
+                            .is_some_and(|c| c.status == "True")
+                    })
+                })
+                .count();
+            (ready == N).then_some(())
+        },
+    )
+    .await;
+    // Exactly one Kratos identity per email, and the ids in status are distinct.
+    let k = kratos_client(&t.kratos_admin_url, &t.kratos_public_url);
+    for email in emails.iter().step_by(37) {
+        let found = k.find_by_credentials_identifier(email).await.unwrap();
+        assert_eq!(found.len(), 1, "{email}: {found:?}");
+    }
+    let all = identities.list(&ListParams::default()).await.unwrap();
+    let ids: HashSet<String> = all
+        .items
+        .iter()
+        .filter_map(|i| i.status.as_ref()?.identity_id.clone())
+        .collect();
+    assert_eq!(ids.len(), N, "one distinct Kratos identity per object");
+    let owned = futures::TryStreamExt::try_collect::<Vec<_>>(k.list_identities(Default::default()))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| {
+            i.metadata_admin
+                .as_ref()
+                .and_then(|m| m.get(kratos_operator::api::UID_MARKER))
+                .is_some()
+                && i.traits["email"]
+                    .as_str()
+                    .is_some_and(|e| e.ends_with(&format!(".{}@example.com", t.namespace)))
+        })
+        .count();
+    assert_eq!(owned, N, "no duplicate was created in Kratos");
+
+    let out = r.kubectl(&[
+        "delete",
+        "identities",
+        "--all",
+        "--wait=true",
+        "--timeout=300s",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = r.helm(&["uninstall", &r.name, "--wait"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    t.cleanup().await;
+}
