@@ -520,3 +520,75 @@ async fn a_rollout_restart_during_a_bulk_create_loses_and_duplicates_nothing() {
     assert!(out.status.success(), "{}", describe(&out));
     t.cleanup().await;
 }
+
+/// The README's CRD upgrade procedure: a server-side apply of the chart's `crds/` that takes the
+/// fields over from whoever applied them before (Helm's first install, or here the tests), and
+/// lands a changed CRD. The change is an annotation, put back afterwards.
+#[tokio::test]
+async fn crds_are_upgraded_by_the_documented_server_side_apply() {
+    let t = setup("node-crds").await;
+    support::install_crds(&t.client).await;
+    let dir = chart_dir().join("crds");
+    let apply = |yaml: String| {
+        let mut cmd = std::process::Command::new(kubectl());
+        cmd.env("KUBECONFIG", &t.env.state.kubeconfig).args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=kratos-operator-crds",
+            "-f",
+            "-",
+        ]);
+        run(cmd, Some(&yaml))
+    };
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let original: Vec<String> = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    // "A newer release": the same CRDs with one more annotation.
+    let newer: Vec<String> = original
+        .iter()
+        .map(|y| {
+            y.replacen(
+                "metadata:\n",
+                "metadata:\n  annotations:\n    kratos-operator.dev/upgrade-proof: \"1\"\n",
+                1,
+            )
+        })
+        .collect();
+    assert!(newer.iter().zip(&original).all(|(n, o)| n != o));
+    let out = apply(newer.join("\n---\n"));
+    assert!(out.status.success(), "{}", describe(&out));
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(t.client.clone());
+    let identities = crds.get("identities.kratos-operator.dev").await.unwrap();
+    assert_eq!(
+        identities
+            .annotations()
+            .get("kratos-operator.dev/upgrade-proof")
+            .map(String::as_str),
+        Some("1")
+    );
+    let established = identities
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Established" && c.status == "True");
+    assert!(established);
+    // And back: the annotation goes with the field manager's next apply.
+    let out = apply(original.join("\n---\n"));
+    assert!(out.status.success(), "{}", describe(&out));
+    let back = crds.get("identities.kratos-operator.dev").await.unwrap();
+    assert!(
+        !back
+            .annotations()
+            .contains_key("kratos-operator.dev/upgrade-proof")
+    );
+    t.cleanup().await;
+}
