@@ -290,10 +290,7 @@ async fn the_chart_runs_as_pods_through_install_upgrade_failover_eviction_and_un
     })
     .await;
     let handover = started.elapsed();
-    eventually("the old leader's pod to be gone", T, || async {
-        pods.get_opt(&leader).await.unwrap().is_none().then_some(())
-    })
-    .await;
+    support::wait_gone(&pods, &leader, T).await;
     let stopped = started.elapsed();
     eprintln!(
         "leader pod deleted: successor {successor} leads after {handover:?}, pod gone after {stopped:?}"
@@ -394,15 +391,7 @@ async fn the_chart_runs_as_pods_through_install_upgrade_failover_eviction_and_un
     assert!(waiting.metadata.deletion_timestamp.is_some());
     assert!(k.get_identity(&alice_id, &[]).await.is_ok());
     r.install(&[]);
-    eventually("alice's deletion to finish", T, || async {
-        identities
-            .get_opt("alice")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    support::wait_gone(&identities, "alice", T).await;
     eventually("alice to be gone from Kratos", T, || async {
         k.get_identity(&alice_id, &[]).await.is_err().then_some(())
     })

@@ -496,3 +496,14 @@ pub async fn wait_event(
     )
     .await
 }
+
+/// Waits until `name` is gone from `api` (deleted, finalizers done).
+pub async fn wait_gone<K>(api: &Api<K>, name: &str, timeout: Duration)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    eventually(&format!("{name} to be gone"), timeout, || async {
+        api.get_opt(name).await.unwrap().is_none().then_some(())
+    })
+    .await;
+}
