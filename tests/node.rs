@@ -368,9 +368,16 @@ async fn the_chart_runs_as_pods_through_install_upgrade_failover_eviction_and_un
     // until an operator runs again, and a reinstall finishes the deletion.
     let out = r.helm(&["uninstall", &r.name, "--wait", "--timeout", "120s"]);
     assert!(out.status.success(), "{}", describe(&out));
-    // The garbage collector removes the pods after the Deployment.
+    // The garbage collector removes the pods after the Deployment; a terminating pod may still
+    // run its controllers until the kubelet stops it, so wait until no pod is left at all.
     eventually("the operator's pods to be gone", T, || async {
-        r.operator_pods().await.is_empty().then_some(())
+        Api::<Pod>::namespaced(t.client.clone(), &t.namespace)
+            .list(&ListParams::default().labels("app.kubernetes.io/name=kratos-operator"))
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
     })
     .await;
     let identities: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
