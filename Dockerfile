@@ -6,8 +6,9 @@
 #   docker build -t kratos-operator:0.1.0 .
 #
 # The release build this relies on, `cargo build --release --locked --bin kratos-operator`, is the
-# one CI builds; the chart (charts/kratos-operator) runs the image with `run` and a read-only root
-# filesystem.
+# one CI builds, statically against glibc where musl cannot be had (`cargo xtask image` packages it
+# the same way, and the test node runs that image); the chart (charts/kratos-operator) runs the
+# image with `run` and a read-only root filesystem.
 
 ARG RUST_VERSION=1.89
 ARG ALPINE_VERSION=3.22
