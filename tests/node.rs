@@ -124,6 +124,21 @@ impl<'a> Release<'a> {
         took
     }
 
+    /// Deletes every Identity while the operator runs (nothing left with a finalizer), then
+    /// uninstalls the release.
+    fn remove(&self, timeout: &str) {
+        let out = self.kubectl(&[
+            "delete",
+            "identities",
+            "--all",
+            "--wait=true",
+            &format!("--timeout={timeout}"),
+        ]);
+        assert!(out.status.success(), "{}", describe(&out));
+        let out = self.helm(&["uninstall", &self.name, "--wait"]);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+
     fn kubectl(&self, args: &[&str]) -> Output {
         let mut cmd = std::process::Command::new(kubectl());
         cmd.env("KUBECONFIG", &self.env.state.kubeconfig)
@@ -191,15 +206,19 @@ impl<'a> Release<'a> {
         format!("{}-kratos-operator", self.name)
     }
 
-    async fn operator_pods(&self) -> Vec<Pod> {
+    /// The release's pods, terminating ones included.
+    async fn all_operator_pods(&self) -> Vec<Pod> {
         Api::<Pod>::namespaced(self.t.client.clone(), &self.t.namespace)
             .list(&ListParams::default().labels("app.kubernetes.io/name=kratos-operator"))
             .await
             .unwrap()
             .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .collect()
+    }
+
+    async fn operator_pods(&self) -> Vec<Pod> {
+        let mut pods = self.all_operator_pods().await;
+        pods.retain(|p| p.metadata.deletion_timestamp.is_none());
+        pods
     }
 
     async fn ready_pods(&self) -> Vec<String> {
@@ -320,12 +339,9 @@ async fn the_chart_runs_as_pods_through_install_upgrade_failover_eviction_and_un
         "two Ready pods, nothing terminating, and a budget that allows one disruption",
         T,
         || async {
-            let all = Api::<Pod>::namespaced(t.client.clone(), &t.namespace)
-                .list(&ListParams::default().labels("app.kubernetes.io/name=kratos-operator"))
-                .await
-                .ok()?;
+            let all = r.all_operator_pods().await;
             let status = pdbs.get(&r.deployment()).await.ok()?.status?;
-            (all.items.len() == 2
+            (all.len() == 2
                 && r.ready_pods().await.len() == 2
                 && status.current_healthy == 2
                 && status.expected_pods == 2
@@ -371,13 +387,7 @@ async fn the_chart_runs_as_pods_through_install_upgrade_failover_eviction_and_un
     // The garbage collector removes the pods after the Deployment; a terminating pod may still
     // run its controllers until the kubelet stops it, so wait until no pod is left at all.
     eventually("the operator's pods to be gone", T, || async {
-        Api::<Pod>::namespaced(t.client.clone(), &t.namespace)
-            .list(&ListParams::default().labels("app.kubernetes.io/name=kratos-operator"))
-            .await
-            .ok()?
-            .items
-            .is_empty()
-            .then_some(())
+        r.all_operator_pods().await.is_empty().then_some(())
     })
     .await;
     let identities: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
@@ -405,16 +415,7 @@ async fn the_chart_runs_as_pods_through_install_upgrade_failover_eviction_and_un
     .await;
 
     // Leave nothing with a finalizer behind, then remove the release.
-    let out = r.kubectl(&[
-        "delete",
-        "identities",
-        "--all",
-        "--wait=true",
-        "--timeout=120s",
-    ]);
-    assert!(out.status.success(), "{}", describe(&out));
-    let out = r.helm(&["uninstall", &r.name, "--wait"]);
-    assert!(out.status.success(), "{}", describe(&out));
+    r.remove("120s");
     t.cleanup().await;
 }
 
@@ -504,16 +505,7 @@ async fn a_rollout_restart_during_a_bulk_create_loses_and_duplicates_nothing() {
         .count();
     assert_eq!(owned, N, "no duplicate was created in Kratos");
 
-    let out = r.kubectl(&[
-        "delete",
-        "identities",
-        "--all",
-        "--wait=true",
-        "--timeout=300s",
-    ]);
-    assert!(out.status.success(), "{}", describe(&out));
-    let out = r.helm(&["uninstall", &r.name, "--wait"]);
-    assert!(out.status.success(), "{}", describe(&out));
+    r.remove("300s");
     t.cleanup().await;
 }
 

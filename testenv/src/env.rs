@@ -303,11 +303,7 @@ impl Environment {
         )?;
         processes.push(rec.clone());
         // The controller manager serves nothing; give it a moment and make sure it stays up.
-        let mut polls = 0;
-        process::wait_ready(&rec, Some(&mut kcm), Duration::from_secs(10), || {
-            polls += 1;
-            polls > 10
-        })?;
+        process::wait_alive(&rec, &mut kcm)?;
 
         let kratos = KratosInstance::start(&dir.join("kratos"), &KratosOptions::default())?;
         let kratos_admin_url = kratos.admin_url();

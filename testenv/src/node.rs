@@ -353,11 +353,7 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
         &logs.join("kube-scheduler.log"),
     )?;
     processes.push(rec.clone());
-    let mut polls = 0;
-    process::wait_ready(&rec, Some(&mut scheduler), Duration::from_secs(10), || {
-        polls += 1;
-        polls > 10
-    })?;
+    process::wait_alive(&rec, &mut scheduler)?;
 
     Ok(NodeState {
         name: NODE_NAME.into(),

@@ -162,6 +162,15 @@ pub fn wait_ready(
     }
 }
 
+/// For a process that serves nothing to probe: waits about two seconds and fails if it exited.
+pub fn wait_alive(record: &ProcessRecord, child: &mut Child) -> Result<()> {
+    let mut polls = 0;
+    wait_ready(record, Some(child), Duration::from_secs(10), || {
+        polls += 1;
+        polls > 10
+    })
+}
+
 fn not_ready(record: &ProcessRecord, message: String) -> Error {
     Error::NotReady {
         component: record.name.clone(),
