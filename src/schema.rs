@@ -6,6 +6,7 @@ use std::{
     collections::HashMap,
     fmt,
     sync::{Arc, RwLock},
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -181,30 +182,52 @@ fn walk_traits(schema: &Value, prefix: &str, visit: &mut dyn FnMut(&str, &Value)
     }
 }
 
-/// Compiled schemas by Kratos schema id, shared by the controllers.
+/// Compiled schemas by Kratos schema id, shared by the controllers, each with the time it was
+/// last fetched: Kratos can serve a new schema under the same id after a configuration change,
+/// so a reader that nothing else refreshes asks for a fresh one ([`SchemaCache::get_fresh`]).
 #[derive(Clone, Default, Debug)]
 pub struct SchemaCache {
-    inner: Arc<RwLock<HashMap<String, Arc<CompiledSchema>>>>,
+    inner: Arc<RwLock<HashMap<String, Cached>>>,
 }
+
+/// A compiled schema and when it was last fetched.
+type Cached = (Arc<CompiledSchema>, Instant);
 
 impl SchemaCache {
     /// The compiled schema of `id`, if fetched.
     pub fn get(&self, id: &str) -> Option<Arc<CompiledSchema>> {
-        self.inner.read().ok().and_then(|m| m.get(id).cloned())
+        self.inner
+            .read()
+            .ok()
+            .and_then(|m| m.get(id).map(|(s, _)| s.clone()))
     }
 
-    /// Stores a compiled schema; returns true when its digest differs from the one stored before.
+    /// The compiled schema of `id` if it was fetched less than `max_age` ago.
+    pub fn get_fresh(&self, id: &str, max_age: Duration) -> Option<Arc<CompiledSchema>> {
+        self.inner.read().ok().and_then(|m| {
+            m.get(id)
+                .filter(|(_, fetched)| fetched.elapsed() < max_age)
+                .map(|(s, _)| s.clone())
+        })
+    }
+
+    /// Stores a freshly fetched schema; returns true when its digest differs from the one
+    /// stored before.
     pub fn put(&self, schema: CompiledSchema) -> bool {
         let Ok(mut map) = self.inner.write() else {
             return false;
         };
-        let changed = map
-            .get(&schema.id)
-            .is_none_or(|old| old.digest != schema.digest);
-        if changed {
-            map.insert(schema.id.clone(), Arc::new(schema));
+        let now = Instant::now();
+        match map.get_mut(&schema.id) {
+            Some((old, fetched)) if old.digest == schema.digest => {
+                *fetched = now;
+                false
+            }
+            _ => {
+                map.insert(schema.id.clone(), (Arc::new(schema), now));
+                true
+            }
         }
-        changed
     }
 }
 

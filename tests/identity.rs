@@ -709,6 +709,98 @@ async fn kratos_down_reports_unavailable_and_converges_without_duplicates() {
     t.cleanup().await;
 }
 
+/// Flux (with `wait: true`), kpt and `kubectl wait` read objects with kstatus, to which an object
+/// without status is Current: a new Identity must have a status that says InProgress before
+/// Kratos has answered, in the default mode (batched creates) and in the per-object mode.
+#[tokio::test]
+async fn a_new_identity_is_in_progress_for_kstatus_before_kratos_answers() {
+    for per_object in [false, true] {
+        let t = setup("id-kstatus").await;
+        let silent = support::silent_server().await;
+        let mut config = kratos_operator::kratos::ClientConfig::new(silent.parse().unwrap());
+        config.public_url = Some(silent.parse().unwrap());
+        config.request_timeout = Duration::from_secs(600);
+        let kratos = KratosClient::new(config).unwrap();
+        let settings = if per_object {
+            support::per_object_settings(&t.namespace)
+        } else {
+            support::test_settings(&t.namespace)
+        };
+        let _op = support::start_operator_with_client(&t, kratos, settings).await;
+        let names: Vec<String> = (0..10).map(|i| format!("new-{i}")).collect();
+        for name in &names {
+            identity(
+                &t,
+                name,
+                json!({ "schemaId": "customer", "traits": { "email": email(&t, name) } }),
+            )
+            .await;
+        }
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            t.client.clone(),
+            &t.namespace,
+            &kube::api::ApiResource::erase::<Identity>(&()),
+        );
+        for name in &names {
+            eventually(
+                &format!("{name} to be InProgress for kstatus (per-object mode: {per_object})"),
+                T,
+                || async {
+                    let obj = serde_json::to_value(api.get(name).await.ok()?).ok()?;
+                    let ready = obj["status"]["conditions"]
+                        .as_array()?
+                        .iter()
+                        .find(|c| c["type"] == "Ready")?
+                        .clone();
+                    (support::kstatus(&obj) == "InProgress" && ready["reason"] == "Progressing")
+                        .then_some(())
+                },
+            )
+            .await;
+        }
+        t.cleanup().await;
+    }
+}
+
+/// A finalizer removed by hand (a `kubectl patch`, a tool that strips metadata) is put back:
+/// without it, deleting the object would leave its Kratos identity behind.
+#[tokio::test]
+async fn a_finalizer_removed_by_hand_is_put_back_and_deletion_still_reaches_kratos() {
+    use kube::api::{Patch, PatchParams};
+    let t = setup("id-finalizer").await;
+    let _op = start_operator(&t).await;
+    let api: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
+    identity(
+        &t,
+        "fin",
+        json!({ "schemaId": "customer", "traits": { "email": email(&t, "fin") } }),
+    )
+    .await;
+    let id = identity_id(&ready(&t, "fin").await);
+    api.patch(
+        "fin",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+    )
+    .await
+    .unwrap();
+    eventually("the finalizer to be back", T, || async {
+        let obj = api.get("fin").await.ok()?;
+        obj.finalizers()
+            .iter()
+            .any(|f| f == kratos_operator::api::FINALIZER)
+            .then_some(())
+    })
+    .await;
+    api.delete("fin", &DeleteParams::default()).await.unwrap();
+    support::wait_gone(&api, "fin", T).await;
+    assert!(
+        kratos_identity(&t, &id).await.is_none(),
+        "the deletion reached Kratos"
+    );
+    t.cleanup().await;
+}
+
 #[tokio::test]
 async fn sessions_are_counted_and_revoked() {
     let t = setup("id-sessions").await;
@@ -893,14 +985,20 @@ async fn a_schema_change_in_kratos_reconciles_the_identities_that_use_it() {
     .await;
     schema_ref(&t, "customer", schemas::CUSTOMER).await;
     let before = wait_ready::<IdentitySchemaRef>(&t, "customer", "True", Some("Resolved"), T).await;
-    // `nickname` is not allowed by the schema yet.
+    // `nickname` is not allowed by the schemas yet. `ida` names its schema by id only: no
+    // IdentitySchemaRef refreshes that one, the Identity controller must.
     identity(&t, "otto", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": email(&t, "otto"), "nickname": "O" } })).await;
+    identity(&t, "ida", json!({ "schemaId": schemas::EMPLOYEE, "traits": { "username": "ida", "email": email(&t, "ida"), "nickname": "I" } })).await;
     wait_ready::<Identity>(&t, "otto", "False", Some("InvalidSpec"), T).await;
+    wait_ready::<Identity>(&t, "ida", "False", Some("InvalidSpec"), T).await;
 
-    let path = kratos.schema_path(schemas::CUSTOMER);
-    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    schema["properties"]["traits"]["properties"]["nickname"] = json!({ "type": "string" });
-    std::fs::write(&path, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
+    for id in [schemas::CUSTOMER, schemas::EMPLOYEE] {
+        let path = kratos.schema_path(id);
+        let mut schema: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        schema["properties"]["traits"]["properties"]["nickname"] = json!({ "type": "string" });
+        std::fs::write(&path, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
+    }
     let kratos = tokio::task::spawn_blocking(move || {
         let mut kratos = kratos;
         kratos.restart().expect("restart Kratos");
@@ -919,8 +1017,16 @@ async fn a_schema_change_in_kratos_reconciles_the_identities_that_use_it() {
     .await;
     wait_event(&t, "customer", "SchemaChanged").await;
     let otto = ready(&t, "otto").await;
+    let ida = ready(&t, "ida").await;
     assert!(after.status.unwrap().digest.is_some());
     let k = kratos_client(&kratos.admin_url(), &kratos.public_url());
+    assert_eq!(
+        k.get_identity(&identity_id(&ida), &[])
+            .await
+            .unwrap()
+            .traits["nickname"],
+        "I"
+    );
     assert_eq!(
         k.get_identity(&identity_id(&otto), &[])
             .await

@@ -80,12 +80,37 @@ pub async fn apply_status_returning_version<K: StatusOwner, S: Serialize>(
     obj: &K,
     status: &S,
 ) -> std::result::Result<Option<String>, kube::Error> {
+    write_status(ctx, obj, status, None).await
+}
+
+/// Applies `status` only if the object is still at `obj`'s resourceVersion (the API server
+/// answers 409 Conflict otherwise); returns the new resourceVersion.
+pub async fn apply_status_if_unchanged<K: StatusOwner, S: Serialize>(
+    ctx: &Context,
+    obj: &K,
+    status: &S,
+) -> std::result::Result<Option<String>, kube::Error> {
+    let rv = obj
+        .resource_version()
+        .ok_or_else(|| kube::Error::Service("no resourceVersion to apply a status at".into()))?;
+    write_status(ctx, obj, status, Some(&rv)).await
+}
+
+async fn write_status<K: StatusOwner, S: Serialize>(
+    ctx: &Context,
+    obj: &K,
+    status: &S,
+    resource_version: Option<&str>,
+) -> std::result::Result<Option<String>, kube::Error> {
     let ns = obj.namespace().unwrap_or_default();
-    let patch = json!({
+    let mut patch = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
+    if let Some(rv) = resource_version {
+        patch["metadata"] = json!({ "resourceVersion": rv });
+    }
     let request = kube::core::Request::new(K::url_path(&(), Some(&ns)))
         .patch_subresource(
             "status",

@@ -112,6 +112,21 @@ impl Queue {
         }
     }
 
+    /// Claims the write of an object's first status: true (and the write is in flight) when
+    /// the writer knows of no status of the object, so the cached object, which has none, is
+    /// current. A status queued later waits until [`Queue::done`], so the first never
+    /// overwrites a later one.
+    pub fn claim_first(
+        &mut self,
+        key: &ObjectRef<Identity>,
+        resource_version: Option<&str>,
+    ) -> bool {
+        if self.cache_may_be_stale(key, resource_version) {
+            return false;
+        }
+        self.in_flight.insert(key.clone())
+    }
+
     /// Forgets an object (it was deleted).
     pub fn forget(&mut self, key: &ObjectRef<Identity>) {
         self.written.remove(key);
@@ -187,6 +202,41 @@ impl StatusWriter {
         drop(q);
         self.wake.notify_one();
         true
+    }
+
+    /// Writes the first status of an object that has none, at once and outside the queue
+    /// (which bulk creates slow down): until an object has a status, kstatus (Flux, `kubectl
+    /// wait`) counts it as Current. Skipped when a status of the object is queued, being
+    /// written, or written but not in the cache yet; written only if the object is still at
+    /// the resourceVersion seen (so it never replaces a status written meanwhile). A failure is
+    /// only logged: the reconcile's own status follows through the queue.
+    pub async fn write_first(&self, ctx: &Context, obj: &Arc<Identity>, status: IdentityStatus) {
+        if obj.status.is_some() {
+            return;
+        }
+        let key = ObjectRef::from_obj(&**obj);
+        let claimed = self
+            .queue
+            .lock()
+            .is_ok_and(|mut q| q.claim_first(&key, obj.resource_version().as_deref()));
+        if !claimed {
+            return;
+        }
+        let written =
+            match super::report::apply_status_if_unchanged(ctx, &reference(obj), &status).await {
+                Ok(rv) => rv,
+                Err(kube::Error::Api(ref e)) if e.code == 409 => {
+                    debug!(object = %key, "object changed; first status not needed");
+                    None
+                }
+                Err(e) => {
+                    debug!(object = %key, error = %e, "first status not written");
+                    None
+                }
+            };
+        self.done(&key, written);
+        // A status queued meanwhile waited for this write.
+        self.wake.notify_one();
     }
 
     /// Forgets a deleted object.
@@ -381,5 +431,25 @@ mod tests {
         );
         assert!(!q.cache_may_be_stale(&a, Some("5")), "the cache caught up");
         assert!(!q.cache_may_be_stale(&a, Some("1")), "and is forgotten");
+    }
+
+    #[test]
+    fn a_first_status_is_written_only_when_nothing_else_is_known_and_holds_back_later_ones() {
+        let mut q = Queue::default();
+        let (a, pa) = pending("a", 1);
+        assert!(q.claim_first(&a, Some("1")), "nothing known");
+        assert!(!q.claim_first(&a, Some("1")), "already being written");
+        q.push(a.clone(), pa.clone());
+        assert!(q.pop().is_none(), "a later status waits for the first");
+        q.done(&a, Some("2".into()));
+        assert_eq!(q.pop().map(|(k, _)| k), Some(a.clone()), "then goes");
+        q.done(&a, Some("3".into()));
+        assert!(
+            !q.claim_first(&a, Some("2")),
+            "a later write is not in the cache yet"
+        );
+        let (b, pb) = pending("b", 1);
+        q.push(b.clone(), pb);
+        assert!(!q.claim_first(&b, Some("1")), "a status is queued");
     }
 }

@@ -226,9 +226,17 @@ pub async fn start_operator_with(
     public: &str,
     settings: kratos_operator::controller::Settings,
 ) -> Operator {
+    start_operator_with_client(t, kratos_client(admin, public), settings).await
+}
+
+/// Like [`start_operator`] with a Kratos client of the test's making and settings.
+pub async fn start_operator_with_client(
+    t: &TestEnv,
+    kratos: kratos_operator::kratos::KratosClient,
+    settings: kratos_operator::controller::Settings,
+) -> Operator {
     use futures::FutureExt;
     install_crds(&t.client).await;
-    let kratos = kratos_client(admin, public);
     let ctx = std::sync::Arc::new(kratos_operator::controller::Context::new(
         t.client.clone(),
         kratos.clone(),
@@ -506,4 +514,52 @@ where
         api.get_opt(name).await.unwrap().is_none().then_some(())
     })
     .await;
+}
+
+/// The status kstatus gives a custom resource by its generic rules, as Flux's health checks,
+/// kpt and `kubectl wait` users see it: `InProgress` while it is being deleted, while
+/// `status.observedGeneration` (when present) differs from `metadata.generation`, or with
+/// `Reconciling=True`; `Failed` with `Stalled=True`; `Current` otherwise, which includes an
+/// object without any status.
+pub fn kstatus(obj: &serde_json::Value) -> &'static str {
+    if !obj["metadata"]["deletionTimestamp"].is_null() {
+        return "InProgress";
+    }
+    if let Some(observed) = obj["status"]["observedGeneration"].as_i64()
+        && Some(observed) != obj["metadata"]["generation"].as_i64()
+    {
+        return "InProgress";
+    }
+    let conditions = obj["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let is_true = |t: &str| {
+        conditions
+            .iter()
+            .any(|c| c["type"] == t && c["status"] == "True")
+    };
+    if is_true("Reconciling") {
+        "InProgress"
+    } else if is_true("Stalled") {
+        "Failed"
+    } else {
+        "Current"
+    }
+}
+
+/// A TCP server on loopback that accepts connections and never answers: a Kratos that hangs.
+/// Returns its URL; it lives as long as the test's runtime.
+pub async fn silent_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a silent server");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    url
 }

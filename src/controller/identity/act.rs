@@ -64,6 +64,18 @@ pub enum Outcome {
     Blocked(Blocked),
 }
 
+/// InvalidSpec for traits the schema (or Kratos) refuses. A `schemaId`'s schema can change in
+/// Kratos without any watch event (an IdentitySchemaRef's change is watched): such an object is
+/// validated again every schema recheck interval.
+fn schema_invalid(obj: &Identity, message: String) -> Blocked {
+    let blocked = Blocked::stalled("InvalidSpec", message);
+    if obj.spec.schema_ref.is_none() {
+        blocked.rechecked(super::Recheck::Schema)
+    } else {
+        blocked
+    }
+}
+
 fn invalid_message(reason: &str, pointer: Option<&str>) -> String {
     match pointer {
         Some(p) => format!("Kratos rejected the identity at {p}: {reason}"),
@@ -97,8 +109,8 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
         && let Err(errors) = compiled.validate_traits(&obj.spec.traits)
     {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        return Ok(Outcome::Blocked(Blocked::stalled(
-            "InvalidSpec",
+        return Ok(Outcome::Blocked(schema_invalid(
+            obj,
             format!(
                 "traits do not match schema {}: {}",
                 schema.schema_id,
@@ -231,8 +243,8 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
                 }
             }
             Err(kratos::Error::Invalid { reason, pointer }) => {
-                return Ok(Outcome::Blocked(Blocked::stalled(
-                    "InvalidSpec",
+                return Ok(Outcome::Blocked(schema_invalid(
+                    obj,
                     invalid_message(&reason, pointer.as_deref()),
                 )));
             }
@@ -274,8 +286,8 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
                 )));
             }
             Err(kratos::Error::Invalid { reason, pointer }) => {
-                return Ok(Outcome::Blocked(Blocked::stalled(
-                    "InvalidSpec",
+                return Ok(Outcome::Blocked(schema_invalid(
+                    obj,
                     invalid_message(&reason, pointer.as_deref()),
                 )));
             }

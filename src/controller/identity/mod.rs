@@ -48,6 +48,20 @@ pub struct Blocked {
     /// True when nothing but a change to the spec (or the schema) can help: `Stalled=True` and no
     /// retry.
     pub stalled: bool,
+    /// For a stalled outcome: what can change it that the controller does not watch, so the
+    /// object is looked at again periodically (`None`: only a watched change helps).
+    pub recheck: Option<Recheck>,
+}
+
+/// Something a stalled Identity depends on that no watch reports a change of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// The Namespace's tenancy labels and annotations (read with a short cache, not watched):
+    /// looked at again every resync interval.
+    Namespace,
+    /// The Kratos schema of a `schemaId` (Kratos does not announce a changed schema): looked at
+    /// again every schema recheck interval, with a schema fetched again at that pace.
+    Schema,
 }
 
 impl Blocked {
@@ -57,6 +71,7 @@ impl Blocked {
             reason,
             message: message.into(),
             stalled: false,
+            recheck: None,
         }
     }
     /// A blocked outcome that needs a spec change.
@@ -65,6 +80,15 @@ impl Blocked {
             reason,
             message: message.into(),
             stalled: true,
+            recheck: None,
+        }
+    }
+    /// The same outcome, looked at again periodically because `what` may change unwatched.
+    #[must_use]
+    pub fn rechecked(self, what: Recheck) -> Self {
+        Self {
+            recheck: Some(what),
+            ..self
         }
     }
 }
@@ -173,17 +197,28 @@ async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Next> {
 }
 
 /// What a change to an Identity must alter to be reconciled: generation (spec), deletion, uid (a
-/// re-created object). Not the finalizers: the reconcile that adds the finalizer goes on to apply
-/// (see [`finalizer`]), so the event of its own finalizer patch must not reconcile the object a
-/// second time (before the status it wrote is in the cache, that second pass would try to create
-/// the identity again). Not the status either: the operator writes it.
+/// re-created object), and the loss of the finalizer by a synced object. Not the finalizer's
+/// arrival: the reconcile that adds it goes on to apply (see [`finalizer`]), so the event of its
+/// own finalizer patch must not reconcile the object a second time (before the status it wrote
+/// is in the cache, that second pass would try to create the identity again). But a finalizer
+/// removed by hand from an object with an identity is put back at once: without it, deleting
+/// the object would leave its Kratos identity behind. Not the status either: the operator
+/// writes it.
 pub fn lifecycle_changed(obj: &Identity) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     obj.metadata.uid.hash(&mut h);
     obj.metadata.generation.hash(&mut h);
     obj.metadata.deletion_timestamp.is_some().hash(&mut h);
+    finalizer_lost(obj).hash(&mut h);
     Some(h.finish())
+}
+
+/// Whether a live object that has a Kratos identity lacks its finalizer (someone removed it).
+fn finalizer_lost(obj: &Identity) -> bool {
+    obj.metadata.deletion_timestamp.is_none()
+        && obj.status.as_ref().is_some_and(|s| s.identity_id.is_some())
+        && !finalizer::has(obj, FINALIZER)
 }
 
 fn referencing<F>(store: &Store<Identity>, ns: Option<String>, pred: F) -> Vec<ObjectRef<Identity>>
@@ -240,6 +275,8 @@ pub async fn controller(
     // would otherwise cost a Kratos read per object after every write. The store still sees
     // every change (the sweep reads status from it).
     let (store, writer) = kube::runtime::reflector::store();
+    let (first_tx, first_rx) = futures::channel::mpsc::unbounded();
+    let first_statuses = report::first_statuses(ctx.clone(), store.clone(), first_rx);
     let stream = kube::runtime::reflector(
         writer,
         // Guarded: one object whose spec cannot be decoded must not stop the watch of all the
@@ -250,8 +287,13 @@ pub async fn controller(
     .default_backoff()
     .touched_objects()
     .inspect_ok(move |obj| {
-        // The receiver ends with its controller; nothing to do then.
+        // The receivers end with their controller; nothing to do then.
         let _ = touched.unbounded_send(ObjectRef::from_obj(obj));
+        // A new object gets a status at once, not after its create (see
+        // `report::first_statuses`).
+        if report::wants_first_status(obj) {
+            let _ = first_tx.unbounded_send(ObjectRef::from_obj(obj));
+        }
     })
     .predicate_filter(lifecycle_changed, kube::runtime::PredicateConfig::default());
     let controller = Controller::for_stream(stream, store.clone());
@@ -289,7 +331,7 @@ pub async fn controller(
         namespace = namespace.unwrap_or("*"),
         "starting Identity controller"
     );
-    controller
+    let controller = controller
         .watches(
             secrets,
             watcher::Config::default().any_semantic(),
@@ -329,7 +371,45 @@ pub async fn controller(
             error_policy,
             ctx,
         )
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        .for_each(|_| futures::future::ready(()));
+    // The first-status writers end once the controller (and with it the watch that feeds
+    // them) has stopped.
+    futures::future::join(controller, first_statuses).await;
     let _ = alive.send(());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(finalizers: &[&str], identity_id: Option<&str>) -> Identity {
+        let mut value = json!({
+            "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
+            "metadata": { "name": "a", "namespace": "ns", "uid": "u1", "generation": 1,
+                          "finalizers": finalizers },
+            "spec": { "schemaId": "customer", "traits": {} }
+        });
+        if let Some(id) = identity_id {
+            value["status"] = json!({ "identityId": id, "observedGeneration": 1 });
+        }
+        serde_json::from_value(value).expect("identity")
+    }
+
+    #[test]
+    fn the_operator_s_own_finalizer_and_status_writes_do_not_reconcile_again() {
+        let new = lifecycle_changed(&object(&[], None));
+        assert_eq!(new, lifecycle_changed(&object(&[FINALIZER], None)));
+        assert_eq!(new, lifecycle_changed(&object(&[FINALIZER], Some("id-1"))));
+    }
+
+    #[test]
+    fn a_finalizer_removed_from_a_synced_object_reconciles_it() {
+        let synced = lifecycle_changed(&object(&[FINALIZER], Some("id-1")));
+        assert_ne!(synced, lifecycle_changed(&object(&[], Some("id-1"))));
+        assert_ne!(
+            synced,
+            lifecycle_changed(&object(&["someone.else/keep"], Some("id-1")))
+        );
+    }
 }

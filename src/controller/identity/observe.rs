@@ -74,7 +74,12 @@ pub async fn schema(obj: &Identity, ctx: &Context) -> Result<Result<SchemaResolu
             )));
         }
     };
-    let compiled = match ctx.schemas.get(&schema_id) {
+    // Fetched again once per schema recheck interval: nothing else refreshes the schema of a
+    // `schemaId` (an IdentitySchemaRef's controller refreshes its own at that pace).
+    let compiled = match ctx
+        .schemas
+        .get_fresh(&schema_id, ctx.settings.schema_recheck_interval)
+    {
         Some(c) => Some(c),
         None => fetch_schema(ctx, &schema_id).await?,
     };

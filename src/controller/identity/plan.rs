@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use secrecy::SecretString;
 use serde_json::{Map, Value};
 
-use super::Blocked;
+use super::{Blocked, Recheck};
 use crate::{
     api::{
         OWNER_MARKER, UID_MARKER,
@@ -143,7 +143,7 @@ pub fn tenancy_refusal(
     if spec.adoption() == AdoptionPolicy::IfUnowned
         && let Err(message) = policy.check_adoption()
     {
-        return Some(Blocked::stalled(REASON_FORBIDDEN, message));
+        return Some(Blocked::stalled(REASON_FORBIDDEN, message).rechecked(Recheck::Namespace));
     }
     if policy.identifier_patterns.is_some() && !schema_compiled {
         return Some(Blocked::new(
@@ -156,7 +156,7 @@ pub fn tenancy_refusal(
     policy
         .check_identifiers(identifiers.iter().map(String::as_str))
         .err()
-        .map(|message| Blocked::stalled(REASON_FORBIDDEN, message))
+        .map(|message| Blocked::stalled(REASON_FORBIDDEN, message).rechecked(Recheck::Namespace))
 }
 
 /// Builds [`Desired`] from the spec and the resolved inputs.

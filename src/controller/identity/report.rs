@@ -1,12 +1,14 @@
 //! Status and Events of an Identity. The status is written by server-side apply only when it
 //! changes; Events are published when something happened or the Ready reason changes.
 
+use futures::{Stream, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::reflector::{ObjectRef, Store};
 use std::sync::Arc;
 
 use super::{
-    Blocked, Next,
+    Blocked, Next, Recheck,
     act::{Change, Outcome, Synced},
 };
 use crate::{
@@ -80,6 +82,55 @@ pub fn synced_status(obj: &Identity, s: &Synced, now: Timestamp) -> IdentityStat
             prev.last_synced_at
         },
     }
+}
+
+/// The first status of an object the operator starts working on: `Reconciling=True` (and
+/// `Ready=False`), so that kstatus readers (Flux, `kubectl wait`) see it in progress before
+/// Kratos has answered.
+pub fn progressing_status(obj: &Identity, now: Timestamp) -> IdentityStatus {
+    let generation = obj.metadata.generation;
+    let message = "the operator is bringing the Kratos identity in line with the spec";
+    IdentityStatus {
+        observed_generation: generation,
+        conditions: conditions::merge(
+            &[],
+            &conditions::not_ready("Progressing", message, false),
+            generation,
+            now,
+        ),
+        ..IdentityStatus::default()
+    }
+}
+
+/// First statuses written at once (the finalizer patches and the status writers share the API
+/// server with them).
+pub const FIRST_STATUS_WRITERS: usize = 4;
+
+/// Whether the watch's copy of `obj` calls for a first status: a live object without any.
+pub fn wants_first_status(obj: &Identity) -> bool {
+    obj.status.is_none() && obj.metadata.deletion_timestamp.is_none()
+}
+
+/// Writes a first status for each object sent on `objects` that still has none in the cache,
+/// [`FIRST_STATUS_WRITERS`] at a time, until the sender is dropped (the controller stopped).
+/// It runs beside the controller, not in a reconcile: an object waiting for a reconcile slot
+/// (all of them held by calls to a Kratos that does not answer) gets its status too.
+pub async fn first_statuses(
+    ctx: Arc<Context>,
+    store: Store<Identity>,
+    objects: impl Stream<Item = ObjectRef<Identity>>,
+) {
+    objects
+        .for_each_concurrent(FIRST_STATUS_WRITERS, |object| {
+            let (ctx, store) = (ctx.clone(), store.clone());
+            async move {
+                if let Some(obj) = store.get(&object).filter(|o| wants_first_status(o)) {
+                    let status = progressing_status(&obj, Timestamp::now());
+                    ctx.statuses.write_first(&ctx, &obj, status).await;
+                }
+            }
+        })
+        .await;
 }
 
 /// The status for a Blocked outcome (or Kratos being unavailable): previous facts are kept.
@@ -194,12 +245,14 @@ pub fn outcome(obj: &Arc<Identity>, ctx: &Context, outcome: Outcome) -> Next {
             if changed_reason {
                 event(ctx, obj, true, b.reason, "Reconcile", b.message.clone());
             }
-            // A Forbidden spec may become allowed by a change to the Namespace, which is not
-            // watched: look again after a resync interval.
-            if b.stalled && b.reason != crate::tenancy::REASON_FORBIDDEN {
-                Next::AwaitChange
-            } else {
-                Next::After(ctx.settings.resync_interval)
+            // A stalled outcome waits for a change, unless what can change it is not watched
+            // (the Namespace's policy, a schema in Kratos): then it is looked at again.
+            match (b.stalled, b.recheck) {
+                (false, _) | (true, Some(Recheck::Namespace)) => {
+                    Next::After(ctx.settings.resync_interval)
+                }
+                (true, Some(Recheck::Schema)) => Next::After(ctx.settings.schema_recheck_interval),
+                (true, None) => Next::AwaitChange,
             }
         }
     }
