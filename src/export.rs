@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     Result,
-    api::{OWNER_MARKER, UID_MARKER},
+    api::{OIDC_MARKER, OWNER_MARKER, UID_MARKER},
     kratos::{CredentialType, Identity, IdentityState, KratosClient, ListIdentitiesParams},
 };
 
@@ -112,6 +112,7 @@ pub fn manifests(identities: &[Identity], options: &ExportOptions) -> Vec<Value>
             let mut admin = admin.clone();
             admin.remove(OWNER_MARKER);
             admin.remove(UID_MARKER);
+            admin.remove(OIDC_MARKER);
             if !admin.is_empty() {
                 spec.insert("metadataAdmin".into(), Value::Object(admin));
             }

@@ -474,25 +474,104 @@ async fn hashed_passwords_import_in_bcrypt_and_ssha256() {
     t.cleanup().await;
 }
 
+/// OIDC links of the spec are imported; an identity with links is not drift to a sweep (lists
+/// carry no credentials); a link removed from the spec is unlinked in Kratos, and a link the
+/// user added (self-service) is kept.
 #[tokio::test]
-async fn oidc_credentials_are_imported() {
+async fn oidc_links_are_imported_unlinked_when_removed_and_others_kept() {
     let t = setup("id-oidc").await;
-    let _op = start_operator(&t).await;
-    identity(&t, "frank", json!({ "schemaId": "customer", "traits": { "email": email(&t, "frank") },
-        "credentials": { "oidc": { "providers": [ { "provider": "github", "subject": format!("gh-{}", t.namespace) } ] } } })).await;
+    let op = start_operator(&t).await;
+    let (github, google) = (format!("gh-{}", t.namespace), format!("go-{}", t.namespace));
+    let spec = |providers: Value| {
+        json!({ "schemaId": "customer", "traits": { "email": email(&t, "frank") },
+            "credentials": { "oidc": { "providers": providers } } })
+    };
+    identity(
+        &t,
+        "frank",
+        spec(json!([
+            { "provider": "github", "subject": github },
+            { "provider": "google", "subject": google }
+        ])),
+    )
+    .await;
     let obj = ready(&t, "frank").await;
-    let k = kratos_identity(&t, &identity_id(&obj)).await.unwrap();
-    let oidc = k
-        .credentials
-        .as_ref()
-        .and_then(|c| c.get("oidc"))
-        .expect("oidc credentials");
-    assert!(
-        oidc.identifiers
-            .contains(&format!("github:gh-{}", t.namespace)),
-        "{:?}",
-        oidc.identifiers
+    let id = identity_id(&obj);
+    let links = |k: &KratosIdentity| -> Vec<String> {
+        let mut l = k
+            .credentials
+            .as_ref()
+            .and_then(|c| c.get("oidc"))
+            .map(|c| c.identifiers.clone())
+            .unwrap_or_default();
+        l.sort();
+        l
+    };
+    let k = kratos_identity(&t, &id).await.unwrap();
+    assert_eq!(
+        links(&k),
+        vec![format!("github:{github}"), format!("google:{google}")]
     );
+    assert_eq!(
+        obj.status.unwrap().credentials.unwrap().oidc,
+        vec!["github".to_string(), "google".to_string()]
+    );
+
+    // The user links another provider themselves (as self-service sign-in would).
+    let own = format!("self:{}", t.namespace);
+    let mut body = UpdateIdentityBody {
+        schema_id: k.schema_id.clone(),
+        traits: k.traits.clone(),
+        state: None,
+        metadata_public: k.metadata_public.clone(),
+        metadata_admin: k.metadata_admin.clone(),
+        credentials: None,
+        external_id: None,
+    };
+    body.credentials = Some(kratos_operator::kratos::IdentityCredentialsImport {
+        password: None,
+        oidc: Some(kratos_operator::kratos::OidcImport {
+            config: kratos_operator::kratos::OidcImportConfig {
+                providers: vec![kratos_operator::kratos::OidcProviderImport::new(
+                    "self",
+                    t.namespace.clone(),
+                )],
+            },
+        }),
+    });
+    verifier(&t).update_identity(&id, &body).await.unwrap();
+
+    // Two sweeps find nothing to do: no read of the identity itself.
+    let gets = op.kratos.metrics().calls("get_identity");
+    let sweeps = op.ctx.metrics.drift_sweeps.get();
+    eventually("two drift sweeps", T, || async {
+        (op.ctx.metrics.drift_sweeps.get() >= sweeps + 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        op.kratos.metrics().calls("get_identity"),
+        gets,
+        "an identity with OIDC links is not drift"
+    );
+
+    identity(
+        &t,
+        "frank",
+        spec(json!([{ "provider": "github", "subject": github }])),
+    )
+    .await;
+    eventually(
+        "google to be unlinked, the user's own link kept",
+        T,
+        || async {
+            let k = kratos_identity(&t, &id).await?;
+            let mut want = vec![format!("github:{github}"), own.clone()];
+            want.sort();
+            (links(&k) == want).then_some(())
+        },
+    )
+    .await;
+    let obj = ready(&t, "frank").await;
     assert_eq!(
         obj.status.unwrap().credentials.unwrap().oidc,
         vec!["github".to_string()]

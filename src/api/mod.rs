@@ -36,6 +36,10 @@ pub const MANAGED_BY_VALUE: &str = "kratos-operator";
 pub const OWNER_MARKER: &str = "kratos-operator.dev/owner";
 /// Key in Kratos `metadata_admin` holding the owning object's uid.
 pub const UID_MARKER: &str = "kratos-operator.dev/uid";
+/// Key in Kratos `metadata_admin` listing the OIDC links (`provider:subject`) the operator
+/// imported from the spec: the ones it unlinks when they leave the spec. Links a user added
+/// through self-service are not listed and never touched.
+pub const OIDC_MARKER: &str = "kratos-operator.dev/oidc";
 
 /// Every CRD of the operator, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {

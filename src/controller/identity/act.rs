@@ -251,9 +251,35 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
             Err(e) => return Err(e.into()),
         }
     }
-    let Some(existing) = current else {
+    let Some(mut existing) = current else {
         return Err(Error::MissingField("Kratos identity"));
     };
+    // An identity found by a lookup (a list) comes without credentials; the OIDC links to add
+    // or remove are decided on the identity itself.
+    if existing.credentials.is_none() {
+        existing = ctx.kratos.get_identity(&existing.id, &[]).await?;
+    }
+    // Links the operator imported and the spec no longer has are removed before the update
+    // that drops them from the marker: a failure here leaves the marker, and the next
+    // reconcile tries again.
+    for link in plan::oidc_to_unlink(&desired, &existing) {
+        match ctx
+            .kratos
+            .delete_identity_credentials(&existing.id, kratos::CredentialType::Oidc, Some(&link))
+            .await
+        {
+            Ok(()) | Err(kratos::Error::NotFound { .. }) => {
+                info!(%owner, identity = %existing.id, "unlinked an OIDC provider removed from the spec");
+            }
+            Err(kratos::Error::Invalid { reason, .. }) => {
+                return Ok(Outcome::Blocked(Blocked::stalled(
+                    "InvalidSpec",
+                    format!("Kratos refused to remove an OIDC link that left the spec: {reason}"),
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 
     let mut password_imported = None;
     if change == Some(Change::TookBack) {

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::{Blocked, Recheck};
 use crate::{
     api::{
-        OWNER_MARKER, UID_MARKER,
+        OIDC_MARKER, OWNER_MARKER, UID_MARKER,
         identity::{
             AdoptionPolicy, IdentitySpec, IdentityState, MAX_FREE_JSON_BYTES, MAX_NESTING,
             PasswordPolicy,
@@ -62,15 +62,37 @@ pub struct Desired {
     pub revoke_before: Option<Timestamp>,
 }
 
-/// `metadata_admin` as the operator writes it: the user's object plus the owner marker.
-pub fn desired_metadata_admin(user: Option<&Value>, owner: &str, uid: &str) -> Value {
+/// `metadata_admin` as the operator writes it: the user's object plus the owner marker and,
+/// when the spec has OIDC links, the list of them ([`OIDC_MARKER`], sorted; a value the user
+/// wrote under that key is replaced).
+pub fn desired_metadata_admin(
+    user: Option<&Value>,
+    owner: &str,
+    uid: &str,
+    oidc: &[(String, String)],
+) -> Value {
     let mut map = match user {
         Some(Value::Object(m)) => m.clone(),
         _ => Map::new(),
     };
     map.insert(OWNER_MARKER.into(), Value::String(owner.into()));
     map.insert(UID_MARKER.into(), Value::String(uid.into()));
+    map.remove(OIDC_MARKER);
+    if !oidc.is_empty() {
+        let mut links: Vec<String> = oidc.iter().map(|(p, s)| oidc_identifier(p, s)).collect();
+        links.sort();
+        links.dedup();
+        map.insert(
+            OIDC_MARKER.into(),
+            Value::Array(links.into_iter().map(Value::String).collect()),
+        );
+    }
     Value::Object(map)
+}
+
+/// Kratos' identifier of an OIDC link.
+pub fn oidc_identifier(provider: &str, subject: &str) -> String {
+    format!("{provider}:{subject}")
 }
 
 /// `metadata_admin` with the owner marker removed (deletionPolicy Orphan). `None` when nothing
@@ -81,6 +103,7 @@ pub fn released_metadata_admin(current: Option<&Value>) -> Option<Value> {
             let mut m = m.clone();
             m.remove(OWNER_MARKER);
             m.remove(UID_MARKER);
+            m.remove(OIDC_MARKER);
             (!m.is_empty()).then_some(Value::Object(m))
         }
         Some(Value::Null) | None => None,
@@ -167,29 +190,30 @@ pub fn desired(
     uid: &str,
     password: Option<PasswordInput>,
 ) -> Desired {
+    let oidc: Vec<(String, String)> = spec
+        .credentials
+        .as_ref()
+        .and_then(|c| c.oidc.as_ref())
+        .map(|o| {
+            o.providers
+                .iter()
+                .map(|p| (p.provider.clone(), p.subject.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
     Desired {
         schema_id,
         traits: spec.traits.clone(),
         state: spec.state(),
         metadata_public: spec.metadata_public.clone().filter(|v| !v.is_null()),
-        metadata_admin: desired_metadata_admin(spec.metadata_admin.as_ref(), owner, uid),
+        metadata_admin: desired_metadata_admin(spec.metadata_admin.as_ref(), owner, uid, &oidc),
         verified_addresses: spec
             .verified_addresses
             .iter()
             .flatten()
             .map(|a| (a.value.clone(), a.via.as_str().to_string()))
             .collect(),
-        oidc: spec
-            .credentials
-            .as_ref()
-            .and_then(|c| c.oidc.as_ref())
-            .map(|o| {
-                o.providers
-                    .iter()
-                    .map(|p| (p.provider.clone(), p.subject.clone()))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        oidc,
         password,
         revoke_on_deactivate: spec
             .sessions
@@ -313,6 +337,8 @@ pub enum Difference {
     MetadataAdmin,
     /// OIDC providers missing in Kratos.
     Oidc,
+    /// OIDC links the operator imported that are no longer in the spec.
+    OidcRemoved,
     /// A password import is due.
     Password,
 }
@@ -327,6 +353,7 @@ impl Difference {
             Self::MetadataPublic => "metadataPublic",
             Self::MetadataAdmin => "metadataAdmin",
             Self::Oidc => "oidc",
+            Self::OidcRemoved => "oidc (unlinked)",
             Self::Password => "password",
         }
     }
@@ -339,20 +366,60 @@ fn kratos_state(state: IdentityState) -> KratosState {
     }
 }
 
-/// OIDC `(provider, subject)` pairs of the spec that Kratos does not have.
+/// The OIDC links (`provider:subject`) of a Kratos identity; `None` when its credentials are not
+/// known (identity lists carry none).
+fn oidc_links(identity: &Identity) -> Option<Vec<String>> {
+    let credentials = identity.credentials.as_ref()?;
+    Some(
+        credentials
+            .get("oidc")
+            .map(|c| c.identifiers.clone())
+            .unwrap_or_default(),
+    )
+}
+
+/// OIDC `(provider, subject)` pairs of the spec that Kratos does not have. None when the
+/// identity's credentials are not known (a sweep's list): a missing link is then found by the
+/// next read of the identity itself.
 pub fn missing_oidc(desired: &Desired, identity: &Identity) -> Vec<(String, String)> {
-    let present: Vec<String> = identity
-        .credentials
-        .as_ref()
-        .and_then(|c| c.get("oidc"))
-        .map(|c| c.identifiers.clone())
-        .unwrap_or_default();
+    let Some(present) = oidc_links(identity) else {
+        return Vec::new();
+    };
     desired
         .oidc
         .iter()
-        .filter(|(p, s)| !present.iter().any(|id| id == &format!("{p}:{s}")))
+        .filter(|(p, s)| !present.contains(&oidc_identifier(p, s)))
         .cloned()
         .collect()
+}
+
+/// OIDC links to remove from Kratos: imported by the operator (listed in the identity's
+/// [`OIDC_MARKER`]), still linked, and no longer in the spec. Links the operator did not import
+/// (self-service ones) are never removed. None when the credentials are not known.
+pub fn oidc_to_unlink(desired: &Desired, identity: &Identity) -> Vec<String> {
+    let Some(present) = oidc_links(identity) else {
+        return Vec::new();
+    };
+    let imported: Vec<&str> = identity
+        .metadata_admin
+        .as_ref()
+        .and_then(|m| m.get(OIDC_MARKER))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let wanted: Vec<String> = desired
+        .oidc
+        .iter()
+        .map(|(p, s)| oidc_identifier(p, s))
+        .collect();
+    let mut out: Vec<String> = imported
+        .into_iter()
+        .filter(|link| present.iter().any(|p| p == link) && !wanted.iter().any(|w| w == link))
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Whether a password import is due for an identity that exists in Kratos. `SetOnce` imports only
@@ -394,6 +461,9 @@ pub fn differences(
     }
     if !missing_oidc(desired, identity).is_empty() {
         out.push(Difference::Oidc);
+    }
+    if !oidc_to_unlink(desired, identity).is_empty() {
+        out.push(Difference::OidcRemoved);
     }
     if password_due(desired, last_password) {
         out.push(Difference::Password);
@@ -595,7 +665,7 @@ mod tests {
 
     #[test]
     fn metadata_admin_merges_the_marker_and_release_removes_it() {
-        let m = desired_metadata_admin(Some(&json!({"crm": "42"})), "ns/a", UID);
+        let m = desired_metadata_admin(Some(&json!({"crm": "42"})), "ns/a", UID, &[]);
         assert_eq!(
             m,
             json!({"crm": "42", OWNER_MARKER: "ns/a", UID_MARKER: UID})
@@ -604,7 +674,7 @@ mod tests {
             released_metadata_admin(Some(&m)),
             Some(json!({"crm": "42"}))
         );
-        let only_marker = desired_metadata_admin(None, "ns/a", UID);
+        let only_marker = desired_metadata_admin(None, "ns/a", UID, &[]);
         assert_eq!(released_metadata_admin(Some(&only_marker)), None);
         assert_eq!(released_metadata_admin(None), None);
         assert_eq!(released_metadata_admin(Some(&Value::Null)), None);
@@ -890,9 +960,10 @@ mod tests {
             }),
         });
         let d = desired_of(&s, None);
-        let have = identity(
-            json!({"credentials": {"oidc": {"type": "oidc", "identifiers": ["github:1"]}}}),
-        );
+        let have = identity(json!({
+            "credentials": {"oidc": {"type": "oidc", "identifiers": ["github:1"]}},
+            "metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID, OIDC_MARKER: ["github:1", "google:2"]}
+        }));
         assert_eq!(differences(&d, &have, None), vec![Difference::Oidc]);
         let body = update_body(&d, &have, None);
         assert_eq!(body.traits, json!({"email": "a@example.com", "age": 3}));
@@ -900,6 +971,85 @@ mod tests {
         let providers = body.credentials.unwrap().oidc.unwrap().config.providers;
         assert_eq!(providers.len(), 1);
         assert_eq!(providers[0].provider, "google");
+    }
+
+    fn with_oidc(links: &[(&str, &str)]) -> IdentitySpec {
+        let mut s = base_spec();
+        s.credentials = Some(IdentityCredentials {
+            password: None,
+            oidc: Some(OidcCredential {
+                providers: links
+                    .iter()
+                    .map(|(p, sub)| OidcProvider {
+                        provider: (*p).into(),
+                        subject: (*sub).into(),
+                    })
+                    .collect(),
+            }),
+        });
+        s
+    }
+
+    #[test]
+    fn the_marker_lists_the_spec_s_oidc_links_and_no_user_value_under_its_key() {
+        let mut s = with_oidc(&[("google", "2"), ("github", "1"), ("github", "1")]);
+        s.metadata_admin = Some(json!({"crm": 1, OIDC_MARKER: ["victim:9"]}));
+        let d = desired_of(&s, None);
+        assert_eq!(
+            d.metadata_admin[OIDC_MARKER],
+            json!(["github:1", "google:2"])
+        );
+        let mut none = base_spec();
+        none.metadata_admin = Some(json!({OIDC_MARKER: ["victim:9"]}));
+        assert!(
+            desired_of(&none, None)
+                .metadata_admin
+                .get(OIDC_MARKER)
+                .is_none()
+        );
+        assert_eq!(
+            released_metadata_admin(Some(&d.metadata_admin)),
+            Some(json!({"crm": 1}))
+        );
+    }
+
+    #[test]
+    fn only_imported_links_that_left_the_spec_are_unlinked() {
+        let d = desired_of(&with_oidc(&[("github", "1")]), None);
+        let have = identity(json!({
+            "credentials": {"oidc": {"type": "oidc", "identifiers": ["github:1", "google:2", "self:3"]}},
+            "metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID, OIDC_MARKER: ["github:1", "google:2", "gone:4"]}
+        }));
+        // google:2 was imported and left the spec; self:3 was linked by the user; gone:4 is
+        // listed but no longer linked.
+        assert_eq!(oidc_to_unlink(&d, &have), vec!["google:2".to_string()]);
+        assert_eq!(
+            differences(&d, &have, None),
+            vec![Difference::MetadataAdmin, Difference::OidcRemoved]
+        );
+        let none = desired_of(&base_spec(), None);
+        assert_eq!(
+            oidc_to_unlink(&none, &have),
+            vec!["github:1".to_string(), "google:2".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_list_without_credentials_shows_no_oidc_difference() {
+        let d = desired_of(&with_oidc(&[("github", "1")]), None);
+        let listed = identity(json!({
+            "metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID, OIDC_MARKER: ["github:1", "google:2"]}
+        }));
+        assert!(listed.credentials.is_none());
+        assert!(missing_oidc(&d, &listed).is_empty());
+        assert!(oidc_to_unlink(&d, &listed).is_empty());
+        let in_sync = identity(json!({
+            "metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID, OIDC_MARKER: ["github:1"]}
+        }));
+        assert!(
+            differences(&d, &in_sync, None).is_empty(),
+            "a sweep sees no drift"
+        );
     }
 
     #[test]
