@@ -880,18 +880,26 @@ async fn a_finalizer_removed_by_hand_is_put_back_and_deletion_still_reaches_krat
     t.cleanup().await;
 }
 
+/// Sessions are counted and revoked as the spec says, also for logins after the object was
+/// synced: in the default mode (drift sweeps list the active sessions) and in the per-object
+/// mode (each object is resynced).
 #[tokio::test]
 async fn sessions_are_counted_and_revoked() {
+    for per_object in [false, true] {
+        sessions_scenario(per_object).await;
+    }
+}
+
+async fn sessions_scenario(per_object: bool) {
     let t = setup("id-sessions").await;
-    // activeSessions follows live logins only where each object is resynced on its own (with
-    // drift sweeps it is the count of the last reconcile).
-    let _op = support::start_operator_with(
-        &t,
-        &t.kratos_admin_url,
-        &t.kratos_public_url,
-        support::per_object_settings(&t.namespace),
-    )
-    .await;
+    let settings = if per_object {
+        support::per_object_settings(&t.namespace)
+    } else {
+        support::test_settings(&t.namespace)
+    };
+    let _op =
+        support::start_operator_with(&t, &t.kratos_admin_url, &t.kratos_public_url, settings).await;
+    let mode = if per_object { "per-object" } else { "default" };
     let liz = email(&t, "liz");
     secret(&t, "liz-pw", "pw", "session-Password-1").await;
     let spec = |extra: Value| {
@@ -915,9 +923,18 @@ async fn sessions_are_counted_and_revoked() {
         .await
         .unwrap();
     let api: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
-    eventually("status.activeSessions to show 2", T, || async {
-        (api.get("liz").await.ok()?.status?.active_sessions == Some(2)).then_some(())
-    })
+    let active_sessions = |n: i32| {
+        let api = api.clone();
+        move || {
+            let api = api.clone();
+            async move { (api.get("liz").await.ok()?.status?.active_sessions == Some(n)).then_some(()) }
+        }
+    };
+    eventually(
+        &format!("status.activeSessions to show 2 ({mode})"),
+        T,
+        active_sessions(2),
+    )
     .await;
 
     identity(
@@ -935,9 +952,41 @@ async fn sessions_are_counted_and_revoked() {
             .then_some(())
     })
     .await;
-    eventually("status.activeSessions to show 1", T, || async {
-        (api.get("liz").await.ok()?.status?.active_sessions == Some(1)).then_some(())
+    eventually(
+        &format!("status.activeSessions to show 1 ({mode})"),
+        T,
+        active_sessions(1),
+    )
+    .await;
+
+    // A cutoff in the future revokes every session authenticated before it, including logins
+    // after the object was synced.
+    let future = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    identity(
+        &t,
+        "liz",
+        spec(json!({ "sessions": { "revokeBefore": future.to_string() } })),
+    )
+    .await;
+    wait_for::<Identity, _>(&t, "liz", "Synced with no active session", T, |o| {
+        synced(o) && o.status.as_ref().and_then(|s| s.active_sessions) == Some(0)
     })
+    .await;
+    login(&t.kratos_public_url, &liz, "session-Password-1")
+        .await
+        .unwrap();
+    eventually(
+        &format!("the later login to be revoked ({mode})"),
+        T,
+        || async {
+            verifier(&t)
+                .list_identity_sessions(&id, Some(true))
+                .await
+                .ok()?
+                .is_empty()
+                .then_some(())
+        },
+    )
     .await;
 
     identity(
@@ -948,7 +997,7 @@ async fn sessions_are_counted_and_revoked() {
     .await;
     eventually("every session to be revoked", T, || async {
         verifier(&t)
-            .list_identity_sessions(&id, None)
+            .list_identity_sessions(&id, Some(true))
             .await
             .ok()?
             .is_empty()

@@ -305,7 +305,8 @@ pub struct IdentityStatus {
     /// What the operator imported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsStatus>,
-    /// Number of active sessions of the identity.
+    /// Number of active sessions of the identity (not revoked, not expired), as of the last
+    /// reconcile or drift sweep: at most one resync interval old.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_sessions: Option<i32>,
     /// When the operator last confirmed that Kratos matches the spec.

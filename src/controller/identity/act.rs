@@ -340,9 +340,10 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
         identity = ctx.kratos.patch_identity(&identity.id, &ops).await?;
     }
 
+    // Active ones only (flag set and not expired), as the sweep counts them.
     let sessions = ctx
         .kratos
-        .list_identity_sessions(&identity.id, None)
+        .list_identity_sessions(&identity.id, Some(true))
         .await?;
     let session_plan = plan::plan_sessions(&desired, &sessions);
     if session_plan.revoke_all {
