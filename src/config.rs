@@ -86,12 +86,21 @@ pub struct ExportArgs {
     /// How to reach Kratos.
     #[command(flatten)]
     pub kratos: KratosArgs,
-    /// Namespace to put into the generated objects.
-    #[arg(long, short = 'n', default_value = "default")]
+    /// Namespace to put into the generated objects (the one whose team will own these users).
+    #[arg(long, short = 'n')]
     pub namespace: String,
     /// Also export identities that a kratos-operator object already manages.
     #[arg(long)]
     pub include_managed: bool,
+    /// What to name the Identity objects after: `id` (the Kratos id, no personal data) or
+    /// `identifier` (the email address or username: readable, but personal data in names,
+    /// Events and file paths).
+    #[arg(long, value_enum, default_value = "id")]
+    pub name_from: crate::export::NameFrom,
+    /// Write one file per object and a kustomization.yaml into this directory (created if
+    /// missing; existing files of the same names are replaced) instead of one stream to stdout.
+    #[arg(long)]
+    pub output_dir: Option<std::path::PathBuf>,
 }
 
 /// Options of `run`.

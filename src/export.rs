@@ -21,6 +21,20 @@ pub struct ExportOptions {
     pub namespace: String,
     /// Also export identities another kratos-operator object already manages.
     pub include_managed: bool,
+    /// What the Identity objects are named after.
+    pub names: NameFrom,
+}
+
+/// What exported Identity objects are named after.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum NameFrom {
+    /// The Kratos identity id (`identity-<uuid>`): no personal data in object names, Events or
+    /// file paths.
+    #[default]
+    Id,
+    /// The identifier (an email address or username, made a DNS label): readable, but personal
+    /// data then appears in names, Events and Git paths.
+    Identifier,
 }
 
 /// A DNS-1123 label made from `text`, at most 63 characters; `None` when nothing usable remains.
@@ -86,9 +100,16 @@ pub fn manifests(identities: &[Identity], options: &ExportOptions) -> Vec<Value>
             .filter(char::is_ascii_alphanumeric)
             .take(8)
             .collect();
-        let base = display_identifier(identity)
-            .and_then(|s| dns_label(&s))
-            .unwrap_or_else(|| format!("identity-{short}"));
+        let by_id = || {
+            dns_label(&format!("identity-{}", identity.id))
+                .unwrap_or_else(|| format!("identity-{short}"))
+        };
+        let base = match options.names {
+            NameFrom::Id => by_id(),
+            NameFrom::Identifier => display_identifier(identity)
+                .and_then(|s| dns_label(&s))
+                .unwrap_or_else(by_id),
+        };
         let name = if used.contains(&base) {
             let trimmed: String = base.chars().take(54).collect();
             format!("{}-{short}", trimmed.trim_end_matches('-'))
@@ -157,8 +178,67 @@ pub fn manifests(identities: &[Identity], options: &ExportOptions) -> Vec<Value>
     out
 }
 
+/// The manifests of an export and the comment that goes with them.
+#[derive(Debug, Clone)]
+pub struct Export {
+    /// What the reader must know (adoption opt-in, identities left out), as `#` lines.
+    pub header: String,
+    /// IdentitySchemaRefs, then Identities.
+    pub manifests: Vec<Value>,
+}
+
+fn to_yaml(manifest: &Value) -> Result<String> {
+    serde_yaml::to_string(manifest).map_err(|e| crate::Error::Config(e.to_string()))
+}
+
+impl Export {
+    /// One YAML stream: the header, then every manifest.
+    pub fn stream(&self) -> Result<String> {
+        let mut out = self.header.clone();
+        for manifest in &self.manifests {
+            out.push_str("---\n");
+            out.push_str(&to_yaml(manifest)?);
+        }
+        Ok(out)
+    }
+
+    /// The files of a directory a GitOps tool can apply as is: one file per object
+    /// (`schemas/<name>.yaml`, `identities/<name>.yaml`) and a `kustomization.yaml` listing
+    /// them (with the header), as relative path and content.
+    pub fn files(&self) -> Result<Vec<(String, String)>> {
+        let mut files = Vec::new();
+        let mut resources = Vec::new();
+        for manifest in &self.manifests {
+            let folder = if manifest["kind"] == "Identity" {
+                "identities"
+            } else {
+                "schemas"
+            };
+            let name = manifest["metadata"]["name"].as_str().unwrap_or("object");
+            let path = format!("{folder}/{name}.yaml");
+            files.push((path.clone(), to_yaml(manifest)?));
+            resources.push(Value::String(path));
+        }
+        let kustomization = json!({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": resources,
+        });
+        files.push((
+            "kustomization.yaml".into(),
+            format!("{}{}", self.header, to_yaml(&kustomization)?),
+        ));
+        Ok(files)
+    }
+}
+
 /// Lists every identity in Kratos (paginated) and renders the manifests as a YAML stream.
 pub async fn export(kratos: &KratosClient, options: &ExportOptions) -> Result<String> {
+    collect(kratos, options).await?.stream()
+}
+
+/// Lists every identity in Kratos (paginated) and builds the manifests.
+pub async fn collect(kratos: &KratosClient, options: &ExportOptions) -> Result<Export> {
     let params = ListIdentitiesParams {
         include_credentials: vec![CredentialType::Oidc],
         ..Default::default()
@@ -181,13 +261,10 @@ pub async fn export(kratos: &KratosClient, options: &ExportOptions) -> Result<St
             "# {skipped} identities already managed by kratos-operator were left out.\n"
         ));
     }
-    for manifest in manifests(&identities, options) {
-        out.push_str("---\n");
-        out.push_str(
-            &serde_yaml::to_string(&manifest).map_err(|e| crate::Error::Config(e.to_string()))?,
-        );
-    }
-    Ok(out)
+    Ok(Export {
+        header: out,
+        manifests: manifests(&identities, options),
+    })
 }
 
 #[cfg(test)]
@@ -218,6 +295,7 @@ mod tests {
         let opts = ExportOptions {
             namespace: "team".into(),
             include_managed: false,
+            names: NameFrom::Identifier,
         };
         let a = identity(
             json!({ "traits": { "email": "a@example.com" }, "state": "inactive",
@@ -246,5 +324,41 @@ mod tests {
         );
         assert_eq!(spec["verifiedAddresses"][0]["value"], "a@example.com");
         assert!(out[2]["spec"].get("state").is_none());
+    }
+
+    #[test]
+    fn names_come_from_the_kratos_id_by_default_never_from_an_address() {
+        let opts = ExportOptions {
+            namespace: "team".into(),
+            include_managed: false,
+            names: NameFrom::default(),
+        };
+        let a = identity(json!({ "traits": { "email": "alice@example.com" } }));
+        let out = manifests(&[a], &opts);
+        assert_eq!(
+            out[1]["metadata"]["name"],
+            "identity-0a1b2c3d-aaaa-bbbb-cccc-000000000000"
+        );
+        assert_eq!(out[1]["metadata"]["namespace"], "team");
+        let export = Export {
+            header: "# header\n".into(),
+            manifests: out,
+        };
+        let files = export.files().unwrap();
+        let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "schemas/customer.yaml",
+                "identities/identity-0a1b2c3d-aaaa-bbbb-cccc-000000000000.yaml",
+                "kustomization.yaml"
+            ]
+        );
+        assert!(files.iter().all(|(p, c)| !p.contains("alice")
+            && (p == "identities/identity-0a1b2c3d-aaaa-bbbb-cccc-000000000000.yaml"
+                || !c.contains("alice"))));
+        let kustomization: Value = serde_yaml::from_str(&files[2].1).unwrap();
+        assert_eq!(kustomization["resources"][1], paths[1]);
+        assert!(files[2].1.starts_with("# header"));
     }
 }

@@ -132,11 +132,27 @@ async fn export_cmd(args: ExportArgs) -> Result<(), String> {
     let options = export::ExportOptions {
         namespace: args.namespace,
         include_managed: args.include_managed,
+        names: args.name_from,
     };
-    let yaml = export::export(&kratos, &options)
+    let export = export::collect(&kratos, &options)
         .await
         .map_err(|e| e.to_string())?;
-    print!("{yaml}");
+    match args.output_dir {
+        None => print!("{}", export.stream().map_err(|e| e.to_string())?),
+        Some(dir) => {
+            let files = export.files().map_err(|e| e.to_string())?;
+            for (path, content) in &files {
+                let path = dir.join(path);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+                }
+                std::fs::write(&path, content)
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            }
+            eprintln!("wrote {} files into {}", files.len(), dir.display());
+        }
+    }
     Ok(())
 }
 

@@ -410,6 +410,7 @@ async fn export_moves_existing_identities_under_management_without_changing_them
         &ExportOptions {
             namespace: t.namespace.clone(),
             include_managed: false,
+            names: kratos_operator::export::NameFrom::default(),
         },
     )
     .await
@@ -430,6 +431,60 @@ async fn export_moves_existing_identities_under_management_without_changing_them
         2,
         "{yaml}"
     );
+    for doc in docs.iter().filter(|d| d["kind"] == "Identity") {
+        let name = doc["metadata"]["name"].as_str().unwrap();
+        assert!(
+            ["ann", "ben", "cid", "example"]
+                .iter()
+                .all(|p| !name.contains(p)),
+            "no personal data in object names: {name}"
+        );
+    }
+
+    // The command writes a directory a GitOps tool applies as is; the namespace is required.
+    let out_dir = dir.join("export");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kratos-operator"))
+            .arg("export")
+            .args(args)
+            .env("KRATOS_ADMIN_URL", kratos.admin_url())
+            .env("KRATOS_PUBLIC_URL", kratos.public_url())
+            .output()
+            .unwrap()
+    };
+    let missing = run(&[]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("--namespace"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let wrote = run(&[
+        "-n",
+        &t.namespace,
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        wrote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
+    let kustomization: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(out_dir.join("kustomization.yaml")).unwrap())
+            .unwrap();
+    let resources = kustomization["resources"].as_array().unwrap();
+    assert_eq!(resources.len(), 5, "{kustomization}");
+    for r in resources {
+        let file: serde_json::Value = serde_yaml::from_str(
+            &std::fs::read_to_string(out_dir.join(r.as_str().unwrap())).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            docs.contains(&file),
+            "{r} holds one of the exported objects: {file}"
+        );
+    }
 
     let _op = start_operator_with(
         &t,
@@ -495,6 +550,7 @@ async fn export_moves_existing_identities_under_management_without_changing_them
         &ExportOptions {
             namespace: t.namespace.clone(),
             include_managed: false,
+            names: kratos_operator::export::NameFrom::default(),
         },
     )
     .await
