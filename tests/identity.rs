@@ -841,6 +841,56 @@ async fn a_new_identity_is_in_progress_for_kstatus_before_kratos_answers() {
     }
 }
 
+/// `verifiedAddresses` added to the spec of an existing identity are verified in Kratos (the
+/// PATCH path), and an address un-verified in Kratos is drift that the default mode reverts.
+#[tokio::test]
+async fn verified_addresses_are_set_on_existing_identities_and_kept_verified() {
+    use kratos_operator::kratos::JsonPatchOp;
+    let t = setup("id-verified").await;
+    let _op = start_operator(&t).await;
+    let vera = email(&t, "vera");
+    let spec = |verified: bool| {
+        let mut s = json!({ "schemaId": "customer", "traits": { "email": vera } });
+        if verified {
+            s["verifiedAddresses"] = json!([{ "value": vera, "via": "email" }]);
+        }
+        s
+    };
+    identity(&t, "vera", spec(false)).await;
+    let id = identity_id(&ready(&t, "vera").await);
+    async fn verified(t: &TestEnv, id: &str) -> Option<bool> {
+        let k = kratos_identity(t, id).await?;
+        Some(k.verifiable_addresses.first()?.verified)
+    }
+    assert_eq!(verified(&t, &id).await, Some(false), "not verified yet");
+    identity(&t, "vera", spec(true)).await;
+    eventually("the address to be verified", T, || async {
+        (verified(&t, &id).await == Some(true)).then_some(())
+    })
+    .await;
+
+    verifier(&t)
+        .patch_identity(
+            &id,
+            &[
+                JsonPatchOp::replace("/verifiable_addresses/0/verified", json!(false)),
+                JsonPatchOp::replace("/verifiable_addresses/0/status", json!("pending")),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        verified(&t, &id).await,
+        Some(false),
+        "un-verified in Kratos"
+    );
+    eventually("a sweep to verify it again", T, || async {
+        (verified(&t, &id).await == Some(true)).then_some(())
+    })
+    .await;
+    t.cleanup().await;
+}
+
 /// A finalizer removed by hand (a `kubectl patch`, a tool that strips metadata) is put back:
 /// without it, deleting the object would leave its Kratos identity behind.
 #[tokio::test]

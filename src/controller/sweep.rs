@@ -26,7 +26,8 @@ use crate::{
 };
 
 /// Whether the Kratos identity still matches what the operator last made it (pure). Compares
-/// traits, state, both metadata (with the owner marker) and the schema id last written.
+/// traits, state, both metadata (with the owner marker), the schema id last written and the
+/// addresses the spec says are verified.
 pub fn in_sync(obj: &Identity, kratos: &KratosIdentity) -> bool {
     let Some(uid) = obj.uid() else { return false };
     let Some(status) = obj.status.as_ref() else {
@@ -38,6 +39,7 @@ pub fn in_sync(obj: &Identity, kratos: &KratosIdentity) -> bool {
     let owner = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
     let desired = plan::desired(&obj.spec, schema_id, &owner, &uid, None);
     plan::differences(&desired, kratos, None).is_empty()
+        && plan::addresses_to_verify(&desired, kratos).is_empty()
 }
 
 /// The objects a sweep checks (pure): Ready, current, not being deleted, with a Kratos id.
@@ -316,6 +318,21 @@ mod tests {
             "an inactive identity keeps a session"
         );
         assert!(!sessions_drifted(&off, none));
+    }
+
+    #[test]
+    fn an_address_un_verified_in_kratos_is_drift() {
+        let mut v = serde_json::to_value(&*obj(true, Some("k1"))).unwrap();
+        v["spec"]["verifiedAddresses"] = json!([{ "value": "a@example.com", "via": "email" }]);
+        let o: Arc<Identity> = Arc::new(serde_json::from_value(v).unwrap());
+        let with_address = |verified: bool| {
+            let mut k = serde_json::to_value(kratos("k1", "a@example.com")).unwrap();
+            k["verifiable_addresses"] = json!([{ "value": "a@example.com", "via": "email",
+                "verified": verified, "status": if verified { "completed" } else { "pending" } }]);
+            serde_json::from_value::<KratosIdentity>(k).unwrap()
+        };
+        assert!(in_sync(&o, &with_address(true)));
+        assert!(!in_sync(&o, &with_address(false)));
     }
 
     #[test]

@@ -541,6 +541,23 @@ pub fn update_body(
     }
 }
 
+/// The positions of the Kratos identity's addresses that the spec says are verified and Kratos
+/// does not (also drift: someone un-verified them in Kratos).
+pub fn addresses_to_verify(desired: &Desired, identity: &Identity) -> Vec<usize> {
+    identity
+        .verifiable_addresses
+        .iter()
+        .enumerate()
+        .filter(|(_, addr)| {
+            !addr.verified
+                && desired.verified_addresses.iter().any(|(v, via)| {
+                    v.trim().eq_ignore_ascii_case(addr.value.trim()) && *via == addr.via
+                })
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// JSON Patch operations that mark the spec's verified addresses as verified, for addresses
 /// Kratos has but has not verified. Addresses Kratos does not derive from the traits are skipped.
 pub fn verify_address_ops(
@@ -549,25 +566,19 @@ pub fn verify_address_ops(
     now: Timestamp,
 ) -> Vec<JsonPatchOp> {
     let mut ops = Vec::new();
-    for (i, addr) in identity.verifiable_addresses.iter().enumerate() {
-        let wanted = desired
-            .verified_addresses
-            .iter()
-            .any(|(v, via)| v.trim().eq_ignore_ascii_case(addr.value.trim()) && *via == addr.via);
-        if wanted && !addr.verified {
-            ops.push(JsonPatchOp::replace(
-                format!("/verifiable_addresses/{i}/verified"),
-                Value::Bool(true),
-            ));
-            ops.push(JsonPatchOp::replace(
-                format!("/verifiable_addresses/{i}/status"),
-                Value::String("completed".into()),
-            ));
-            ops.push(JsonPatchOp::replace(
-                format!("/verifiable_addresses/{i}/verified_at"),
-                Value::String(now.to_string()),
-            ));
-        }
+    for i in addresses_to_verify(desired, identity) {
+        ops.push(JsonPatchOp::replace(
+            format!("/verifiable_addresses/{i}/verified"),
+            Value::Bool(true),
+        ));
+        ops.push(JsonPatchOp::replace(
+            format!("/verifiable_addresses/{i}/status"),
+            Value::String("completed".into()),
+        ));
+        ops.push(JsonPatchOp::replace(
+            format!("/verifiable_addresses/{i}/verified_at"),
+            Value::String(now.to_string()),
+        ));
     }
     ops
 }
