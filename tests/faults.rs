@@ -35,7 +35,7 @@ use kratos_operator::{
 };
 use kratos_operator_testenv::{
     Environment,
-    kratos::{KratosInstance, KratosOptions},
+    kratos::{KratosInstance, KratosOptions, schemas},
 };
 use kube::{
     Api, ResourceExt,
@@ -48,11 +48,11 @@ use support::{TestEnv, eventually, kratos_client, setup, start_operator_with, te
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn manifest(name: &str, traits: &Value) -> Value {
+fn manifest(schema: &str, name: &str, traits: &Value) -> Value {
     json!({
         "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
         "metadata": { "name": name },
-        "spec": { "schemaId": "customer", "traits": traits }
+        "spec": { "schemaId": schema, "traits": traits }
     })
 }
 
@@ -70,10 +70,15 @@ fn identities(t: &TestEnv) -> Api<Identity> {
 
 /// Applies many manifests, 16 at a time.
 async fn apply_all(t: &TestEnv, objects: &BTreeMap<String, Value>) {
+    apply_all_as(t, "customer", objects).await;
+}
+
+/// [`apply_all`] with another schema.
+async fn apply_all_as(t: &TestEnv, schema: &str, objects: &BTreeMap<String, Value>) {
     let owned: Vec<(String, Value)> = objects.clone().into_iter().collect();
     futures::stream::iter(owned)
         .map(|(name, traits)| async move {
-            support::apply::<Identity>(t, manifest(&name, &traits)).await;
+            support::apply::<Identity>(t, manifest(schema, &name, &traits)).await;
         })
         .buffer_unordered(16)
         .collect::<Vec<_>>()
@@ -406,6 +411,7 @@ impl Drop for OperatorProcess {
 #[allow(clippy::too_many_arguments)]
 async fn mutate(
     t: &TestEnv,
+    schema: &str,
     rng: &mut StdRng,
     round: usize,
     when: &str,
@@ -426,7 +432,7 @@ async fn mutate(
         live.insert(name.clone(), t2.clone());
         changed.insert(name, t2);
     }
-    apply_all(t, &changed).await;
+    apply_all_as(t, schema, &changed).await;
     counts.0 += 4;
     counts.1 += 6;
     let doomed: Vec<String> = live.keys().cloned().choose_multiple(rng, 3);
@@ -440,14 +446,25 @@ async fn mutate(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operator_killed_with_sigkill_20_times_loses_nothing() {
+    sigkill_scenario(schemas::CUSTOMER).await;
+}
+
+/// The same against a schema without identifier traits: no create conflict finds an identity
+/// created before a kill; the owner-marker index must (src/controller/identity/markers.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_killed_with_sigkill_20_times_loses_nothing_without_identifiers() {
+    sigkill_scenario(schemas::PROFILE).await;
+}
+
+async fn sigkill_scenario(schema: &str) {
     let soak = std::env::var("KRATOS_OPERATOR_SOAK").is_ok_and(|v| v == "1");
     let (objects_n, rounds) = if soak { (1000, 100) } else { (220, 20) };
     let seed = seed();
     println!(
-        "seed {seed} (KRATOS_OPERATOR_FAULT_SEED replays it), {objects_n} objects, {rounds} kills"
+        "seed {seed} (KRATOS_OPERATOR_FAULT_SEED replays it), {objects_n} objects of schema {schema}, {rounds} kills"
     );
     let mut rng = StdRng::seed_from_u64(seed);
-    let t = setup("fault-sigkill").await;
+    let t = setup(&format!("fault-sigkill-{schema}")).await;
     support::install_crds(&t.client).await;
     let (kratos, dir) = private_kratos(&t).await;
     let (admin, public) = (kratos.admin_url(), kratos.public_url());
@@ -463,7 +480,7 @@ async fn operator_killed_with_sigkill_20_times_loses_nothing() {
         .collect();
     let mut deleted: BTreeSet<String> = BTreeSet::new();
     let mut counts = (objects_n, 0, 0);
-    apply_all(&t, &live).await;
+    apply_all_as(&t, schema, &live).await;
 
     for round in 0..rounds {
         let op = OperatorProcess::spawn(&t, &admin, &public, &log);
@@ -474,6 +491,7 @@ async fn operator_killed_with_sigkill_20_times_loses_nothing() {
         if round % 2 == 1 {
             mutate(
                 &t,
+                schema,
                 &mut rng,
                 round,
                 "alive",
@@ -488,6 +506,7 @@ async fn operator_killed_with_sigkill_20_times_loses_nothing() {
         if round % 2 == 0 {
             mutate(
                 &t,
+                schema,
                 &mut rng,
                 round,
                 "dead",
@@ -518,7 +537,7 @@ async fn operator_killed_with_sigkill_20_times_loses_nothing() {
         .filter(|e| e.reason.as_deref() == Some("Recovered"))
         .count();
     println!(
-        "FIGURES sigkill: {rounds} kills in {kills_done:?}; objects created {}, spec updates {}, deleted {}; \
+        "FIGURES sigkill ({schema}): {rounds} kills in {kills_done:?}; objects created {}, spec updates {}, deleted {}; \
          final {} objects; converged {converge:?} after the last restart; {recovered} identities taken back \
          (created before a kill, status lost); Kratos identities {}",
         counts.0,
@@ -531,7 +550,7 @@ async fn operator_killed_with_sigkill_20_times_loses_nothing() {
     let cleanup = Instant::now();
     delete_all_and_wait(&t, &k, Duration::from_secs(if soak { 600 } else { 90 })).await;
     println!(
-        "FIGURES sigkill: all {} objects deleted and Kratos empty in {:?}",
+        "FIGURES sigkill ({schema}): all {} objects deleted and Kratos empty in {:?}",
         objects.len(),
         cleanup.elapsed()
     );

@@ -1157,11 +1157,11 @@ async fn schemas_come_from_the_public_url_or_through_the_admin_redirect() {
         .await
         .expect("list schemas");
     let ids: Vec<_> = listed.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(ids, vec!["customer", "employee"]);
+    assert_eq!(ids, vec!["customer", "employee", "profile"]);
     assert_eq!(listed[0].schema, expected);
     assert_eq!(
         public.metrics().calls("list_identity_schemas"),
-        2,
+        3,
         "pages of one"
     );
     let listed: Vec<_> = via_redirect
@@ -1169,7 +1169,7 @@ async fn schemas_come_from_the_public_url_or_through_the_admin_redirect() {
         .try_collect()
         .await
         .expect("list via redirect");
-    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.len(), 3);
     t.cleanup().await;
 }
 

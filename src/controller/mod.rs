@@ -100,6 +100,9 @@ pub struct Context {
     pub creates: Option<batch::CreateBatcher>,
     /// Kratos ids this process created or found, by object uid: a reconcile that runs before the
     /// status it wrote is in the cache must not create the identity again.
+    /// Owner markers of Kratos identities, for objects without identifiers
+    /// ([`identity::markers`]).
+    pub markers: identity::markers::MarkerIndex,
     pub known_ids: KnownIds,
     /// Identity status writes, off the reconciles' path.
     pub statuses: status::StatusWriter,
@@ -253,6 +256,7 @@ impl Context {
             metrics,
             caches: Caches::default(),
             known_ids: KnownIds::default(),
+            markers: identity::markers::MarkerIndex::default(),
             statuses,
             detached: identity::detach::Detached::new(priority),
             tenancy,
@@ -265,6 +269,7 @@ impl Context {
 /// Kratos calls they make) finish and writes the statuses they queued. The caller bounds how
 /// long that may take.
 pub async fn run(ctx: Arc<Context>, shutdown: BoxFuture<'static, ()>) {
+    ctx.markers.begin();
     let shutdown = shutdown.shared();
     let scopes: Vec<Option<String>> = if ctx.settings.watch_namespaces.is_empty() {
         vec![None]

@@ -22,6 +22,9 @@ pub mod schemas {
     pub const CUSTOMER: &str = "customer";
     /// Username + password, with a required email.
     pub const EMPLOYEE: &str = "employee";
+    /// No identifier trait at all (an email that is only data): nothing in Kratos makes these
+    /// identities unique, as with OIDC-only schemas.
+    pub const PROFILE: &str = "profile";
 }
 
 /// The return URL Kratos accepts for recovery links (`selfservice.allowed_return_urls`).
@@ -78,7 +81,7 @@ impl KratosInstance {
             options.admin_port
         };
         let source = crate::repo_root().join("testenv").join("kratos");
-        for id in [schemas::CUSTOMER, schemas::EMPLOYEE] {
+        for id in [schemas::CUSTOMER, schemas::EMPLOYEE, schemas::PROFILE] {
             let from = source.join(format!("{id}.schema.json"));
             let to = dir.join(format!("{id}.schema.json"));
             if !to.exists() {
@@ -267,7 +270,8 @@ fn config(dir: &Path, public_port: u16, admin_port: u16, options: &KratosOptions
             "default_schema_id": schemas::CUSTOMER,
             "schemas": [
                 { "id": schemas::CUSTOMER, "url": schema_url(schemas::CUSTOMER) },
-                { "id": schemas::EMPLOYEE, "url": schema_url(schemas::EMPLOYEE) }
+                { "id": schemas::EMPLOYEE, "url": schema_url(schemas::EMPLOYEE) },
+                { "id": schemas::PROFILE, "url": schema_url(schemas::PROFILE) }
             ]
         },
         "secrets": {

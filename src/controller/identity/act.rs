@@ -179,6 +179,16 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
         }
     }
 
+    // Without identifiers nothing in Kratos refuses a second create: an identity this object
+    // created before a crash (or a create whose answer was lost) is found by its marker.
+    if current.is_none()
+        && identifiers.is_empty()
+        && let Some(found) = by_marker(ctx, &uid, me).await?
+    {
+        current = Some(found);
+        change = Some(Change::TookBack);
+    }
+
     // The password is needed to create, or to re-import under policy Sync.
     let needs_password = current.is_none()
         || obj
@@ -206,8 +216,13 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
             Some(batcher) => batcher.create(body).await,
             None => ctx.kratos.create_identity(&body).await.map(|i| i.id),
         };
+        if created.is_err() && identifiers.is_empty() {
+            // It may have reached Kratos all the same.
+            ctx.markers.create_failed(&uid);
+        }
         match created {
             Ok(id) => {
+                ctx.markers.forget(&uid);
                 // A new identity: addresses were imported verified and it has no sessions.
                 return Ok(Outcome::Synced(Box::new(Synced {
                     identity_id: id,
@@ -402,6 +417,23 @@ async fn resolve(
     )
 }
 
+/// The identity carrying `me`'s marker, looked up in the marker index (for objects without
+/// identifiers); `None` when there is none, or it is gone, or it is not ours after all.
+async fn by_marker(
+    ctx: &Context,
+    uid: &str,
+    me: plan::Owner<'_>,
+) -> Result<Option<KratosIdentity>> {
+    let Some(id) = ctx.markers.find(&ctx.kratos, uid).await? else {
+        return Ok(None);
+    };
+    match ctx.kratos.get_identity(&id, &[]).await {
+        Ok(identity) if plan::ownership(&identity, me).is_ours() => Ok(Some(identity)),
+        Ok(_) | Err(kratos::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Finalizer cleanup: delete the Kratos identity (policy Delete) or release it (policy Orphan),
 /// only after its marker in Kratos proved it is this object's: an id in status alone never
 /// deletes or releases anything.
@@ -451,10 +483,14 @@ pub async fn cleanup(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
             let identifiers = compiled
                 .map(|c| c.identifier_values(&obj.spec.traits))
                 .unwrap_or_default();
-            let candidates = observe::candidates(&ctx, &identifiers).await?;
-            candidates
-                .into_iter()
-                .find(|i| plan::ownership(i, me).is_ours())
+            if identifiers.is_empty() {
+                by_marker(&ctx, &uid, me).await?
+            } else {
+                observe::candidates(&ctx, &identifiers)
+                    .await?
+                    .into_iter()
+                    .find(|i| plan::ownership(i, me).is_ours())
+            }
         }
     };
     let Some(identity) = identity else {

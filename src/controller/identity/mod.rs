@@ -8,6 +8,7 @@
 
 pub mod act;
 pub mod detach;
+pub mod markers;
 pub mod observe;
 pub mod plan;
 pub mod report;
@@ -135,6 +136,7 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) 
                 Ok(action) => {
                     if let Some(uid) = obj.metadata.uid.as_deref() {
                         ctx.known_ids.forget(uid);
+                        ctx.markers.forget(uid);
                     }
                     ctx.statuses.forget(&obj);
                     finalizer::remove(&api, &*obj, FINALIZER)
