@@ -128,3 +128,46 @@ fn crds_are_structural_with_status_and_categories() {
         );
     }
 }
+
+/// `kubectl explain` prints a description as it is: a line break of the Rust source inside a
+/// sentence would break its lines mid-sentence. Only paragraphs and list items start a line.
+#[test]
+fn descriptions_read_as_prose_in_kubectl_explain() {
+    fn walk(v: &Value, path: &str, bad: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    if k == "description"
+                        && let Some(text) = child.as_str()
+                    {
+                        for (i, line) in text.split('\n').enumerate().skip(1) {
+                            let previous_blank = text.split('\n').nth(i - 1) == Some("");
+                            let t = line.trim_start();
+                            let item = t.starts_with("- ")
+                                || t.starts_with("* ")
+                                || t.split_once(". ").is_some_and(|(n, _)| {
+                                    !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())
+                                });
+                            if !(line.is_empty() || previous_blank || item) {
+                                bad.push(format!("{path}: ...{line:.40}"));
+                            }
+                        }
+                    } else {
+                        walk(child, &format!("{path}.{k}"), bad);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| walk(i, path, bad)),
+            _ => {}
+        }
+    }
+    let mut bad = Vec::new();
+    for crd in api::crds() {
+        walk(
+            &serde_json::to_value(&crd).unwrap(),
+            &crd.spec.names.kind,
+            &mut bad,
+        );
+    }
+    assert!(bad.is_empty(), "line breaks inside sentences: {bad:#?}");
+}
