@@ -809,3 +809,29 @@ fn copy_recursively(from: &Path, to: &Path) {
         std::fs::copy(from, to).unwrap();
     }
 }
+
+/// The LICENSE file is the license Cargo.toml names, and the CHANGELOG has a section for what
+/// is not released yet.
+#[test]
+fn license_and_changelog_are_there_and_agree_with_cargo_toml() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(
+        cargo.contains("license = \"Apache-2.0\""),
+        "Cargo.toml names Apache-2.0"
+    );
+    let license = std::fs::read_to_string(root.join("LICENSE")).unwrap();
+    assert!(
+        license.contains("Apache License") && license.contains("Version 2.0, January 2004"),
+        "LICENSE is the Apache License 2.0"
+    );
+    assert!(
+        license.contains("END OF TERMS AND CONDITIONS"),
+        "the whole text"
+    );
+    let changelog = std::fs::read_to_string(root.join("CHANGELOG.md")).unwrap();
+    assert!(
+        changelog.contains("## [Unreleased]"),
+        "CHANGELOG.md has an Unreleased section"
+    );
+}
