@@ -188,7 +188,7 @@ pub struct Export {
 }
 
 fn to_yaml(manifest: &Value) -> Result<String> {
-    serde_yaml::to_string(manifest).map_err(|e| crate::Error::Config(e.to_string()))
+    yaml_serde::to_string(manifest).map_err(|e| crate::Error::Config(e.to_string()))
 }
 
 impl Export {
@@ -357,7 +357,7 @@ mod tests {
         assert!(files.iter().all(|(p, c)| !p.contains("alice")
             && (p == "identities/identity-0a1b2c3d-aaaa-bbbb-cccc-000000000000.yaml"
                 || !c.contains("alice"))));
-        let kustomization: Value = serde_yaml::from_str(&files[2].1).unwrap();
+        let kustomization: Value = yaml_serde::from_str(&files[2].1).unwrap();
         assert_eq!(kustomization["resources"][1], paths[1]);
         assert!(files[2].1.starts_with("# header"));
     }

@@ -21,7 +21,7 @@ fn crd_files_match_the_types() {
     let update = std::env::var_os("UPDATE_CRDS").is_some();
     let mut stale = Vec::new();
     for crd in api::crds() {
-        let yaml = serde_yaml::to_string(&crd).unwrap();
+        let yaml = yaml_serde::to_string(&crd).unwrap();
         let path = crd_path(&crd.spec.names.plural);
         if update {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -415,7 +415,7 @@ async fn export_moves_existing_identities_under_management_without_changing_them
     )
     .await
     .unwrap();
-    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&yaml)
+    let docs: Vec<serde_json::Value> = yaml_serde::Deserializer::from_str(&yaml)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .filter(|v: &serde_json::Value| !v.is_null())
         .collect();
@@ -471,12 +471,12 @@ async fn export_moves_existing_identities_under_management_without_changing_them
         String::from_utf8_lossy(&wrote.stderr)
     );
     let kustomization: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(out_dir.join("kustomization.yaml")).unwrap())
+        yaml_serde::from_str(&std::fs::read_to_string(out_dir.join("kustomization.yaml")).unwrap())
             .unwrap();
     let resources = kustomization["resources"].as_array().unwrap();
     assert_eq!(resources.len(), 5, "{kustomization}");
     for r in resources {
-        let file: serde_json::Value = serde_yaml::from_str(
+        let file: serde_json::Value = yaml_serde::from_str(
             &std::fs::read_to_string(out_dir.join(r.as_str().unwrap())).unwrap(),
         )
         .unwrap();

@@ -124,11 +124,11 @@ pub(crate) fn optional_free_form_object(generator: &mut SchemaGenerator) -> Sche
 }
 
 /// All CRDs as one multi-document YAML stream, as `kratos-operator crds` prints it.
-pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crds_yaml() -> Result<String, yaml_serde::Error> {
     let mut out = String::new();
     for crd in crds() {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&yaml_serde::to_string(&crd)?);
     }
     Ok(out)
 }

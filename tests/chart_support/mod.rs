@@ -111,10 +111,10 @@ pub fn render(release: &str, namespace: &str, args: &[&str]) -> String {
 }
 
 /// The non-empty documents of a multi-document YAML stream.
-pub fn documents(yaml: &str) -> Vec<serde_yaml::Value> {
+pub fn documents(yaml: &str) -> Vec<yaml_serde::Value> {
     use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| serde_yaml::Value::deserialize(d).expect("valid YAML document"))
+    yaml_serde::Deserializer::from_str(yaml)
+        .map(|d| yaml_serde::Value::deserialize(d).expect("valid YAML document"))
         .filter(|v| !v.is_null())
         .collect()
 }
