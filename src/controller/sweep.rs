@@ -63,9 +63,19 @@ pub fn drifted(
     candidates: &[(Arc<Identity>, String)],
     kratos: &HashMap<String, KratosIdentity>,
 ) -> Vec<ObjectRef<Identity>> {
+    select(candidates, |o, id| {
+        kratos.get(id).is_none_or(|k| !in_sync(o, k))
+    })
+}
+
+/// The candidates (object, Kratos id) for which `pred` holds, as references.
+fn select(
+    candidates: &[(Arc<Identity>, String)],
+    pred: impl Fn(&Identity, &str) -> bool,
+) -> Vec<ObjectRef<Identity>> {
     candidates
         .iter()
-        .filter(|(o, id)| kratos.get(id).is_none_or(|k| !in_sync(o, k)))
+        .filter(|(o, id)| pred(o, id))
         .map(|(o, _)| ObjectRef::from_obj(&**o))
         .collect()
 }
@@ -116,11 +126,9 @@ pub fn sessions_drifted_objects(
     candidates: &[(Arc<Identity>, String)],
     sessions: &HashMap<String, ActiveSessions>,
 ) -> Vec<ObjectRef<Identity>> {
-    candidates
-        .iter()
-        .filter(|(o, id)| sessions_drifted(o, sessions.get(id).copied().unwrap_or_default()))
-        .map(|(o, _)| ObjectRef::from_obj(&**o))
-        .collect()
+    select(candidates, |o, id| {
+        sessions_drifted(o, sessions.get(id).copied().unwrap_or_default())
+    })
 }
 
 /// Every active session of Kratos, by identity id (the identity is expanded to learn its id).
