@@ -76,6 +76,18 @@ fn schema_invalid(obj: &Identity, message: String) -> Blocked {
     }
 }
 
+/// InvalidSpec for a request Kratos refused: a refusal of the traits (Kratos names a pointer
+/// into them) may end when the schema changes; any other (a password hash in a format Kratos
+/// does not know) needs a change to the spec or its Secret.
+fn kratos_invalid(obj: &Identity, reason: &str, pointer: Option<&str>) -> Blocked {
+    let message = invalid_message(reason, pointer);
+    if pointer.is_some_and(|p| p.trim_start_matches('#').starts_with("/traits")) {
+        schema_invalid(obj, message)
+    } else {
+        Blocked::stalled("InvalidSpec", message)
+    }
+}
+
 fn invalid_message(reason: &str, pointer: Option<&str>) -> String {
     match pointer {
         Some(p) => format!("Kratos rejected the identity at {p}: {reason}"),
@@ -258,9 +270,10 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
                 }
             }
             Err(kratos::Error::Invalid { reason, pointer }) => {
-                return Ok(Outcome::Blocked(schema_invalid(
+                return Ok(Outcome::Blocked(kratos_invalid(
                     obj,
-                    invalid_message(&reason, pointer.as_deref()),
+                    &reason,
+                    pointer.as_deref(),
                 )));
             }
             Err(e) => return Err(e.into()),
@@ -327,9 +340,10 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
                 )));
             }
             Err(kratos::Error::Invalid { reason, pointer }) => {
-                return Ok(Outcome::Blocked(schema_invalid(
+                return Ok(Outcome::Blocked(kratos_invalid(
                     obj,
-                    invalid_message(&reason, pointer.as_deref()),
+                    &reason,
+                    pointer.as_deref(),
                 )));
             }
             Err(e) => return Err(e.into()),
