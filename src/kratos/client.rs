@@ -597,11 +597,14 @@ impl KratosClient {
     }
 
     /// `GET /schemas` as a stream, following the pages (and redirects, as
-    /// [`KratosClient::get_identity_schema`] does).
+    /// [`KratosClient::get_identity_schema`] does). Kratos v1.3.1 pages this list with the same
+    /// off-by-one as an identity's sessions (see [`KratosClient::list_identity_sessions`]): its
+    /// last page comes twice. A schema already listed is dropped.
     pub fn list_identity_schemas(
         &self,
     ) -> impl Stream<Item = Result<IdentitySchemaEntry, Error>> + Send + 'static {
         let client = self.clone();
+        let mut seen = HashSet::new();
         paged(None, move |token| {
             let client = client.clone();
             async move {
@@ -614,6 +617,9 @@ impl KratosClient {
                     .follow_schema_redirects();
                 client.fetch_page(request).await
             }
+        })
+        .try_filter(move |entry: &IdentitySchemaEntry| {
+            futures::future::ready(seen.insert(entry.id.clone()))
         })
     }
 
