@@ -800,11 +800,7 @@ async fn a_new_identity_is_in_progress_for_kstatus_before_kratos_answers() {
         config.public_url = Some(silent.parse().unwrap());
         config.request_timeout = Duration::from_secs(600);
         let kratos = KratosClient::new(config).unwrap();
-        let settings = if per_object {
-            support::per_object_settings(&t.namespace)
-        } else {
-            support::test_settings(&t.namespace)
-        };
+        let settings = support::mode_settings(&t.namespace, per_object);
         let _op = support::start_operator_with_client(&t, kratos, settings).await;
         let names: Vec<String> = (0..10).map(|i| format!("new-{i}")).collect();
         for name in &names {
@@ -815,24 +811,20 @@ async fn a_new_identity_is_in_progress_for_kstatus_before_kratos_answers() {
             )
             .await;
         }
-        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
-            t.client.clone(),
-            &t.namespace,
-            &kube::api::ApiResource::erase::<Identity>(&()),
-        );
         for name in &names {
-            eventually(
-                &format!("{name} to be InProgress for kstatus (per-object mode: {per_object})"),
+            wait_for::<Identity, _>(
+                &t,
+                name,
+                &format!(
+                    "InProgress for kstatus, reason Progressing (per-object mode: {per_object})"
+                ),
                 T,
-                || async {
-                    let obj = serde_json::to_value(api.get(name).await.ok()?).ok()?;
-                    let ready = obj["status"]["conditions"]
-                        .as_array()?
-                        .iter()
-                        .find(|c| c["type"] == "Ready")?
-                        .clone();
-                    (support::kstatus(&obj) == "InProgress" && ready["reason"] == "Progressing")
-                        .then_some(())
+                |o| {
+                    support::kstatus(&serde_json::to_value(o).expect("json")) == "InProgress"
+                        && o.status
+                            .as_ref()
+                            .and_then(|s| kratos_operator::api::conditions::ready(&s.conditions))
+                            .is_some_and(|c| c.reason == "Progressing")
                 },
             )
             .await;
@@ -942,11 +934,7 @@ async fn sessions_are_counted_and_revoked() {
 
 async fn sessions_scenario(per_object: bool) {
     let t = setup("id-sessions").await;
-    let settings = if per_object {
-        support::per_object_settings(&t.namespace)
-    } else {
-        support::test_settings(&t.namespace)
-    };
+    let settings = support::mode_settings(&t.namespace, per_object);
     let _op =
         support::start_operator_with(&t, &t.kratos_admin_url, &t.kratos_public_url, settings).await;
     let mode = if per_object { "per-object" } else { "default" };

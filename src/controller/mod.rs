@@ -98,11 +98,11 @@ pub struct Context {
     pub caches: Caches,
     /// The create batcher, when creates are coalesced.
     pub creates: Option<batch::CreateBatcher>,
-    /// Kratos ids this process created or found, by object uid: a reconcile that runs before the
-    /// status it wrote is in the cache must not create the identity again.
     /// Owner markers of Kratos identities, for objects without identifiers
     /// ([`identity::markers`]).
     pub markers: identity::markers::MarkerIndex,
+    /// Kratos ids this process created or found, by object uid: a reconcile that runs before the
+    /// status it wrote is in the cache must not create the identity again.
     pub known_ids: KnownIds,
     /// Identity status writes, off the reconciles' path.
     pub statuses: status::StatusWriter,

@@ -209,11 +209,9 @@ impl StatusWriter {
     /// wait`) counts it as Current. Skipped when a status of the object is queued, being
     /// written, or written but not in the cache yet; written only if the object is still at
     /// the resourceVersion seen (so it never replaces a status written meanwhile). A failure is
-    /// only logged: the reconcile's own status follows through the queue.
+    /// only logged: the reconcile's own status follows through the queue. The caller picks
+    /// objects without status ([`super::identity::report::first_statuses`]).
     pub async fn write_first(&self, ctx: &Context, obj: &Arc<Identity>, status: IdentityStatus) {
-        if obj.status.is_some() {
-            return;
-        }
         let key = ObjectRef::from_obj(&**obj);
         let claimed = self
             .queue

@@ -199,6 +199,15 @@ pub fn per_object_settings(namespace: &str) -> kratos_operator::controller::Sett
     }
 }
 
+/// [`per_object_settings`] when `per_object`, else [`test_settings`] (the default mode).
+pub fn mode_settings(namespace: &str, per_object: bool) -> kratos_operator::controller::Settings {
+    if per_object {
+        per_object_settings(namespace)
+    } else {
+        test_settings(namespace)
+    }
+}
+
 /// A Kratos client for `admin`/`public` URLs with test defaults (short timeouts, few retries).
 pub fn kratos_client(admin: &str, public: &str) -> kratos_operator::kratos::KratosClient {
     let mut config = kratos_operator::kratos::ClientConfig::new(admin.parse().expect("admin url"));

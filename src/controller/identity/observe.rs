@@ -74,12 +74,15 @@ pub async fn schema(obj: &Identity, ctx: &Context) -> Result<Result<SchemaResolu
             )));
         }
     };
-    // Fetched again once per schema recheck interval: nothing else refreshes the schema of a
-    // `schemaId` (an IdentitySchemaRef's controller refreshes its own at that pace).
-    let compiled = match ctx
-        .schemas
-        .get_fresh(&schema_id, ctx.settings.schema_recheck_interval)
-    {
+    // An IdentitySchemaRef's controller refreshes its schema every schema recheck interval;
+    // nothing refreshes the schema of a `schemaId`, so it is fetched again at that pace here.
+    let cached = if obj.spec.schema_ref.is_some() {
+        ctx.schemas.get(&schema_id)
+    } else {
+        ctx.schemas
+            .get_fresh(&schema_id, ctx.settings.schema_recheck_interval)
+    };
+    let compiled = match cached {
         Some(c) => Some(c),
         None => fetch_schema(ctx, &schema_id).await?,
     };

@@ -78,10 +78,8 @@ pub fn desired_metadata_admin(
     map.insert(OWNER_MARKER.into(), Value::String(owner.into()));
     map.insert(UID_MARKER.into(), Value::String(uid.into()));
     map.remove(OIDC_MARKER);
-    if !oidc.is_empty() {
-        let mut links: Vec<String> = oidc.iter().map(|(p, s)| oidc_identifier(p, s)).collect();
-        links.sort();
-        links.dedup();
+    let links = oidc_identifiers(oidc);
+    if !links.is_empty() {
         map.insert(
             OIDC_MARKER.into(),
             Value::Array(links.into_iter().map(Value::String).collect()),
@@ -93,6 +91,14 @@ pub fn desired_metadata_admin(
 /// Kratos' identifier of an OIDC link.
 pub fn oidc_identifier(provider: &str, subject: &str) -> String {
     format!("{provider}:{subject}")
+}
+
+/// The identifiers of `(provider, subject)` links, sorted, each once.
+fn oidc_identifiers(oidc: &[(String, String)]) -> Vec<String> {
+    let mut links: Vec<String> = oidc.iter().map(|(p, s)| oidc_identifier(p, s)).collect();
+    links.sort();
+    links.dedup();
+    links
 }
 
 /// `metadata_admin` with the owner marker removed (deletionPolicy Orphan). `None` when nothing
@@ -407,11 +413,7 @@ pub fn oidc_to_unlink(desired: &Desired, identity: &Identity) -> Vec<String> {
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    let wanted: Vec<String> = desired
-        .oidc
-        .iter()
-        .map(|(p, s)| oidc_identifier(p, s))
-        .collect();
+    let wanted = oidc_identifiers(&desired.oidc);
     let mut out: Vec<String> = imported
         .into_iter()
         .filter(|link| present.iter().any(|p| p == link) && !wanted.iter().any(|w| w == link))
