@@ -63,39 +63,11 @@ fn with_password(email: &str, password: &str) -> CreateIdentityBody {
     }
 }
 
-/// Runs `call` again while Kratos' sqlite answers "database is locked" (an artifact of the test
-/// environment under concurrent tests, as in [`login`]); any other outcome is returned.
-async fn unlocked<T, F, Fut>(mut call: F) -> Result<T, Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Error>>,
-{
-    for _ in 0..4 {
-        match call().await {
-            Err(e) if e.to_string().contains("database is locked") => {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            other => return other,
-        }
-    }
-    call().await
-}
-
-/// Logs in through the public API's login flow; the session id, or the error body. Retries when
-/// Kratos answers 5xx (its sqlite reports "database is locked" under concurrent tests).
+/// Logs in through the public API's login flow; the session id, or the error body.
 async fn login(public_url: &str, identifier: &str, password: &str) -> Result<String, String> {
-    let mut last = String::new();
-    for _ in 0..5 {
-        match login_once(public_url, identifier, password).await {
-            Ok(session) => return Ok(session),
-            Err((status, body)) if status.is_server_error() => {
-                last = body;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err((_, body)) => return Err(body),
-        }
-    }
-    Err(last)
+    login_once(public_url, identifier, password)
+        .await
+        .map_err(|(_, body)| body)
 }
 
 async fn login_once(
@@ -1335,12 +1307,8 @@ async fn secrets_never_reach_debug_output_or_logs() {
     );
     assert!(debug.contains(&address), "the Debug output is real");
 
-    let created = unlocked(|| kratos.create_identity(&body))
-        .await
-        .expect("create");
-    let err = unlocked(|| kratos.create_identity(&body))
-        .await
-        .expect_err("conflict");
+    let created = kratos.create_identity(&body).await.expect("create");
+    let err = kratos.create_identity(&body).await.expect_err("conflict");
     let with_hash = kratos
         .get_identity(&created.id, &[CredentialType::Password])
         .await
@@ -1353,14 +1321,13 @@ async fn secrets_never_reach_debug_output_or_logs() {
         with_password(&email(&t, "secret2"), &password),
         None,
     )];
-    let results = unlocked(|| kratos.batch_patch_identities(&batch))
-        .await
-        .expect("batch");
+    let results = kratos.batch_patch_identities(&batch).await.expect("batch");
     let link_body = CreateRecoveryLinkBody {
         identity_id: created.id.clone(),
         expires_in: None,
     };
-    let link = unlocked(|| kratos.create_recovery_link(&link_body, None))
+    let link = kratos
+        .create_recovery_link(&link_body, None)
         .await
         .expect("link");
     let code_body = CreateRecoveryCodeBody {
@@ -1368,9 +1335,7 @@ async fn secrets_never_reach_debug_output_or_logs() {
         expires_in: None,
         flow_type: None,
     };
-    let code = unlocked(|| kratos.create_recovery_code(&code_body))
-        .await
-        .expect("code");
+    let code = kratos.create_recovery_code(&code_body).await.expect("code");
     let secrets = [
         password.clone(),
         hash.expose_secret().to_string(),

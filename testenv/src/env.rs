@@ -16,7 +16,7 @@ use crate::{
     Error, Result, build,
     certs::{self, files},
     io_err,
-    kratos::{KratosInstance, KratosOptions},
+    kratos::{Database, KratosInstance, KratosOptions},
     node::{self, NodeState},
     process::{self, ProcessRecord},
     versions,
@@ -25,10 +25,11 @@ use crate::{
 const STATE_FILE: &str = "state.json";
 
 /// The processes that make up the environment itself.
-const CORE: [&str; 4] = [
+const CORE: [&str; 5] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
+    "postgres",
     "kratos",
 ];
 
@@ -43,8 +44,12 @@ pub struct State {
     pub kratos_admin_url: String,
     /// Kratos public API.
     pub kratos_public_url: String,
-    /// Kratos' working directory (config, schemas, sqlite, log).
+    /// Kratos' working directory (config, schemas, log, and its database: `postgres/` or
+    /// `kratos.sqlite`).
     pub kratos_dir: PathBuf,
+    /// Where Kratos keeps its data.
+    #[serde(default = "sqlite_before_postgres")]
+    pub kratos_database: Database,
     /// Kubernetes version served.
     pub kubernetes_version: String,
     /// Kratos version served.
@@ -54,6 +59,11 @@ pub struct State {
     /// The node, once [`Environment::ensure_node`] started it.
     #[serde(default)]
     pub node: Option<NodeState>,
+}
+
+/// State files written before PostgreSQL came describe a Kratos on sqlite.
+fn sqlite_before_postgres() -> Database {
+    Database::Sqlite
 }
 
 /// A running environment.
@@ -129,17 +139,24 @@ impl Environment {
             )
     }
 
-    /// Starts an environment in `dir`, or returns the one already running there.
+    /// Starts an environment in `dir`, or returns the one already running there, with Kratos
+    /// on the database `$KRATOS_OPERATOR_TESTENV_DATABASE` names (PostgreSQL when unset).
     pub fn up(dir: &Path) -> Result<Self> {
+        Self::up_with(dir, Database::from_env()?)
+    }
+
+    /// [`Environment::up`] with Kratos on `database`. An environment already running in `dir`
+    /// is returned as it is, whatever its database ([`State::kratos_database`] says which).
+    pub fn up_with(dir: &Path, database: Database) -> Result<Self> {
         let _lock = lock(dir)?;
         if let Some(env) = Self::attach(dir)? {
             return Ok(env);
         }
         stop_recorded(dir);
-        Self::start(dir)
+        Self::start(dir, database)
     }
 
-    fn start(dir: &Path) -> Result<Self> {
+    fn start(dir: &Path, database: Database) -> Result<Self> {
         // Fail before starting anything when a binary is missing.
         let apiserver_bin = build::KUBERNETES.binary("kube-apiserver")?;
         let kcm_bin = build::KUBERNETES.binary("kube-controller-manager")?;
@@ -169,6 +186,7 @@ impl Environment {
             &apiserver_bin,
             &kcm_bin,
             &etcd_bin,
+            database,
             &mut processes,
         );
         match result {
@@ -197,6 +215,7 @@ impl Environment {
         apiserver_bin: &Path,
         kcm_bin: &Path,
         etcd_bin: &Path,
+        database: Database,
         processes: &mut Vec<ProcessRecord>,
     ) -> Result<State> {
         let (_, net) = node::addresses(dir);
@@ -305,10 +324,14 @@ impl Environment {
         // The controller manager serves nothing; give it a moment and make sure it stays up.
         process::wait_alive(&rec, &mut kcm)?;
 
-        let kratos = KratosInstance::start(&dir.join("kratos"), &KratosOptions::default())?;
+        let options = KratosOptions {
+            database,
+            ..KratosOptions::default()
+        };
+        let kratos = KratosInstance::start(&dir.join("kratos"), &options)?;
         let kratos_admin_url = kratos.admin_url();
         let kratos_public_url = kratos.public_url();
-        processes.push(kratos.detach());
+        processes.extend(kratos.detach());
 
         Ok(State {
             kubeconfig,
@@ -316,6 +339,7 @@ impl Environment {
             kratos_admin_url,
             kratos_public_url,
             kratos_dir: dir.join("kratos"),
+            kratos_database: database,
             kubernetes_version: versions::KUBERNETES.into(),
             kratos_version: versions::KRATOS.into(),
             processes: processes.clone(),

@@ -1,20 +1,74 @@
-//! A real Ory Kratos on loopback: sqlite on disk (so data survives a restart), an email/password
-//! schema (`customer`, the default) and a username schema (`employee`), and the password, link
-//! and code methods enabled so both admin recovery endpoints work. bcrypt cost 4 in dev mode.
+//! A real Ory Kratos on loopback, on PostgreSQL (its own server, see [`crate::postgres`]) or
+//! sqlite (see [`Database`]), with data on disk so that it survives a restart of Kratos; an
+//! email/password schema (`customer`, the default), a username schema (`employee`) and a schema
+//! with no identifier (`profile`); the password, link and code methods enabled so both admin
+//! recovery endpoints work. bcrypt cost 4 in dev mode.
 
 use std::{
-    fs,
+    fmt, fs,
     path::{Path, PathBuf},
     process::Child,
+    str::FromStr,
     time::Duration,
 };
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::{
-    Result, build, io_err,
+    Error, Result, build, io_err,
+    postgres::Postgres,
     process::{self, ProcessRecord},
 };
+
+/// Where Kratos keeps its data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Database {
+    /// A PostgreSQL server of its own, as production installations run (the default).
+    #[default]
+    Postgres,
+    /// A sqlite file: starts a second faster, for a quick run. Concurrent writers wait for its
+    /// single write lock.
+    Sqlite,
+}
+
+impl Database {
+    /// The variable that selects the database: `postgres` (the default) or `sqlite`.
+    pub const ENV: &str = "KRATOS_OPERATOR_TESTENV_DATABASE";
+
+    /// The database `$KRATOS_OPERATOR_TESTENV_DATABASE` names, [`Database::Postgres`] when unset.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(Self::ENV) {
+            Ok(value) if !value.is_empty() => value.parse(),
+            _ => Ok(Self::default()),
+        }
+    }
+}
+
+impl FromStr for Database {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "postgres" | "postgresql" => Ok(Self::Postgres),
+            "sqlite" => Ok(Self::Sqlite),
+            other => Err(Error::Config(format!(
+                "unknown database {other:?} (in {} or --database): use postgres or sqlite",
+                Self::ENV
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+        })
+    }
+}
 
 /// Ids of the identity schemas every instance serves.
 pub mod schemas {
@@ -41,6 +95,8 @@ pub struct KratosOptions {
     pub link_method: bool,
     /// Enable the `code` method (admin recovery codes).
     pub code_method: bool,
+    /// Where Kratos keeps its data.
+    pub database: Database,
 }
 
 impl Default for KratosOptions {
@@ -50,6 +106,8 @@ impl Default for KratosOptions {
             admin_port: 0,
             link_method: true,
             code_method: true,
+            // An unknown value fails `Environment::up` first, which checks it.
+            database: Database::from_env().unwrap_or_default(),
         }
     }
 }
@@ -64,10 +122,14 @@ pub struct KratosInstance {
     child: Option<Child>,
     record: Option<ProcessRecord>,
     detached: bool,
+    /// Its PostgreSQL server, stopped after Kratos (field order) unless detached.
+    postgres: Option<Postgres>,
+    database: Database,
 }
 
 impl KratosInstance {
-    /// Writes config and schemas into `dir`, migrates the sqlite database and starts Kratos.
+    /// Writes config and schemas into `dir`, starts its PostgreSQL server (in `dir/postgres`)
+    /// when that is the database, migrates the database and starts Kratos.
     pub fn start(dir: &Path, options: &KratosOptions) -> Result<Self> {
         fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let public_port = if options.public_port == 0 {
@@ -90,6 +152,10 @@ impl KratosInstance {
         }
         let config = config(dir, public_port, admin_port, options);
         fs::write(dir.join("kratos.yml"), config).map_err(io_err("writing kratos.yml"))?;
+        let postgres = match options.database {
+            Database::Postgres => Some(Postgres::start(&dir.join("postgres"))?),
+            Database::Sqlite => None,
+        };
         let mut instance = Self {
             dir: dir.to_path_buf(),
             public_port,
@@ -97,6 +163,8 @@ impl KratosInstance {
             child: None,
             record: None,
             detached: false,
+            postgres,
+            database: options.database,
         };
         instance.migrate()?;
         instance.spawn()?;
@@ -138,17 +206,38 @@ impl KratosInstance {
     }
 
     fn dsn(&self) -> String {
-        format!(
-            // Concurrent writers wait for the lock (instead of failing with "database is
-            // locked"), and every transaction takes the write lock up front, so that two
-            // readers never deadlock upgrading to writers. 16 connections: Kratos' default is
-            // 2 per CPU (4 here); with 4, requests waiting for the lock held every connection
-            // and Kratos stalled in steps of the 10 s busy timeout (the sigkill test's 240
-            // deletes took 12 s to over 90 s; with 16 they take about 2.5 s).
-            "sqlite://{}/kratos.sqlite?_fk=true&mode=rwc&_busy_timeout=10000&_txlock=immediate\
-             &max_conns=16&max_idle_conns=16",
-            self.dir.display()
-        )
+        match &self.postgres {
+            // Kratos' default pool is 2 connections per CPU (4 here); 16, as for sqlite below,
+            // so that the pool is not what a benchmark on 2 cores measures. Production
+            // installations size it the same way, with `max_conns` in the DSN.
+            Some(postgres) => format!("{}&max_conns=16&max_idle_conns=16", postgres.dsn()),
+            None => format!(
+                // Concurrent writers wait for the lock (instead of failing with "database is
+                // locked"), and every transaction takes the write lock up front, so that two
+                // readers never deadlock upgrading to writers. 16 connections: Kratos' default
+                // is 2 per CPU (4 here); with 4, requests waiting for the lock held every
+                // connection and Kratos stalled in steps of the 10 s busy timeout (the sigkill
+                // test's 240 deletes took 12 s to over 90 s; with 16 they take about 2.5 s).
+                "sqlite://{}/kratos.sqlite?_fk=true&mode=rwc&_busy_timeout=10000&_txlock=immediate\
+                 &max_conns=16&max_idle_conns=16",
+                self.dir.display()
+            ),
+        }
+    }
+
+    /// Where it keeps its data.
+    pub fn database(&self) -> Database {
+        self.database
+    }
+
+    /// The process id of its PostgreSQL server, while it runs (none on sqlite).
+    pub fn postgres_pid(&self) -> Option<u32> {
+        self.postgres.as_ref().and_then(Postgres::pid)
+    }
+
+    /// The loopback port of its PostgreSQL server (none on sqlite).
+    pub fn postgres_port(&self) -> Option<u16> {
+        self.postgres.as_ref().map(Postgres::port)
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -193,16 +282,24 @@ impl KratosInstance {
         self.spawn()
     }
 
-    /// Keeps the process running after this value is dropped (the shared environment).
-    pub fn detach(mut self) -> ProcessRecord {
+    /// Keeps its processes running after this value is dropped (the shared environment):
+    /// their records, in start order (PostgreSQL, if any, then Kratos).
+    pub fn detach(mut self) -> Vec<ProcessRecord> {
         self.detached = true;
         self.child = None;
-        self.record.clone().unwrap_or_else(|| ProcessRecord {
+        let mut records: Vec<ProcessRecord> = self
+            .postgres
+            .take()
+            .and_then(Postgres::detach)
+            .into_iter()
+            .collect();
+        records.push(self.record.clone().unwrap_or_else(|| ProcessRecord {
             name: "kratos".into(),
             pid: 0,
             binary: PathBuf::new(),
             log: self.dir.join("kratos.log"),
-        })
+        }));
+        records
     }
 
     /// The process id, while it runs.
@@ -234,7 +331,11 @@ impl KratosInstance {
 impl Drop for KratosInstance {
     fn drop(&mut self) {
         if !self.detached {
+            // Kratos first: PostgreSQL's fast shutdown would otherwise cut its connections.
             self.stop();
+            if let Some(mut postgres) = self.postgres.take() {
+                postgres.stop();
+            }
         }
     }
 }

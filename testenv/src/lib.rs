@@ -12,6 +12,7 @@ pub mod env;
 pub mod image;
 pub mod kratos;
 pub mod node;
+pub mod postgres;
 mod process;
 
 use std::path::PathBuf;
@@ -87,6 +88,9 @@ pub enum Error {
         /// What failed.
         message: String,
     },
+    /// A setting of the environment has a value it cannot use.
+    #[error("{0}")]
+    Config(String),
     /// The state file of a running environment could not be read or written.
     #[error("state file {}: {message}", path.display())]
     State {

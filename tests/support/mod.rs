@@ -416,49 +416,23 @@ pub fn ready_message(obj: &kratos_operator::api::Identity) -> String {
         .unwrap_or_default()
 }
 
-/// Logs in through Kratos' public API (native login flow) and returns the session token. A
-/// refused login is an `Err` at once; an answer of 5xx (the test environment's sqlite answers
-/// "database is locked" under load) is Kratos asking to try again, and is retried up to 20
-/// times, as the operator's own client retries it.
+/// Logs in through Kratos' public API (native login flow) and returns the session token, or why
+/// not: a refused login, or any other answer (a 5xx included: the environment's PostgreSQL
+/// serves concurrent tests without the "database is locked" answers sqlite gave, so nothing is
+/// retried).
 pub async fn login(public: &str, identifier: &str, password: &str) -> Result<String, String> {
-    let mut attempt = 0;
-    loop {
-        match login_once(public, identifier, password).await {
-            Err(Attempt::Unavailable(why)) if attempt < 20 => {
-                attempt += 1;
-                eprintln!("login: Kratos answered {why}; trying again");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(Attempt::Unavailable(why)) => return Err(format!("Kratos unavailable: {why}")),
-            Err(Attempt::Refused(why)) => return Err(why),
-            Ok(token) => return Ok(token),
-        }
-    }
-}
-
-enum Attempt {
-    Unavailable(String),
-    Refused(String),
-}
-
-async fn login_once(public: &str, identifier: &str, password: &str) -> Result<String, Attempt> {
     let http = reqwest::Client::new();
-    let transport = |e: reqwest::Error| Attempt::Unavailable(e.to_string());
+    let transport = |e: reqwest::Error| format!("Kratos unreachable: {e}");
     let resp = http
         .get(format!("{public}/self-service/login/api"))
         .send()
         .await
         .map_err(transport)?;
-    if resp.status().is_server_error() {
-        return Err(Attempt::Unavailable(format!(
-            "{} to the login flow",
-            resp.status()
-        )));
-    }
+    let status = resp.status();
     let flow: serde_json::Value = resp.json().await.map_err(transport)?;
     let id = flow["id"]
         .as_str()
-        .ok_or_else(|| Attempt::Refused("login flow has no id".into()))?
+        .ok_or_else(|| format!("{status} to the login flow, with no flow id"))?
         .to_string();
     let resp = http
         .post(format!("{public}/self-service/login?flow={id}"))
@@ -467,17 +441,14 @@ async fn login_once(public: &str, identifier: &str, password: &str) -> Result<St
         .await
         .map_err(transport)?;
     let status = resp.status();
-    if status.is_server_error() {
-        return Err(Attempt::Unavailable(format!("{status} to the login")));
-    }
     let body: serde_json::Value = resp.json().await.map_err(transport)?;
     if status.is_success() {
         body["session_token"]
             .as_str()
             .map(str::to_string)
-            .ok_or_else(|| Attempt::Refused("no session token".into()))
+            .ok_or_else(|| "no session token".into())
     } else {
-        Err(Attempt::Refused(format!("login failed with {status}")))
+        Err(format!("login failed with {status}"))
     }
 }
 
