@@ -122,6 +122,16 @@ pub struct RunArgs {
     /// Elect a leader among replicas (a Lease in POD_NAMESPACE); only the leader writes.
     #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
     pub leader_elect: bool,
+    /// Name of the leader Lease. Operators that share a namespace as shards (see
+    /// `--label-selector`) each need a Lease of their own.
+    #[arg(long, env = "LEASE_NAME", default_value = crate::leader::LEASE_NAME, value_parser = lease_name)]
+    pub lease_name: String,
+    /// Handle only the Identity, IdentitySchemaRef and RecoveryRequest objects whose labels match
+    /// this selector (Kubernetes syntax, e.g. `shard=a` or `shard notin (a,b)`), so that several
+    /// operators can each own a disjoint share of the objects. References cross shards: an
+    /// Identity may name an IdentitySchemaRef of another shard. None: every object.
+    #[arg(long, env = "LABEL_SELECTOR")]
+    pub label_selector: Option<String>,
     /// How long the leader's Lease lasts without renewal, e.g. `15s`.
     #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
@@ -178,8 +188,33 @@ impl RunArgs {
             batch_creates: self.batch_creates,
             drift_sweeps: self.drift_sweeps,
             tenancy_enforce: self.tenancy_enforce,
+            label_selector: self
+                .label_selector
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
             ..Settings::default()
         }
+    }
+}
+
+/// A Lease name: a DNS subdomain (lowercase alphanumerics, `-` and `.`, at most 253
+/// characters, starting and ending with an alphanumeric).
+fn lease_name(value: &str) -> Result<String, String> {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = !value.is_empty()
+        && value.len() <= 253
+        && value.chars().all(|c| alnum(c) || c == '-' || c == '.')
+        && value.starts_with(alnum)
+        && value.ends_with(alnum);
+    if valid {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not a valid Lease name (lowercase letters, digits, '-' and '.', \
+             starting and ending with a letter or digit, at most 253 characters)"
+        ))
     }
 }
 

@@ -30,6 +30,9 @@ pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lease settings.
 #[derive(Debug, Clone)]
 pub struct LeaseSettings {
+    /// Name of the Lease: [`LEASE_NAME`] unless several operators (shards) share a namespace,
+    /// each with a Lease of its own.
+    pub name: String,
     /// Namespace of the Lease (the operator's own).
     pub namespace: String,
     /// This replica's identity (the pod name).
@@ -74,7 +77,7 @@ pub async fn elect(client: Client, settings: &LeaseSettings) -> Result<Election>
 
 async fn manager(client: Client, settings: &LeaseSettings) -> Result<LeaseManager> {
     let secs = settings.duration.as_secs().max(2);
-    LeaseManagerBuilder::new(client, LEASE_NAME)
+    LeaseManagerBuilder::new(client, &settings.name)
         .with_namespace(settings.namespace.clone())
         .with_identity(settings.identity.clone())
         .with_field_manager(field_manager(&settings.identity))
@@ -110,9 +113,9 @@ pub fn is_released(lease: &Lease) -> bool {
 /// without this a released Lease waited out its whole duration. The state the watch starts
 /// with is ignored: the manager reads that itself, and reacting to it would restart the manager
 /// before it could take the Lease. Watch errors are retried with the watcher's backoff.
-async fn released(client: Client, namespace: &str) {
+async fn released(client: Client, namespace: &str, name: &str) {
     let leases: Api<Lease> = Api::namespaced(client, namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={LEASE_NAME}"));
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut stream = watcher(leases, config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
         match event {
@@ -170,7 +173,7 @@ async fn follow(
             },
             // A follower whose leader released the Lease starts over with a fresh manager,
             // whose first look reads the Lease instead of sleeping until it would expire.
-            () = released(client.clone(), &settings.namespace), if !leading => {
+            () = released(client.clone(), &settings.namespace, &settings.name), if !leading => {
                 match manager_fresh(&client, &settings).await {
                     Some(fresh) => manager = fresh,
                     None => tokio::time::sleep(retry).await,

@@ -48,7 +48,14 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
     let kratos = KratosClient::new(args.kratos_config())
         .map_err(|e| format!("invalid Kratos configuration: {e}"))?;
-    let ctx = Arc::new(Context::new(client.clone(), kratos, args.settings()));
+    let settings = args.settings();
+    controller::check_label_selector(&client, &settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(selector) = &settings.label_selector {
+        tracing::info!(%selector, "handling only the objects this label selector matches");
+    }
+    let ctx = Arc::new(Context::new(client.clone(), kratos, settings));
     let (addr, _server) = server::serve(ctx.clone(), args.metrics_addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -68,6 +75,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("kratos-operator-{}", std::process::id()));
     let lease = leader::LeaseSettings {
+        name: args.lease_name.clone(),
         namespace: pod_namespace(),
         identity,
         duration: args.lease_duration,

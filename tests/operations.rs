@@ -184,11 +184,21 @@ fn replica(t: &support::TestEnv, name: &str) -> Replica {
 }
 
 fn replica_with_lease(t: &support::TestEnv, name: &str, lease: &str) -> Replica {
+    replica_with(t, name, lease, &[])
+}
+
+/// The log file of replica `name` of the test `t`.
+fn replica_log(t: &support::TestEnv, name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}-{name}.log", t.namespace))
+}
+
+/// An operator process with leader election, its Lease lasting `lease`, and `extra` variables.
+fn replica_with(t: &support::TestEnv, name: &str, lease: &str, extra: &[(&str, &str)]) -> Replica {
     let port = free_port();
-    let log =
-        std::fs::File::create(std::env::temp_dir().join(format!("{}-{name}.log", t.namespace)))
-            .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_kratos-operator"))
+    let log = std::fs::File::create(replica_log(t, name)).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kratos-operator"));
+    command.envs(extra.iter().copied());
+    let child = command
         .env("KUBECONFIG", &t.env.state.kubeconfig)
         .env("KRATOS_ADMIN_URL", &t.kratos_admin_url)
         .env("KRATOS_PUBLIC_URL", &t.kratos_public_url)
@@ -297,6 +307,259 @@ async fn only_the_leader_writes_and_a_killed_leader_hands_over() {
         started.elapsed() < Duration::from_secs(4 + 20),
         "handover took {:?}",
         started.elapsed()
+    );
+    t.cleanup().await;
+}
+
+/// The sum of a counter (all its label sets) on a replica's /metrics; 0 when unreachable.
+async fn counter(metrics_url: &str, name: &str) -> f64 {
+    let Ok(resp) = reqwest::get(metrics_url).await else {
+        return 0.0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until a replica has finished `n` more drift sweeps than it had when called.
+async fn sweeps(r: &Replica, n: f64) {
+    const SWEEPS: &str = "kratos_operator_drift_sweeps_total";
+    let start = counter(&r.metrics, SWEEPS).await;
+    eventually(&format!("{n} sweeps of {}", r.name), T, || async {
+        (counter(&r.metrics, SWEEPS).await >= start + n).then_some(())
+    })
+    .await;
+}
+
+/// The traits of a Kratos identity.
+async fn kratos_traits(t: &support::TestEnv, id: &str) -> serde_json::Value {
+    let body: serde_json::Value =
+        reqwest::get(format!("{}/admin/identities/{id}", t.kratos_admin_url))
+            .await
+            .expect("GET identity")
+            .json()
+            .await
+            .expect("identity json");
+    body["traits"].clone()
+}
+
+fn identity_id(obj: &Identity) -> String {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.identity_id.clone())
+        .expect("status.identityId")
+}
+
+/// Sharding as Flux does it: two operator Deployments (one process each here, with leader
+/// election and a Lease of their own), each given a label selector, own disjoint shares of the
+/// objects. Each object is handled by exactly one of them: its Events name that shard's
+/// instance, the other shard leaves it alone even when the owner is down, and an object
+/// matching neither is not touched. A reference may cross shards.
+#[tokio::test]
+async fn label_selectors_shard_the_objects_between_operators() {
+    const KEY: &str = "sharding.kratos-operator.dev/key";
+    let t = setup("ops-shards").await;
+    support::install_crds(&t.client).await;
+    let shard = |name: &str, selector: &str, lease: &str| {
+        replica_with(
+            &t,
+            name,
+            "4s",
+            &[("LABEL_SELECTOR", selector), ("LEASE_NAME", lease)],
+        )
+    };
+    let a = shard("shard-a", &format!("{KEY}=a"), "kratos-operator-shard-a");
+    let mut b = Some(shard(
+        "shard-b",
+        &format!("{KEY}=b"),
+        "kratos-operator-shard-b",
+    ));
+    let leases: Api<Lease> = Api::namespaced(t.client.clone(), &t.namespace);
+    for (lease, holder) in [
+        ("kratos-operator-shard-a", "shard-a"),
+        ("kratos-operator-shard-b", "shard-b"),
+    ] {
+        eventually(&format!("{holder} to hold {lease}"), T, || async {
+            let spec = leases.get(lease).await.ok()?.spec?;
+            (spec.holder_identity.as_deref() == Some(holder)).then_some(())
+        })
+        .await;
+    }
+    assert!(
+        leases
+            .get_opt(kratos_operator::leader::LEASE_NAME)
+            .await
+            .unwrap()
+            .is_none(),
+        "a shard took the default Lease"
+    );
+
+    let email = |name: &str| format!("{name}.{}@example.com", t.namespace);
+    let labelled = |name: &str, shard: Option<&str>, spec: serde_json::Value| {
+        let mut manifest = json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
+            "metadata": { "name": name }, "spec": spec });
+        if let Some(shard) = shard {
+            manifest["metadata"]["labels"] = json!({ KEY: shard });
+        }
+        manifest
+    };
+    // The schema reference of b-ref lives in shard a.
+    apply::<kratos_operator::api::IdentitySchemaRef>(
+        &t,
+        json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "IdentitySchemaRef",
+            "metadata": { "name": "customer", "labels": { KEY: "a" } }, "spec": { "schemaId": "customer" } }),
+    )
+    .await;
+    let owners = [("a1", "a"), ("a2", "a"), ("b1", "b"), ("b2", "b")];
+    for (name, shard) in owners {
+        apply::<Identity>(
+            &t,
+            labelled(
+                name,
+                Some(shard),
+                json!({ "schemaId": "customer", "traits": { "email": email(name) } }),
+            ),
+        )
+        .await;
+    }
+    apply::<Identity>(
+        &t,
+        labelled(
+            "b-ref",
+            Some("b"),
+            json!({ "schemaRef": { "name": "customer" }, "traits": { "email": email("b-ref") } }),
+        ),
+    )
+    .await;
+    apply::<Identity>(
+        &t,
+        labelled(
+            "nobody",
+            None,
+            json!({ "schemaId": "customer", "traits": { "email": email("nobody") } }),
+        ),
+    )
+    .await;
+    for name in ["a1", "a2", "b1", "b2", "b-ref"] {
+        wait_ready::<Identity>(&t, name, "True", Some("Synced"), T).await;
+    }
+    wait_ready::<kratos_operator::api::IdentitySchemaRef>(&t, "customer", "True", None, T).await;
+
+    // Each object's Events come from its own shard only.
+    for (name, shard) in owners
+        .into_iter()
+        .chain([("b-ref", "b"), ("customer", "a")])
+    {
+        let want = format!("shard-{shard}");
+        let events = eventually(&format!("Events about {name}"), T, || async {
+            let events = support::events_for(&t, name).await;
+            (!events.is_empty()).then_some(events)
+        })
+        .await;
+        for event in events {
+            assert_eq!(
+                event.reporting_instance.as_deref(),
+                Some(want.as_str()),
+                "{name} ({shard}) has an Event from another instance: {:?} {:?}",
+                event.reason,
+                event.note
+            );
+        }
+    }
+
+    // Neither shard touches an object outside its selector, even across sweeps.
+    let identities: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
+    sweeps(&a, 2.0).await;
+    sweeps(b.as_ref().unwrap(), 2.0).await;
+    let nobody = identities.get("nobody").await.unwrap();
+    assert!(
+        nobody.status.is_none(),
+        "an unselected object got a status: {:?}",
+        nobody.status
+    );
+    assert!(
+        nobody.finalizers().is_empty(),
+        "an unselected object got a finalizer"
+    );
+
+    // With shard b down, a spec change of one of its objects waits for it: shard a, sweeping
+    // Kratos all along, leaves it alone.
+    let b1 = identities.get("b1").await.unwrap();
+    let b1_id = identity_id(&b1);
+    drop(b.take());
+    apply::<Identity>(
+        &t,
+        labelled(
+            "b1",
+            Some("b"),
+            json!({ "schemaId": "customer", "traits": { "email": email("b1-changed") } }),
+        ),
+    )
+    .await;
+    sweeps(&a, 2.0).await;
+    assert_eq!(
+        kratos_traits(&t, &b1_id).await["email"],
+        json!(email("b1")),
+        "shard a changed an object of shard b"
+    );
+    let _b = shard("shard-b-2", &format!("{KEY}=b"), "kratos-operator-shard-b");
+    eventually("shard b's successor to apply the change", T, || async {
+        (kratos_traits(&t, &b1_id).await["email"] == json!(email("b1-changed"))).then_some(())
+    })
+    .await;
+
+    // Relabelled, an object moves to the other shard with its identity: no duplicate.
+    let b2_id = identity_id(&identities.get("b2").await.unwrap());
+    apply::<Identity>(
+        &t,
+        labelled(
+            "b2",
+            Some("a"),
+            json!({ "schemaId": "customer", "traits": { "email": email("b2-moved") } }),
+        ),
+    )
+    .await;
+    eventually("shard a to apply the moved object's change", T, || async {
+        (kratos_traits(&t, &b2_id).await["email"] == json!(email("b2-moved"))).then_some(())
+    })
+    .await;
+    let moved = identities.get("b2").await.unwrap();
+    assert_eq!(
+        identity_id(&moved),
+        b2_id,
+        "the moved object changed identity"
+    );
+    let kratos = kratos_client(&t.kratos_admin_url, &t.kratos_public_url);
+    for address in [email("b2"), email("b2-moved")] {
+        let found = kratos
+            .find_by_credentials_identifier(&address)
+            .await
+            .expect("lookup by identifier");
+        let want = usize::from(address == email("b2-moved"));
+        let ids: Vec<&str> = found.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids.len(), want, "identities with {address}: {ids:?}");
+    }
+    t.cleanup().await;
+}
+
+/// A label selector the API server refuses stops the operator at start, saying why.
+#[tokio::test]
+async fn an_invalid_label_selector_stops_the_operator_with_a_clear_error() {
+    let t = setup("ops-bad-selector").await;
+    support::install_crds(&t.client).await;
+    let mut r = replica_with(&t, "bad", "4s", &[("LABEL_SELECTOR", "shard in (a")]);
+    let status = eventually("the operator to exit", T, || {
+        let exited = r.child.try_wait().ok().flatten();
+        async move { exited }
+    })
+    .await;
+    assert!(!status.success(), "it exited with {status}");
+    let log = std::fs::read_to_string(replica_log(&t, "bad")).unwrap();
+    assert!(
+        log.contains("is not a valid label selector") && log.contains("shard in (a"),
+        "the log does not say what is wrong: {log}"
     );
     t.cleanup().await;
 }

@@ -511,6 +511,7 @@ async fn common_denials(t: &TestEnv, operator: &Client) {
 /// cannot be limited by name), never read or changed; no Lease can be deleted.
 async fn leader_election_works(t: &TestEnv, operator: &Client) {
     let settings = |identity: &str| kratos_operator::leader::LeaseSettings {
+        name: kratos_operator::leader::LEASE_NAME.to_string(),
         namespace: t.namespace.clone(),
         identity: identity.into(),
         // Long enough that a handover by expiry could not pass the check below.

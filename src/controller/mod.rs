@@ -26,6 +26,7 @@ use kube::{
     runtime::{
         events::{Recorder, Reporter},
         reflector::Store,
+        watcher,
     },
 };
 
@@ -60,6 +61,46 @@ pub struct Settings {
     /// Enforce the namespaces' tenancy opt-ins ([`crate::tenancy`]); `false` allows adoption,
     /// recovery by id and any identifier everywhere (single-team clusters).
     pub tenancy_enforce: bool,
+    /// Handle only the objects of our kinds whose labels match this selector (sharding); `None`:
+    /// all of them.
+    pub label_selector: Option<String>,
+}
+
+impl Settings {
+    /// The watch of each controller's own kind: every object, or the shard's share.
+    pub fn watch_config(&self) -> watcher::Config {
+        let config = watcher::Config::default().any_semantic();
+        match &self.label_selector {
+            Some(selector) => config.labels(selector),
+            None => config,
+        }
+    }
+}
+
+/// Checks `--label-selector` with the API server, which parses it, before anything watches with
+/// it: a selector it refuses would otherwise only show as a watch retried forever. One list of
+/// at most one Identity, in the first watched namespace (or all). Only the API server's refusal
+/// is an error; when it cannot be asked, the watches will say so.
+pub async fn check_label_selector(client: &Client, settings: &Settings) -> crate::Result<()> {
+    let Some(selector) = &settings.label_selector else {
+        return Ok(());
+    };
+    let api: kube::Api<Identity> = match settings.watch_namespaces.first() {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    };
+    let params = kube::api::ListParams::default().labels(selector).limit(1);
+    match api.list_metadata(&params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 400 => Err(crate::Error::Config(format!(
+            "--label-selector {selector:?} is not a valid label selector: {}",
+            status.message
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check --label-selector now");
+            Ok(())
+        }
+    }
 }
 
 impl Default for Settings {
@@ -74,6 +115,7 @@ impl Default for Settings {
             drift_sweeps: true,
             batch_window: Duration::from_millis(25),
             tenancy_enforce: true,
+            label_selector: None,
         }
     }
 }

@@ -9,7 +9,7 @@ use futures::{StreamExt, future::BoxFuture, future::Shared};
 use jiff::Timestamp;
 use kube::{
     Api,
-    runtime::{Controller, controller::Action, watcher},
+    runtime::{Controller, controller::Action},
 };
 use tracing::info;
 
@@ -228,7 +228,7 @@ pub async fn controller(
         namespace = namespace.unwrap_or("*"),
         "starting IdentitySchemaRef controller"
     );
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let controller = Controller::new(api, ctx.settings.watch_config());
     ctx.caches.add_schema_refs(controller.store());
     controller
         .with_config(kube::runtime::controller::Config::default().concurrency(2))

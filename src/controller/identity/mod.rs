@@ -284,7 +284,7 @@ pub async fn controller(
         // Guarded: one object whose spec cannot be decoded must not stop the watch of all the
         // others; it arrives as a skeleton that reports InvalidSpec. managedFields (most of an
         // object's bytes, never read) are dropped while decoding.
-        watcher(identities, watcher::Config::default().any_semantic()).map_ok(unguard),
+        watcher(identities, ctx.settings.watch_config()).map_ok(unguard),
     )
     .default_backoff()
     .touched_objects()

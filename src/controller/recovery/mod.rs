@@ -23,7 +23,7 @@ use futures::{StreamExt, channel::mpsc::UnboundedReceiver, future::BoxFuture, fu
 use jiff::Timestamp;
 use kube::{
     Api, ResourceExt,
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    runtime::{Controller, controller::Action, reflector::ObjectRef},
 };
 use tracing::info;
 
@@ -244,7 +244,7 @@ pub async fn controller(
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
-    let controller = Controller::new(requests, watcher::Config::default().any_semantic());
+    let controller = Controller::new(requests, ctx.settings.watch_config());
     let store = controller.store();
     let naming = identities.flat_map(move |identity| {
         futures::stream::iter(
