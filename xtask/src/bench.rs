@@ -30,7 +30,7 @@ use kratos_operator::{
 };
 use kratos_operator_testenv::{
     Environment, env,
-    kratos::{KratosInstance, KratosOptions},
+    kratos::{Database, KratosInstance, KratosOptions},
 };
 use kube::{
     Api, Client, Config,
@@ -55,6 +55,10 @@ const RESYNC: Duration = Duration::from_secs(30);
 pub struct Figures {
     /// Objects.
     pub n: usize,
+    /// Kratos' database in this scenario.
+    pub database: Database,
+    /// Which run of a repeated scenario (1 when it ran once).
+    pub run: usize,
     /// With cleartext passwords.
     pub passwords: bool,
     /// (a1) all identities exist in Kratos.
@@ -85,6 +89,38 @@ pub struct Figures {
     pub b_cpu: f64,
     /// API server requests during (a2) other than GET and WATCH, by verb and resource.
     pub requests: Vec<(String, f64)>,
+    /// (f), (g), (i): what users feel once the N objects are managed and idle (measured in one
+    /// scenario: the first run of the largest size on PostgreSQL).
+    pub latencies: Option<Latencies>,
+}
+
+/// Latencies and restart costs measured with N objects Ready and idle.
+#[derive(Debug, Clone, Default)]
+pub struct Latencies {
+    /// (f) seconds from creating one new Identity to its `Ready=True`, one after the other.
+    pub apply_to_ready: Vec<f64>,
+    /// (g) seconds from a spec change to Kratos serving the new traits, one after the other.
+    pub change_to_kratos: Vec<f64>,
+    /// (i) seconds from the restarted operator's start to `/readyz` answering 200.
+    pub restart_ready: f64,
+    /// (i) seconds from its start to the end of its first drift sweep (everything checked).
+    pub restart_settled: f64,
+    /// (i) API server requests other than GET and WATCH until settled, by verb and resource.
+    pub restart_api_writes: Vec<(String, f64)>,
+    /// (i) Kratos requests and write requests until settled.
+    pub restart_kratos: (u64, u64),
+}
+
+/// Samples of a latency, sorted.
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    // Nearest rank.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -156,15 +192,35 @@ fn body(i: usize, run: &str, password: bool) -> CreateIdentityBody {
     b
 }
 
-fn fresh_kratos(root: &Path, name: &str) -> Result<KratosInstance, String> {
+fn fresh_kratos(root: &Path, name: &str, database: Database) -> Result<KratosInstance, String> {
     let dir = root.join(name);
     let _ = std::fs::remove_dir_all(&dir);
-    KratosInstance::start(&dir, &KratosOptions::default()).map_err(err)
+    let options = KratosOptions {
+        database,
+        ..KratosOptions::default()
+    };
+    KratosInstance::start(&dir, &options).map_err(err)
+}
+
+/// The CPU seconds of Kratos and its database: Kratos' own, plus (PostgreSQL) the server's and
+/// its backends', which do Kratos' SQL work.
+fn kratos_cpu(kratos: &KratosInstance) -> f64 {
+    kratos.pid().map_or(0.0, cpu_seconds) + kratos.postgres_pid().map_or(0.0, cpu_seconds_tree)
 }
 
 /// (b): the same N identities imported directly through the batch endpoint, batch after batch.
-async fn kratos_floor(root: &Path, n: usize, passwords: bool) -> Result<(f64, f64), String> {
-    let kratos = fresh_kratos(root, &format!("floor-{n}-{passwords}"))?;
+async fn kratos_floor(
+    root: &Path,
+    n: usize,
+    passwords: bool,
+    database: Database,
+    run: usize,
+) -> Result<(f64, f64), String> {
+    let kratos = fresh_kratos(
+        root,
+        &format!("floor-{n}-{passwords}-{database}-{run}"),
+        database,
+    )?;
     let client = kratos_client(&kratos.admin_url(), &kratos.public_url())?;
     let per = if passwords {
         BATCH_PATCH_MAX_CLEARTEXT_PASSWORDS
@@ -174,8 +230,7 @@ async fn kratos_floor(root: &Path, n: usize, passwords: bool) -> Result<(f64, f6
     let items: Vec<BatchPatchItem> = (0..n)
         .map(|i| BatchPatchItem::create(body(i, "floor", passwords), None))
         .collect();
-    let kratos_cpu = || kratos.pid().map_or(0.0, cpu_seconds);
-    let cpu_before = kratos_cpu();
+    let cpu_before = kratos_cpu(&kratos);
     let started = Instant::now();
     for chunk in items.chunks(per) {
         let results = client.batch_patch_identities(chunk).await.map_err(err)?;
@@ -183,7 +238,10 @@ async fn kratos_floor(root: &Path, n: usize, passwords: bool) -> Result<(f64, f6
             return Err("the Kratos floor batch had failures".into());
         }
     }
-    Ok((started.elapsed().as_secs_f64(), kratos_cpu() - cpu_before))
+    Ok((
+        started.elapsed().as_secs_f64(),
+        kratos_cpu(&kratos) - cpu_before,
+    ))
 }
 
 async fn namespace(client: &Client, name: &str) -> Result<(), String> {
@@ -308,6 +366,7 @@ struct OperatorRun {
     idle: Option<(u64, u64, u64)>,
     cpu: Vec<(&'static str, f64)>,
     requests: Vec<(String, f64)>,
+    latencies: Option<Latencies>,
 }
 
 /// CPU seconds (user + system) a process has used so far; 0 when it is gone.
@@ -326,11 +385,53 @@ fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The processes whose CPU time a scenario reports.
+/// The fields of /proc/<pid>/stat after the parenthesised command name (state is the first).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// CPU seconds of a process, of its children that ended (cutime, cstime) and of its living
+/// children: PostgreSQL's work is done by backends, one per connection, that live as long as
+/// Kratos keeps the connection. Taken twice, the difference counts a backend that ended in
+/// between once (its time moves from the living children to cutime).
+fn cpu_seconds_tree(pid: u32) -> f64 {
+    let ticks = |fields: &[String], from: usize, to: usize| -> f64 {
+        fields[from..=to.min(fields.len().saturating_sub(1))]
+            .iter()
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum::<f64>()
+            / 100.0
+    };
+    let Some(own) = stat_fields(pid) else {
+        return 0.0;
+    };
+    let parent = pid.to_string();
+    let children: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(stat_fields)
+        .filter(|fields| fields.get(1) == Some(&parent))
+        .map(|fields| ticks(&fields, 11, 14))
+        .sum();
+    ticks(&own, 11, 14) + children
+}
+
+/// The processes whose CPU time a scenario reports (PostgreSQL with its backends).
 fn cpu_snapshot(processes: &[(&'static str, u32)]) -> Vec<(&'static str, f64)> {
     processes
         .iter()
-        .map(|(name, pid)| (*name, cpu_seconds(*pid)))
+        .map(|(name, pid)| {
+            let cpu = if *name == "postgres" {
+                cpu_seconds_tree(*pid)
+            } else {
+                cpu_seconds(*pid)
+            };
+            (*name, cpu)
+        })
         .collect()
 }
 
@@ -401,12 +502,14 @@ async fn operator_run(
     n: usize,
     passwords: bool,
     fast: bool,
+    database: Database,
+    measure_latencies: bool,
     tag: &str,
 ) -> Result<OperatorRun, String> {
     let ns = format!("bench-{tag}");
     namespace(client, &ns).await?;
     create_objects(client, &ns, n, passwords, tag).await?;
-    let kratos = fresh_kratos(root, &format!("kratos-{tag}"))?;
+    let kratos = fresh_kratos(root, &format!("kratos-{tag}"), database)?;
     let proxy = proxy(&kratos.admin_url())?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(err)?
@@ -414,7 +517,6 @@ async fn operator_run(
         .map_err(err)?
         .port();
     let url = format!("http://127.0.0.1:{port}/metrics");
-    let log = std::fs::File::create(root.join(format!("operator-{tag}.log"))).map_err(err)?;
     let kratos_pid = kratos.pid();
     let mut environment: Vec<(&'static str, u32)> = env
         .state
@@ -428,35 +530,44 @@ async fn operator_run(
         })
         .collect();
     environment.extend(kratos_pid.map(|pid| ("kratos", pid)));
+    environment.extend(kratos.postgres_pid().map(|pid| ("postgres", pid)));
     // The clock must not start while the environment still digests the objects just created
     // (the garbage collector's graph, the watch cache): wait until it is idle.
     settle(&environment).await;
-    let mut child: Child = Command::new(binary)
-        .env("KUBECONFIG", &env.state.kubeconfig)
-        .env(
-            "KRATOS_ADMIN_URL",
-            format!("http://127.0.0.1:{}", proxy.port),
-        )
-        .env("KRATOS_PUBLIC_URL", kratos.public_url())
-        .env("WATCH_NAMESPACE", &ns)
-        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
-        // The per-object baseline keeps the default 5 minute resync: at 10k objects a short one
-        // makes its one-read-per-object resyncs saturate Kratos on their own.
-        .env(
-            "RESYNC_INTERVAL",
-            if fast {
-                format!("{}s", RESYNC.as_secs())
-            } else {
-                "5m".to_string()
-            },
-        )
-        .env("BATCH_CREATES", fast.to_string())
-        .env("DRIFT_SWEEPS", fast.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(err)?;
+    let spawn = || -> Result<Child, String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join(format!("operator-{tag}.log")))
+            .map_err(err)?;
+        Command::new(binary)
+            .env("KUBECONFIG", &env.state.kubeconfig)
+            .env(
+                "KRATOS_ADMIN_URL",
+                format!("http://127.0.0.1:{}", proxy.port),
+            )
+            .env("KRATOS_PUBLIC_URL", kratos.public_url())
+            .env("WATCH_NAMESPACE", &ns)
+            .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+            // The per-object baseline keeps the default 5 minute resync: at 10k objects a short
+            // one makes its one-read-per-object resyncs saturate Kratos on their own.
+            .env(
+                "RESYNC_INTERVAL",
+                if fast {
+                    format!("{}s", RESYNC.as_secs())
+                } else {
+                    "5m".to_string()
+                },
+            )
+            .env("BATCH_CREATES", fast.to_string())
+            .env("DRIFT_SWEEPS", fast.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(err)
+    };
+    let mut child = spawn()?;
     let mut watched: Vec<(&'static str, u32)> = vec![("operator", child.id())];
     watched.extend(environment);
     let requests_before = apiserver_requests(client).await;
@@ -548,10 +659,23 @@ async fn operator_run(
         None
     };
     let rss_mib = peak_rss_mib(child.id());
+    let latencies = if measure_latencies {
+        let measured = latencies(client, &ns, &kratos, &url, &mut child, spawn).await;
+        match measured {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = child.kill();
+                return Err(format!("{tag}: latencies: {e}"));
+            }
+        }
+    } else {
+        None
+    };
     let _ = child.kill();
     let _ = child.wait();
     drop(kratos);
     Ok(OperatorRun {
+        latencies,
         a1: a1.unwrap_or(a2),
         a2,
         ready,
@@ -560,6 +684,152 @@ async fn operator_run(
         cpu,
         requests,
     })
+}
+
+/// How many samples (f) and (g) take.
+const LATENCY_SAMPLES: usize = 100;
+
+/// Whether an Identity's `Ready` condition is `True` for its current generation.
+fn ready_now(obj: &Identity) -> bool {
+    let generation = obj.metadata.generation;
+    obj.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "Ready" && c.status == "True" && c.observed_generation == generation
+        })
+    })
+}
+
+/// (f), (g) and (i), with the N objects of `ns` Ready and the operator `child` idle.
+async fn latencies(
+    client: &Client,
+    ns: &str,
+    kratos: &KratosInstance,
+    url: &str,
+    child: &mut Child,
+    spawn: impl Fn() -> Result<Child, String>,
+) -> Result<Latencies, String> {
+    const POLL: Duration = Duration::from_millis(5);
+    const LIMIT: Duration = Duration::from_secs(60);
+    let api: Api<Identity> = Api::namespaced(client.clone(), ns);
+    let mut out = Latencies::default();
+    // (f) one new Identity at a time, from the create to Ready=True.
+    for i in 0..LATENCY_SAMPLES {
+        let obj: Identity = serde_json::from_value(json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
+            "metadata": { "name": format!("latency-{i}") },
+            "spec": { "schemaId": "customer", "traits": { "email": format!("latency{i}.{ns}@bench.example.com") } } }))
+        .map_err(err)?;
+        let started = Instant::now();
+        api.create(&PostParams::default(), &obj)
+            .await
+            .map_err(err)?;
+        loop {
+            if api
+                .get(&format!("latency-{i}"))
+                .await
+                .is_ok_and(|o| ready_now(&o))
+            {
+                break;
+            }
+            if started.elapsed() > LIMIT {
+                return Err(format!("latency-{i} not Ready after {LIMIT:?}"));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        out.apply_to_ready.push(started.elapsed().as_secs_f64());
+    }
+    // (g) one spec change at a time, from the patch to Kratos serving it.
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    for i in 0..LATENCY_SAMPLES {
+        let name = format!("user-{i}");
+        let id = api
+            .get(&name)
+            .await
+            .map_err(err)?
+            .status
+            .and_then(|s| s.identity_id)
+            .ok_or_else(|| format!("{name} has no identity id"))?;
+        let first = format!("Changed{i}");
+        let patch = json!({ "spec": { "traits": { "name": { "first": first } } } });
+        let started = Instant::now();
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(err)?;
+        let identity_url = format!("{}/admin/identities/{id}", kratos.admin_url());
+        loop {
+            let served = agent
+                .get(&identity_url)
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+                .is_some_and(|v| v["traits"]["name"]["first"] == json!(first));
+            if served {
+                break;
+            }
+            if started.elapsed() > LIMIT {
+                return Err(format!("{name}'s change not in Kratos after {LIMIT:?}"));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        out.change_to_kratos.push(started.elapsed().as_secs_f64());
+    }
+    // (i) a restart as a rollout does it: SIGTERM, then a new process.
+    let _ = nix_term(child.id());
+    let _ = child.wait();
+    let requests_before = apiserver_requests(client).await;
+    let started = Instant::now();
+    *child = spawn()?;
+    let readyz = url.replace("/metrics", "/readyz");
+    loop {
+        if ureq::get(&readyz).call().is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        if started.elapsed() > LIMIT {
+            return Err(format!("the restarted operator not ready after {LIMIT:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    out.restart_ready = started.elapsed().as_secs_f64();
+    let sweeps = |t: &str| metric_sum(t, "kratos_operator_drift_sweeps_total", |_| true);
+    let deadline = Instant::now() + 2 * RESYNC + Duration::from_secs(30);
+    let text = loop {
+        let text = metrics(url);
+        if sweeps(&text) >= 1.0 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    out.restart_settled = started.elapsed().as_secs_f64();
+    out.restart_kratos = (
+        metric_sum(&text, "kratos_client_http_requests_total", |_| true) as u64,
+        metric_sum(&text, "kratos_client_http_requests_total", |l| {
+            WRITE_OPS
+                .iter()
+                .any(|op| l.contains(&format!("operation=\"{op}\"")))
+        }) as u64,
+    );
+    let requests_after = apiserver_requests(client).await;
+    for (key, after) in &requests_after {
+        let delta = after - requests_before.get(key).copied().unwrap_or(0.0);
+        if delta >= 1.0 && !key.starts_with("GET ") && !key.starts_with("WATCH ") {
+            out.restart_api_writes.push((key.clone(), delta));
+        }
+    }
+    Ok(out)
+}
+
+/// SIGTERM to a process (the operator shuts down as a pod stop asks it to).
+fn nix_term(pid: u32) -> std::io::Result<()> {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("kill exited with {status}")))
+    }
 }
 
 /// (d): the Kratos traffic of one idle resync: the window from the end of one sweep to the end
@@ -627,28 +897,82 @@ async fn install_crds(client: &Client) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs every scenario and writes the report.
-/// Runs every scenario; without `baseline`, (c) is skipped, without `passwords` the scenario
-/// with passwords (quicker runs while tuning).
-pub fn run(
-    sizes: &[usize],
-    baseline: bool,
+/// What to run: the sizes, the per-object baseline (c), the scenario with passwords, how often
+/// to repeat the largest scenario, and a row on sqlite for comparison.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Object counts (passwords are measured at the first).
+    pub sizes: Vec<usize>,
+    /// Run the per-object baseline (c) (once, in the first run of each size).
+    pub baseline: bool,
+    /// Add the scenario with passwords at the first size.
+    pub passwords: bool,
+    /// Runs of the largest size without passwords (the ratios are reported as their median).
+    pub runs: usize,
+    /// Add one run of the largest size on sqlite, without (c).
+    pub sqlite: bool,
+    /// Measure (f), (g) and (i) in the first run of the largest size.
+    pub latencies: bool,
+}
+
+/// One scenario of a [`Plan`].
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    n: usize,
     passwords: bool,
-    root_repo: &Path,
-) -> Result<Vec<Figures>, String> {
+    database: Database,
+    run: usize,
+    baseline: bool,
+}
+
+impl Plan {
+    fn scenarios(&self) -> Vec<Scenario> {
+        let largest = self.sizes.iter().copied().max().unwrap_or(1000);
+        let mut all = Vec::new();
+        for &n in &self.sizes {
+            let runs = if n == largest { self.runs.max(1) } else { 1 };
+            for run in 1..=runs {
+                all.push(Scenario {
+                    n,
+                    passwords: false,
+                    database: Database::Postgres,
+                    run,
+                    baseline: self.baseline && run == 1,
+                });
+            }
+        }
+        if self.passwords {
+            all.push(Scenario {
+                n: self.sizes.first().copied().unwrap_or(1000),
+                passwords: true,
+                database: Database::Postgres,
+                run: 1,
+                baseline: self.baseline,
+            });
+        }
+        if self.sqlite {
+            all.push(Scenario {
+                n: largest,
+                passwords: false,
+                database: Database::Sqlite,
+                run: 1,
+                baseline: false,
+            });
+        }
+        all
+    }
+}
+
+/// Runs every scenario of `plan`.
+pub fn run(plan: &Plan, root_repo: &Path) -> Result<Vec<Figures>, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(err)?;
-    runtime.block_on(run_async(sizes, baseline, passwords, root_repo))
+    runtime.block_on(run_async(plan, root_repo))
 }
 
-async fn run_async(
-    sizes: &[usize],
-    baseline: bool,
-    with_passwords: bool,
-    repo: &Path,
-) -> Result<Vec<Figures>, String> {
+async fn run_async(plan: &Plan, repo: &Path) -> Result<Vec<Figures>, String> {
     let root = repo.join("target").join("bench");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).map_err(err)?;
@@ -658,15 +982,24 @@ async fn run_async(
     let env = Environment::up(&env_dir).map_err(err)?;
     let client = kube_client(&env).await?;
     install_crds(&client).await?;
-    let mut scenarios: Vec<(usize, bool)> = sizes.iter().map(|n| (*n, false)).collect();
-    if with_passwords {
-        scenarios.push((sizes.first().copied().unwrap_or(1000), true));
-    }
     let mut all = Vec::new();
-    for (n, passwords) in scenarios {
-        let tag = format!("{n}{}", if passwords { "-pw" } else { "" });
-        eprintln!("bench: N={n} passwords={passwords}");
-        let (b, b_cpu) = kratos_floor(&root, n, passwords).await?;
+    for Scenario {
+        n,
+        passwords,
+        database,
+        run,
+        baseline,
+    } in plan.scenarios()
+    {
+        let tag = format!("{n}{}-{database}-{run}", if passwords { "-pw" } else { "" });
+        eprintln!("bench: N={n} passwords={passwords} database={database} run={run}");
+        // What users feel is measured once, at the largest size on PostgreSQL.
+        let measure_latencies = plan.latencies
+            && run == 1
+            && !passwords
+            && database == Database::Postgres
+            && Some(n) == plan.sizes.iter().copied().max();
+        let (b, b_cpu) = kratos_floor(&root, n, passwords, database, run).await?;
         eprintln!("bench:   (b) Kratos floor {b:.1}s ({b_cpu:.1} CPU seconds)");
         let k = apiserver_floor(&client, n, &tag).await?;
         eprintln!("bench:   (k) apiserver floor {k:.1}s");
@@ -678,6 +1011,8 @@ async fn run_async(
             n,
             passwords,
             true,
+            database,
+            measure_latencies,
             &format!("{tag}-fast"),
         )
         .await?;
@@ -694,6 +1029,8 @@ async fn run_async(
                 n,
                 passwords,
                 false,
+                database,
+                false,
                 &format!("{tag}-slow"),
             )
             .await?;
@@ -708,6 +1045,8 @@ async fn run_async(
         let (d_requests, d_writes, d_bytes) = fast.idle.unwrap_or_default();
         all.push(Figures {
             n,
+            database,
+            run,
             passwords,
             a1: fast.a1,
             a2: fast.a2,
@@ -723,10 +1062,33 @@ async fn run_async(
             cpu: fast.cpu,
             b_cpu,
             requests: fast.requests,
+            latencies: fast.latencies,
         });
     }
     let _ = env::down(&env_dir);
     Ok(all)
+}
+
+/// The median of `values` (the mean of the middle two for an even count); 0 when empty.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// A scenario's name in tables: N, passwords, database and run.
+fn scenario_cells(f: &Figures) -> String {
+    format!(
+        "{} | {} | {} | {}",
+        f.n,
+        if f.passwords { "yes" } else { "no" },
+        f.database,
+        f.run
+    )
 }
 
 /// The markdown report.
@@ -734,19 +1096,20 @@ pub fn report(figures: &[Figures], command: &str) -> String {
     let mut md = String::from("# Benchmarks\n\n");
     let _ = writeln!(
         md,
-        "Generated by `{command}` on the built-in local environment (kube-apiserver v1.33.13 + etcd, Kratos v1.3.1 on sqlite, \
-         2 cores). Each scenario uses a fresh Kratos; the objects exist before the operator (release build) starts, and the clock \
-         starts with it. Times in seconds; all figures of a row come from the same run, so compare the ratios, not the absolute \
-         times, across machines.\n"
+        "Generated by `{command}` on the built-in local environment (kube-apiserver v1.33.13 + etcd, Kratos v1.3.1 on \
+         PostgreSQL {pg} unless the row says sqlite; 2 cores). Each scenario uses a fresh Kratos with a fresh database; the \
+         objects exist before the operator (the release build `target/release/kratos-operator`: glibc, the system allocator) \
+         starts, and the clock starts with it. Times in seconds; all figures of a row come from the same run, so compare the \
+         ratios, not the absolute times, across machines.\n",
+        pg = postgres_version()
     );
-    md.push_str("| N | passwords | (a1) all in Kratos | (a2) all Ready | (b) Kratos floor | (k) apiserver floor | (c) per-object | a1/b | a2/(b+k) | c/a2 | (d) idle resync: requests / writes / bytes | ceil(N/500) + 1 | (e) peak RSS MiB (per-object) |\n");
-    md.push_str("|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n");
+    md.push_str("| N | passwords | database | run | (a1) all in Kratos | (a2) all Ready | (b) Kratos floor | (k) apiserver floor | (c) per-object | a1/b | a2/(b+k) | c/a2 | (d) idle resync: requests / writes / bytes | ceil(N/500) + 1 | (e) peak RSS MiB (per-object) |\n");
+    md.push_str("|---:|:---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n");
     for f in figures {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {} | {} / {} / {} | {} | {:.0} ({:.0}) |",
-            f.n,
-            if f.passwords { "yes" } else { "no" },
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {} | {} / {} / {} | {} | {} |",
+            scenario_cells(f),
             f.a1,
             f.a2,
             f.b,
@@ -772,9 +1135,18 @@ pub fn report(figures: &[Figures], command: &str) -> String {
             f.d_bytes,
             // One page of sessions: the bench's identities have none.
             f.n.div_ceil(500) + 1,
-            f.rss_mib,
-            f.rss_per_object_mib
+            if f.rss_per_object_mib > 0.0 {
+                format!("{:.0} ({:.0})", f.rss_mib, f.rss_per_object_mib)
+            } else {
+                format!("{:.0}", f.rss_mib)
+            }
         );
+    }
+    md.push_str(&medians(figures));
+    for f in figures {
+        if let Some(l) = &f.latencies {
+            md.push_str(&latency_report(f.n, l));
+        }
     }
     md.push_str(
         "\nTargets at N = 10,000: (a1)/(b) <= 1.5; (a2)/((b)+(k)) <= 1.5; (c)/(a2) >= 5; an idle resync makes at most \
@@ -791,7 +1163,8 @@ pub fn report(figures: &[Figures], command: &str) -> String {
     md.push_str(
         "\n## Where the CPU goes during (a2)\n\nCPU seconds (user + system, from /proc) each process used between the operator's \
          start and the last object becoming Ready; the machine has 2 cores, so the busy share is the sum over 2 x (a2).\n\n\
-         | N | passwords | operator | kube-apiserver | etcd | kube-controller-manager | Kratos | sum | busy share | Kratos in (b) |\n|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         PostgreSQL counts its server and backends (the SQL work Kratos asks for).\n\n\
+         | N | passwords | database | run | operator | kube-apiserver | etcd | kube-controller-manager | Kratos | PostgreSQL | sum | busy share | Kratos (+ PostgreSQL) in (b) |\n|---:|:---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for f in figures {
         let of = |name: &str| {
@@ -803,14 +1176,14 @@ pub fn report(figures: &[Figures], command: &str) -> String {
         let sum: f64 = f.cpu.iter().map(|(_, v)| v).sum();
         let _ = writeln!(
             md,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.1} |",
-            f.n,
-            if f.passwords { "yes" } else { "no" },
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.1} |",
+            scenario_cells(f),
             of("operator"),
             of("kube-apiserver"),
             of("etcd"),
             of("kube-controller-manager"),
             of("kratos"),
+            of("postgres"),
             sum,
             100.0 * sum / (2.0 * f.a2).max(1e-9),
             f.b_cpu
@@ -821,7 +1194,7 @@ pub fn report(figures: &[Figures], command: &str) -> String {
          taken before the operator starts and when the last object is Ready (GET and WATCH left out). \
          Per new object the operator writes the finalizer (PATCH identities) and the status (APPLY \
          identities/status); its Events wait until the creates are over. The apiserver floor (k) is one \
-         write per object.\n\n| N | passwords | requests |\n|---:|:---:|---|\n",
+         write per object.\n\n| N | passwords | database | run | requests |\n|---:|:---:|:---:|---:|---|\n",
     );
     for f in figures {
         let list = f
@@ -830,14 +1203,118 @@ pub fn report(figures: &[Figures], command: &str) -> String {
             .map(|(k, v)| format!("{k}: {v:.0}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let _ = writeln!(md, "| {} | {list} |", scenario_cells(f));
+    }
+    md
+}
+
+/// The medians of the repeated scenarios (same N, passwords and database, more than one run).
+fn medians(figures: &[Figures]) -> String {
+    let mut md = String::new();
+    let mut seen = Vec::new();
+    for f in figures {
+        let key = (f.n, f.passwords, f.database);
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let runs: Vec<&Figures> = figures
+            .iter()
+            .filter(|g| (g.n, g.passwords, g.database) == key)
+            .collect();
+        if runs.len() < 2 {
+            continue;
+        }
+        let of = |v: fn(&Figures) -> f64| median(runs.iter().map(|g| v(g)).collect());
         let _ = writeln!(
             md,
-            "| {} | {} | {list} |",
+            "\nMedian of {} runs at N = {} ({}{}): (a1) {:.1} s, (a2) {:.1} s, (b) {:.1} s, (k) {:.1} s; \
+             a1/b {:.2}, a2/(b+k) {:.2} (the median of each run's ratio).",
+            runs.len(),
             f.n,
-            if f.passwords { "yes" } else { "no" }
+            f.database,
+            if f.passwords { ", passwords" } else { "" },
+            of(|g| g.a1),
+            of(|g| g.a2),
+            of(|g| g.b),
+            of(|g| g.k),
+            of(|g| g.a1 / g.b.max(1e-9)),
+            of(|g| g.a2 / (g.b + g.k).max(1e-9)),
         );
     }
     md
+}
+
+/// The section on (f), (g) and (i).
+fn latency_report(n: usize, l: &Latencies) -> String {
+    let mut md = format!(
+        "\n## What users feel, with {n} objects managed and idle\n\n\
+         The operator of the first {n}-object run on PostgreSQL, once all were Ready and one idle resync had passed. \
+         Each sample waits for the one before it. Milliseconds.\n\n\
+         | | p50 | p99 | max | samples | goal |\n|---|---:|---:|---:|---:|---|\n"
+    );
+    let ms = |v: f64| format!("{:.0}", v * 1000.0);
+    for (name, samples, goal) in [
+        (
+            "(f) create of a new Identity until `Ready=True`",
+            &l.apply_to_ready,
+            "p50 < 300",
+        ),
+        (
+            "(g) spec change until Kratos serves it",
+            &l.change_to_kratos,
+            "",
+        ),
+    ] {
+        let max = samples.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} | {goal} |",
+            ms(percentile(samples, 50.0)),
+            ms(percentile(samples, 99.0)),
+            ms(max),
+            samples.len()
+        );
+    }
+    let writes = if l.restart_api_writes.is_empty() {
+        "none".to_string()
+    } else {
+        l.restart_api_writes
+            .iter()
+            .map(|(k, v)| format!("{k}: {v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        md,
+        "\n(i) Restart (SIGTERM, then a new process) with {n} Ready objects: `/readyz` answered 200 after {:.1} s (caches \
+         synced: ready to act); its first drift sweep, which checks every object against Kratos, ended after {:.1} s. \
+         Until then it sent Kratos {} requests, {} of them writes (goal: none); the API server served these requests \
+         other than GET and WATCH (goal: no write by the operator; PUT leases are the API server's own identity Lease, \
+         renewed every 10 s, as the bench runs the operator without leader election): {writes}.\n",
+        l.restart_ready, l.restart_settled, l.restart_kratos.0, l.restart_kratos.1
+    );
+    md
+}
+
+/// The version the environment's PostgreSQL server reports (`postgres --version`).
+fn postgres_version() -> String {
+    kratos_operator_testenv::postgres::bin_dir()
+        .ok()
+        .and_then(|bin| {
+            Command::new(bin.join("postgres"))
+                .arg("--version")
+                .output()
+                .ok()
+        })
+        // "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+        .and_then(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .nth(2)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "(unknown version)".into())
 }
 
 /// The PNG chart: per scenario, bars for (a1), (a2), (b), (b)+(k) and (c).
@@ -853,7 +1330,7 @@ pub fn chart(figures: &[Figures], path: &Path) -> Result<(), String> {
     let font: &'static [u8] = Box::leak(font.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, font)
         .map_err(|_| "cannot load the font".to_string())?;
-    let root = BitMapBackend::new(path, (1100, 560)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1300, 620)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let series = [
         "(a1) in Kratos",
@@ -863,25 +1340,43 @@ pub fn chart(figures: &[Figures], path: &Path) -> Result<(), String> {
         "(c) per-object",
     ];
     let colors = [BLUE, GREEN, RGBColor(120, 120, 120), BLACK, RED];
+    // A log scale: the per-object baseline runs for minutes, the floors for seconds.
+    const FLOOR: f64 = 0.5;
     let max = figures
         .iter()
         .map(|f| f.c.max(f.a2).max(f.b + f.k))
         .fold(1.0, f64::max)
-        * 1.1;
+        * 2.0;
     let groups = figures.len().max(1);
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "kratos-operator: seconds until N new identities converge",
-            ("sans-serif", 22),
+            "kratos-operator: seconds until N new identities converge (log scale; \u{2265}: a lower bound, stopped at the cap)",
+            ("sans-serif", 20),
         )
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..(groups as f64), 0f64..max)
+        .build_cartesian_2d(0f64..(groups as f64), (FLOOR..max).log_scale())
         .map_err(err)?;
     let labels: Vec<String> = figures
         .iter()
-        .map(|f| format!("N={}{}", f.n, if f.passwords { " + passwords" } else { "" }))
+        .map(|f| {
+            format!(
+                "N={}{}{}{}",
+                f.n,
+                if f.passwords { " + passwords" } else { "" },
+                if f.database == Database::Sqlite {
+                    " sqlite"
+                } else {
+                    ""
+                },
+                if f.run > 1 {
+                    format!(" #{}", f.run)
+                } else {
+                    String::new()
+                }
+            )
+        })
         .collect();
     chart
         .configure_mesh()
@@ -895,7 +1390,7 @@ pub fn chart(figures: &[Figures], path: &Path) -> Result<(), String> {
                 String::new()
             }
         })
-        .y_desc("seconds")
+        .y_desc("seconds (log scale)")
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(err)?;
@@ -916,14 +1411,29 @@ pub fn chart(figures: &[Figures], path: &Path) -> Result<(), String> {
             })
             .collect();
         chart
-            .draw_series(
-                bars.iter()
-                    .map(|(x, v)| Rectangle::new([(*x, 0.0), (*x + 0.14, *v)], color.filled())),
-            )
+            .draw_series(bars.iter().filter(|(_, v)| *v > 0.0).map(|(x, v)| {
+                Rectangle::new([(*x, FLOOR), (*x + 0.14, v.max(FLOOR))], color.filled())
+            }))
             .map_err(err)?
             .label(*name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
+    // Lower bounds (the per-object baseline stopped at its cap) say so above their bar.
+    chart
+        .draw_series(
+            figures
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.c > 0.0 && f.c_ready < f.n)
+                .map(|(g, f)| {
+                    Text::new(
+                        format!("\u{2265}{:.0}", f.c),
+                        (g as f64 + 0.1 + 4.0 * 0.16 - 0.04, f.c * 1.15),
+                        ("sans-serif", 14).into_font().color(&RED),
+                    )
+                }),
+        )
+        .map_err(err)?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
@@ -939,4 +1449,102 @@ pub fn chart(figures: &[Figures], path: &Path) -> Result<(), String> {
 /// Where the report goes.
 pub fn docs_dir(repo: &Path) -> PathBuf {
     repo.join("docs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_size_repeats_c_runs_once_and_sqlite_gets_one_row() {
+        let plan = Plan {
+            sizes: vec![1000, 10000],
+            baseline: true,
+            passwords: true,
+            runs: 3,
+            sqlite: true,
+            latencies: true,
+        };
+        let got: Vec<(usize, bool, Database, usize, bool)> = plan
+            .scenarios()
+            .iter()
+            .map(|s| (s.n, s.passwords, s.database, s.run, s.baseline))
+            .collect();
+        use Database::{Postgres, Sqlite};
+        assert_eq!(
+            got,
+            [
+                (1000, false, Postgres, 1, true),
+                (10000, false, Postgres, 1, true),
+                (10000, false, Postgres, 2, false),
+                (10000, false, Postgres, 3, false),
+                (1000, true, Postgres, 1, true),
+                (10000, false, Sqlite, 1, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&samples, 50.0), 50.0);
+        assert_eq!(percentile(&samples, 99.0), 99.0);
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 50.0), 2.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn the_chart_draws_every_scenario_on_a_log_scale_with_lower_bounds() {
+        let figure = |n, c, c_ready| Figures {
+            n,
+            a1: 3.0,
+            a2: 4.5,
+            b: 1.7,
+            k: 1.4,
+            c,
+            c_ready,
+            ..Figures::default()
+        };
+        let figures = [
+            figure(1000, 128.9, 1000),
+            figure(10000, 480.0, 1510),
+            figure(10000, 0.0, 0),
+        ];
+        let dir = kratos_operator_testenv::repo_root()
+            .join("target")
+            .join("chart-test");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("benchmarks.png");
+        chart(&figures, &path).expect("chart");
+        let png = std::fs::read(&path).expect("png");
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        assert!(png.len() > 10_000, "an empty chart ({} bytes)", png.len());
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
+
+    #[test]
+    fn repeated_scenarios_report_the_median_of_each_ratio() {
+        let run = |run, a1, b| Figures {
+            n: 10000,
+            run,
+            a1,
+            a2: a1 + 10.0,
+            b,
+            k: 10.0,
+            ..Figures::default()
+        };
+        let md = medians(&[run(1, 30.0, 20.0), run(2, 60.0, 20.0), run(3, 40.0, 20.0)]);
+        assert!(
+            md.contains("Median of 3 runs at N = 10000 (postgres)"),
+            "{md}"
+        );
+        assert!(md.contains("a1/b 2.00"), "{md}");
+        assert!(medians(&[run(1, 30.0, 20.0)]).is_empty());
+    }
 }

@@ -70,6 +70,16 @@ enum Task {
         /// Skip the scenario with passwords (with --no-baseline: a quicker run while tuning).
         #[arg(long, requires = "no_baseline")]
         no_passwords: bool,
+        /// Runs of the largest size (ratios reported as their median; (c) runs once).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+        runs: u16,
+        /// Skip the comparison row with Kratos on sqlite.
+        #[arg(long)]
+        no_sqlite: bool,
+        /// Skip the latencies users feel ((f), (g), (i)), measured once the largest size is
+        /// idle.
+        #[arg(long)]
+        no_latencies: bool,
     },
 }
 
@@ -131,7 +141,17 @@ fn main() -> ExitCode {
             sizes,
             no_baseline,
             no_passwords,
-        } => bench_cmd(&sizes, !no_baseline, !no_passwords),
+            runs,
+            no_sqlite,
+            no_latencies,
+        } => bench_cmd(&bench::Plan {
+            latencies: !no_latencies,
+            sizes,
+            baseline: !no_baseline,
+            passwords: !no_passwords,
+            runs: usize::from(runs),
+            sqlite: !no_sqlite,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -470,26 +490,30 @@ fn image_cmd(pause: bool, containerd_socket: Option<&std::path::Path>) -> Result
     Ok(())
 }
 
-fn bench_cmd(sizes: &[usize], baseline: bool, passwords: bool) -> Result<(), String> {
+fn bench_cmd(plan: &bench::Plan) -> Result<(), String> {
     build_all(false)?;
     cargo(
         &["build", "--release", "--quiet", "--bin", "kratos-operator"],
         &[],
     )?;
     let repo = kratos_operator_testenv::repo_root();
-    let figures = bench::run(sizes, baseline, passwords, &repo)?;
+    let figures = bench::run(plan, &repo)?;
     let docs = bench::docs_dir(&repo);
     std::fs::create_dir_all(&docs).map_err(|e| e.to_string())?;
-    let command = format!(
-        "cargo xtask bench --sizes {}",
-        sizes
+    let mut command = format!(
+        "cargo xtask bench --sizes {} --runs {}",
+        plan.sizes
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
-            .join(",")
+            .join(","),
+        plan.runs
     );
+    if !plan.sqlite {
+        command.push_str(" --no-sqlite");
+    }
     let md = bench::report(&figures, &command);
-    if !baseline {
+    if !plan.baseline {
         println!("{md}");
         return Ok(());
     }
