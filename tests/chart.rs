@@ -27,13 +27,45 @@ fn admin_url_arg() -> String {
     format!("kratos.adminUrl={PLACEHOLDER_ADMIN_URL}")
 }
 
+/// A digest for `image.digest`.
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// `helm` arguments that set every optional knob at once: extra args, volumes and mounts, the
+/// image digest, a strategy, probe timings, ServiceMonitor relabelings and namespace.
+fn knob_args() -> Vec<String> {
+    [
+        "--set-json",
+        r#"extraArgs=["--batch-creates=false","--drift-sweeps=false"]"#,
+        "--set-json",
+        r#"extraVolumes=[{"name":"scratch","emptyDir":{"sizeLimit":"1Mi"}}]"#,
+        "--set-json",
+        r#"extraVolumeMounts=[{"name":"scratch","mountPath":"/scratch","readOnly":true}]"#,
+        "--set-json",
+        r#"strategy={"type":"RollingUpdate","rollingUpdate":{"maxSurge":0,"maxUnavailable":1}}"#,
+        "--set-json",
+        r#"livenessProbe={"initialDelaySeconds":null,"timeoutSeconds":3,"terminationGracePeriodSeconds":7}"#,
+        "--set-json",
+        r#"readinessProbe={"periodSeconds":2,"successThreshold":1}"#,
+        "--set-json",
+        r#"serviceMonitor={"enabled":true,"namespace":"monitoring","relabelings":[{"action":"replace","targetLabel":"team","replacement":"idp"}],"metricRelabelings":[{"action":"drop","sourceLabels":["__name__"],"regex":"go_.*"}]}"#,
+        "--set",
+        "kratos.publicUrl=https://kratos.example.com",
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .chain(["--set".to_string(), format!("image.digest={DIGEST}")])
+    .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // helm lint and the values schema
 
 #[test]
 fn helm_lint_strict_passes_with_the_required_value() {
     let admin = admin_url_arg();
+    let knobs = knob_args();
     for extra in [
+        knobs.iter().map(String::as_str).collect(),
         vec![],
         vec!["--set", "watchNamespaces={team-a,team-b}"],
         vec![
@@ -90,6 +122,32 @@ fn the_values_schema_rejects_wrong_types_unknown_keys_and_bad_urls() {
             "admissionPolicies.operatorSecrets=off",
             "/admissionPolicies/operatorSecrets",
         ),
+        // The knobs: wrong types, bad formats, keys the chart owns.
+        ("extraArgs=--batch-creates=false", "/extraArgs"),
+        ("extraArgs[0]=1", "/extraArgs/0"),
+        ("extraVolumes[0].emptyDir.medium=Memory", "/extraVolumes/0"),
+        ("extraVolumeMounts[0].name=scratch", "mountPath"),
+        ("image.digest=sha256:0123abc", "/image/digest"),
+        ("image.digest=latest", "/image/digest"),
+        ("strategy.type=BlueGreen", "/strategy/type"),
+        ("strategy.maxSurge=1", "maxSurge"),
+        (
+            "livenessProbe.periodSeconds=often",
+            "/livenessProbe/periodSeconds",
+        ),
+        ("livenessProbe.httpGet.path=/x", "httpGet"),
+        (
+            "readinessProbe.terminationGracePeriodSeconds=5",
+            "terminationGracePeriodSeconds",
+        ),
+        (
+            "serviceMonitor.relabelings=drop",
+            "/serviceMonitor/relabelings",
+        ),
+        (
+            "serviceMonitor.namespace=Monitoring",
+            "/serviceMonitor/namespace",
+        ),
     ] {
         // --set-string for the ones whose type error is the point; --set parses numbers/bools.
         let flag = if ["leaderElection", "tenancy.enforce", "admissionPolicies"]
@@ -129,6 +187,26 @@ fn the_values_schema_rejects_wrong_types_unknown_keys_and_bad_urls() {
     )
     .unwrap_err();
     assert!(err.contains("at most one"), "{err}");
+    // Without leader election a rolling update would run two writers at once.
+    for strategy in [
+        "strategy.type=RollingUpdate",
+        "strategy.rollingUpdate.maxSurge=1",
+    ] {
+        let err = helm_template(
+            "lint",
+            "default",
+            &[
+                "--set",
+                &admin,
+                "--set",
+                "leaderElection.enabled=false",
+                "--set",
+                strategy,
+            ],
+        )
+        .expect_err(strategy);
+        assert!(err.contains("only type Recreate"), "{strategy}: {err}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -416,6 +494,103 @@ fn optional_parts_render_when_enabled() {
     }
 }
 
+#[test]
+fn the_knobs_render_where_asked_and_leave_the_defaults_alone() {
+    let admin = admin_url_arg();
+    let knobs = knob_args();
+    let mut args = vec!["--set", admin.as_str()];
+    args.extend(knobs.iter().map(String::as_str));
+    let docs = json_documents(&render("ops", "kratos-system", &args));
+    let deployment = find(&docs, "Deployment", "ops-kratos-operator");
+    let spec = &deployment["spec"]["template"]["spec"];
+    let container = &spec["containers"][0];
+    // The digest wins over the tag.
+    assert_eq!(
+        container["image"],
+        format!("ghcr.io/kratos-operator/kratos-operator@{DIGEST}")
+    );
+    assert_eq!(
+        container["args"],
+        json!(["run", "--batch-creates=false", "--drift-sweeps=false"])
+    );
+    // Extra volumes and mounts come after the chart's own, which stay.
+    let volumes = spec["volumes"].as_array().unwrap();
+    assert_eq!(volumes[0]["name"], "tmp");
+    assert_eq!(
+        volumes.last().unwrap(),
+        &json!({ "name": "scratch", "emptyDir": { "sizeLimit": "1Mi" } })
+    );
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    assert_eq!(mounts[0]["mountPath"], "/tmp");
+    assert_eq!(
+        mounts.last().unwrap(),
+        &json!({ "name": "scratch", "mountPath": "/scratch", "readOnly": true })
+    );
+    assert_eq!(
+        deployment["spec"]["strategy"],
+        json!({ "type": "RollingUpdate", "rollingUpdate": { "maxSurge": 0, "maxUnavailable": 1 } })
+    );
+    // Probe timings merge over the defaults (null drops one); the handlers stay the chart's.
+    assert_eq!(
+        container["livenessProbe"],
+        json!({
+            "httpGet": { "path": "/healthz", "port": "metrics" },
+            "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3,
+            "terminationGracePeriodSeconds": 7,
+        })
+    );
+    assert_eq!(
+        container["readinessProbe"],
+        json!({
+            "httpGet": { "path": "/readyz", "port": "metrics" },
+            "periodSeconds": 2, "successThreshold": 1, "failureThreshold": 3,
+        })
+    );
+    let monitor = find(&docs, "ServiceMonitor", "ops-kratos-operator");
+    assert_eq!(monitor["metadata"]["namespace"], "monitoring");
+    // It still scrapes the Service in the release namespace.
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"],
+        json!(["kratos-system"])
+    );
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(
+        endpoint["relabelings"],
+        json!([{ "action": "replace", "targetLabel": "team", "replacement": "idp" }])
+    );
+    assert_eq!(
+        endpoint["metricRelabelings"],
+        json!([{ "action": "drop", "sourceLabels": ["__name__"], "regex": "go_.*" }])
+    );
+
+    // Without leader election the default is Recreate, and Recreate may be asked for.
+    for strategy in [vec![], vec!["--set", "strategy.type=Recreate"]] {
+        let mut args = vec![
+            "--set",
+            admin.as_str(),
+            "--set",
+            "leaderElection.enabled=false",
+        ];
+        args.extend(strategy);
+        let docs = json_documents(&render("ops", "kratos-system", &args));
+        assert_eq!(
+            find(&docs, "Deployment", "ops-kratos-operator")["spec"]["strategy"],
+            json!({ "type": "Recreate" })
+        );
+    }
+    // The defaults of every knob render nothing new: the chart's volumes only.
+    let docs = json_documents(&render("ops", "kratos-system", &["--set", &admin]));
+    let spec = &find(&docs, "Deployment", "ops-kratos-operator")["spec"]["template"]["spec"];
+    assert_eq!(spec["volumes"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 /// Kinds without a namespace.
 const CLUSTER_SCOPED: [&str; 4] = [
     "ClusterRole",
@@ -571,7 +746,8 @@ fn admission_policies_follow_their_values_and_speak_the_operators_words() {
 }
 
 /// Every environment variable with a literal value is one the operator reads, and its value
-/// parses as the corresponding flag's value.
+/// parses as the corresponding flag's value; the container's arguments (`run` and extraArgs)
+/// parse together with them.
 #[test]
 fn every_rendered_environment_variable_is_an_operator_flag_with_a_valid_value() {
     use clap::CommandFactory;
@@ -599,11 +775,28 @@ fn every_rendered_environment_variable_is_an_operator_flag_with_a_valid_value() 
             "--set".to_string(),
             "tenancy.enforce=false".to_string(),
         ],
+        [vec!["--set".to_string(), admin_url_arg()], knob_args()].concat(),
+        // An extra argument for a flag the chart sets through the environment: the argument wins.
+        vec![
+            "--set".to_string(),
+            admin_url_arg(),
+            "--set-json".to_string(),
+            r#"extraArgs=["--resync-interval=2m","--batch-creates","false"]"#.to_string(),
+        ],
     ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let docs = json_documents(&render("env", "default", &args));
         let deployment = find(&docs, "Deployment", "env-kratos-operator");
+        let container_args: Vec<String> =
+            deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().expect("string argument").to_string())
+                .collect();
+        assert_eq!(container_args[0], "run", "{container_args:?}");
         let mut argv = vec!["kratos-operator".to_string()];
+        argv.extend(container_args.iter().cloned());
         for (name, e) in env_of(deployment) {
             // Read by the operator outside clap: the pod identity and the log filter.
             if ["POD_NAME", "POD_NAMESPACE", "RUST_LOG"].contains(&name.as_str()) {
@@ -614,6 +807,14 @@ fn every_rendered_environment_variable_is_an_operator_flag_with_a_valid_value() 
                 .find(|(env, _, _)| *env == name)
                 .unwrap_or_else(|| panic!("{name} is not read by any operator flag"));
             let value = e["value"].as_str().expect("literal value").to_string();
+            // A flag given as an argument overrides its environment variable (clap's order).
+            let flag = format!("--{long}");
+            if container_args
+                .iter()
+                .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+            {
+                continue;
+            }
             if *is_bool {
                 assert!(
                     ["true", "false"].contains(&value.as_str()),
@@ -664,6 +865,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run_in_every_mode() {
     let release = unique_name("dry");
     let admin = admin_url_arg();
     let watch = format!("watchNamespaces={{{},default}}", t.namespace);
+    let knobs = knob_args();
     for extra in [
         vec!["--include-crds"],
         vec!["--set", watch.as_str()],
@@ -674,6 +876,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run_in_every_mode() {
             "--set",
             "kratos.tokenSecret.name=kratos-token,kratos.ca.secret.name=kratos-ca",
         ],
+        knobs.iter().map(String::as_str).collect(),
     ] {
         let mut args = vec!["--set", admin.as_str()];
         args.extend(extra);
@@ -739,7 +942,9 @@ fn assert_restricted(template: &Value) {
 #[test]
 fn every_container_runs_with_the_restricted_settings_in_every_mode() {
     let admin = admin_url_arg();
+    let knobs = knob_args();
     for extra in [
+        knobs.iter().map(String::as_str).collect(),
         vec![],
         vec!["--set", "watchNamespaces={a}"],
         vec![

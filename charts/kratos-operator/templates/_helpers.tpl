@@ -61,10 +61,26 @@ Name of the ServiceAccount.
 {{- end }}
 
 {{/*
-The image reference.
+The image reference: by digest when image.digest is set (the tag is then ignored), else by tag.
 */}}
 {{- define "kratos-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The timing fields of a probe, in a fixed order (the probe's handler is the chart's). A field set
+to null in the values is left out, so Kubernetes' default applies.
+*/}}
+{{- define "kratos-operator.probeTiming" -}}
+{{- range $field := list "initialDelaySeconds" "periodSeconds" "timeoutSeconds" "successThreshold" "failureThreshold" "terminationGracePeriodSeconds" }}
+{{- if and (hasKey $ $field) (not (kindIs "invalid" (index $ $field))) }}
+{{ $field }}: {{ index $ $field }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -163,3 +179,4 @@ matchResources:
   namespaceSelector: {}
 {{- end }}
 {{- end }}
+
