@@ -31,7 +31,8 @@ fn admin_url_arg() -> String {
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// `helm` arguments that set every optional knob at once: extra args, volumes and mounts, the
-/// image digest, a strategy, probe timings, ServiceMonitor relabelings and namespace.
+/// image digest, a strategy, probe timings, ServiceMonitor relabelings and namespace, and the
+/// NetworkPolicy with peers of every kind.
 fn knob_args() -> Vec<String> {
     [
         "--set-json",
@@ -48,6 +49,8 @@ fn knob_args() -> Vec<String> {
         r#"readinessProbe={"periodSeconds":2,"successThreshold":1}"#,
         "--set-json",
         r#"serviceMonitor={"enabled":true,"namespace":"monitoring","relabelings":[{"action":"replace","targetLabel":"team","replacement":"idp"}],"metricRelabelings":[{"action":"drop","sourceLabels":["__name__"],"regex":"go_.*"}]}"#,
+        "--set-json",
+        r#"networkPolicy={"enabled":true,"metricsFrom":[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}],"kratos":{"peers":[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"kratos"}},"podSelector":{"matchLabels":{"app.kubernetes.io/name":"kratos"}}}]},"apiServer":{"cidrs":["10.0.0.1/32","fd00::1/128"],"ports":[6443]},"dns":{"peers":[{"ipBlock":{"cidr":"10.96.0.10/32"}}]},"extraEgress":[{"to":[{"ipBlock":{"cidr":"10.1.0.0/16"}}],"ports":[{"port":3128,"protocol":"TCP"}]}]}"#,
         "--set",
         "kratos.publicUrl=https://kratos.example.com",
     ]
@@ -148,11 +151,33 @@ fn the_values_schema_rejects_wrong_types_unknown_keys_and_bad_urls() {
             "serviceMonitor.namespace=Monitoring",
             "/serviceMonitor/namespace",
         ),
+        ("networkPolicy.enabled=yes", "/networkPolicy/enabled"),
+        (
+            "networkPolicy.apiServer.cidrs[0]=10.0.0.1",
+            "/networkPolicy/apiServer/cidrs/0",
+        ),
+        (
+            "networkPolicy.kratos.ports[0]=70000",
+            "/networkPolicy/kratos/ports/0",
+        ),
+        (
+            "networkPolicy.kratos.peers[0].podSelektor.a=b",
+            "podSelektor",
+        ),
+        (
+            "networkPolicy.dns.to[0].ipBlock.cidr=1.1.1.1/32",
+            "/networkPolicy/dns",
+        ),
     ] {
         // --set-string for the ones whose type error is the point; --set parses numbers/bools.
-        let flag = if ["leaderElection", "tenancy.enforce", "admissionPolicies"]
-            .iter()
-            .any(|p| bad.starts_with(p))
+        let flag = if [
+            "leaderElection",
+            "tenancy.enforce",
+            "admissionPolicies",
+            "networkPolicy.enabled",
+        ]
+        .iter()
+        .any(|p| bad.starts_with(p))
         {
             "--set-string"
         } else {
@@ -563,6 +588,105 @@ fn the_knobs_render_where_asked_and_leave_the_defaults_alone() {
         json!([{ "action": "drop", "sourceLabels": ["__name__"], "regex": "go_.*" }])
     );
 
+    let policy = find(&docs, "NetworkPolicy", "ops-kratos-operator");
+    assert_eq!(policy["metadata"]["namespace"], "kratos-system");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let selector = policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    assert!(!selector.is_empty());
+    for (k, v) in selector {
+        assert_eq!(
+            &pod_labels[k], v,
+            "the policy selects the operator's pods: {k}"
+        );
+    }
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{
+            "ports": [{ "port": 8080, "protocol": "TCP" }],
+            "from": [{ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "monitoring" } } }],
+        }])
+    );
+    let tcp = |ports: &[u16]| -> Value {
+        ports
+            .iter()
+            .map(|p| json!({ "port": p, "protocol": "TCP" }))
+            .collect()
+    };
+    assert_eq!(
+        policy["spec"]["egress"],
+        json!([
+            // Kratos: the admin URL's port and the public URL's (https, no port: 443).
+            {
+                "ports": tcp(&[4434, 443]),
+                "to": [{
+                    "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "kratos" } },
+                    "podSelector": { "matchLabels": { "app.kubernetes.io/name": "kratos" } },
+                }],
+            },
+            {
+                "ports": tcp(&[6443]),
+                "to": [{ "ipBlock": { "cidr": "10.0.0.1/32" } }, { "ipBlock": { "cidr": "fd00::1/128" } }],
+            },
+            {
+                "ports": [{ "port": 53, "protocol": "UDP" }, { "port": 53, "protocol": "TCP" }],
+                "to": [{ "ipBlock": { "cidr": "10.96.0.10/32" } }],
+            },
+            { "to": [{ "ipBlock": { "cidr": "10.1.0.0/16" } }], "ports": tcp(&[3128]) },
+        ])
+    );
+
+    // The NetworkPolicy's defaults: any peer on the ports of the Kratos URLs (Kratos' public
+    // port 4433 without a public URL), 443 and 6443 for the API server, DNS anywhere.
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &["--set", &admin, "--set", "networkPolicy.enabled=true"],
+    ));
+    let policy = find(&docs, "NetworkPolicy", "ops-kratos-operator");
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{ "ports": tcp(&[8080]) }])
+    );
+    assert_eq!(
+        policy["spec"]["egress"],
+        json!([
+            { "ports": tcp(&[4434, 4433]) },
+            { "ports": tcp(&[443, 6443]) },
+            { "ports": [{ "port": 53, "protocol": "UDP" }, { "port": 53, "protocol": "TCP" }] },
+        ])
+    );
+    // Ports from the URLs: an http URL without a port is 80, one port appears once; explicit
+    // ports replace them; DNS can be turned off.
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            "kratos.adminUrl=http://kratos-admin.kratos,kratos.publicUrl=http://kratos-public.kratos:80",
+            "--set",
+            "networkPolicy.enabled=true,networkPolicy.dns.enabled=false,metrics.port=9090",
+        ],
+    ));
+    let policy = find(&docs, "NetworkPolicy", "ops-kratos-operator");
+    assert_eq!(policy["spec"]["ingress"][0]["ports"], tcp(&[9090]));
+    assert_eq!(policy["spec"]["egress"][0]["ports"], tcp(&[80]));
+    assert_eq!(policy["spec"]["egress"].as_array().unwrap().len(), 2);
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            &admin,
+            "--set",
+            "networkPolicy.enabled=true,networkPolicy.kratos.ports={4434,14433}",
+        ],
+    ));
+    let policy = find(&docs, "NetworkPolicy", "ops-kratos-operator");
+    assert_eq!(policy["spec"]["egress"][0]["ports"], tcp(&[4434, 14433]));
+
     // Without leader election the default is Recreate, and Recreate may be asked for.
     for strategy in [vec![], vec!["--set", "strategy.type=Recreate"]] {
         let mut args = vec![
@@ -578,8 +702,9 @@ fn the_knobs_render_where_asked_and_leave_the_defaults_alone() {
             json!({ "type": "Recreate" })
         );
     }
-    // The defaults of every knob render nothing new: the chart's volumes only.
+    // The defaults of every knob render nothing new: no NetworkPolicy, the chart's volumes only.
     let docs = json_documents(&render("ops", "kratos-system", &["--set", &admin]));
+    assert!(!docs.iter().any(|d| d["kind"] == "NetworkPolicy"));
     let spec = &find(&docs, "Deployment", "ops-kratos-operator")["spec"]["template"]["spec"];
     assert_eq!(spec["volumes"].as_array().unwrap().len(), 1);
     assert_eq!(
@@ -877,6 +1002,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run_in_every_mode() {
             "kratos.tokenSecret.name=kratos-token,kratos.ca.secret.name=kratos-ca",
         ],
         knobs.iter().map(String::as_str).collect(),
+        vec!["--set", "networkPolicy.enabled=true"],
     ] {
         let mut args = vec!["--set", admin.as_str()];
         args.extend(extra);

@@ -180,3 +180,34 @@ matchResources:
 {{- end }}
 {{- end }}
 
+{{/*
+The TCP port a URL connects to: its explicit port, else 443 for https and 80 for http.
+*/}}
+{{- define "kratos-operator.urlPort" -}}
+{{- $url := urlParse . }}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" }}
+{{- if $port }}{{ $port }}{{ else if eq $url.scheme "https" }}443{{ else }}80{{ end }}
+{{- end }}
+
+{{/*
+The ports of the Kratos APIs the NetworkPolicy lets the operator reach, as a JSON list:
+networkPolicy.kratos.ports when set; else the ports of kratos.adminUrl and kratos.publicUrl, and
+Kratos' default public port 4433 when kratos.publicUrl is empty (the operator then follows the
+admin port's redirect of schema reads to the public API).
+*/}}
+{{- define "kratos-operator.kratosPorts" -}}
+{{- $ports := list }}
+{{- if .Values.networkPolicy.kratos.ports }}
+{{- range .Values.networkPolicy.kratos.ports }}
+{{- $ports = append $ports (int .) }}
+{{- end }}
+{{- else }}
+{{- $ports = append $ports (include "kratos-operator.urlPort" .Values.kratos.adminUrl | int) }}
+{{- if .Values.kratos.publicUrl }}
+{{- $ports = append $ports (include "kratos-operator.urlPort" .Values.kratos.publicUrl | int) }}
+{{- else }}
+{{- $ports = append $ports 4433 }}
+{{- end }}
+{{- end }}
+{{- $ports | uniq | toJson }}
+{{- end }}
