@@ -10,6 +10,9 @@
 
 mod chart_support;
 mod support;
+// The generator of the chart's README, shared with `cargo xtask generate`.
+#[path = "../xtask/src/chart_readme.rs"]
+mod chart_readme;
 
 use chart_support::{
     PLACEHOLDER_ADMIN_URL, chart_dir, describe, helm_lint, helm_template, json_documents,
@@ -1195,4 +1198,42 @@ fn chart_crds_are_the_generated_crds() {
         diff.is_empty(),
         "charts/kratos-operator/crds differs from crds/: {diff:?}; run `UPDATE_CRDS=1 cargo test --test chart`"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// README
+
+/// The chart's README is what `cargo xtask generate` makes of values.yaml: every key documented,
+/// typed by the schema, with its current default.
+#[test]
+fn chart_readme_is_generated_from_the_values() {
+    let dir = chart_dir();
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let values = read("values.yaml");
+    let want = chart_readme::readme(&values, &read("values.schema.json"), &read("Chart.yaml"))
+        .unwrap_or_else(|e| panic!("values.yaml does not document itself: {e}"));
+    let have = std::fs::read_to_string(dir.join("README.md")).unwrap_or_default();
+    if have != want {
+        let line = have
+            .lines()
+            .zip(want.lines())
+            .position(|(h, w)| h != w)
+            .unwrap_or_else(|| have.lines().count().min(want.lines().count()));
+        panic!(
+            "charts/kratos-operator/README.md is stale from line {}: run `cargo xtask generate`\n\
+             has:  {:?}\nwants: {:?}",
+            line + 1,
+            have.lines().nth(line),
+            want.lines().nth(line)
+        );
+    }
+    // The table covers the knobs, with their defaults.
+    for row in [
+        "| `extraArgs` | list of string | `[]` |",
+        "| `image.digest` | string | `\"\"` |",
+        "| `networkPolicy.enabled` | boolean | `false` |",
+        "| `networkPolicy.apiServer.ports` | list of integer | `[443,6443]` |",
+    ] {
+        assert!(want.contains(row), "{row}");
+    }
 }
