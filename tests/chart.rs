@@ -2,8 +2,11 @@
 //! bad values, the chart renders in every mode and the rendered manifests pass a server-side
 //! dry-run against the real apiserver, the pods meet the `restricted` Pod Security Standard (the
 //! apiserver's own PodSecurity admission checks them), every environment variable the Deployment
-//! sets is one the operator reads, and the chart's `crds/` is `crds/`.
-//! Sync the chart's CRDs with `UPDATE_CRDS=1 cargo test --test chart`.
+//! sets is one the operator reads (and its extra arguments parse), the chart's `crds/` is `crds/`,
+//! its README is generated from values.yaml, and every metric its alerts, its dashboard and
+//! docs/metrics.md name is one a running operator exports.
+//! Sync the chart's CRDs with `UPDATE_CRDS=1 cargo test --test chart`, the README with
+//! `cargo xtask generate`.
 
 // Test code: panicking on unexpected results is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -72,6 +75,10 @@ fn helm_lint_strict_passes_with_the_required_value() {
     let knobs = knob_args();
     for extra in [
         knobs.iter().map(String::as_str).collect(),
+        vec![
+            "--set",
+            "prometheusRule.enabled=true,grafanaDashboard.enabled=true",
+        ],
         vec![],
         vec!["--set", "watchNamespaces={team-a,team-b}"],
         vec![
@@ -156,6 +163,23 @@ fn the_values_schema_rejects_wrong_types_unknown_keys_and_bad_urls() {
         ),
         ("networkPolicy.enabled=yes", "/networkPolicy/enabled"),
         (
+            "prometheusRule.leaderMissingAfter=15 minutes",
+            "/prometheusRule/leaderMissingAfter",
+        ),
+        (
+            "prometheusRule.leaderMissingAfter=1us",
+            "/prometheusRule/leaderMissingAfter",
+        ),
+        (
+            "prometheusRule.selector=job=\"x\"}",
+            "/prometheusRule/selector",
+        ),
+        ("grafanaDashboard.enabled=yes", "/grafanaDashboard/enabled"),
+        (
+            "grafanaDashboard.labels.grafana_dashboard=1",
+            "/grafanaDashboard/labels",
+        ),
+        (
             "networkPolicy.apiServer.cidrs[0]=10.0.0.1",
             "/networkPolicy/apiServer/cidrs/0",
         ),
@@ -178,6 +202,7 @@ fn the_values_schema_rejects_wrong_types_unknown_keys_and_bad_urls() {
             "tenancy.enforce",
             "admissionPolicies",
             "networkPolicy.enabled",
+            "grafanaDashboard.enabled",
         ]
         .iter()
         .any(|p| bad.starts_with(p))
@@ -719,6 +744,192 @@ fn the_knobs_render_where_asked_and_leave_the_defaults_alone() {
     );
 }
 
+/// The alerts of the PrometheusRule.
+const ALERTS: [&str; 6] = [
+    "KratosOperatorKratosUnreachable",
+    "KratosOperatorIdentitiesNotReady",
+    "KratosOperatorReconcileErrors",
+    "KratosOperatorEventsDropped",
+    "KratosOperatorStatusWritesStuck",
+    "KratosOperatorNoLeader",
+];
+
+/// The PromQL expressions of the rendered PrometheusRule and Grafana dashboard: each alert's
+/// `expr`, each panel target's and each template variable's query.
+fn monitoring_expressions(docs: &[Value]) -> Vec<String> {
+    let mut exprs = Vec::new();
+    for d in docs.iter().filter(|d| d["kind"] == "PrometheusRule") {
+        for group in d["spec"]["groups"].as_array().unwrap() {
+            for rule in group["rules"].as_array().unwrap() {
+                exprs.push(rule["expr"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    for d in docs.iter().filter(|d| d["kind"] == "ConfigMap") {
+        for text in d["data"].as_object().unwrap().values() {
+            let dashboard: Value = serde_json::from_str(text.as_str().unwrap()).unwrap();
+            for panel in dashboard["panels"].as_array().unwrap() {
+                for target in panel["targets"].as_array().into_iter().flatten() {
+                    exprs.push(target["expr"].as_str().unwrap().to_string());
+                }
+            }
+            for variable in dashboard["templating"]["list"].as_array().unwrap() {
+                if let Some(q) = variable["query"]["query"].as_str() {
+                    exprs.push(q.to_string());
+                }
+            }
+        }
+    }
+    exprs
+}
+
+/// The metric names a PromQL expression selects: identifiers followed by `{` or `[`, and every
+/// identifier starting with `kratos_` (quoted strings and label matchers skipped).
+fn promql_metric_names(expr: &str) -> std::collections::BTreeSet<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = std::collections::BTreeSet::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' {
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            let preceded_by_dollar = i > 0 && chars[i - 1] == '$';
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let next = chars[i..].iter().find(|c| !c.is_whitespace());
+            if !preceded_by_dollar
+                && (word.starts_with("kratos_") || matches!(next, Some('{' | '[')))
+            {
+                names.insert(word);
+            }
+        } else if c.is_ascii_digit() {
+            // A number or a duration (5m): not a name.
+            while i < chars.len() && chars[i].is_ascii_alphanumeric() {
+                i += 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn promql_metric_names_finds_selectors_only() {
+    let names = promql_metric_names(
+        r#"(sum by (kind, le) (rate(kratos_a_total{job="x",reason!="kratos_not_a_metric"}[5m])) or vector(0)) > 0 unless on () up{job=~"$job"} and histogram_quantile(0.9, kratos_b_bucket) + foo[1m]"#,
+    );
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["foo", "kratos_a_total", "kratos_b_bucket", "up"]
+    );
+}
+
+#[test]
+fn the_alerts_and_the_dashboard_render_when_enabled() {
+    let admin = admin_url_arg();
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            &admin,
+            "--set",
+            "prometheusRule.enabled=true,prometheusRule.labels.release=prom,prometheusRule.alertLabels.team=idp",
+            "--set",
+            "prometheusRule.namespace=monitoring,prometheusRule.leaderMissingAfter=30m",
+            "--set",
+            "grafanaDashboard.enabled=true,grafanaDashboard.namespace=grafana",
+        ],
+    ));
+    let rule = find(&docs, "PrometheusRule", "ops-kratos-operator");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], "monitoring");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prom");
+    let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+    let names: Vec<&str> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
+    assert_eq!(names, ALERTS);
+    for r in rules {
+        let expr = r["expr"].as_str().unwrap();
+        // Every selector picks this release's series, as its ServiceMonitor labels them.
+        let selectors = expr.matches('{').count();
+        assert!(selectors > 0, "{expr}");
+        assert_eq!(
+            expr.matches(r#"{namespace="kratos-system",job="ops-kratos-operator-metrics""#)
+                .count(),
+            selectors,
+            "{expr}"
+        );
+        assert_eq!(r["labels"]["team"], "idp", "{r}");
+        assert!(
+            ["critical", "warning", "info"].contains(&r["labels"]["severity"].as_str().unwrap()),
+            "{r}"
+        );
+        let anchor = r["alert"].as_str().unwrap().to_lowercase();
+        assert!(
+            r["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("docs/metrics.md#{anchor}")),
+            "{r}"
+        );
+    }
+    let no_leader = &rules[5]["expr"].as_str().unwrap();
+    assert!(no_leader.contains("[30m]"), "{no_leader}");
+    // Alert templates reach Prometheus as templates, not rendered by Helm.
+    assert!(
+        rules[2]["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("{{ $labels.kind }}")
+    );
+    let dashboard = find(&docs, "ConfigMap", "ops-kratos-operator-dashboard");
+    assert_eq!(dashboard["metadata"]["namespace"], "grafana");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: Value =
+        serde_json::from_str(dashboard["data"]["kratos-operator.json"].as_str().unwrap()).unwrap();
+    assert_eq!(json["uid"], "kratos-operator");
+    assert!(json["panels"].as_array().unwrap().len() >= 10);
+    let exprs = monitoring_expressions(&docs);
+    assert!(exprs.len() > ALERTS.len() + 10, "{exprs:?}");
+    // A selector of the user's, and the severity replaced.
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            &admin,
+            "--set",
+            r#"prometheusRule.enabled=true,prometheusRule.selector=cluster="eu"\,app="ko",prometheusRule.alertLabels.severity=page"#,
+        ],
+    ));
+    let rule = find(&docs, "PrometheusRule", "ops-kratos-operator");
+    assert_eq!(rule["metadata"]["namespace"], "kratos-system");
+    for r in rule["spec"]["groups"][0]["rules"].as_array().unwrap() {
+        let expr = r["expr"].as_str().unwrap();
+        assert!(expr.contains(r#"{cluster="eu",app="ko""#), "{expr}");
+        assert!(!expr.contains("job="), "{expr}");
+        assert_eq!(r["labels"]["severity"], "page");
+    }
+    // Off by default.
+    let docs = json_documents(&render("ops", "kratos-system", &["--set", &admin]));
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "PrometheusRule" || d["kind"] == "ConfigMap")
+    );
+}
+
 /// Kinds without a namespace.
 const CLUSTER_SCOPED: [&str; 4] = [
     "ClusterRole",
@@ -965,11 +1176,12 @@ fn every_rendered_environment_variable_is_an_operator_flag_with_a_valid_value() 
 // Server-side dry-run against the real apiserver
 
 /// `kubectl apply --dry-run=server` of every rendered document except those whose API the test
-/// apiserver does not serve (the Prometheus Operator's ServiceMonitor, checked above).
+/// apiserver does not serve (the Prometheus Operator's ServiceMonitor and PrometheusRule, checked
+/// above).
 fn server_dry_run(t: &TestEnv, manifests: &str) {
     let docs: Vec<&str> = manifests
         .split("\n---\n")
-        .filter(|d| !d.contains("kind: ServiceMonitor\n"))
+        .filter(|d| !d.contains("kind: ServiceMonitor\n") && !d.contains("kind: PrometheusRule\n"))
         .collect();
     let input = docs.join("\n---\n");
     let out = kubectl_run(
@@ -1006,12 +1218,199 @@ async fn rendered_manifests_pass_a_server_side_dry_run_in_every_mode() {
         ],
         knobs.iter().map(String::as_str).collect(),
         vec!["--set", "networkPolicy.enabled=true"],
+        vec![
+            "--set",
+            "prometheusRule.enabled=true,grafanaDashboard.enabled=true",
+            "--set",
+            "grafanaDashboard.annotations.grafana_folder=Identity",
+        ],
     ] {
         let mut args = vec!["--set", admin.as_str()];
         args.extend(extra);
         let manifests = render(&release, &t.namespace, &args);
         server_dry_run(&t, &manifests);
     }
+    t.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics: what the alerts, the dashboard and docs/metrics.md name is what the operator exports
+
+/// The operator binary, stopped when dropped.
+struct OperatorProcess(std::process::Child);
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the operator binary on the test's namespace with `public_url` as Kratos' public URL,
+/// applies an Identity `name` and returns its /metrics text once it shows every one of `series`.
+async fn operator_metrics_after_work(
+    t: &TestEnv,
+    public_url: &str,
+    name: &str,
+    series: &[&str],
+) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log =
+        std::fs::File::create(std::env::temp_dir().join(format!("{}-{name}.log", t.namespace)))
+            .unwrap();
+    let _operator = OperatorProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kratos-operator"))
+            .env("KUBECONFIG", &t.env.state.kubeconfig)
+            .env("KRATOS_ADMIN_URL", &t.kratos_admin_url)
+            .env("KRATOS_PUBLIC_URL", public_url)
+            .env("WATCH_NAMESPACE", &t.namespace)
+            .env("LEADER_ELECT", "false")
+            .env("POD_NAMESPACE", &t.namespace)
+            .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the operator binary"),
+    );
+    support::apply::<kratos_operator::api::Identity>(
+        t,
+        json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity", "metadata": { "name": name },
+            "spec": { "schemaId": "customer", "traits": { "email": format!("{name}.{}@example.com", t.namespace) } } }),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    eventually(
+        &format!("the operator's /metrics to show {series:?}"),
+        std::time::Duration::from_secs(60),
+        || async {
+            let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            series
+                .iter()
+                .all(|s| text.contains(&format!("\n{s}")))
+                .then_some(text)
+        },
+    )
+    .await
+}
+
+/// The sample names declared (`# TYPE` lines) by a running operator's /metrics after it synced
+/// an Identity, and after it failed one (Kratos' public API, where schemas are read, down): a
+/// family appears once it has a series. Counters as `_total`, histograms as `_bucket`, `_sum`
+/// and `_count`.
+async fn exported_metric_names(t: &TestEnv) -> std::collections::BTreeSet<String> {
+    support::install_crds(&t.client).await;
+    let synced = operator_metrics_after_work(
+        t,
+        &t.kratos_public_url,
+        "metrics-synced",
+        &[
+            "kratos_operator_identity_changes_total{action=\"created\"}",
+            "kratos_operator_reconcile_outcomes_total{kind=\"Identity\",reason=\"Synced\"}",
+        ],
+    )
+    .await;
+    let failed = operator_metrics_after_work(
+        t,
+        "http://127.0.0.1:9",
+        "metrics-failed",
+        &[
+            "kratos_operator_reconcile_failures_total",
+            "kratos_client_retries_total",
+        ],
+    )
+    .await;
+    let mut names = std::collections::BTreeSet::new();
+    for line in synced.lines().chain(failed.lines()) {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').unwrap();
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            "gauge" => &[""],
+            other => panic!("{name}: unexpected metric type {other}"),
+        };
+        for suffix in suffixes {
+            names.insert(format!("{name}{suffix}"));
+        }
+    }
+    names
+}
+
+/// The metric names docs/metrics.md mentions (`kratos_operator_...`, `kratos_client_...`).
+fn documented_metric_names() -> std::collections::BTreeSet<String> {
+    let doc = std::fs::read_to_string(repo().join("docs").join("metrics.md")).unwrap();
+    doc.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("kratos_operator_") || w.starts_with("kratos_client_"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_metric_the_alerts_the_dashboard_and_the_docs_name_is_exported() {
+    let t = setup("chart-metrics").await;
+    let exported = exported_metric_names(&t).await;
+    // Both registries' families, labelled ones included.
+    for name in [
+        "kratos_operator_reconciles_total",
+        "kratos_operator_reconcile_duration_seconds_bucket",
+        "kratos_operator_status_writes_queued",
+        "kratos_client_calls_total",
+    ] {
+        assert!(exported.contains(name), "{name} in {exported:?}");
+    }
+    let admin = admin_url_arg();
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            &admin,
+            "--set",
+            "prometheusRule.enabled=true,grafanaDashboard.enabled=true",
+        ],
+    ));
+    let mut used = std::collections::BTreeSet::new();
+    for expr in monitoring_expressions(&docs) {
+        let names = promql_metric_names(&expr);
+        assert!(!names.is_empty(), "no metric in {expr}");
+        used.extend(names);
+    }
+    let unknown: Vec<&String> = used.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "the alerts or the dashboard use metrics the operator does not export: {unknown:?}; it exports {exported:?}"
+    );
+    // docs/metrics.md describes every family, and nothing else.
+    let documented = documented_metric_names();
+    let families: std::collections::BTreeSet<String> = exported
+        .iter()
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+                .unwrap_or(n)
+                .to_string()
+        })
+        .collect();
+    let undocumented: Vec<&String> = families.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "docs/metrics.md does not describe {undocumented:?}"
+    );
+    let unknown: Vec<&String> = documented
+        .iter()
+        .filter(|d| !exported.contains(*d) && !families.contains(*d))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "docs/metrics.md names metrics the operator does not export: {unknown:?}"
+    );
     t.cleanup().await;
 }
 
