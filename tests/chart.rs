@@ -2,14 +2,20 @@
 //! bad values, the chart renders in every mode and the rendered manifests pass a server-side
 //! dry-run against the real apiserver, the pods meet the `restricted` Pod Security Standard (the
 //! apiserver's own PodSecurity admission checks them), every environment variable the Deployment
-//! sets is one the operator reads, and the chart's `crds/` is `crds/`.
-//! Sync the chart's CRDs with `UPDATE_CRDS=1 cargo test --test chart`.
+//! sets is one the operator reads (and its extra arguments parse), the chart's `crds/` is `crds/`,
+//! its README is generated from values.yaml, and every metric its alerts, its dashboard and
+//! docs/metrics.md name is one a running operator exports.
+//! Sync the chart's CRDs with `UPDATE_CRDS=1 cargo test --test chart`, the README with
+//! `cargo xtask generate`.
 
 // Test code: panicking on unexpected results is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod chart_support;
 mod support;
+// The generator of the chart's README, shared with `cargo xtask generate`.
+#[path = "../xtask/src/chart_readme.rs"]
+mod chart_readme;
 
 use chart_support::{
     PLACEHOLDER_ADMIN_URL, chart_dir, describe, helm_lint, helm_template, json_documents,
@@ -27,13 +33,52 @@ fn admin_url_arg() -> String {
     format!("kratos.adminUrl={PLACEHOLDER_ADMIN_URL}")
 }
 
+/// A digest for `image.digest`.
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// `helm` arguments that set every optional knob at once: extra args, volumes and mounts, the
+/// image digest, a strategy, probe timings, ServiceMonitor relabelings and namespace, and the
+/// NetworkPolicy with peers of every kind.
+fn knob_args() -> Vec<String> {
+    [
+        "--set-json",
+        r#"extraArgs=["--batch-creates=false","--drift-sweeps=false"]"#,
+        "--set-json",
+        r#"extraVolumes=[{"name":"scratch","emptyDir":{"sizeLimit":"1Mi"}}]"#,
+        "--set-json",
+        r#"extraVolumeMounts=[{"name":"scratch","mountPath":"/scratch","readOnly":true}]"#,
+        "--set-json",
+        r#"strategy={"type":"RollingUpdate","rollingUpdate":{"maxSurge":0,"maxUnavailable":1}}"#,
+        "--set-json",
+        r#"livenessProbe={"initialDelaySeconds":null,"timeoutSeconds":3,"terminationGracePeriodSeconds":7}"#,
+        "--set-json",
+        r#"readinessProbe={"periodSeconds":2,"successThreshold":1}"#,
+        "--set-json",
+        r#"serviceMonitor={"enabled":true,"namespace":"monitoring","relabelings":[{"action":"replace","targetLabel":"team","replacement":"idp"}],"metricRelabelings":[{"action":"drop","sourceLabels":["__name__"],"regex":"go_.*"}]}"#,
+        "--set-json",
+        r#"networkPolicy={"enabled":true,"metricsFrom":[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}],"kratos":{"peers":[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"kratos"}},"podSelector":{"matchLabels":{"app.kubernetes.io/name":"kratos"}}}]},"apiServer":{"cidrs":["10.0.0.1/32","fd00::1/128"],"ports":[6443]},"dns":{"peers":[{"ipBlock":{"cidr":"10.96.0.10/32"}}]},"extraEgress":[{"to":[{"ipBlock":{"cidr":"10.1.0.0/16"}}],"ports":[{"port":3128,"protocol":"TCP"}]}]}"#,
+        "--set",
+        "kratos.publicUrl=https://kratos.example.com",
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .chain(["--set".to_string(), format!("image.digest={DIGEST}")])
+    .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // helm lint and the values schema
 
 #[test]
 fn helm_lint_strict_passes_with_the_required_value() {
     let admin = admin_url_arg();
+    let knobs = knob_args();
     for extra in [
+        knobs.iter().map(String::as_str).collect(),
+        vec![
+            "--set",
+            "prometheusRule.enabled=true,grafanaDashboard.enabled=true",
+        ],
         vec![],
         vec!["--set", "watchNamespaces={team-a,team-b}"],
         vec![
@@ -90,11 +135,77 @@ fn the_values_schema_rejects_wrong_types_unknown_keys_and_bad_urls() {
             "admissionPolicies.operatorSecrets=off",
             "/admissionPolicies/operatorSecrets",
         ),
+        // The knobs: wrong types, bad formats, keys the chart owns.
+        ("extraArgs=--batch-creates=false", "/extraArgs"),
+        ("extraArgs[0]=1", "/extraArgs/0"),
+        ("extraVolumes[0].emptyDir.medium=Memory", "/extraVolumes/0"),
+        ("extraVolumeMounts[0].name=scratch", "mountPath"),
+        ("image.digest=sha256:0123abc", "/image/digest"),
+        ("image.digest=latest", "/image/digest"),
+        ("strategy.type=BlueGreen", "/strategy/type"),
+        ("strategy.maxSurge=1", "maxSurge"),
+        (
+            "livenessProbe.periodSeconds=often",
+            "/livenessProbe/periodSeconds",
+        ),
+        ("livenessProbe.httpGet.path=/x", "httpGet"),
+        (
+            "readinessProbe.terminationGracePeriodSeconds=5",
+            "terminationGracePeriodSeconds",
+        ),
+        (
+            "serviceMonitor.relabelings=drop",
+            "/serviceMonitor/relabelings",
+        ),
+        (
+            "serviceMonitor.namespace=Monitoring",
+            "/serviceMonitor/namespace",
+        ),
+        ("networkPolicy.enabled=yes", "/networkPolicy/enabled"),
+        (
+            "prometheusRule.leaderMissingAfter=15 minutes",
+            "/prometheusRule/leaderMissingAfter",
+        ),
+        (
+            "prometheusRule.leaderMissingAfter=1us",
+            "/prometheusRule/leaderMissingAfter",
+        ),
+        (
+            "prometheusRule.selector=job=\"x\"}",
+            "/prometheusRule/selector",
+        ),
+        ("grafanaDashboard.enabled=yes", "/grafanaDashboard/enabled"),
+        (
+            "grafanaDashboard.labels.grafana_dashboard=1",
+            "/grafanaDashboard/labels",
+        ),
+        (
+            "networkPolicy.apiServer.cidrs[0]=10.0.0.1",
+            "/networkPolicy/apiServer/cidrs/0",
+        ),
+        (
+            "networkPolicy.kratos.ports[0]=70000",
+            "/networkPolicy/kratos/ports/0",
+        ),
+        (
+            "networkPolicy.kratos.peers[0].podSelektor.a=b",
+            "podSelektor",
+        ),
+        (
+            "networkPolicy.dns.to[0].ipBlock.cidr=1.1.1.1/32",
+            "/networkPolicy/dns",
+        ),
     ] {
         // --set-string for the ones whose type error is the point; --set parses numbers/bools.
-        let flag = if ["leaderElection", "tenancy.enforce", "admissionPolicies"]
-            .iter()
-            .any(|p| bad.starts_with(p))
+        let flag = if [
+            "leaderElection",
+            "tenancy.enforce",
+            "admissionPolicies",
+            "networkPolicy.enabled",
+            "grafanaDashboard.enabled",
+        ]
+        .iter()
+        .any(|p| bad.starts_with(p))
         {
             "--set-string"
         } else {
@@ -129,6 +240,26 @@ fn the_values_schema_rejects_wrong_types_unknown_keys_and_bad_urls() {
     )
     .unwrap_err();
     assert!(err.contains("at most one"), "{err}");
+    // Without leader election a rolling update would run two writers at once.
+    for strategy in [
+        "strategy.type=RollingUpdate",
+        "strategy.rollingUpdate.maxSurge=1",
+    ] {
+        let err = helm_template(
+            "lint",
+            "default",
+            &[
+                "--set",
+                &admin,
+                "--set",
+                "leaderElection.enabled=false",
+                "--set",
+                strategy,
+            ],
+        )
+        .expect_err(strategy);
+        assert!(err.contains("only type Recreate"), "{strategy}: {err}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -416,6 +547,389 @@ fn optional_parts_render_when_enabled() {
     }
 }
 
+#[test]
+fn the_knobs_render_where_asked_and_leave_the_defaults_alone() {
+    let admin = admin_url_arg();
+    let knobs = knob_args();
+    let mut args = vec!["--set", admin.as_str()];
+    args.extend(knobs.iter().map(String::as_str));
+    let docs = json_documents(&render("ops", "kratos-system", &args));
+    let deployment = find(&docs, "Deployment", "ops-kratos-operator");
+    let spec = &deployment["spec"]["template"]["spec"];
+    let container = &spec["containers"][0];
+    // The digest wins over the tag.
+    assert_eq!(
+        container["image"],
+        format!("ghcr.io/kratos-operator/kratos-operator@{DIGEST}")
+    );
+    assert_eq!(
+        container["args"],
+        json!(["run", "--batch-creates=false", "--drift-sweeps=false"])
+    );
+    // Extra volumes and mounts come after the chart's own, which stay.
+    let volumes = spec["volumes"].as_array().unwrap();
+    assert_eq!(volumes[0]["name"], "tmp");
+    assert_eq!(
+        volumes.last().unwrap(),
+        &json!({ "name": "scratch", "emptyDir": { "sizeLimit": "1Mi" } })
+    );
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    assert_eq!(mounts[0]["mountPath"], "/tmp");
+    assert_eq!(
+        mounts.last().unwrap(),
+        &json!({ "name": "scratch", "mountPath": "/scratch", "readOnly": true })
+    );
+    assert_eq!(
+        deployment["spec"]["strategy"],
+        json!({ "type": "RollingUpdate", "rollingUpdate": { "maxSurge": 0, "maxUnavailable": 1 } })
+    );
+    // Probe timings merge over the defaults (null drops one); the handlers stay the chart's.
+    assert_eq!(
+        container["livenessProbe"],
+        json!({
+            "httpGet": { "path": "/healthz", "port": "metrics" },
+            "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3,
+            "terminationGracePeriodSeconds": 7,
+        })
+    );
+    assert_eq!(
+        container["readinessProbe"],
+        json!({
+            "httpGet": { "path": "/readyz", "port": "metrics" },
+            "periodSeconds": 2, "successThreshold": 1, "failureThreshold": 3,
+        })
+    );
+    let monitor = find(&docs, "ServiceMonitor", "ops-kratos-operator");
+    assert_eq!(monitor["metadata"]["namespace"], "monitoring");
+    // It still scrapes the Service in the release namespace.
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"],
+        json!(["kratos-system"])
+    );
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(
+        endpoint["relabelings"],
+        json!([{ "action": "replace", "targetLabel": "team", "replacement": "idp" }])
+    );
+    assert_eq!(
+        endpoint["metricRelabelings"],
+        json!([{ "action": "drop", "sourceLabels": ["__name__"], "regex": "go_.*" }])
+    );
+
+    let policy = find(&docs, "NetworkPolicy", "ops-kratos-operator");
+    assert_eq!(policy["metadata"]["namespace"], "kratos-system");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let selector = policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    assert!(!selector.is_empty());
+    for (k, v) in selector {
+        assert_eq!(
+            &pod_labels[k], v,
+            "the policy selects the operator's pods: {k}"
+        );
+    }
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{
+            "ports": [{ "port": 8080, "protocol": "TCP" }],
+            "from": [{ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "monitoring" } } }],
+        }])
+    );
+    let tcp = |ports: &[u16]| -> Value {
+        ports
+            .iter()
+            .map(|p| json!({ "port": p, "protocol": "TCP" }))
+            .collect()
+    };
+    assert_eq!(
+        policy["spec"]["egress"],
+        json!([
+            // Kratos: the admin URL's port and the public URL's (https, no port: 443).
+            {
+                "ports": tcp(&[4434, 443]),
+                "to": [{
+                    "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "kratos" } },
+                    "podSelector": { "matchLabels": { "app.kubernetes.io/name": "kratos" } },
+                }],
+            },
+            {
+                "ports": tcp(&[6443]),
+                "to": [{ "ipBlock": { "cidr": "10.0.0.1/32" } }, { "ipBlock": { "cidr": "fd00::1/128" } }],
+            },
+            {
+                "ports": [{ "port": 53, "protocol": "UDP" }, { "port": 53, "protocol": "TCP" }],
+                "to": [{ "ipBlock": { "cidr": "10.96.0.10/32" } }],
+            },
+            { "to": [{ "ipBlock": { "cidr": "10.1.0.0/16" } }], "ports": tcp(&[3128]) },
+        ])
+    );
+
+    // The NetworkPolicy's defaults: any peer on the ports of the Kratos URLs (Kratos' public
+    // port 4433 without a public URL), 443 and 6443 for the API server, DNS anywhere.
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &["--set", &admin, "--set", "networkPolicy.enabled=true"],
+    ));
+    let policy = find(&docs, "NetworkPolicy", "ops-kratos-operator");
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{ "ports": tcp(&[8080]) }])
+    );
+    assert_eq!(
+        policy["spec"]["egress"],
+        json!([
+            { "ports": tcp(&[4434, 4433]) },
+            { "ports": tcp(&[443, 6443]) },
+            { "ports": [{ "port": 53, "protocol": "UDP" }, { "port": 53, "protocol": "TCP" }] },
+        ])
+    );
+    // Ports from the URLs: an http URL without a port is 80, one port appears once; explicit
+    // ports replace them; DNS can be turned off.
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            "kratos.adminUrl=http://kratos-admin.kratos,kratos.publicUrl=http://kratos-public.kratos:80",
+            "--set",
+            "networkPolicy.enabled=true,networkPolicy.dns.enabled=false,metrics.port=9090",
+        ],
+    ));
+    let policy = find(&docs, "NetworkPolicy", "ops-kratos-operator");
+    assert_eq!(policy["spec"]["ingress"][0]["ports"], tcp(&[9090]));
+    assert_eq!(policy["spec"]["egress"][0]["ports"], tcp(&[80]));
+    assert_eq!(policy["spec"]["egress"].as_array().unwrap().len(), 2);
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            &admin,
+            "--set",
+            "networkPolicy.enabled=true,networkPolicy.kratos.ports={4434,14433}",
+        ],
+    ));
+    let policy = find(&docs, "NetworkPolicy", "ops-kratos-operator");
+    assert_eq!(policy["spec"]["egress"][0]["ports"], tcp(&[4434, 14433]));
+
+    // Without leader election the default is Recreate, and Recreate may be asked for.
+    for strategy in [vec![], vec!["--set", "strategy.type=Recreate"]] {
+        let mut args = vec![
+            "--set",
+            admin.as_str(),
+            "--set",
+            "leaderElection.enabled=false",
+        ];
+        args.extend(strategy);
+        let docs = json_documents(&render("ops", "kratos-system", &args));
+        assert_eq!(
+            find(&docs, "Deployment", "ops-kratos-operator")["spec"]["strategy"],
+            json!({ "type": "Recreate" })
+        );
+    }
+    // The defaults of every knob render nothing new: no NetworkPolicy, the chart's volumes only.
+    let docs = json_documents(&render("ops", "kratos-system", &["--set", &admin]));
+    assert!(!docs.iter().any(|d| d["kind"] == "NetworkPolicy"));
+    let spec = &find(&docs, "Deployment", "ops-kratos-operator")["spec"]["template"]["spec"];
+    assert_eq!(spec["volumes"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// The alerts of the PrometheusRule.
+const ALERTS: [&str; 6] = [
+    "KratosOperatorKratosUnreachable",
+    "KratosOperatorIdentitiesNotReady",
+    "KratosOperatorReconcileErrors",
+    "KratosOperatorEventsDropped",
+    "KratosOperatorStatusWritesStuck",
+    "KratosOperatorNoLeader",
+];
+
+/// The PromQL expressions of the rendered PrometheusRule and Grafana dashboard: each alert's
+/// `expr`, each panel target's and each template variable's query.
+fn monitoring_expressions(docs: &[Value]) -> Vec<String> {
+    let mut exprs = Vec::new();
+    for d in docs.iter().filter(|d| d["kind"] == "PrometheusRule") {
+        for group in d["spec"]["groups"].as_array().unwrap() {
+            for rule in group["rules"].as_array().unwrap() {
+                exprs.push(rule["expr"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    for d in docs.iter().filter(|d| d["kind"] == "ConfigMap") {
+        for text in d["data"].as_object().unwrap().values() {
+            let dashboard: Value = serde_json::from_str(text.as_str().unwrap()).unwrap();
+            for panel in dashboard["panels"].as_array().unwrap() {
+                for target in panel["targets"].as_array().into_iter().flatten() {
+                    exprs.push(target["expr"].as_str().unwrap().to_string());
+                }
+            }
+            for variable in dashboard["templating"]["list"].as_array().unwrap() {
+                if let Some(q) = variable["query"]["query"].as_str() {
+                    exprs.push(q.to_string());
+                }
+            }
+        }
+    }
+    exprs
+}
+
+/// The metric names a PromQL expression selects: identifiers followed by `{` or `[`, and every
+/// identifier starting with `kratos_` (quoted strings and label matchers skipped).
+fn promql_metric_names(expr: &str) -> std::collections::BTreeSet<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = std::collections::BTreeSet::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' {
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            let preceded_by_dollar = i > 0 && chars[i - 1] == '$';
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let next = chars[i..].iter().find(|c| !c.is_whitespace());
+            if !preceded_by_dollar
+                && (word.starts_with("kratos_") || matches!(next, Some('{' | '[')))
+            {
+                names.insert(word);
+            }
+        } else if c.is_ascii_digit() {
+            // A number or a duration (5m): not a name.
+            while i < chars.len() && chars[i].is_ascii_alphanumeric() {
+                i += 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn promql_metric_names_finds_selectors_only() {
+    let names = promql_metric_names(
+        r#"(sum by (kind, le) (rate(kratos_a_total{job="x",reason!="kratos_not_a_metric"}[5m])) or vector(0)) > 0 unless on () up{job=~"$job"} and histogram_quantile(0.9, kratos_b_bucket) + foo[1m]"#,
+    );
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["foo", "kratos_a_total", "kratos_b_bucket", "up"]
+    );
+}
+
+#[test]
+fn the_alerts_and_the_dashboard_render_when_enabled() {
+    let admin = admin_url_arg();
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            &admin,
+            "--set",
+            "prometheusRule.enabled=true,prometheusRule.labels.release=prom,prometheusRule.alertLabels.team=idp",
+            "--set",
+            "prometheusRule.namespace=monitoring,prometheusRule.leaderMissingAfter=30m",
+            "--set",
+            "grafanaDashboard.enabled=true,grafanaDashboard.namespace=grafana",
+        ],
+    ));
+    let rule = find(&docs, "PrometheusRule", "ops-kratos-operator");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], "monitoring");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prom");
+    let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+    let names: Vec<&str> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
+    assert_eq!(names, ALERTS);
+    for r in rules {
+        let expr = r["expr"].as_str().unwrap();
+        // Every selector picks this release's series, as its ServiceMonitor labels them.
+        let selectors = expr.matches('{').count();
+        assert!(selectors > 0, "{expr}");
+        assert_eq!(
+            expr.matches(r#"{namespace="kratos-system",job="ops-kratos-operator-metrics""#)
+                .count(),
+            selectors,
+            "{expr}"
+        );
+        assert_eq!(r["labels"]["team"], "idp", "{r}");
+        assert!(
+            ["critical", "warning", "info"].contains(&r["labels"]["severity"].as_str().unwrap()),
+            "{r}"
+        );
+        let anchor = r["alert"].as_str().unwrap().to_lowercase();
+        assert!(
+            r["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("docs/metrics.md#{anchor}")),
+            "{r}"
+        );
+    }
+    let no_leader = &rules[5]["expr"].as_str().unwrap();
+    assert!(no_leader.contains("[30m]"), "{no_leader}");
+    // Alert templates reach Prometheus as templates, not rendered by Helm.
+    assert!(
+        rules[2]["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("{{ $labels.kind }}")
+    );
+    let dashboard = find(&docs, "ConfigMap", "ops-kratos-operator-dashboard");
+    assert_eq!(dashboard["metadata"]["namespace"], "grafana");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: Value =
+        serde_json::from_str(dashboard["data"]["kratos-operator.json"].as_str().unwrap()).unwrap();
+    assert_eq!(json["uid"], "kratos-operator");
+    assert!(json["panels"].as_array().unwrap().len() >= 10);
+    let exprs = monitoring_expressions(&docs);
+    assert!(exprs.len() > ALERTS.len() + 10, "{exprs:?}");
+    // A selector of the user's, and the severity replaced.
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            &admin,
+            "--set",
+            r#"prometheusRule.enabled=true,prometheusRule.selector=cluster="eu"\,app="ko",prometheusRule.alertLabels.severity=page"#,
+        ],
+    ));
+    let rule = find(&docs, "PrometheusRule", "ops-kratos-operator");
+    assert_eq!(rule["metadata"]["namespace"], "kratos-system");
+    for r in rule["spec"]["groups"][0]["rules"].as_array().unwrap() {
+        let expr = r["expr"].as_str().unwrap();
+        assert!(expr.contains(r#"{cluster="eu",app="ko""#), "{expr}");
+        assert!(!expr.contains("job="), "{expr}");
+        assert_eq!(r["labels"]["severity"], "page");
+    }
+    // Off by default.
+    let docs = json_documents(&render("ops", "kratos-system", &["--set", &admin]));
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "PrometheusRule" || d["kind"] == "ConfigMap")
+    );
+}
+
 /// Kinds without a namespace.
 const CLUSTER_SCOPED: [&str; 4] = [
     "ClusterRole",
@@ -571,7 +1085,8 @@ fn admission_policies_follow_their_values_and_speak_the_operators_words() {
 }
 
 /// Every environment variable with a literal value is one the operator reads, and its value
-/// parses as the corresponding flag's value.
+/// parses as the corresponding flag's value; the container's arguments (`run` and extraArgs)
+/// parse together with them.
 #[test]
 fn every_rendered_environment_variable_is_an_operator_flag_with_a_valid_value() {
     use clap::CommandFactory;
@@ -599,11 +1114,28 @@ fn every_rendered_environment_variable_is_an_operator_flag_with_a_valid_value() 
             "--set".to_string(),
             "tenancy.enforce=false".to_string(),
         ],
+        [vec!["--set".to_string(), admin_url_arg()], knob_args()].concat(),
+        // An extra argument for a flag the chart sets through the environment: the argument wins.
+        vec![
+            "--set".to_string(),
+            admin_url_arg(),
+            "--set-json".to_string(),
+            r#"extraArgs=["--resync-interval=2m","--batch-creates","false"]"#.to_string(),
+        ],
     ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let docs = json_documents(&render("env", "default", &args));
         let deployment = find(&docs, "Deployment", "env-kratos-operator");
+        let container_args: Vec<String> =
+            deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().expect("string argument").to_string())
+                .collect();
+        assert_eq!(container_args[0], "run", "{container_args:?}");
         let mut argv = vec!["kratos-operator".to_string()];
+        argv.extend(container_args.iter().cloned());
         for (name, e) in env_of(deployment) {
             // Read by the operator outside clap: the pod identity and the log filter.
             if ["POD_NAME", "POD_NAMESPACE", "RUST_LOG"].contains(&name.as_str()) {
@@ -614,6 +1146,14 @@ fn every_rendered_environment_variable_is_an_operator_flag_with_a_valid_value() 
                 .find(|(env, _, _)| *env == name)
                 .unwrap_or_else(|| panic!("{name} is not read by any operator flag"));
             let value = e["value"].as_str().expect("literal value").to_string();
+            // A flag given as an argument overrides its environment variable (clap's order).
+            let flag = format!("--{long}");
+            if container_args
+                .iter()
+                .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+            {
+                continue;
+            }
             if *is_bool {
                 assert!(
                     ["true", "false"].contains(&value.as_str()),
@@ -636,11 +1176,12 @@ fn every_rendered_environment_variable_is_an_operator_flag_with_a_valid_value() 
 // Server-side dry-run against the real apiserver
 
 /// `kubectl apply --dry-run=server` of every rendered document except those whose API the test
-/// apiserver does not serve (the Prometheus Operator's ServiceMonitor, checked above).
+/// apiserver does not serve (the Prometheus Operator's ServiceMonitor and PrometheusRule, checked
+/// above).
 fn server_dry_run(t: &TestEnv, manifests: &str) {
     let docs: Vec<&str> = manifests
         .split("\n---\n")
-        .filter(|d| !d.contains("kind: ServiceMonitor\n"))
+        .filter(|d| !d.contains("kind: ServiceMonitor\n") && !d.contains("kind: PrometheusRule\n"))
         .collect();
     let input = docs.join("\n---\n");
     let out = kubectl_run(
@@ -664,6 +1205,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run_in_every_mode() {
     let release = unique_name("dry");
     let admin = admin_url_arg();
     let watch = format!("watchNamespaces={{{},default}}", t.namespace);
+    let knobs = knob_args();
     for extra in [
         vec!["--include-crds"],
         vec!["--set", watch.as_str()],
@@ -674,12 +1216,201 @@ async fn rendered_manifests_pass_a_server_side_dry_run_in_every_mode() {
             "--set",
             "kratos.tokenSecret.name=kratos-token,kratos.ca.secret.name=kratos-ca",
         ],
+        knobs.iter().map(String::as_str).collect(),
+        vec!["--set", "networkPolicy.enabled=true"],
+        vec![
+            "--set",
+            "prometheusRule.enabled=true,grafanaDashboard.enabled=true",
+            "--set",
+            "grafanaDashboard.annotations.grafana_folder=Identity",
+        ],
     ] {
         let mut args = vec!["--set", admin.as_str()];
         args.extend(extra);
         let manifests = render(&release, &t.namespace, &args);
         server_dry_run(&t, &manifests);
     }
+    t.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics: what the alerts, the dashboard and docs/metrics.md name is what the operator exports
+
+/// The operator binary, stopped when dropped.
+struct OperatorProcess(std::process::Child);
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the operator binary on the test's namespace with `public_url` as Kratos' public URL,
+/// applies an Identity `name` and returns its /metrics text once it shows every one of `series`.
+async fn operator_metrics_after_work(
+    t: &TestEnv,
+    public_url: &str,
+    name: &str,
+    series: &[&str],
+) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log =
+        std::fs::File::create(std::env::temp_dir().join(format!("{}-{name}.log", t.namespace)))
+            .unwrap();
+    let _operator = OperatorProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kratos-operator"))
+            .env("KUBECONFIG", &t.env.state.kubeconfig)
+            .env("KRATOS_ADMIN_URL", &t.kratos_admin_url)
+            .env("KRATOS_PUBLIC_URL", public_url)
+            .env("WATCH_NAMESPACE", &t.namespace)
+            .env("LEADER_ELECT", "false")
+            .env("POD_NAMESPACE", &t.namespace)
+            .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the operator binary"),
+    );
+    support::apply::<kratos_operator::api::Identity>(
+        t,
+        json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity", "metadata": { "name": name },
+            "spec": { "schemaId": "customer", "traits": { "email": format!("{name}.{}@example.com", t.namespace) } } }),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    eventually(
+        &format!("the operator's /metrics to show {series:?}"),
+        std::time::Duration::from_secs(60),
+        || async {
+            let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            series
+                .iter()
+                .all(|s| text.contains(&format!("\n{s}")))
+                .then_some(text)
+        },
+    )
+    .await
+}
+
+/// The sample names declared (`# TYPE` lines) by a running operator's /metrics after it synced
+/// an Identity, and after it failed one (Kratos' public API, where schemas are read, down): a
+/// family appears once it has a series. Counters as `_total`, histograms as `_bucket`, `_sum`
+/// and `_count`.
+async fn exported_metric_names(t: &TestEnv) -> std::collections::BTreeSet<String> {
+    support::install_crds(&t.client).await;
+    let synced = operator_metrics_after_work(
+        t,
+        &t.kratos_public_url,
+        "metrics-synced",
+        &[
+            "kratos_operator_identity_changes_total{action=\"created\"}",
+            "kratos_operator_reconcile_outcomes_total{kind=\"Identity\",reason=\"Synced\"}",
+        ],
+    )
+    .await;
+    let failed = operator_metrics_after_work(
+        t,
+        "http://127.0.0.1:9",
+        "metrics-failed",
+        &[
+            "kratos_operator_reconcile_failures_total",
+            "kratos_client_retries_total",
+        ],
+    )
+    .await;
+    let mut names = std::collections::BTreeSet::new();
+    for line in synced.lines().chain(failed.lines()) {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').unwrap();
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            "gauge" => &[""],
+            other => panic!("{name}: unexpected metric type {other}"),
+        };
+        for suffix in suffixes {
+            names.insert(format!("{name}{suffix}"));
+        }
+    }
+    names
+}
+
+/// The metric names docs/metrics.md mentions (`kratos_operator_...`, `kratos_client_...`).
+fn documented_metric_names() -> std::collections::BTreeSet<String> {
+    let doc = std::fs::read_to_string(repo().join("docs").join("metrics.md")).unwrap();
+    doc.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("kratos_operator_") || w.starts_with("kratos_client_"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_metric_the_alerts_the_dashboard_and_the_docs_name_is_exported() {
+    let t = setup("chart-metrics").await;
+    let exported = exported_metric_names(&t).await;
+    // Both registries' families, labelled ones included.
+    for name in [
+        "kratos_operator_reconciles_total",
+        "kratos_operator_reconcile_duration_seconds_bucket",
+        "kratos_operator_status_writes_queued",
+        "kratos_client_calls_total",
+    ] {
+        assert!(exported.contains(name), "{name} in {exported:?}");
+    }
+    let admin = admin_url_arg();
+    let docs = json_documents(&render(
+        "ops",
+        "kratos-system",
+        &[
+            "--set",
+            &admin,
+            "--set",
+            "prometheusRule.enabled=true,grafanaDashboard.enabled=true",
+        ],
+    ));
+    let mut used = std::collections::BTreeSet::new();
+    for expr in monitoring_expressions(&docs) {
+        let names = promql_metric_names(&expr);
+        assert!(!names.is_empty(), "no metric in {expr}");
+        used.extend(names);
+    }
+    let unknown: Vec<&String> = used.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "the alerts or the dashboard use metrics the operator does not export: {unknown:?}; it exports {exported:?}"
+    );
+    // docs/metrics.md describes every family, and nothing else.
+    let documented = documented_metric_names();
+    let families: std::collections::BTreeSet<String> = exported
+        .iter()
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+                .unwrap_or(n)
+                .to_string()
+        })
+        .collect();
+    let undocumented: Vec<&String> = families.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "docs/metrics.md does not describe {undocumented:?}"
+    );
+    let unknown: Vec<&String> = documented
+        .iter()
+        .filter(|d| !exported.contains(*d) && !families.contains(*d))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "docs/metrics.md names metrics the operator does not export: {unknown:?}"
+    );
     t.cleanup().await;
 }
 
@@ -739,7 +1470,9 @@ fn assert_restricted(template: &Value) {
 #[test]
 fn every_container_runs_with_the_restricted_settings_in_every_mode() {
     let admin = admin_url_arg();
+    let knobs = knob_args();
     for extra in [
+        knobs.iter().map(String::as_str).collect(),
         vec![],
         vec!["--set", "watchNamespaces={a}"],
         vec![
@@ -864,4 +1597,42 @@ fn chart_crds_are_the_generated_crds() {
         diff.is_empty(),
         "charts/kratos-operator/crds differs from crds/: {diff:?}; run `UPDATE_CRDS=1 cargo test --test chart`"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// README
+
+/// The chart's README is what `cargo xtask generate` makes of values.yaml: every key documented,
+/// typed by the schema, with its current default.
+#[test]
+fn chart_readme_is_generated_from_the_values() {
+    let dir = chart_dir();
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let values = read("values.yaml");
+    let want = chart_readme::readme(&values, &read("values.schema.json"), &read("Chart.yaml"))
+        .unwrap_or_else(|e| panic!("values.yaml does not document itself: {e}"));
+    let have = std::fs::read_to_string(dir.join("README.md")).unwrap_or_default();
+    if have != want {
+        let line = have
+            .lines()
+            .zip(want.lines())
+            .position(|(h, w)| h != w)
+            .unwrap_or_else(|| have.lines().count().min(want.lines().count()));
+        panic!(
+            "charts/kratos-operator/README.md is stale from line {}: run `cargo xtask generate`\n\
+             has:  {:?}\nwants: {:?}",
+            line + 1,
+            have.lines().nth(line),
+            want.lines().nth(line)
+        );
+    }
+    // The table covers the knobs, with their defaults.
+    for row in [
+        "| `extraArgs` | list of string | `[]` |",
+        "| `image.digest` | string | `\"\"` |",
+        "| `networkPolicy.enabled` | boolean | `false` |",
+        "| `networkPolicy.apiServer.ports` | list of integer | `[443,6443]` |",
+    ] {
+        assert!(want.contains(row), "{row}");
+    }
 }

@@ -4,6 +4,7 @@
 //!   kube-controller-manager and Ory Kratos on loopback), see the `kratos-operator-testenv` crate.
 //! - `test`: the whole test suite, exactly as CI runs it.
 //! - `demo`: builds and starts the environment and shows how to use it.
+//! - `generate`: every generated file (the chart's README, the CRDs, deploy/base).
 //! - `image`: the operator's container image (or the test node's pause image) as an OCI archive,
 //!   assembled without docker, optionally imported into a containerd.
 
@@ -16,6 +17,7 @@ use std::{
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod chart_readme;
 use kratos_operator_testenv::{Environment, build, env, image, kratos::Database};
 
 #[derive(Parser)]
@@ -41,8 +43,8 @@ enum Task {
     },
     /// Build and start the environment, then show how to use it.
     Demo,
-    /// Regenerate every generated file: crds/, the chart's crds/ and deploy/base (the tests that
-    /// guard them rewrite them in this mode).
+    /// Regenerate every generated file: the chart's README (from its values.yaml), crds/, the
+    /// chart's crds/ and deploy/base (the tests that guard these rewrite them in this mode).
     Generate,
     /// Build the operator's image without docker: a static release binary (glibc,
     /// crt-static, in target/image) packaged like the Dockerfile's image as the OCI archive
@@ -417,7 +419,29 @@ fn kubectl(env: &Environment, args: &[&str], stdin: Option<&str>) -> Result<Stri
     }
 }
 
+/// Writes `charts/kratos-operator/README.md` from the chart's values.yaml, values.schema.json
+/// and Chart.yaml (see [`chart_readme`]).
+fn generate_chart_readme() -> Result<(), String> {
+    let chart = kratos_operator_testenv::repo_root()
+        .join("charts")
+        .join("kratos-operator");
+    let read = |name: &str| {
+        std::fs::read_to_string(chart.join(name))
+            .map_err(|e| format!("reading {}: {e}", chart.join(name).display()))
+    };
+    let readme = chart_readme::readme(
+        &read("values.yaml")?,
+        &read("values.schema.json")?,
+        &read("Chart.yaml")?,
+    )?;
+    let path = chart.join("README.md");
+    std::fs::write(&path, readme).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
+
 fn generate() -> Result<(), String> {
+    generate_chart_readme()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // Order matters: the chart copies crds/, and deploy/base renders the chart.
     for (test, var) in [

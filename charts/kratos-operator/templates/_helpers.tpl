@@ -61,10 +61,26 @@ Name of the ServiceAccount.
 {{- end }}
 
 {{/*
-The image reference.
+The image reference: by digest when image.digest is set (the tag is then ignored), else by tag.
 */}}
 {{- define "kratos-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The timing fields of a probe, in a fixed order (the probe's handler is the chart's). A field set
+to null in the values is left out, so Kubernetes' default applies.
+*/}}
+{{- define "kratos-operator.probeTiming" -}}
+{{- range $field := list "initialDelaySeconds" "periodSeconds" "timeoutSeconds" "successThreshold" "failureThreshold" "terminationGracePeriodSeconds" }}
+{{- if and (hasKey $ $field) (not (kindIs "invalid" (index $ $field))) }}
+{{ $field }}: {{ index $ $field }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -162,4 +178,36 @@ matchResources:
 {{- else }}
   namespaceSelector: {}
 {{- end }}
+{{- end }}
+
+{{/*
+The TCP port a URL connects to: its explicit port, else 443 for https and 80 for http.
+*/}}
+{{- define "kratos-operator.urlPort" -}}
+{{- $url := urlParse . }}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" }}
+{{- if $port }}{{ $port }}{{ else if eq $url.scheme "https" }}443{{ else }}80{{ end }}
+{{- end }}
+
+{{/*
+The ports of the Kratos APIs the NetworkPolicy lets the operator reach, as a JSON list:
+networkPolicy.kratos.ports when set; else the ports of kratos.adminUrl and kratos.publicUrl, and
+Kratos' default public port 4433 when kratos.publicUrl is empty (the operator then follows the
+admin port's redirect of schema reads to the public API).
+*/}}
+{{- define "kratos-operator.kratosPorts" -}}
+{{- $ports := list }}
+{{- if .Values.networkPolicy.kratos.ports }}
+{{- range .Values.networkPolicy.kratos.ports }}
+{{- $ports = append $ports (int .) }}
+{{- end }}
+{{- else }}
+{{- $ports = append $ports (include "kratos-operator.urlPort" .Values.kratos.adminUrl | int) }}
+{{- if .Values.kratos.publicUrl }}
+{{- $ports = append $ports (include "kratos-operator.urlPort" .Values.kratos.publicUrl | int) }}
+{{- else }}
+{{- $ports = append $ports 4433 }}
+{{- end }}
+{{- end }}
+{{- $ports | uniq | toJson }}
 {{- end }}
