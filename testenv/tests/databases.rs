@@ -1,6 +1,9 @@
 //! Kratos on each database the environment offers: it serves identities, keeps them across a
 //! restart of Kratos, and (PostgreSQL) the server listens on loopback only.
 
+// Test code: panicking on unexpected results is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{fs, path::PathBuf, time::Duration};
 
 use kratos_operator_testenv::kratos::{Database, KratosInstance, KratosOptions};
