@@ -64,6 +64,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     // The first SIGTERM (pod stop) or SIGINT starts the shutdown.
     let terminated = shutdown::terminated().boxed().shared();
     if !args.leader_elect {
+        ctx.metrics.leading.set(1);
         stop_within(
             controller::run(ctx, terminated.clone().boxed()),
             terminated,
@@ -93,6 +94,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
         }
     }
     ctx.standby.store(false, Ordering::Relaxed);
+    ctx.metrics.leading.set(1);
+    let metrics = ctx.metrics.clone();
     tracing::info!(identity = %lease.identity, "became leader; starting controllers");
     let lost = leader::lost(election.leading.clone()).shared();
     let stop = futures::future::select(terminated.clone(), lost.clone())
@@ -104,6 +107,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         args.shutdown_timeout,
     )
     .await;
+    metrics.leading.set(0);
     if lost.now_or_never().is_some() {
         election.release().await;
         return Err("lost leadership; exiting so that this replica restarts as a follower".into());

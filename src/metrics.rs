@@ -58,6 +58,9 @@ pub struct Metrics {
     pub status_writes_queued: Gauge<i64, AtomicI64>,
     /// Drift sweeps that compared every candidate with Kratos.
     pub drift_sweeps: Counter,
+    /// 1 while this process runs the controllers (it holds the leader Lease, or leader election
+    /// is off), 0 while it waits for the Lease or stops.
+    pub leading: Gauge<i64, AtomicI64>,
 }
 
 /// Labels of change series.
@@ -86,6 +89,7 @@ impl Default for Metrics {
             events_dropped: Counter::default(),
             status_writes_queued: Gauge::default(),
             drift_sweeps: Counter::default(),
+            leading: Gauge::default(),
         }
     }
 }
@@ -95,6 +99,11 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("kratos_operator");
         r.register("reconciles", "Reconciles started", self.reconciles.clone());
+        r.register(
+            "leading",
+            "1 while this replica runs the controllers (holds the leader Lease, or leader election is off), 0 while it waits",
+            self.leading.clone(),
+        );
         r.register(
             "drift_sweeps",
             "Drift sweeps that compared every candidate Identity with Kratos",

@@ -280,6 +280,10 @@ async fn only_the_leader_writes_and_a_killed_leader_hands_over() {
         0,
         "the follower never calls Kratos"
     );
+    // kratos_operator_leading says which replica runs the controllers (the NoLeader alert).
+    const LEADING: &str = "kratos_operator_leading";
+    assert_eq!(counter(&replicas[leader_idx].metrics, LEADING).await, 1.0);
+    assert_eq!(counter(&replicas[follower_idx].metrics, LEADING).await, 0.0);
 
     let killed = replicas.remove(leader_idx);
     drop(killed); // SIGKILL: no release of the lease
