@@ -835,3 +835,85 @@ fn license_and_changelog_are_there_and_agree_with_cargo_toml() {
         "CHANGELOG.md has an Unreleased section"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// deploy/examples/secrets-in-git
+
+/// The examples of passwords kept in Git: each pairs what makes the Secret (an ExternalSecret, a
+/// SealedSecret) with an Identity that reads exactly that Secret and key. Applied before its
+/// Secret exists, the Identity waits for it (`SecretNotFound`); once the Secret is there (as the
+/// other controller would write it) the identity is created and logs in with that password.
+#[tokio::test]
+async fn secrets_in_git_examples_work_once_their_secret_appears() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kratos_operator::api::Identity;
+    use kube::api::{Api, PostParams};
+    const T: std::time::Duration = std::time::Duration::from_secs(60);
+
+    let t = setup("deploy-git-secrets").await;
+    support::install_crds(&t.client).await;
+    let _operator = support::start_operator(&t).await;
+    let dir = repo()
+        .join("deploy")
+        .join("examples")
+        .join("secrets-in-git");
+    for (file, producer_kind, pointer) in [
+        (
+            "external-secret.yaml",
+            "ExternalSecret",
+            "/spec/target/name",
+        ),
+        (
+            "sealed-secret.yaml",
+            "SealedSecret",
+            "/spec/template/metadata/name",
+        ),
+    ] {
+        let docs = json_documents(&std::fs::read_to_string(dir.join(file)).unwrap());
+        assert_eq!(docs.len(), 2, "{file}: a Secret maker and an Identity");
+        let producer = docs.iter().find(|d| d["kind"] == producer_kind).unwrap();
+        let secret_name = producer.pointer(pointer).and_then(Value::as_str).unwrap();
+        let mut identity = docs
+            .iter()
+            .find(|d| d["kind"] == "Identity")
+            .unwrap()
+            .clone();
+        let reference = &identity["spec"]["credentials"]["password"]["secretRef"];
+        assert_eq!(reference["name"], secret_name, "{file}");
+        let key = reference["key"].as_str().unwrap().to_string();
+        let key_made = match producer_kind {
+            "ExternalSecret" => producer["spec"]["data"][0]["secretKey"].clone(),
+            _ => producer["spec"]["encryptedData"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .next()
+                .map(|k| json!(k))
+                .unwrap(),
+        };
+        assert_eq!(key_made, json!(key), "{file}: the key the Identity reads");
+
+        // Unique per test namespace: Kratos identifiers are global.
+        let name = identity["metadata"]["name"].as_str().unwrap().to_string();
+        let email = format!("{name}.{}@example.com", t.namespace);
+        identity["spec"]["traits"]["email"] = json!(email);
+        support::apply::<Identity>(&t, identity).await;
+        support::wait_ready::<Identity>(&t, &name, "False", Some("SecretNotFound"), T).await;
+        let password = format!("{name}-{}-Passw0rd!", t.namespace);
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": { "name": secret_name },
+            "type": "Opaque",
+            "stringData": { key.clone(): password },
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(t.client.clone(), &t.namespace)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+        support::wait_ready::<Identity>(&t, &name, "True", Some("Synced"), T).await;
+        support::login(&t.kratos_public_url, &email, &password)
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {email} cannot log in: {e}"));
+    }
+    t.cleanup().await;
+}
