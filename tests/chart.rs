@@ -783,13 +783,10 @@ fn monitoring_expressions(docs: &[Value]) -> Vec<String> {
     exprs
 }
 
-/// Every alert and dashboard expression is PromQL that Prometheus' grammar accepts: Grafana's
-/// `$__rate_interval` is put in as the duration it stands for, and a template variable's
-/// `label_values(<selector>, <label>)` (Grafana's, not PromQL) has its selector parsed.
-#[test]
-fn every_alert_and_dashboard_expression_parses_as_promql() {
+/// The chart rendered with its alerts and its dashboard (release `ops` in `kratos-system`).
+fn monitoring_docs() -> Vec<Value> {
     let admin = admin_url_arg();
-    let docs = json_documents(&render(
+    json_documents(&render(
         "ops",
         "kratos-system",
         &[
@@ -798,7 +795,15 @@ fn every_alert_and_dashboard_expression_parses_as_promql() {
             "--set",
             "prometheusRule.enabled=true,grafanaDashboard.enabled=true",
         ],
-    ));
+    ))
+}
+
+/// Every alert and dashboard expression is PromQL that Prometheus' grammar accepts: Grafana's
+/// `$__rate_interval` is put in as the duration it stands for, and a template variable's
+/// `label_values(<selector>, <label>)` (Grafana's, not PromQL) has its selector parsed.
+#[test]
+fn every_alert_and_dashboard_expression_parses_as_promql() {
+    let docs = monitoring_docs();
     let exprs = monitoring_expressions(&docs);
     assert!(exprs.len() > ALERTS.len() + 10, "{exprs:?}");
     let mut failures = Vec::new();
@@ -1402,17 +1407,7 @@ async fn every_metric_the_alerts_the_dashboard_and_the_docs_name_is_exported() {
     ] {
         assert!(exported.contains(name), "{name} in {exported:?}");
     }
-    let admin = admin_url_arg();
-    let docs = json_documents(&render(
-        "ops",
-        "kratos-system",
-        &[
-            "--set",
-            &admin,
-            "--set",
-            "prometheusRule.enabled=true,grafanaDashboard.enabled=true",
-        ],
-    ));
+    let docs = monitoring_docs();
     let mut used = std::collections::BTreeSet::new();
     for expr in monitoring_expressions(&docs) {
         let names = promql_metric_names(&expr);
