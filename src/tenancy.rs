@@ -14,7 +14,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -158,10 +158,14 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 /// How long a namespace's policy is cached: a cluster admin's label change applies within this.
 pub const POLICY_TTL: Duration = Duration::from_secs(5);
 
-/// The namespaces' policies, read from the API server and cached for [`POLICY_TTL`].
+/// The namespaces' policies, read from the API server and cached for [`POLICY_TTL`]. Reads of
+/// one namespace are single-flight: the reconciles that miss the cache at the same moment (a bulk
+/// apply) wait for one read instead of each sending their own.
 pub struct Policies {
     enforce: bool,
     cache: Mutex<HashMap<String, (Instant, NamespacePolicy)>>,
+    /// One lock per namespace, held while its policy is read.
+    reads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Policies {
@@ -170,6 +174,7 @@ impl Policies {
         Self {
             enforce,
             cache: Mutex::new(HashMap::new()),
+            reads: Mutex::new(HashMap::new()),
         }
     }
 
@@ -184,11 +189,22 @@ impl Policies {
         if !self.enforce {
             return Ok(NamespacePolicy::unrestricted());
         }
-        if let Ok(cache) = self.cache.lock()
-            && let Some((at, policy)) = cache.get(ns)
-            && at.elapsed() < POLICY_TTL
-        {
-            return Ok(policy.clone());
+        if let Some(policy) = self.cached(ns) {
+            return Ok(policy);
+        }
+        let read = self
+            .reads
+            .lock()
+            .ok()
+            .map(|mut reads| reads.entry(ns.to_string()).or_default().clone());
+        // Without the lock (a poisoned map), every caller reads: slower, never wrong.
+        let _reading = match &read {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        // Whoever held the lock before us has just cached it.
+        if let Some(policy) = self.cached(ns) {
+            return Ok(policy);
         }
         let namespace = Api::<Namespace>::all(client.clone()).get(ns).await?;
         let empty = BTreeMap::new();
@@ -200,6 +216,12 @@ impl Policies {
             cache.insert(ns.to_string(), (Instant::now(), policy.clone()));
         }
         Ok(policy)
+    }
+
+    fn cached(&self, ns: &str) -> Option<NamespacePolicy> {
+        let cache = self.cache.lock().ok()?;
+        let (at, policy) = cache.get(ns)?;
+        (at.elapsed() < POLICY_TTL).then(|| policy.clone())
     }
 }
 
