@@ -470,36 +470,26 @@ async fn no_password_hash_link_code_or_token_appears_in_logs_events_status_or_me
 /// the one referenced Secret is read in full, when an import is due.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn secrets_are_watched_as_metadata_only() {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
     let t = setup("security-watch").await;
     support::install_crds(&t.client).await;
     let seen: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
     let recorded = seen.clone();
-    let layer =
-        tower::util::MapRequestLayer::new(move |req: axum::http::Request<kube::client::Body>| {
-            let accept = req
-                .headers()
-                .get("accept")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            recorded.lock().unwrap().push((
-                req.method().to_string(),
-                req.uri()
-                    .path_and_query()
-                    .map_or(String::new(), |p| p.to_string()),
-                accept,
-            ));
-            req
-        });
-    let kubeconfig = Kubeconfig::read_from(&t.env.state.kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    let client = kube::client::ClientBuilder::try_from(config)
-        .unwrap()
-        .with_layer(&layer)
-        .build();
+    let client = support::client_seeing(&t, move |req| {
+        let accept = req
+            .headers()
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        recorded.lock().unwrap().push((
+            req.method().to_string(),
+            req.uri()
+                .path_and_query()
+                .map_or(String::new(), |p| p.to_string()),
+            accept,
+        ));
+    })
+    .await;
     let ctx = Arc::new(Context::new(
         client,
         support::kratos_client(&t.kratos_admin_url, &t.kratos_public_url),

@@ -724,27 +724,17 @@ async fn deep_or_huge_specs_in_one_namespace_do_not_stop_the_others() {
 /// Namespace instead of each sending its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_reconciles_share_one_read_of_the_namespace_policy() {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
     use std::sync::{Arc, Mutex};
     let t = setup("ten-policy-reads").await;
     let reads: Arc<Mutex<usize>> = Arc::default();
     let counted = reads.clone();
     let path = format!("/api/v1/namespaces/{}", t.namespace);
-    let layer =
-        tower::util::MapRequestLayer::new(move |req: axum::http::Request<kube::client::Body>| {
-            if req.method() == "GET" && req.uri().path() == path {
-                *counted.lock().unwrap() += 1;
-            }
-            req
-        });
-    let kubeconfig = Kubeconfig::read_from(&t.env.state.kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    let client = kube::client::ClientBuilder::try_from(config)
-        .unwrap()
-        .with_layer(&layer)
-        .build();
+    let client = support::client_seeing(&t, move |req| {
+        if req.method() == "GET" && req.uri().path() == path {
+            *counted.lock().unwrap() += 1;
+        }
+    })
+    .await;
     let policies = Arc::new(kratos_operator::tenancy::Policies::new(true));
     let burst = || {
         let tasks: Vec<_> = (0..64)

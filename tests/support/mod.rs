@@ -64,6 +64,27 @@ impl TestEnv {
     }
 }
 
+/// A client of the environment's admin user that shows `see` every request before sending it
+/// (to record or count what a component asks the API server).
+pub async fn client_seeing(
+    t: &TestEnv,
+    see: impl Fn(&axum::http::Request<kube::client::Body>) + Send + Sync + Clone + 'static,
+) -> Client {
+    let layer =
+        tower::util::MapRequestLayer::new(move |req: axum::http::Request<kube::client::Body>| {
+            see(&req);
+            req
+        });
+    let kubeconfig = Kubeconfig::read_from(&t.env.state.kubeconfig).expect("kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("client config");
+    kube::client::ClientBuilder::try_from(config)
+        .expect("client builder")
+        .with_layer(&layer)
+        .build()
+}
+
 /// Labels the test's namespace with each of `labels` = "true", as a cluster admin opts a
 /// namespace into what the tenancy policy refuses by default (for example
 /// `kratos-operator.dev/allow-recovery-by-id`). The operator reads Namespaces with a cache of a
