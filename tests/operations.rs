@@ -237,15 +237,7 @@ async fn readyz(r: &Replica) -> u16 {
 }
 
 async fn kratos_calls(metrics_url: &str) -> u64 {
-    let Ok(resp) = reqwest::get(metrics_url).await else {
-        return 0;
-    };
-    let text = resp.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("kratos_client_calls_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    counter(metrics_url, "kratos_client_calls_total").await as u64
 }
 
 #[tokio::test]

@@ -122,9 +122,8 @@ pub struct KratosInstance {
     child: Option<Child>,
     record: Option<ProcessRecord>,
     detached: bool,
-    /// Its PostgreSQL server, stopped after Kratos (field order) unless detached.
+    /// Its PostgreSQL server (none on sqlite), stopped after Kratos unless detached.
     postgres: Option<Postgres>,
-    database: Database,
 }
 
 impl KratosInstance {
@@ -164,7 +163,6 @@ impl KratosInstance {
             record: None,
             detached: false,
             postgres,
-            database: options.database,
         };
         instance.migrate()?;
         instance.spawn()?;
@@ -227,7 +225,11 @@ impl KratosInstance {
 
     /// Where it keeps its data.
     pub fn database(&self) -> Database {
-        self.database
+        if self.postgres.is_some() {
+            Database::Postgres
+        } else {
+            Database::Sqlite
+        }
     }
 
     /// The process id of its PostgreSQL server, while it runs (none on sqlite).

@@ -35,7 +35,6 @@ pub const BIN_DIR_ENV: &str = "KRATOS_OPERATOR_TESTENV_PG_BIN";
 /// called.
 #[derive(Debug)]
 pub struct Postgres {
-    data: PathBuf,
     port: u16,
     child: Option<Child>,
     record: Option<ProcessRecord>,
@@ -44,13 +43,14 @@ pub struct Postgres {
 
 impl Postgres {
     /// Initialises a cluster in `<dir>/data` unless one is there, starts the server on a free
-    /// loopback port and creates the [`DATABASE`] if missing. Output goes to `<dir>/postgres.log`.
+    /// loopback port and, in a cluster it has just initialised, creates the [`DATABASE`]. Output goes to `<dir>/postgres.log`.
     pub fn start(dir: &Path) -> Result<Self> {
         let bin = bin_dir()?;
         fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let data = dir.join("data");
         let log = dir.join("postgres.log");
-        if !data.join("PG_VERSION").exists() {
+        let fresh = !data.join("PG_VERSION").exists();
+        if fresh {
             init(&bin, &data, &dir.join("initdb.log"))?;
         }
         let port = process::free_port()?;
@@ -80,28 +80,23 @@ impl Postgres {
                 &["-q", "-h", "127.0.0.1", "-p", &port_arg, "-U", USER],
             )
         })?;
-        let mut postgres = Self {
-            data,
+        let postgres = Self {
             port,
             child: Some(child),
             record: Some(record),
             detached: false,
         };
-        postgres.create_database(&bin, &dir.join("createdb.log"))?;
-        Ok(postgres)
-    }
-
-    fn create_database(&mut self, bin: &Path, log: &Path) -> Result<()> {
-        let exists = fs::read_to_string(self.data.join("kratos-operator-database"))
-            .is_ok_and(|name| name == DATABASE);
-        if exists {
-            return Ok(());
+        if fresh {
+            let port = port.to_string();
+            let args = ["-h", "127.0.0.1", "-p", &port, "-U", USER, DATABASE];
+            run(
+                &bin.join("createdb"),
+                &args,
+                &dir.join("createdb.log"),
+                "createdb",
+            )?;
         }
-        let port = self.port.to_string();
-        let args = ["-h", "127.0.0.1", "-p", &port, "-U", USER, DATABASE];
-        run(&bin.join("createdb"), &args, log, "createdb")?;
-        fs::write(self.data.join("kratos-operator-database"), DATABASE)
-            .map_err(io_err("recording the created database"))
+        Ok(postgres)
     }
 
     /// The DSN of [`DATABASE`] (query parameters may be appended with `&`).

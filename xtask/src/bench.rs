@@ -341,6 +341,35 @@ const WRITE_OPS: [&str; 9] = [
     "create_recovery_link",
 ];
 
+/// The operator's Kratos requests and write requests so far (its /metrics text).
+fn kratos_requests(text: &str) -> (u64, u64) {
+    let requests = metric_sum(text, "kratos_client_http_requests_total", |_| true);
+    let writes = metric_sum(text, "kratos_client_http_requests_total", |l| {
+        WRITE_OPS
+            .iter()
+            .any(|op| l.contains(&format!("operation=\"{op}\"")))
+    });
+    (requests as u64, writes as u64)
+}
+
+/// The API server requests (by verb and resource) that grew by at least one between two
+/// readings of [`apiserver_requests`], with their growth.
+fn api_deltas(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> Vec<(String, f64)> {
+    after
+        .iter()
+        .map(|(key, after)| (key.clone(), after - before.get(key).copied().unwrap_or(0.0)))
+        .filter(|(_, delta)| *delta >= 1.0)
+        .collect()
+}
+
+/// Whether an [`apiserver_requests`] key is a read (GET or WATCH).
+fn is_read(key: &str) -> bool {
+    key.starts_with("GET ") || key.starts_with("WATCH ")
+}
+
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -636,13 +665,10 @@ async fn operator_run(
     let requests_after = apiserver_requests(client).await;
     let _ = std::fs::write(root.join(format!("metrics-{tag}.txt")), metrics(&url));
     let mut requests = Vec::new();
-    for (key, after) in &requests_after {
-        let delta = after - requests_before.get(key).copied().unwrap_or(0.0);
-        if delta >= 1.0 {
-            let _ = writeln!(timeline, "# apiserver requests during (a2): {key} {delta}");
-            if !key.starts_with("GET ") && !key.starts_with("WATCH ") {
-                requests.push((key.clone(), delta));
-            }
+    for (key, delta) in api_deltas(&requests_before, &requests_after) {
+        let _ = writeln!(timeline, "# apiserver requests during (a2): {key} {delta}");
+        if !is_read(&key) {
+            requests.push((key, delta));
         }
     }
     let _ = std::fs::write(root.join(format!("timeline-{tag}.tsv")), &timeline);
@@ -792,31 +818,14 @@ async fn latencies(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     out.restart_ready = started.elapsed().as_secs_f64();
-    let sweeps = |t: &str| metric_sum(t, "kratos_operator_drift_sweeps_total", |_| true);
-    let deadline = Instant::now() + 2 * RESYNC + Duration::from_secs(30);
-    let text = loop {
-        let text = metrics(url);
-        if sweeps(&text) >= 1.0 || Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let text = until_sweeps(url, 1.0).await;
     out.restart_settled = started.elapsed().as_secs_f64();
-    out.restart_kratos = (
-        metric_sum(&text, "kratos_client_http_requests_total", |_| true) as u64,
-        metric_sum(&text, "kratos_client_http_requests_total", |l| {
-            WRITE_OPS
-                .iter()
-                .any(|op| l.contains(&format!("operation=\"{op}\"")))
-        }) as u64,
-    );
+    out.restart_kratos = kratos_requests(&text);
     let requests_after = apiserver_requests(client).await;
-    for (key, after) in &requests_after {
-        let delta = after - requests_before.get(key).copied().unwrap_or(0.0);
-        if delta >= 1.0 && !key.starts_with("GET ") && !key.starts_with("WATCH ") {
-            out.restart_api_writes.push((key.clone(), delta));
-        }
-    }
+    out.restart_api_writes = api_deltas(&requests_before, &requests_after)
+        .into_iter()
+        .filter(|(key, _)| !is_read(key))
+        .collect();
     Ok(out)
 }
 
@@ -835,40 +844,32 @@ fn nix_term(pid: u32) -> std::io::Result<()> {
 /// (d): the Kratos traffic of one idle resync: the window from the end of one sweep to the end
 /// of the next.
 async fn idle_resync(url: &str, proxy: &Proxy) -> (u64, u64, u64) {
-    let requests = |t: &str| metric_sum(t, "kratos_client_http_requests_total", |_| true) as u64;
-    let writes = |t: &str| {
-        metric_sum(t, "kratos_client_http_requests_total", |l| {
-            WRITE_OPS
-                .iter()
-                .any(|op| l.contains(&format!("operation=\"{op}\"")))
-        }) as u64
-    };
-    let sweeps = |t: &str| metric_sum(t, "kratos_operator_drift_sweeps_total", |_| true);
     // From the end of the first sweep after convergence to the end of the next one: exactly one
     // sweep, whatever their timing (the operator counts finished sweeps).
-    let next_sweep = || async {
-        let before = sweeps(&metrics(url));
-        let deadline = Instant::now() + 2 * RESYNC + Duration::from_secs(30);
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let text = metrics(url);
-            if sweeps(&text) > before || Instant::now() > deadline {
-                return text;
-            }
-        }
-    };
+    let next_sweep = || async { until_sweeps(url, sweeps(&metrics(url)) + 1.0).await };
     let t0 = next_sweep().await;
-    let (r0, w0, b0) = (
-        requests(&t0),
-        writes(&t0),
-        proxy.bytes.load(Ordering::Relaxed),
-    );
+    let ((r0, w0), b0) = (kratos_requests(&t0), proxy.bytes.load(Ordering::Relaxed));
     let t1 = next_sweep().await;
-    (
-        requests(&t1) - r0,
-        writes(&t1) - w0,
-        proxy.bytes.load(Ordering::Relaxed) - b0,
-    )
+    let (r1, w1) = kratos_requests(&t1);
+    (r1 - r0, w1 - w0, proxy.bytes.load(Ordering::Relaxed) - b0)
+}
+
+/// The drift sweeps the operator has finished (its /metrics text).
+fn sweeps(text: &str) -> f64 {
+    metric_sum(text, "kratos_operator_drift_sweeps_total", |_| true)
+}
+
+/// Waits until the operator has finished `at_least` drift sweeps (at most two resync intervals
+/// and 30 s) and returns its /metrics text then.
+async fn until_sweeps(url: &str, at_least: f64) -> String {
+    let deadline = Instant::now() + 2 * RESYNC + Duration::from_secs(30);
+    loop {
+        let text = metrics(url);
+        if sweeps(&text) >= at_least || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn kube_client(env: &Environment) -> Result<Client, String> {
