@@ -25,8 +25,10 @@ pub struct Binary {
 /// A component built from one wrapper module.
 #[derive(Debug, Clone, Copy)]
 pub struct Component {
-    /// Short name; also the wrapper module's directory under `testenv/go/`.
+    /// Short name (the cache directory's prefix).
     pub name: &'static str,
+    /// The wrapper module's directory under `testenv/go/`.
+    pub module: &'static str,
     /// Pinned version (the cache key's first half).
     pub version: &'static str,
     /// The binaries it provides.
@@ -37,37 +39,51 @@ pub struct Component {
     pub tags: &'static str,
 }
 
-/// kube-apiserver, kube-controller-manager, etcd and kubectl; kube-scheduler and the kubelet for
-/// the node.
+/// The binaries of one Kubernetes release: kube-apiserver, kube-controller-manager, etcd and
+/// kubectl; kube-scheduler and the kubelet for the node.
+const KUBERNETES_BINARIES: &[Binary] = &[
+    Binary {
+        package: "k8s.io/kubernetes/cmd/kube-apiserver",
+        name: "kube-apiserver",
+    },
+    Binary {
+        package: "k8s.io/kubernetes/cmd/kube-controller-manager",
+        name: "kube-controller-manager",
+    },
+    Binary {
+        package: "go.etcd.io/etcd/server/v3",
+        name: "etcd",
+    },
+    Binary {
+        package: "k8s.io/kubernetes/cmd/kubectl",
+        name: "kubectl",
+    },
+    Binary {
+        package: "k8s.io/kubernetes/cmd/kube-scheduler",
+        name: "kube-scheduler",
+    },
+    Binary {
+        package: "k8s.io/kubernetes/cmd/kubelet",
+        name: "kubelet",
+    },
+];
+
+/// The newest Kubernetes release: the environment's default.
 pub const KUBERNETES: Component = Component {
     name: "kubernetes",
+    module: "kubernetes",
     version: versions::KUBERNETES,
-    binaries: &[
-        Binary {
-            package: "k8s.io/kubernetes/cmd/kube-apiserver",
-            name: "kube-apiserver",
-        },
-        Binary {
-            package: "k8s.io/kubernetes/cmd/kube-controller-manager",
-            name: "kube-controller-manager",
-        },
-        Binary {
-            package: "go.etcd.io/etcd/server/v3",
-            name: "etcd",
-        },
-        Binary {
-            package: "k8s.io/kubernetes/cmd/kubectl",
-            name: "kubectl",
-        },
-        Binary {
-            package: "k8s.io/kubernetes/cmd/kube-scheduler",
-            name: "kube-scheduler",
-        },
-        Binary {
-            package: "k8s.io/kubernetes/cmd/kubelet",
-            name: "kubelet",
-        },
-    ],
+    binaries: KUBERNETES_BINARIES,
+    cgo: false,
+    tags: "selinux,notest",
+};
+
+/// The oldest Kubernetes release the chart's `kubeVersion` admits: the compatibility run.
+pub const KUBERNETES_OLDEST: Component = Component {
+    name: "kubernetes",
+    module: "kubernetes-oldest",
+    version: versions::KUBERNETES_OLDEST,
+    binaries: KUBERNETES_BINARIES,
     cgo: false,
     tags: "selinux,notest",
 };
@@ -75,6 +91,7 @@ pub const KUBERNETES: Component = Component {
 /// Ory Kratos with sqlite.
 pub const KRATOS: Component = Component {
     name: "kratos",
+    module: "kratos",
     version: versions::KRATOS,
     binaries: &[Binary {
         package: "github.com/ory/kratos",
@@ -84,10 +101,24 @@ pub const KRATOS: Component = Component {
     tags: "sqlite,json1",
 };
 
-/// Helm v3.
+/// Helm v4, the current major release: the default.
 pub const HELM: Component = Component {
     name: "helm",
+    module: "helm",
     version: versions::HELM,
+    binaries: &[Binary {
+        package: "helm.sh/helm/v4/cmd/helm",
+        name: "helm",
+    }],
+    cgo: false,
+    tags: "",
+};
+
+/// Helm v3, still what many installations run: the compatibility run.
+pub const HELM_3: Component = Component {
+    name: "helm",
+    module: "helm3",
+    version: versions::HELM_3,
     binaries: &[Binary {
         package: "helm.sh/helm/v3/cmd/helm",
         name: "helm",
@@ -100,6 +131,7 @@ pub const HELM: Component = Component {
 /// image [`crate::image::PAUSE_IMAGE`].
 pub const PAUSE: Component = Component {
     name: "pause",
+    module: "pause",
     version: versions::PAUSE,
     binaries: &[Binary {
         package: "kratos-operator.dev/testenv/pause",
@@ -110,7 +142,7 @@ pub const PAUSE: Component = Component {
 };
 
 /// Every component, in build order (the slowest first, so a failure shows early).
-pub const ALL: [Component; 4] = [KUBERNETES, KRATOS, HELM, PAUSE];
+pub const ALL: [Component; 6] = [KUBERNETES, KUBERNETES_OLDEST, KRATOS, HELM, HELM_3, PAUSE];
 
 impl Component {
     /// The wrapper module's directory in the repository.
@@ -118,7 +150,7 @@ impl Component {
         crate::repo_root()
             .join("testenv")
             .join("go")
-            .join(self.name)
+            .join(self.module)
     }
 
     /// The cache directory of this exact version, wrapper module and build recipe.
@@ -191,10 +223,13 @@ impl Component {
                 "-s -w -X github.com/ory/kratos/driver/config.Version={}",
                 self.version
             ),
-            "helm" => format!(
-                "-s -w -X helm.sh/helm/v3/internal/version.version={}",
-                self.version
-            ),
+            "helm" => {
+                let major = self.version.split('.').next().unwrap_or("v3");
+                format!(
+                    "-s -w -X helm.sh/helm/{major}/internal/version.version={}",
+                    self.version
+                )
+            }
             _ => "-s -w".to_string(),
         }
     }
@@ -282,4 +317,58 @@ pub fn binary(component: &Component, name: &str) -> Result<PathBuf> {
 /// Checks that a path is an executable file (used by `status`).
 pub fn exists(path: &Path) -> bool {
     path.is_file()
+}
+
+/// The variable that selects the environment's Kubernetes release: `newest` (the default),
+/// `oldest`, or either's exact version.
+pub const KUBERNETES_ENV: &str = "KRATOS_OPERATOR_TESTENV_KUBERNETES";
+
+/// The variable that selects the Helm the chart tests run: `4` (the default) or `3`.
+pub const HELM_ENV: &str = "KRATOS_OPERATOR_TESTENV_HELM";
+
+/// The Kubernetes release `name` names: `newest`, `oldest`, or the exact version of either (as
+/// a state file records it).
+pub fn kubernetes(name: &str) -> Result<Component> {
+    [KUBERNETES, KUBERNETES_OLDEST]
+        .into_iter()
+        .find(|c| c.version == name || c.version.trim_start_matches('v') == name)
+        .or(match name {
+            "newest" => Some(KUBERNETES),
+            "oldest" => Some(KUBERNETES_OLDEST),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "unknown Kubernetes release {name:?} (in {KUBERNETES_ENV} or --kubernetes): use \
+                 newest ({}) or oldest ({})",
+                KUBERNETES.version, KUBERNETES_OLDEST.version
+            ))
+        })
+}
+
+/// The Kubernetes release `$KRATOS_OPERATOR_TESTENV_KUBERNETES` names; the newest when unset.
+pub fn kubernetes_from_env() -> Result<Component> {
+    match std::env::var(KUBERNETES_ENV) {
+        Ok(value) if !value.is_empty() => kubernetes(&value),
+        _ => Ok(KUBERNETES),
+    }
+}
+
+/// The Helm `$KRATOS_OPERATOR_TESTENV_HELM` names: `4` (the default) or `3`, or the exact version
+/// of either.
+pub fn helm_from_env() -> Result<Component> {
+    let value = std::env::var(HELM_ENV).unwrap_or_default();
+    [HELM, HELM_3]
+        .into_iter()
+        .find(|c| {
+            value.is_empty() && c.version == HELM.version
+                || c.version == value
+                || c.version.trim_start_matches('v').split('.').next() == Some(value.as_str())
+        })
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "unknown Helm {value:?} (in {HELM_ENV}): use 4 ({}) or 3 ({})",
+                HELM.version, HELM_3.version
+            ))
+        })
 }

@@ -61,6 +61,14 @@ pub struct State {
     pub node: Option<NodeState>,
 }
 
+impl State {
+    /// The build of the Kubernetes release this environment runs (its kubectl, kubelet and
+    /// scheduler match its API server).
+    pub fn kubernetes(&self) -> Result<build::Component> {
+        build::kubernetes(&self.kubernetes_version)
+    }
+}
+
 /// State files written before PostgreSQL came describe a Kratos on sqlite.
 fn sqlite_before_postgres() -> Database {
     Database::Sqlite
@@ -140,27 +148,29 @@ impl Environment {
     }
 
     /// Starts an environment in `dir`, or returns the one already running there, with Kratos
-    /// on the database `$KRATOS_OPERATOR_TESTENV_DATABASE` names (PostgreSQL when unset).
+    /// on the database `$KRATOS_OPERATOR_TESTENV_DATABASE` names (PostgreSQL when unset) and the
+    /// Kubernetes release `$KRATOS_OPERATOR_TESTENV_KUBERNETES` names (the newest when unset).
     pub fn up(dir: &Path) -> Result<Self> {
-        Self::up_with(dir, Database::from_env()?)
+        Self::up_with(dir, Database::from_env()?, build::kubernetes_from_env()?)
     }
 
-    /// [`Environment::up`] with Kratos on `database`. An environment already running in `dir`
-    /// is returned as it is, whatever its database ([`State::kratos_database`] says which).
-    pub fn up_with(dir: &Path, database: Database) -> Result<Self> {
+    /// [`Environment::up`] with Kratos on `database` and the control plane of `kubernetes`. An
+    /// environment already running in `dir` is returned as it is, whatever its database and
+    /// release ([`State::kratos_database`] and [`State::kubernetes_version`] say which).
+    pub fn up_with(dir: &Path, database: Database, kubernetes: build::Component) -> Result<Self> {
         let _lock = lock(dir)?;
         if let Some(env) = Self::attach(dir)? {
             return Ok(env);
         }
         stop_recorded(dir);
-        Self::start(dir, database)
+        Self::start(dir, database, kubernetes)
     }
 
-    fn start(dir: &Path, database: Database) -> Result<Self> {
+    fn start(dir: &Path, database: Database, kubernetes: build::Component) -> Result<Self> {
         // Fail before starting anything when a binary is missing.
-        let apiserver_bin = build::KUBERNETES.binary("kube-apiserver")?;
-        let kcm_bin = build::KUBERNETES.binary("kube-controller-manager")?;
-        let etcd_bin = build::KUBERNETES.binary("etcd")?;
+        let apiserver_bin = kubernetes.binary("kube-apiserver")?;
+        let kcm_bin = kubernetes.binary("kube-controller-manager")?;
+        let etcd_bin = kubernetes.binary("etcd")?;
         build::KRATOS.binary("kratos")?;
 
         for sub in ["pki", "logs", "kratos"] {
@@ -187,6 +197,7 @@ impl Environment {
             &kcm_bin,
             &etcd_bin,
             database,
+            kubernetes.version,
             &mut processes,
         );
         match result {
@@ -216,6 +227,7 @@ impl Environment {
         kcm_bin: &Path,
         etcd_bin: &Path,
         database: Database,
+        kubernetes_version: &str,
         processes: &mut Vec<ProcessRecord>,
     ) -> Result<State> {
         let (_, net) = node::addresses(dir);
@@ -340,7 +352,7 @@ impl Environment {
             kratos_public_url,
             kratos_dir: dir.join("kratos"),
             kratos_database: database,
-            kubernetes_version: versions::KUBERNETES.into(),
+            kubernetes_version: kubernetes_version.into(),
             kratos_version: versions::KRATOS.into(),
             processes: processes.clone(),
             node: None,
@@ -483,6 +495,7 @@ impl Environment {
         };
         let inputs = node::Inputs {
             dir,
+            kubernetes: env.state.kubernetes()?,
             kubeconfig: &env.state.kubeconfig,
             apiserver_port: port(&env.state.apiserver_url)?.1,
             kratos_admin: port(&env.state.kratos_admin_url)?,

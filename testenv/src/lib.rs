@@ -22,15 +22,21 @@ pub use env::{Environment, shared};
 /// Pinned versions of every component. Changing one changes the cache key, so the next
 /// `cargo xtask testenv build` rebuilds exactly that component.
 pub mod versions {
-    /// Kubernetes release of kube-apiserver and kube-controller-manager (k8s-openapi 0.29 supports 1.33-1.37;
-    /// we test against the oldest we support).
-    pub const KUBERNETES: &str = "v1.33.13";
-    /// etcd release, taken from the same module graph as Kubernetes.
-    pub const ETCD: &str = "v3.5.21";
+    /// The newest Kubernetes release: the environment's default, every test runs on it.
+    pub const KUBERNETES: &str = "v1.37.2";
+    /// The oldest Kubernetes release the chart's `kubeVersion` admits (k8s-openapi 0.29 supports
+    /// 1.33 to 1.37, and the crate builds against 1.33's API): the compatibility run.
+    pub const KUBERNETES_OLDEST: &str = "v1.33.13";
+    /// etcd release of the newest Kubernetes, taken from the same module graph.
+    pub const ETCD: &str = "v3.7.0";
+    /// etcd release of the oldest Kubernetes.
+    pub const ETCD_OLDEST: &str = "v3.5.21";
     /// Ory Kratos release.
     pub const KRATOS: &str = "v1.3.1";
-    /// Helm release (chart tests).
-    pub const HELM: &str = "v3.18.6";
+    /// Helm release of the chart tests: the current major release, the default.
+    pub const HELM: &str = "v4.3.1";
+    /// Helm 3 release of the compatibility run.
+    pub const HELM_3: &str = "v3.18.6";
     /// Our own sandbox program (testenv/go/pause). Its source joins the cache key, so this only
     /// names the build; bump it when the recipe changes in a way the source does not show.
     pub const PAUSE: &str = "v1";

@@ -15,7 +15,8 @@
 //! image included.
 //!
 //! What the kubelet needed here: the cgroupfs driver (cgroup v1 hierarchies, with a v2 one
-//! mounted beside them), `cgroupsPerQOS: false` with no node-allocatable enforcement (so it
+//! mounted beside them; from Kubernetes 1.35 the kubelet refuses cgroup v1 unless
+//! `failCgroupV1: false`), `cgroupsPerQOS: false` with no node-allocatable enforcement (so it
 //! creates no cgroup hierarchy of its own), `failSwapOn: false`, an empty resolv.conf for pods
 //! (no name server to leak queries to), and image garbage collection off (a collected image
 //! could not be pulled again). Its eviction manager cannot read the filesystem of the virtual
@@ -151,6 +152,8 @@ fn host_tool(name: &str, package: &str) -> Result<PathBuf> {
 pub struct Inputs<'a> {
     /// The environment's directory.
     pub dir: &'a Path,
+    /// The Kubernetes release of the environment (the node's kubelet and scheduler match it).
+    pub kubernetes: build::Component,
     /// The admin kubeconfig.
     pub kubeconfig: &'a Path,
     /// The API server's loopback port.
@@ -175,8 +178,8 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
             message: "the CNI plugins are not installed; `apt-get install containernetworking-plugins` provides them".into(),
         });
     }
-    let kubelet_bin = build::KUBERNETES.binary("kubelet")?;
-    let scheduler_bin = build::KUBERNETES.binary("kube-scheduler")?;
+    let kubelet_bin = input.kubernetes.binary("kubelet")?;
+    let scheduler_bin = input.kubernetes.binary("kube-scheduler")?;
 
     let dir = input.dir;
     let node = node_dir(dir);
@@ -321,7 +324,7 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
         &logs.join("kubelet.log"),
     )?;
     processes.push(rec.clone());
-    let kubectl = build::KUBERNETES.binary("kubectl")?;
+    let kubectl = input.kubernetes.binary("kubectl")?;
     let kubeconfig = input.kubeconfig.display().to_string();
     process::wait_ready(&rec, Some(&mut kubelet), Duration::from_secs(90), || {
         Command::new(&kubectl)
@@ -451,6 +454,7 @@ authentication:
   x509: {{ clientCAFile: "{ca}" }}
 authorization: {{ mode: AlwaysAllow }}
 cgroupDriver: cgroupfs
+failCgroupV1: false
 cgroupsPerQOS: false
 enforceNodeAllocatable: []
 failSwapOn: false

@@ -8,7 +8,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use kratos_operator_testenv::{build, versions};
+use kratos_operator_testenv::build;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -23,16 +23,40 @@ pub fn chart_dir() -> PathBuf {
 /// The Kratos admin URL the rendered manifests use where no real one is needed.
 pub const PLACEHOLDER_ADMIN_URL: &str = "http://kratos-admin.kratos.svc.cluster.local:4434";
 
+/// The Helm this run tests with (`$KRATOS_OPERATOR_TESTENV_HELM`: Helm 4 unless it says 3).
+pub fn helm_release() -> build::Component {
+    build::helm_from_env().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The Kubernetes release this run tests (`$KRATOS_OPERATOR_TESTENV_KUBERNETES`: the newest
+/// unless it says oldest).
+pub fn kubernetes_release() -> build::Component {
+    build::kubernetes_from_env().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Whether the release under test serves `admissionregistration.k8s.io/v1`
+/// MutatingAdmissionPolicy (generally available, and on by default, since Kubernetes 1.36): the
+/// chart then renders its finalizer policy.
+pub fn serves_mutating_admission_policies() -> bool {
+    let version = kubernetes_release().version;
+    version
+        .trim_start_matches('v')
+        .split('.')
+        .nth(1)
+        .and_then(|minor| minor.parse::<u32>().ok())
+        .is_some_and(|minor| minor >= 36)
+}
+
 /// The Helm binary built by the test environment.
 pub fn helm() -> PathBuf {
-    build::HELM.binary("helm").unwrap_or_else(|e| {
+    helm_release().binary("helm").unwrap_or_else(|e| {
         panic!("Helm is not built: {e}; build it with `cargo xtask testenv build`")
     })
 }
 
-/// The kubectl binary built by the test environment.
+/// The kubectl binary built by the test environment, of the release under test.
 pub fn kubectl() -> PathBuf {
-    build::KUBERNETES.binary("kubectl").unwrap_or_else(|e| {
+    kubernetes_release().binary("kubectl").unwrap_or_else(|e| {
         panic!("kubectl is not built: {e}; build it with `cargo xtask testenv build`")
     })
 }
@@ -87,15 +111,23 @@ pub fn helm_lint(args: &[&str]) -> Output {
     run(cmd, None)
 }
 
-/// `helm template <release> <chart> --namespace <namespace> --kube-version <pinned> <args>`.
+/// `helm template <release> <chart> --namespace <namespace> --kube-version <under test> <args>`.
 pub fn helm_template(release: &str, namespace: &str, args: &[&str]) -> Result<String, String> {
     let mut cmd = helm_command();
     cmd.arg("template")
         .arg(release)
         .arg(chart_dir())
         .args(["--namespace", namespace])
-        .args(["--kube-version", versions::KUBERNETES])
-        .args(args);
+        .args(["--kube-version", kubernetes_release().version]);
+    // What an install on that release would see: `helm template` knows only the API versions
+    // compiled into Helm, so Helm 3 would not see the policy's API on a cluster that serves it.
+    if serves_mutating_admission_policies() {
+        cmd.args([
+            "--api-versions",
+            "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
+        ]);
+    }
+    cmd.args(args);
     let out = run(cmd, None);
     if out.status.success() {
         Ok(String::from_utf8(out.stdout).unwrap())

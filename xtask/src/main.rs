@@ -78,6 +78,11 @@ enum Task {
         /// Skip the comparison row with Kratos on sqlite.
         #[arg(long)]
         no_sqlite: bool,
+        /// Skip the comparison row where the operator writes the finalizer itself (run when
+        /// the API server serves the chart's MutatingAdmissionPolicy, which every other
+        /// scenario then uses).
+        #[arg(long)]
+        no_operator_finalizer: bool,
         /// Skip the latencies users feel ((f), (g), (i)), measured once the largest size is
         /// idle.
         #[arg(long)]
@@ -107,6 +112,11 @@ enum TestenvAction {
         /// postgres. Ignored when the environment already runs.
         #[arg(long)]
         database: Option<Database>,
+        /// Kubernetes release: `newest` (the default) or `oldest` (the oldest the chart's
+        /// `kubeVersion` admits). Default: $KRATOS_OPERATOR_TESTENV_KUBERNETES, else newest.
+        /// Ignored when the environment already runs.
+        #[arg(long)]
+        kubernetes: Option<String>,
     },
     /// Stop exactly the processes `up` started.
     Down {
@@ -145,8 +155,10 @@ fn main() -> ExitCode {
             no_passwords,
             runs,
             no_sqlite,
+            no_operator_finalizer,
             no_latencies,
         } => bench_cmd(&bench::Plan {
+            operator_finalizer: !no_operator_finalizer,
             latencies: !no_latencies,
             sizes,
             baseline: !no_baseline,
@@ -200,20 +212,26 @@ fn testenv(action: TestenvAction) -> Result<(), String> {
             dir,
             node,
             database,
+            kubernetes,
         } => {
             let dir = dir_or_default(dir);
             let started = Instant::now();
             let database = database
                 .map_or_else(Database::from_env, Ok)
                 .map_err(|e| e.to_string())?;
-            let mut env = Environment::up_with(&dir, database).map_err(|e| e.to_string())?;
+            let kubernetes = kubernetes
+                .map_or_else(build::kubernetes_from_env, |k| build::kubernetes(&k))
+                .map_err(|e| e.to_string())?;
+            let mut env =
+                Environment::up_with(&dir, database, kubernetes).map_err(|e| e.to_string())?;
             if node {
                 env = node_with_image(&dir)?;
             }
             eprintln!(
-                "testenv: up in {:.1?} ({}, Kratos on {})",
+                "testenv: up in {:.1?} ({}, Kubernetes {}, Kratos on {})",
                 started.elapsed(),
                 dir.display(),
+                env.state.kubernetes_version,
                 env.state.kratos_database
             );
             print!("{}", env.env_lines());
@@ -241,7 +259,10 @@ fn testenv(action: TestenvAction) -> Result<(), String> {
             match Environment::attach(&dir).map_err(|e| e.to_string())? {
                 Some(env) => {
                     println!("environment  running in {}", dir.display());
-                    println!("apiserver    {}", env.state.apiserver_url);
+                    println!(
+                        "apiserver    {} (Kubernetes {})",
+                        env.state.apiserver_url, env.state.kubernetes_version
+                    );
                     println!("kratos admin {}", env.state.kratos_admin_url);
                     println!("kratos pub   {}", env.state.kratos_public_url);
                     println!("kratos db    {}", env.state.kratos_database);
@@ -286,16 +307,19 @@ fn cargo(args: &[&str], extra: &[String]) -> Result<(), String> {
 
 /// Runs `cargo test --workspace`, echoing its output, and sums the passed and failed counts of
 /// every test binary. Fails when any test failed.
-fn cargo_test(extra: &[String]) -> Result<(u64, u64), String> {
+fn cargo_test(extra: &[String], vars: &[(&str, String)]) -> Result<(u64, u64), String> {
     use std::io::BufRead;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let shown: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
     eprintln!(
-        "xtask: cargo test --workspace --no-fail-fast {}",
+        "xtask: {} cargo test --workspace --no-fail-fast {}",
+        shown.join(" "),
         extra.join(" ")
     );
     let mut child = Command::new(cargo)
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(extra)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("running cargo test: {e}"))?;
@@ -330,6 +354,15 @@ fn cargo_test(extra: &[String]) -> Result<(u64, u64), String> {
     }
 }
 
+/// The test binaries the compatibility run repeats on the oldest Kubernetes the chart admits,
+/// with Helm 3: those whose outcome depends on the API server's release or on Helm. The CRDs and
+/// their CEL rules (crds, smoke), the operator end to end (identity), its RBAC and admission
+/// policies (rbac), and the chart rendered, dry-run, installed and run as pods (chart, deploy,
+/// node).
+const COMPATIBILITY_TESTS: [&str; 7] = [
+    "smoke", "crds", "identity", "rbac", "chart", "deploy", "node",
+];
+
 fn test(cargo_args: &[String]) -> Result<(), String> {
     let started = Instant::now();
     cargo(&["fmt", "--all", "--check"], &[])?;
@@ -345,27 +378,78 @@ fn test(cargo_args: &[String]) -> Result<(), String> {
         &[],
     )?;
     build_all(false)?;
-    let dir = env::default_dir();
-    let was_running = Environment::attach(&dir)
+    // Every test on the newest Kubernetes with Helm 4 (or what the variables select).
+    let newest = test_phase(&env::default_dir(), cargo_args, &[]);
+    // A focused run (`cargo xtask test -- <filter>`) stops here; the whole command goes on with
+    // the other corner of the matrix, whatever the first phase found.
+    let oldest = if cargo_args.is_empty() {
+        let dir = env::default_dir().with_file_name("oldest");
+        let mut args = Vec::new();
+        for name in COMPATIBILITY_TESTS {
+            args.extend(["--test".to_string(), name.to_string()]);
+        }
+        let vars = [
+            ("KRATOS_OPERATOR_TESTENV", dir.display().to_string()),
+            (build::KUBERNETES_ENV, "oldest".to_string()),
+            (build::HELM_ENV, "3".to_string()),
+        ];
+        Some(test_phase(&dir, &args, &vars))
+    } else {
+        None
+    };
+    eprintln!("xtask: test command took {:.1?}", started.elapsed());
+    let mut passed = 0;
+    let mut failed = 0;
+    let mut errors = Vec::new();
+    for result in std::iter::once(newest).chain(oldest) {
+        match result {
+            Ok((p, f)) => {
+                passed += p;
+                failed += f;
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    println!("tests: {passed} passed, {failed} failed");
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// One phase of the test command: the environment in `dir` (started unless it runs, with the
+/// release `vars` select), its node and the operator's image, then `cargo test` with `vars`.
+/// Stops what it started.
+fn test_phase(
+    dir: &std::path::Path,
+    cargo_args: &[String],
+    vars: &[(&str, String)],
+) -> Result<(u64, u64), String> {
+    let was_running = Environment::attach(dir)
         .map_err(|e| e.to_string())?
         .is_some();
-    let env = Environment::up(&dir).map_err(|e| e.to_string())?;
+    let kubernetes = vars
+        .iter()
+        .find(|(k, _)| *k == build::KUBERNETES_ENV)
+        .map_or_else(build::kubernetes_from_env, |(_, v)| build::kubernetes(v))
+        .map_err(|e| e.to_string())?;
+    let database = Database::from_env().map_err(|e| e.to_string())?;
+    let env = Environment::up_with(dir, database, kubernetes).map_err(|e| e.to_string())?;
     eprintln!(
-        "xtask: environment {} in {} (Kratos on {})",
+        "xtask: environment {} in {} (Kubernetes {}, Kratos on {})",
         if was_running { "reused" } else { "started" },
         env.dir.display(),
+        env.state.kubernetes_version,
         env.state.kratos_database
     );
     // The node and the operator's image (a static release build: the release build the
     // Dockerfile ships, checked here too) for tests/node.rs.
-    let result = node_with_image(&dir).and_then(|_| cargo_test(cargo_args));
+    let result = node_with_image(dir).and_then(|_| cargo_test(cargo_args, vars));
     if !was_running {
-        let _ = env::down(&dir);
+        let _ = env::down(dir);
     }
-    let (passed, failed) = result?;
-    eprintln!("xtask: test command took {:.1?}", started.elapsed());
-    println!("tests: {passed} passed, {failed} failed");
-    Ok(())
+    result
 }
 
 /// Starts the node of the environment in `dir` (unless it runs) and loads the operator's image
@@ -386,8 +470,10 @@ fn node_with_image(dir: &std::path::Path) -> Result<Environment, String> {
 
 fn kubectl(env: &Environment, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     use std::io::Write;
-    let kubectl = build::KUBERNETES
-        .binary("kubectl")
+    let kubectl = env
+        .state
+        .kubernetes()
+        .and_then(|k| k.binary("kubectl"))
         .map_err(|e| e.to_string())?;
     let mut child = Command::new(kubectl)
         .args(args)
@@ -575,7 +661,9 @@ fn demo() -> Result<(), String> {
     // The demo's operator watches only the demo namespace: tests share this environment and
     // run operators of their own in their namespaces.
     let chart = root.join("charts").join("kratos-operator");
-    let helm = build::HELM.binary("helm").map_err(|e| e.to_string())?;
+    let helm = build::helm_from_env()
+        .and_then(|h| h.binary("helm"))
+        .map_err(|e| e.to_string())?;
     let helm_home = root.join("target").join("helm-home");
     let out = Command::new(helm)
         .env("KUBECONFIG", &env.state.kubeconfig)
