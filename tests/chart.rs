@@ -22,11 +22,13 @@ use chart_support::{
     kinds_and_names, kubectl_run, read_tree, render, repo, tree_diff, write_tree,
 };
 use k8s_openapi::api::core::v1::Namespace;
+use kratos_operator::api::FINALIZER;
 use kube::{
     Api,
     api::{Patch, PatchParams},
 };
 use serde_json::{Value, json};
+use std::time::Duration;
 use support::{TestEnv, eventually, setup, unique_name};
 
 fn admin_url_arg() -> String {
@@ -296,25 +298,31 @@ fn default_values_render_cluster_mode_with_leader_election() {
     ));
     let mut names = kinds_and_names(&docs);
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "ClusterRole/ops-kratos-operator",
-            "ClusterRoleBinding/ops-kratos-operator",
-            "Deployment/ops-kratos-operator",
-            "PodDisruptionBudget/ops-kratos-operator",
-            "Role/ops-kratos-operator-leader-election",
-            "RoleBinding/ops-kratos-operator-leader-election",
-            "Service/ops-kratos-operator-metrics",
-            "ServiceAccount/ops-kratos-operator",
-            "ValidatingAdmissionPolicy/ops-kratos-operator-identity-adoption",
-            "ValidatingAdmissionPolicy/ops-kratos-operator-operator-secrets",
-            "ValidatingAdmissionPolicy/ops-kratos-operator-recovery-by-id",
-            "ValidatingAdmissionPolicyBinding/ops-kratos-operator-identity-adoption",
-            "ValidatingAdmissionPolicyBinding/ops-kratos-operator-operator-secrets",
-            "ValidatingAdmissionPolicyBinding/ops-kratos-operator-recovery-by-id",
-        ]
-    );
+    // Where the release under test serves it, the finalizer policy too.
+    let mut want = vec![
+        "ClusterRole/ops-kratos-operator",
+        "ClusterRoleBinding/ops-kratos-operator",
+        "Deployment/ops-kratos-operator",
+        "PodDisruptionBudget/ops-kratos-operator",
+        "Role/ops-kratos-operator-leader-election",
+        "RoleBinding/ops-kratos-operator-leader-election",
+        "Service/ops-kratos-operator-metrics",
+        "ServiceAccount/ops-kratos-operator",
+        "ValidatingAdmissionPolicy/ops-kratos-operator-identity-adoption",
+        "ValidatingAdmissionPolicy/ops-kratos-operator-operator-secrets",
+        "ValidatingAdmissionPolicy/ops-kratos-operator-recovery-by-id",
+        "ValidatingAdmissionPolicyBinding/ops-kratos-operator-identity-adoption",
+        "ValidatingAdmissionPolicyBinding/ops-kratos-operator-operator-secrets",
+        "ValidatingAdmissionPolicyBinding/ops-kratos-operator-recovery-by-id",
+    ];
+    if chart_support::serves_mutating_admission_policies() {
+        want.extend([
+            "MutatingAdmissionPolicy/ops-kratos-operator-identity-finalizer",
+            "MutatingAdmissionPolicyBinding/ops-kratos-operator-identity-finalizer",
+        ]);
+        want.sort_unstable();
+    }
+    assert_eq!(names, want);
     // Defaults that work with one replica and with several: the new pod of a rollout is Ready
     // as a follower before an old one stops; a drain may always evict one pod; the grace period
     // covers the shutdown bound.
@@ -974,11 +982,13 @@ fn the_alerts_and_the_dashboard_render_when_enabled() {
 }
 
 /// Kinds without a namespace.
-const CLUSTER_SCOPED: [&str; 4] = [
+const CLUSTER_SCOPED: [&str; 6] = [
     "ClusterRole",
     "ClusterRoleBinding",
     "ValidatingAdmissionPolicy",
     "ValidatingAdmissionPolicyBinding",
+    "MutatingAdmissionPolicy",
+    "MutatingAdmissionPolicyBinding",
 ];
 
 /// The admission policies: the tenancy ones refuse with the operator's own words and follow
@@ -1125,6 +1135,181 @@ fn admission_policies_follow_their_values_and_speak_the_operators_words() {
         .collect();
     assert_eq!(policies.len(), 2, "{policies:?}");
     assert!(!policies.iter().any(|p| p.ends_with("operator-secrets")));
+}
+
+/// The finalizer policy (Kubernetes 1.36 and newer): rendered only where the release under test
+/// serves MutatingAdmissionPolicy, never with a labelSelector (a shard) or when switched off;
+/// installed, it puts the operator's finalizer on every new Identity of the namespaces the
+/// release serves, once, on CREATE only, and leaves other namespaces alone.
+#[tokio::test]
+async fn the_finalizer_policy_puts_the_finalizer_on_new_identities_where_it_is_served() {
+    const POLICY: &str = "MutatingAdmissionPolicy";
+    let t = setup("chart-finalizer").await;
+    let served = chart_support::serves_mutating_admission_policies();
+    let discovered = t
+        .client
+        .list_api_group_resources("admissionregistration.k8s.io/v1")
+        .await
+        .unwrap()
+        .resources
+        .iter()
+        .any(|r| r.name == "mutatingadmissionpolicies");
+    assert_eq!(
+        discovered, served,
+        "the API server disagrees with its release"
+    );
+    let release = unique_name("fin");
+    let admin = admin_url_arg();
+    let watch = format!("watchNamespaces={{{}}}", t.namespace);
+    let policies = |extra: &[&str]| -> Vec<Value> {
+        let mut args = vec!["--set", admin.as_str(), "--set", watch.as_str()];
+        args.extend_from_slice(extra);
+        json_documents(&render(&release, &t.namespace, &args))
+            .into_iter()
+            .filter(|d| d["kind"].as_str().unwrap().starts_with(POLICY))
+            .collect()
+    };
+    assert!(policies(&["--set", "labelSelector=shard=a"]).is_empty());
+    assert!(policies(&["--set", "admissionPolicies.identityFinalizer=false"]).is_empty());
+    assert!(policies(&["--kube-version", "v1.35.4"]).is_empty());
+    let docs = policies(&[]);
+    if !served {
+        assert!(docs.is_empty(), "{docs:?}");
+        t.cleanup().await;
+        return;
+    }
+    assert_eq!(docs.len(), 2, "{docs:?}");
+    let name = format!("{release}-kratos-operator-identity-finalizer");
+    let binding = find(&docs, "MutatingAdmissionPolicyBinding", &name);
+    assert_eq!(binding["spec"]["policyName"], name.as_str());
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"],
+        json!([t.namespace])
+    );
+    let policy = find(&docs, POLICY, &name);
+    assert_eq!(policy["spec"]["failurePolicy"], "Ignore");
+    assert_eq!(
+        policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"],
+        json!(["CREATE"])
+    );
+    let manifests = docs
+        .iter()
+        .map(|d| serde_json::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let kubeconfig = &t.env.state.kubeconfig;
+    let out = kubectl_run(
+        kubeconfig,
+        &["apply", "--server-side", "-f", "-"],
+        Some(&manifests),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let other = setup("chart-finalizer-other").await;
+    let identity = |name: &str, finalizers: Value| {
+        json!({
+            "apiVersion": "kratos-operator.dev/v1alpha1",
+            "kind": "Identity",
+            "metadata": { "name": name, "finalizers": finalizers },
+            "spec": { "schemaId": "customer", "traits": { "email": format!("{name}@finalizer.test") } }
+        })
+    };
+    let finalizers_of = |namespace: &str, object: &Value| -> Value {
+        let out = kubectl_run(
+            kubeconfig,
+            &["create", "-n", namespace, "-o", "json", "-f", "-"],
+            Some(&object.to_string()),
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+        created["metadata"]["finalizers"].clone()
+    };
+    // The policy takes effect once the API server has loaded it: a dry-run create shows when.
+    let probe = identity("probe", json!(null));
+    eventually("the policy in effect", Duration::from_secs(30), || {
+        let out = kubectl_run(
+            kubeconfig,
+            &[
+                "create",
+                "-n",
+                &t.namespace,
+                "--dry-run=server",
+                "-o",
+                "json",
+                "-f",
+                "-",
+            ],
+            Some(&probe.to_string()),
+        );
+        let created: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let in_effect = created["metadata"]["finalizers"] == json!([FINALIZER]);
+        async move { in_effect.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        finalizers_of(&t.namespace, &identity("new", json!(null))),
+        json!([FINALIZER])
+    );
+    assert_eq!(
+        finalizers_of(
+            &t.namespace,
+            &identity("others", json!(["example.com/keep"]))
+        ),
+        json!(["example.com/keep", FINALIZER])
+    );
+    assert_eq!(
+        finalizers_of(&t.namespace, &identity("already", json!([FINALIZER]))),
+        json!([FINALIZER])
+    );
+    // A namespace the release does not serve: nothing added.
+    assert_eq!(
+        finalizers_of(&other.namespace, &identity("elsewhere", json!(null))),
+        Value::Null
+    );
+    // CREATE only: an update that removes the finalizer (as the operator does once it has cleaned
+    // up) keeps it removed.
+    let out = kubectl_run(
+        kubeconfig,
+        &[
+            "patch",
+            "identity",
+            "new",
+            "-n",
+            &t.namespace,
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let patched: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(patched["metadata"]["finalizers"], Value::Null);
+
+    // No operator runs here: take the finalizers off so that the namespace can go.
+    for name in ["others", "already"] {
+        let out = kubectl_run(
+            kubeconfig,
+            &[
+                "patch",
+                "identity",
+                name,
+                "-n",
+                &t.namespace,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    let out = kubectl_run(kubeconfig, &["delete", "-f", "-"], Some(&manifests));
+    assert!(out.status.success(), "{}", describe(&out));
+    other.cleanup().await;
+    t.cleanup().await;
 }
 
 /// Every environment variable with a literal value is one the operator reads, and its value

@@ -71,7 +71,18 @@ const FILE_HEADER: &str = "\
 /// template, without Helm's own labels; the CRDs; the namespace; the kustomization.
 fn generate_base() -> Vec<(String, String)> {
     let admin = format!("kratos.adminUrl={PLACEHOLDER_ADMIN_URL}");
-    let rendered = render("kratos-operator", BASE_NAMESPACE, &["--set", &admin]);
+    // Rendered for the oldest Kubernetes the chart admits, whatever release a run tests: the base
+    // is for every cluster, so it leaves out what only newer ones serve (the finalizer policy).
+    let rendered = render(
+        "kratos-operator",
+        BASE_NAMESPACE,
+        &[
+            "--set",
+            &admin,
+            "--kube-version",
+            kratos_operator_testenv::versions::KUBERNETES_OLDEST,
+        ],
+    );
     let mut by_template: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for chunk in format!("\n{rendered}").split("\n---\n") {

@@ -144,6 +144,32 @@ async fn install_chart_rbac(t: &TestEnv, release: &str, set: &[&str]) -> Install
                     .await
                     .unwrap();
             }
+            // Kubernetes 1.36 and newer: the finalizer policy (no k8s-openapi type at the crate's
+            // API level 1.33, so a dynamic object), confined to the test's namespace like the
+            // validating ones.
+            "MutatingAdmissionPolicy" | "MutatingAdmissionPolicyBinding" => {
+                doc["metadata"]["ownerReferences"] = owner.clone();
+                if kind.ends_with("Binding") {
+                    confine_to_namespace(&mut doc, &t.namespace);
+                }
+                let resource = kube::discovery::ApiResource {
+                    group: "admissionregistration.k8s.io".into(),
+                    version: "v1".into(),
+                    api_version: "admissionregistration.k8s.io/v1".into(),
+                    plural: if kind.ends_with("Binding") {
+                        "mutatingadmissionpolicybindings".into()
+                    } else {
+                        "mutatingadmissionpolicies".into()
+                    },
+                    kind: kind.clone(),
+                };
+                let object: kube::api::DynamicObject = serde_json::from_value(doc).unwrap();
+                objects.push(format!("{kind}/{}", object.name_any()));
+                Api::<kube::api::DynamicObject>::all_with(t.client.clone(), &resource)
+                    .create(&pp, &object)
+                    .await
+                    .unwrap();
+            }
             // The workload itself is not run here: the operator runs in-process.
             "Deployment" | "Service" | "PodDisruptionBudget" => {}
             other => panic!("unexpected kind {other} in the chart's default render"),
@@ -154,6 +180,20 @@ async fn install_chart_rbac(t: &TestEnv, release: &str, set: &[&str]) -> Install
         service_account: service_account.expect("the chart renders a ServiceAccount"),
         objects,
     }
+}
+
+/// `objects` (sorted) with the finalizer policy and its binding where the release under test
+/// serves MutatingAdmissionPolicy: the chart installs them there.
+fn with_finalizer_policy<const N: usize>(full: &str, objects: [String; N]) -> Vec<String> {
+    let mut all = objects.to_vec();
+    if chart_support::serves_mutating_admission_policies() {
+        all.push(format!("MutatingAdmissionPolicy/{full}-identity-finalizer"));
+        all.push(format!(
+            "MutatingAdmissionPolicyBinding/{full}-identity-finalizer"
+        ));
+    }
+    all.sort();
+    all
 }
 
 /// The namespace selector that confines a binding to `namespace`.
@@ -858,19 +898,22 @@ async fn cluster_mode_rbac_runs_every_flow_and_refuses_the_rest() {
     let full = format!("{release}-kratos-operator");
     assert_eq!(
         installed.objects,
-        [
-            format!("ClusterRole/{full}"),
-            format!("ClusterRoleBinding/{full}"),
-            format!("Role/{full}-leader-election"),
-            format!("RoleBinding/{full}-leader-election"),
-            format!("ServiceAccount/{full}"),
-            format!("ValidatingAdmissionPolicy/{full}-identity-adoption"),
-            format!("ValidatingAdmissionPolicy/{full}-operator-secrets"),
-            format!("ValidatingAdmissionPolicy/{full}-recovery-by-id"),
-            format!("ValidatingAdmissionPolicyBinding/{full}-identity-adoption"),
-            format!("ValidatingAdmissionPolicyBinding/{full}-operator-secrets"),
-            format!("ValidatingAdmissionPolicyBinding/{full}-recovery-by-id"),
-        ]
+        with_finalizer_policy(
+            &full,
+            [
+                format!("ClusterRole/{full}"),
+                format!("ClusterRoleBinding/{full}"),
+                format!("Role/{full}-leader-election"),
+                format!("RoleBinding/{full}-leader-election"),
+                format!("ServiceAccount/{full}"),
+                format!("ValidatingAdmissionPolicy/{full}-identity-adoption"),
+                format!("ValidatingAdmissionPolicy/{full}-operator-secrets"),
+                format!("ValidatingAdmissionPolicy/{full}-recovery-by-id"),
+                format!("ValidatingAdmissionPolicyBinding/{full}-identity-adoption"),
+                format!("ValidatingAdmissionPolicyBinding/{full}-operator-secrets"),
+                format!("ValidatingAdmissionPolicyBinding/{full}-recovery-by-id"),
+            ]
+        )
     );
     let operator = client_as_service_account(&t, &installed.service_account).await;
     wait_for_rbac(&t, &operator).await;
@@ -922,21 +965,24 @@ async fn namespace_mode_rbac_runs_every_flow_and_refuses_other_namespaces() {
     let full = format!("{release}-kratos-operator");
     assert_eq!(
         installed.objects,
-        [
-            format!("ClusterRole/{full}-crds"),
-            format!("ClusterRoleBinding/{full}-crds"),
-            format!("Role/{full}"),
-            format!("Role/{full}-leader-election"),
-            format!("RoleBinding/{full}"),
-            format!("RoleBinding/{full}-leader-election"),
-            format!("ServiceAccount/{full}"),
-            format!("ValidatingAdmissionPolicy/{full}-identity-adoption"),
-            format!("ValidatingAdmissionPolicy/{full}-operator-secrets"),
-            format!("ValidatingAdmissionPolicy/{full}-recovery-by-id"),
-            format!("ValidatingAdmissionPolicyBinding/{full}-identity-adoption"),
-            format!("ValidatingAdmissionPolicyBinding/{full}-operator-secrets"),
-            format!("ValidatingAdmissionPolicyBinding/{full}-recovery-by-id"),
-        ]
+        with_finalizer_policy(
+            &full,
+            [
+                format!("ClusterRole/{full}-crds"),
+                format!("ClusterRoleBinding/{full}-crds"),
+                format!("Role/{full}"),
+                format!("Role/{full}-leader-election"),
+                format!("RoleBinding/{full}"),
+                format!("RoleBinding/{full}-leader-election"),
+                format!("ServiceAccount/{full}"),
+                format!("ValidatingAdmissionPolicy/{full}-identity-adoption"),
+                format!("ValidatingAdmissionPolicy/{full}-operator-secrets"),
+                format!("ValidatingAdmissionPolicy/{full}-recovery-by-id"),
+                format!("ValidatingAdmissionPolicyBinding/{full}-identity-adoption"),
+                format!("ValidatingAdmissionPolicyBinding/{full}-operator-secrets"),
+                format!("ValidatingAdmissionPolicyBinding/{full}-recovery-by-id"),
+            ]
+        )
     );
     let operator = client_as_service_account(&t, &installed.service_account).await;
     wait_for_rbac(&t, &operator).await;

@@ -50,6 +50,27 @@ pub const PER_OBJECT_CAP: Duration = Duration::from_secs(480);
 /// seconds against 20 in its floor.)
 const RESYNC: Duration = Duration::from_secs(30);
 
+/// Who puts the operator's finalizer on a new Identity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Finalizer {
+    /// The chart's MutatingAdmissionPolicy, at admission (Kubernetes 1.36 and newer): the
+    /// operator's first write to an object is its status.
+    Admission,
+    /// The operator, with a patch before it creates the identity (where the policy is not
+    /// served or not installed).
+    #[default]
+    Operator,
+}
+
+impl std::fmt::Display for Finalizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Admission => "admission",
+            Self::Operator => "operator",
+        })
+    }
+}
+
 /// One scenario's figures, in seconds unless said otherwise.
 #[derive(Debug, Clone, Default)]
 pub struct Figures {
@@ -57,6 +78,8 @@ pub struct Figures {
     pub n: usize,
     /// Kratos' database in this scenario.
     pub database: Database,
+    /// Who puts the finalizer on new objects.
+    pub finalizer: Finalizer,
     /// Which run of a repeated scenario (1 when it ran once).
     pub run: usize,
     /// With cleartext passwords.
@@ -914,6 +937,10 @@ pub struct Plan {
     pub sqlite: bool,
     /// Measure (f), (g) and (i) in the first run of the largest size.
     pub latencies: bool,
+    /// Where the API server serves MutatingAdmissionPolicy (every scenario then runs with the
+    /// chart's finalizer policy), add one run of the largest size without it: the operator
+    /// writes the finalizer itself, as on older clusters.
+    pub operator_finalizer: bool,
 }
 
 /// One scenario of a [`Plan`].
@@ -922,12 +949,20 @@ struct Scenario {
     n: usize,
     passwords: bool,
     database: Database,
+    finalizer: Finalizer,
     run: usize,
     baseline: bool,
 }
 
 impl Plan {
-    fn scenarios(&self) -> Vec<Scenario> {
+    /// The scenarios, in run order; `admission` says whether the API server serves the
+    /// finalizer policy.
+    fn scenarios(&self, admission: bool) -> Vec<Scenario> {
+        let finalizer = if admission {
+            Finalizer::Admission
+        } else {
+            Finalizer::Operator
+        };
         let largest = self.sizes.iter().copied().max().unwrap_or(1000);
         let mut all = Vec::new();
         for &n in &self.sizes {
@@ -937,6 +972,7 @@ impl Plan {
                     n,
                     passwords: false,
                     database: Database::Postgres,
+                    finalizer,
                     run,
                     baseline: self.baseline && run == 1,
                 });
@@ -947,6 +983,7 @@ impl Plan {
                 n: self.sizes.first().copied().unwrap_or(1000),
                 passwords: true,
                 database: Database::Postgres,
+                finalizer,
                 run: 1,
                 baseline: self.baseline,
             });
@@ -956,6 +993,17 @@ impl Plan {
                 n: largest,
                 passwords: false,
                 database: Database::Sqlite,
+                finalizer,
+                run: 1,
+                baseline: false,
+            });
+        }
+        if admission && self.operator_finalizer {
+            all.push(Scenario {
+                n: largest,
+                passwords: false,
+                database: Database::Postgres,
+                finalizer: Finalizer::Operator,
                 run: 1,
                 baseline: false,
             });
@@ -983,17 +1031,25 @@ async fn run_async(plan: &Plan, repo: &Path) -> Result<Vec<Figures>, String> {
     let env = Environment::up(&env_dir).map_err(err)?;
     let client = kube_client(&env).await?;
     install_crds(&client).await?;
+    let admission = serves_mutating_admission_policies(&client).await?;
     let mut all = Vec::new();
     for Scenario {
         n,
         passwords,
         database,
+        finalizer,
         run,
         baseline,
-    } in plan.scenarios()
+    } in plan.scenarios(admission)
     {
-        let tag = format!("{n}{}-{database}-{run}", if passwords { "-pw" } else { "" });
-        eprintln!("bench: N={n} passwords={passwords} database={database} run={run}");
+        let tag = format!(
+            "{n}{}-{database}-{finalizer}-{run}",
+            if passwords { "-pw" } else { "" }
+        );
+        eprintln!(
+            "bench: N={n} passwords={passwords} database={database} finalizer={finalizer} run={run}"
+        );
+        finalizer_policy(&env, repo, finalizer == Finalizer::Admission).await?;
         // What users feel is measured once, at the largest size on PostgreSQL.
         let measure_latencies = plan.latencies
             && run == 1
@@ -1047,6 +1103,7 @@ async fn run_async(plan: &Plan, repo: &Path) -> Result<Vec<Figures>, String> {
         all.push(Figures {
             n,
             database,
+            finalizer,
             run,
             passwords,
             a1: fast.a1,
@@ -1070,6 +1127,90 @@ async fn run_async(plan: &Plan, repo: &Path) -> Result<Vec<Figures>, String> {
     Ok(all)
 }
 
+/// Whether the API server serves `admissionregistration.k8s.io/v1` MutatingAdmissionPolicy.
+async fn serves_mutating_admission_policies(client: &Client) -> Result<bool, String> {
+    match client
+        .list_api_group_resources("admissionregistration.k8s.io/v1")
+        .await
+    {
+        Ok(list) => Ok(list
+            .resources
+            .iter()
+            .any(|r| r.name == "mutatingadmissionpolicies")),
+        Err(e) => Err(format!("discovering admissionregistration.k8s.io/v1: {e}")),
+    }
+}
+
+/// Installs (`on`) or removes the chart's finalizer policy, rendered from the chart as users get
+/// it, and waits until a server-side dry-run create of an Identity shows it in effect (or gone).
+async fn finalizer_policy(env: &Environment, repo: &Path, on: bool) -> Result<(), String> {
+    let helm = kratos_operator_testenv::build::HELM
+        .binary("helm")
+        .map_err(err)?;
+    let chart = repo.join("charts").join("kratos-operator");
+    let out = std::process::Command::new(helm)
+        .args(["template", "bench"])
+        .arg(&chart)
+        .args([
+            "--show-only",
+            "templates/admission-policies.yaml",
+            "--set",
+            "kratos.adminUrl=http://127.0.0.1:4434,tenancy.enforce=false,admissionPolicies.operatorSecrets=false",
+            "--kube-version",
+            kratos_operator_testenv::versions::KUBERNETES,
+            "--api-versions",
+            "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
+        ])
+        .output()
+        .map_err(err)?;
+    if !out.status.success() {
+        return Err(format!(
+            "rendering the finalizer policy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let manifests = String::from_utf8_lossy(&out.stdout).into_owned();
+    if on {
+        super::kubectl(
+            env,
+            &["apply", "--server-side", "-f", "-"],
+            Some(&manifests),
+        )?;
+    } else {
+        super::kubectl(
+            env,
+            &["delete", "--ignore-not-found", "-f", "-"],
+            Some(&manifests),
+        )?;
+    }
+    let probe = json!({
+        "apiVersion": "kratos-operator.dev/v1alpha1",
+        "kind": "Identity",
+        "metadata": { "name": "finalizer-probe", "namespace": "default" },
+        "spec": { "schemaId": "customer", "traits": { "email": "probe@bench.test" } }
+    })
+    .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let created = super::kubectl(
+            env,
+            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+            Some(&probe),
+        )?;
+        let has = created.contains(kratos_operator::api::FINALIZER);
+        if has == on {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the finalizer policy is not {} after 60 s",
+                if on { "in effect" } else { "gone" }
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The median of `values` (the mean of the middle two for an even count); 0 when empty.
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -1084,10 +1225,11 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 /// A scenario's name in tables: N, passwords, database and run.
 fn scenario_cells(f: &Figures) -> String {
     format!(
-        "{} | {} | {} | {}",
+        "{} | {} | {} | {} | {}",
         f.n,
         if f.passwords { "yes" } else { "no" },
         f.database,
+        f.finalizer,
         f.run
     )
 }
@@ -1097,15 +1239,19 @@ pub fn report(figures: &[Figures], command: &str) -> String {
     let mut md = String::from("# Benchmarks\n\n");
     let _ = writeln!(
         md,
-        "Generated by `{command}` on the built-in local environment (kube-apiserver v1.33.13 + etcd, Kratos v1.3.1 on \
+        "Generated by `{command}` on the built-in local environment (kube-apiserver {kube} + etcd, Kratos {kratos} on \
          PostgreSQL {pg} unless the row says sqlite; 2 cores). Each scenario uses a fresh Kratos with a fresh database; the \
          objects exist before the operator (the release build `target/release/kratos-operator`: glibc, the system allocator) \
          starts, and the clock starts with it. Times in seconds; all figures of a row come from the same run, so compare the \
          ratios, not the absolute times, across machines.\n",
+        kube = kratos_operator_testenv::versions::KUBERNETES,
+        kratos = kratos_operator_testenv::versions::KRATOS,
         pg = postgres_version()
     );
-    md.push_str("| N | passwords | database | run | (a1) all in Kratos | (a2) all Ready | (b) Kratos floor | (k) apiserver floor | (c) per-object | a1/b | a2/(b+k) | c/a2 | (d) idle resync: requests / writes / bytes | ceil(N/500) + 1 | (e) peak RSS MiB (per-object) |\n");
-    md.push_str("|---:|:---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n");
+    md.push_str("| N | passwords | database | finalizer | run | (a1) all in Kratos | (a2) all Ready | (b) Kratos floor | (k) apiserver floor | (c) per-object | a1/b | a2/(b+k) | c/a2 | (d) idle resync: requests / writes / bytes | ceil(N/500) + 1 | (e) peak RSS MiB (per-object) |\n");
+    md.push_str(
+        "|---:|:---:|:---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n",
+    );
     for f in figures {
         let _ = writeln!(
             md,
@@ -1165,7 +1311,7 @@ pub fn report(figures: &[Figures], command: &str) -> String {
         "\n## Where the CPU goes during (a2)\n\nCPU seconds (user + system, from /proc) each process used between the operator's \
          start and the last object becoming Ready; the machine has 2 cores, so the busy share is the sum over 2 x (a2).\n\n\
          PostgreSQL counts its server and backends (the SQL work Kratos asks for).\n\n\
-         | N | passwords | database | run | operator | kube-apiserver | etcd | kube-controller-manager | Kratos | PostgreSQL | sum | busy share | Kratos (+ PostgreSQL) in (b) |\n|---:|:---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | N | passwords | database | finalizer | run | operator | kube-apiserver | etcd | kube-controller-manager | Kratos | PostgreSQL | sum | busy share | Kratos (+ PostgreSQL) in (b) |\n|---:|:---:|:---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for f in figures {
         let of = |name: &str| {
@@ -1193,9 +1339,10 @@ pub fn report(figures: &[Figures], command: &str) -> String {
     md.push_str(
         "\n## API server requests during (a2)\n\nFrom the API server's `apiserver_request_total`, \
          taken before the operator starts and when the last object is Ready (GET and WATCH left out). \
-         Per new object the operator writes the finalizer (PATCH identities) and the status (APPLY \
+         Per new object the operator writes the finalizer (PATCH identities; not where the chart's \
+         MutatingAdmissionPolicy set it at admission, the `admission` rows) and the status (APPLY \
          identities/status); its Events wait until the creates are over. The apiserver floor (k) is one \
-         write per object.\n\n| N | passwords | database | run | requests |\n|---:|:---:|:---:|---:|---|\n",
+         write per object.\n\n| N | passwords | database | finalizer | run | requests |\n|---:|:---:|:---:|:---:|---:|---|\n",
     );
     for f in figures {
         let list = f
@@ -1214,14 +1361,14 @@ fn medians(figures: &[Figures]) -> String {
     let mut md = String::new();
     let mut seen = Vec::new();
     for f in figures {
-        let key = (f.n, f.passwords, f.database);
+        let key = (f.n, f.passwords, f.database, f.finalizer);
         if seen.contains(&key) {
             continue;
         }
         seen.push(key);
         let runs: Vec<&Figures> = figures
             .iter()
-            .filter(|g| (g.n, g.passwords, g.database) == key)
+            .filter(|g| (g.n, g.passwords, g.database, g.finalizer) == key)
             .collect();
         if runs.len() < 2 {
             continue;
@@ -1229,11 +1376,12 @@ fn medians(figures: &[Figures]) -> String {
         let of = |v: fn(&Figures) -> f64| median(runs.iter().map(|g| v(g)).collect());
         let _ = writeln!(
             md,
-            "\nMedian of {} runs at N = {} ({}{}): (a1) {:.1} s, (a2) {:.1} s, (b) {:.1} s, (k) {:.1} s; \
+            "\nMedian of {} runs at N = {} ({}, finalizer by {}{}): (a1) {:.1} s, (a2) {:.1} s, (b) {:.1} s, (k) {:.1} s; \
              a1/b {:.2}, a2/(b+k) {:.2} (the median of each run's ratio).",
             runs.len(),
             f.n,
             f.database,
+            f.finalizer,
             if f.passwords { ", passwords" } else { "" },
             of(|g| g.a1),
             of(|g| g.a2),
@@ -1359,15 +1507,21 @@ pub fn chart(figures: &[Figures], path: &Path) -> Result<(), String> {
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..(groups as f64), (FLOOR..max).log_scale())
         .map_err(err)?;
+    let mixed_finalizers = figures.iter().any(|f| f.finalizer == Finalizer::Admission);
     let labels: Vec<String> = figures
         .iter()
         .map(|f| {
             format!(
-                "N={}{}{}{}",
+                "N={}{}{}{}{}",
                 f.n,
                 if f.passwords { " + passwords" } else { "" },
                 if f.database == Database::Sqlite {
                     " sqlite"
+                } else {
+                    ""
+                },
+                if f.finalizer == Finalizer::Operator && mixed_finalizers {
+                    " op. finalizer"
                 } else {
                     ""
                 },
@@ -1465,22 +1619,39 @@ mod tests {
             runs: 3,
             sqlite: true,
             latencies: true,
+            operator_finalizer: true,
         };
-        let got: Vec<(usize, bool, Database, usize, bool)> = plan
-            .scenarios()
-            .iter()
-            .map(|s| (s.n, s.passwords, s.database, s.run, s.baseline))
-            .collect();
+        let got = |admission| -> Vec<(usize, bool, Database, Finalizer, usize, bool)> {
+            plan.scenarios(admission)
+                .iter()
+                .map(|s| (s.n, s.passwords, s.database, s.finalizer, s.run, s.baseline))
+                .collect()
+        };
         use Database::{Postgres, Sqlite};
+        use Finalizer::{Admission, Operator};
+        // Where the policy is served, every scenario runs with it and one row without.
         assert_eq!(
-            got,
+            got(true),
             [
-                (1000, false, Postgres, 1, true),
-                (10000, false, Postgres, 1, true),
-                (10000, false, Postgres, 2, false),
-                (10000, false, Postgres, 3, false),
-                (1000, true, Postgres, 1, true),
-                (10000, false, Sqlite, 1, false),
+                (1000, false, Postgres, Admission, 1, true),
+                (10000, false, Postgres, Admission, 1, true),
+                (10000, false, Postgres, Admission, 2, false),
+                (10000, false, Postgres, Admission, 3, false),
+                (1000, true, Postgres, Admission, 1, true),
+                (10000, false, Sqlite, Admission, 1, false),
+                (10000, false, Postgres, Operator, 1, false),
+            ]
+        );
+        // Elsewhere the operator writes every finalizer, and there is nothing to compare.
+        assert_eq!(
+            got(false),
+            [
+                (1000, false, Postgres, Operator, 1, true),
+                (10000, false, Postgres, Operator, 1, true),
+                (10000, false, Postgres, Operator, 2, false),
+                (10000, false, Postgres, Operator, 3, false),
+                (1000, true, Postgres, Operator, 1, true),
+                (10000, false, Sqlite, Operator, 1, false),
             ]
         );
     }
@@ -1542,7 +1713,7 @@ mod tests {
         };
         let md = medians(&[run(1, 30.0, 20.0), run(2, 60.0, 20.0), run(3, 40.0, 20.0)]);
         assert!(
-            md.contains("Median of 3 runs at N = 10000 (postgres)"),
+            md.contains("Median of 3 runs at N = 10000 (postgres, finalizer by operator)"),
             "{md}"
         );
         assert!(md.contains("a1/b 2.00"), "{md}");
