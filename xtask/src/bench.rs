@@ -132,6 +132,12 @@ pub struct Latencies {
     pub restart_api_writes: Vec<(String, f64)>,
     /// (i) Kratos requests and write requests until settled.
     pub restart_kratos: (u64, u64),
+    /// (h) seconds from a change made directly in Kratos to the operator's revert, with the
+    /// default resync interval; the changes are spread over one interval.
+    pub drift_to_revert: Vec<f64>,
+    /// (h) drift sweeps, Kratos requests and write requests from the first change to the last
+    /// revert.
+    pub drift_cost: (f64, u64, u64),
 }
 
 /// Samples of a latency, sorted.
@@ -586,7 +592,7 @@ async fn operator_run(
     // The clock must not start while the environment still digests the objects just created
     // (the garbage collector's graph, the watch cache): wait until it is idle.
     settle(&environment).await;
-    let spawn = || -> Result<Child, String> {
+    let spawn = |resync: &str| -> Result<Child, String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -603,14 +609,7 @@ async fn operator_run(
             .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
             // The per-object baseline keeps the default 5 minute resync: at 10k objects a short
             // one makes its one-read-per-object resyncs saturate Kratos on their own.
-            .env(
-                "RESYNC_INTERVAL",
-                if fast {
-                    format!("{}s", RESYNC.as_secs())
-                } else {
-                    "5m".to_string()
-                },
-            )
+            .env("RESYNC_INTERVAL", resync)
             .env("BATCH_CREATES", fast.to_string())
             .env("DRIFT_SWEEPS", fast.to_string())
             .env("RUST_LOG", "warn")
@@ -619,7 +618,12 @@ async fn operator_run(
             .spawn()
             .map_err(err)
     };
-    let mut child = spawn()?;
+    let resync = if fast {
+        format!("{}s", RESYNC.as_secs())
+    } else {
+        DEFAULT_RESYNC.to_string()
+    };
+    let mut child = spawn(&resync)?;
     let mut watched: Vec<(&'static str, u32)> = vec![("operator", child.id())];
     watched.extend(environment);
     let requests_before = apiserver_requests(client).await;
@@ -709,7 +713,7 @@ async fn operator_run(
     };
     let rss_mib = peak_rss_mib(child.id());
     let latencies = if measure_latencies {
-        let measured = latencies(client, &ns, &kratos, &url, &mut child, spawn).await;
+        let measured = latencies(client, &ns, &kratos, &url, &mut child, |r| spawn(r)).await;
         match measured {
             Ok(l) => Some(l),
             Err(e) => {
@@ -755,7 +759,7 @@ async fn latencies(
     kratos: &KratosInstance,
     url: &str,
     child: &mut Child,
-    spawn: impl Fn() -> Result<Child, String>,
+    spawn: impl Fn(&str) -> Result<Child, String>,
 ) -> Result<Latencies, String> {
     const POLL: Duration = Duration::from_millis(5);
     const LIMIT: Duration = Duration::from_secs(60);
@@ -829,7 +833,7 @@ async fn latencies(
     let _ = child.wait();
     let requests_before = apiserver_requests(client).await;
     let started = Instant::now();
-    *child = spawn()?;
+    *child = spawn(&format!("{}s", RESYNC.as_secs()))?;
     let readyz = url.replace("/metrics", "/readyz");
     loop {
         if ureq::get(&readyz).call().is_ok_and(|r| r.status() == 200) {
@@ -849,7 +853,121 @@ async fn latencies(
         .into_iter()
         .filter(|(key, _)| !is_read(key))
         .collect();
+    // (h) as users run it: the default resync interval.
+    let _ = nix_term(child.id());
+    let _ = child.wait();
+    *child = spawn(DEFAULT_RESYNC)?;
+    let (samples, cost) = drift(&agent, kratos, &api, url).await?;
+    out.drift_to_revert = samples;
+    out.drift_cost = cost;
     Ok(out)
+}
+
+/// The default resync interval (`--resync-interval`).
+const DEFAULT_RESYNC: &str = "5m";
+/// (h): changes made directly in Kratos, spread evenly over one default resync interval.
+const DRIFT_SAMPLES: usize = 60;
+
+/// (h): once the operator (just started with the default resync interval) has settled, changes
+/// one identity directly in Kratos every interval / [`DRIFT_SAMPLES`], then waits until the
+/// operator has put every one back. Returns each change's time to its revert, and the drift
+/// sweeps, Kratos requests and writes the operator made from the first change to the last revert.
+async fn drift(
+    agent: &ureq::Agent,
+    kratos: &KratosInstance,
+    api: &Api<Identity>,
+    url: &str,
+) -> Result<(Vec<f64>, (f64, u64, u64)), String> {
+    const INTERVAL: Duration = Duration::from_secs(300);
+    let readyz = url.replace("/metrics", "/readyz");
+    let started = Instant::now();
+    while !ureq::get(&readyz).call().is_ok_and(|r| r.status() == 200) {
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("the operator for (h) not ready after 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its start-up reconciles are over when its Kratos requests stop growing.
+    let mut last = kratos_requests(&metrics(url)).0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = kratos_requests(&metrics(url)).0;
+        if now == last {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(180) {
+            return Err("the operator for (h) still busy after 180 s".into());
+        }
+        last = now;
+    }
+    let before = metrics(url);
+    // Objects (g) left alone: their spec is what the bench created.
+    let mut targets = Vec::new();
+    for i in 0..DRIFT_SAMPLES {
+        let name = format!("user-{}", 1000 + i);
+        let obj = api.get(&name).await.map_err(err)?;
+        let id = obj
+            .status
+            .and_then(|s| s.identity_id)
+            .ok_or_else(|| format!("{name} has no identity id"))?;
+        targets.push(format!("{}/admin/identities/{id}", kratos.admin_url()));
+    }
+    let drifted = |v: &serde_json::Value| v["traits"]["name"]["last"] == json!("Drifted");
+    let patch = json!([{ "op": "add", "path": "/traits/name/last", "value": "Drifted" }]);
+    let step = INTERVAL / DRIFT_SAMPLES as u32;
+    let mut changed_at: Vec<Instant> = Vec::new();
+    let mut reverted: Vec<Option<f64>> = vec![None; DRIFT_SAMPLES];
+    let check = |target: &str| -> Option<bool> {
+        agent
+            .get(target)
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+            .map(|v| drifted(&v))
+    };
+    let deadline = Instant::now() + 3 * INTERVAL;
+    let mut next_change = Instant::now();
+    loop {
+        if changed_at.len() < DRIFT_SAMPLES && Instant::now() >= next_change {
+            let target = &targets[changed_at.len()];
+            agent
+                .patch(target)
+                .header("Content-Type", "application/json")
+                .send_json(&patch)
+                .map_err(|e| format!("changing {target} in Kratos: {e}"))?;
+            changed_at.push(Instant::now());
+            next_change += step;
+        }
+        for (i, at) in changed_at.iter().enumerate() {
+            if reverted[i].is_none() && check(&targets[i]) == Some(false) {
+                reverted[i] = Some(at.elapsed().as_secs_f64());
+            }
+        }
+        if changed_at.len() == DRIFT_SAMPLES && reverted.iter().all(Option::is_some) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "(h): {} of {DRIFT_SAMPLES} changes not reverted after {:?}",
+                reverted.iter().filter(|r| r.is_none()).count(),
+                3 * INTERVAL
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let after = metrics(url);
+    let (requests_before, writes_before) = kratos_requests(&before);
+    let (requests_after, writes_after) = kratos_requests(&after);
+    let mut samples: Vec<f64> = reverted.into_iter().flatten().collect();
+    samples.sort_by(f64::total_cmp);
+    Ok((
+        samples,
+        (
+            sweeps(&after) - sweeps(&before),
+            requests_after - requests_before,
+            writes_after - writes_before,
+        ),
+    ))
 }
 
 /// SIGTERM to a process (the operator shuts down as a pod stop asks it to).
@@ -1414,6 +1532,11 @@ fn latency_report(n: usize, l: &Latencies) -> String {
             &l.change_to_kratos,
             "",
         ),
+        (
+            "(h) change made in Kratos until the operator reverts it (default 5 minute resync)",
+            &l.drift_to_revert,
+            "at most one interval and a sweep",
+        ),
     ] {
         let max = samples.iter().copied().fold(0.0, f64::max);
         let _ = writeln!(
@@ -1442,6 +1565,17 @@ fn latency_report(n: usize, l: &Latencies) -> String {
          other than GET and WATCH (goal: no write by the operator; PUT leases are the API server's own identity Lease, \
          renewed every 10 s, as the bench runs the operator without leader election): {writes}.\n",
         l.restart_ready, l.restart_settled, l.restart_kratos.0, l.restart_kratos.1
+    );
+    let (sweeps, requests, writes) = l.drift_cost;
+    let _ = writeln!(
+        md,
+        "\n(h) The operator restarted with the default resync interval (5 minutes) and settled; then one identity was \
+         changed directly in Kratos every {:.0} s ({} in all, a trait each), and each change timed until Kratos served \
+         the spec's value again. From the first change to the last revert the operator made {sweeps:.0} drift sweeps and \
+         sent Kratos {requests} requests, {writes} of them writes: a sweep lists every identity (ceil(N/500) pages) and \
+         reconciles only the objects that differ.\n",
+        300.0 / DRIFT_SAMPLES as f64,
+        l.drift_to_revert.len(),
     );
     md
 }
