@@ -20,11 +20,14 @@ use kratos_operator::{
         identity::{AdoptionPolicy, IdentitySpec, IdentityState, PasswordPolicy},
     },
     controller::{
-        identity::plan::{
-            self, Desired, Existing, PasswordInput, create_body, differences, plan_sessions,
-            resolve_existing, update_body, verify_address_ops,
+        identity::{
+            plan::{
+                self, Desired, Existing, PasswordInput, create_body, differences, plan_sessions,
+                resolve_existing, update_body, verify_address_ops,
+            },
+            sweep,
         },
-        json, sweep,
+        json,
     },
     kratos::{
         self, Identity, IdentityState as KratosState, ServerVersion, Session, UpdateIdentityBody,
@@ -554,7 +557,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// controller::sweep::in_sync
+// controller::identity::sweep::in_sync
 
 fn object(spec: &IdentitySpec, with_status: bool) -> IdentityObject {
     let mut v = json!({

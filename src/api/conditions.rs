@@ -106,19 +106,28 @@ pub fn merge(
     out
 }
 
-/// Whether two condition lists say the same thing (ignoring `lastTransitionTime`), so that an
-/// unchanged status is not written again.
-pub fn same(a: &[Condition], b: &[Condition]) -> bool {
-    a.len() == b.len()
-        && a.iter().all(|x| {
-            b.iter().any(|y| {
-                x.type_ == y.type_
-                    && x.status == y.status
-                    && x.reason == y.reason
-                    && x.message == y.message
-                    && x.observed_generation == y.observed_generation
-            })
-        })
+/// A status that carries kstatus conditions: every kind's status, so that one comparison decides
+/// for all of them whether a status is news ([`same_status`]).
+pub trait WithConditions: Clone + PartialEq {
+    /// Its conditions.
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+}
+
+/// Whether two statuses say the same thing, so that an unchanged status is not written again.
+/// The comparison is the status type's derived equality, so a field added to a status is
+/// compared without anyone remembering to; only what is not news is left out: the conditions'
+/// order and their `lastTransitionTime`.
+pub fn same_status<S: WithConditions>(a: &S, b: &S) -> bool {
+    fn normalized<S: WithConditions>(status: &S) -> S {
+        let mut status = status.clone();
+        let conditions = status.conditions_mut();
+        for c in conditions.iter_mut() {
+            c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+        }
+        conditions.sort_by(|x, y| x.type_.cmp(&y.type_));
+        status
+    }
+    normalized(a) == normalized(b)
 }
 
 /// The `Ready` condition of a list, if any.
@@ -187,28 +196,49 @@ mod tests {
         assert_eq!(types, vec![READY, "Custom"]);
     }
 
+    #[derive(Clone, Debug, PartialEq)]
+    struct Example {
+        conditions: Vec<Condition>,
+        digest: Option<String>,
+    }
+
+    impl WithConditions for Example {
+        fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+            &mut self.conditions
+        }
+    }
+
     #[test]
-    fn same_ignores_transition_time_only() {
-        let a = merge(
-            &[],
-            &[Desired::new(READY, Status::True, "Synced", "m")],
-            Some(1),
-            ts(1),
-        );
-        let b = merge(
-            &[],
-            &[Desired::new(READY, Status::True, "Synced", "m")],
-            Some(1),
-            ts(2),
-        );
-        assert!(same(&a, &b));
-        let c = merge(
-            &[],
-            &[Desired::new(READY, Status::True, "Synced", "m")],
-            Some(2),
-            ts(2),
-        );
-        assert!(!same(&a, &c));
-        assert!(is_ready(&a));
+    fn same_status_ignores_transition_times_and_order_but_no_field() {
+        let ready = |generation, at| {
+            merge(
+                &[],
+                &[
+                    Desired::new(READY, Status::True, "Synced", "m"),
+                    Desired::new(RECONCILING, Status::False, "Synced", "m"),
+                ],
+                Some(generation),
+                ts(at),
+            )
+        };
+        let example = |conditions, digest: &str| Example {
+            conditions,
+            digest: Some(digest.into()),
+        };
+        let a = example(ready(1, 1), "d1");
+        // Only the transition times differ: not news.
+        assert!(same_status(&a, &example(ready(1, 2), "d1")));
+        // The same conditions in another order: not news.
+        let mut reversed = ready(1, 1);
+        reversed.reverse();
+        assert!(same_status(&a, &example(reversed, "d1")));
+        // Another generation observed, or any other field: news.
+        assert!(!same_status(&a, &example(ready(2, 1), "d1")));
+        assert!(!same_status(&a, &example(ready(1, 1), "d2")));
+        // A condition more or less: news.
+        let mut fewer = ready(1, 1);
+        fewer.pop();
+        assert!(!same_status(&a, &example(fewer, "d1")));
+        assert!(is_ready(&a.conditions));
     }
 }

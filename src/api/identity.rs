@@ -351,3 +351,11 @@ impl IdentitySpec {
         self.adoption.unwrap_or_default()
     }
 }
+
+impl crate::api::conditions::WithConditions for IdentityStatus {
+    fn conditions_mut(
+        &mut self,
+    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        &mut self.conditions
+    }
+}

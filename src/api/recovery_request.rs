@@ -160,3 +160,11 @@ impl RecoveryRequestSpec {
             .or_else(|| self.identity_id.clone())
     }
 }
+
+impl crate::api::conditions::WithConditions for RecoveryRequestStatus {
+    fn conditions_mut(
+        &mut self,
+    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        &mut self.conditions
+    }
+}

@@ -66,3 +66,11 @@ pub struct IdentitySchemaRefStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verifiable_traits: Vec<String>,
 }
+
+impl crate::api::conditions::WithConditions for IdentitySchemaRefStatus {
+    fn conditions_mut(
+        &mut self,
+    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        &mut self.conditions
+    }
+}

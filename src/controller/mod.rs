@@ -1,7 +1,6 @@
 //! The controllers. Each is split into observe (reads), plan (pure decisions), act (writes to
 //! Kratos and Kubernetes) and report (status and Events).
 
-pub mod batch;
 pub mod events;
 pub mod finalizer;
 pub mod identity;
@@ -11,7 +10,6 @@ pub mod recovery;
 pub mod report;
 pub mod schema_ref;
 pub mod status;
-pub mod sweep;
 
 pub mod backoff;
 
@@ -138,48 +136,15 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The controllers' caches, for readiness and the managed-identities gauge.
     pub caches: Caches,
-    /// The create batcher, when creates are coalesced.
-    pub creates: Option<batch::CreateBatcher>,
-    /// Owner markers of Kratos identities, for objects without identifiers
-    /// ([`identity::markers`]).
-    pub markers: identity::markers::MarkerIndex,
-    /// Kratos ids this process created or found, by object uid: a reconcile that runs before the
-    /// status it wrote is in the cache must not create the identity again.
-    pub known_ids: KnownIds,
+    /// What the Identity controller keeps between its reconciles.
+    pub identity: identity::State,
     /// Identity status writes, off the reconciles' path.
     pub statuses: status::StatusWriter,
-    /// New identities being created off the reconciles' path.
-    pub detached: identity::detach::Detached,
     /// What each namespace may do (the cluster admin's opt-ins).
     pub tenancy: crate::tenancy::Policies,
     /// Whether this replica waits for leadership: it runs no controllers, so it is ready without
     /// their caches (it can take over).
     pub standby: std::sync::atomic::AtomicBool,
-}
-
-/// Kratos identity ids by object uid.
-#[derive(Debug, Default)]
-pub struct KnownIds(Mutex<std::collections::HashMap<String, String>>);
-
-impl KnownIds {
-    /// The id recorded for `uid`.
-    pub fn get(&self, uid: &str) -> Option<String> {
-        self.0.lock().ok().and_then(|m| m.get(uid).cloned())
-    }
-
-    /// Records `id` for `uid`.
-    pub fn set(&self, uid: &str, id: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(uid.to_string(), id.to_string());
-        }
-    }
-
-    /// Forgets `uid` (the object is gone).
-    pub fn forget(&self, uid: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(uid);
-        }
-    }
 }
 
 async fn is_ready<E>(f: impl std::future::Future<Output = Result<(), E>>) -> bool {
@@ -276,15 +241,12 @@ impl Context {
             controller: "kratos-operator".into(),
             instance: settings.instance.clone(),
         };
-        let creates = settings
-            .batch_creates
-            .then(|| batch::CreateBatcher::spawn(kratos.clone(), settings.batch_window));
         let metrics = Arc::new(Metrics::default());
         let priority = Arc::new(priority::Priority::default());
         let statuses = status::StatusWriter::new(priority.clone());
         let tenancy = crate::tenancy::Policies::new(settings.tenancy_enforce);
         Self {
-            creates,
+            identity: identity::State::new(&kratos, &settings, priority.clone()),
             events: events::EventSink::spawn(
                 Recorder::new(client.clone(), reporter),
                 metrics.clone(),
@@ -297,10 +259,7 @@ impl Context {
             backoff: Backoff::default(),
             metrics,
             caches: Caches::default(),
-            known_ids: KnownIds::default(),
-            markers: identity::markers::MarkerIndex::default(),
             statuses,
-            detached: identity::detach::Detached::new(priority),
             tenancy,
             standby: std::sync::atomic::AtomicBool::new(false),
         }
@@ -311,7 +270,7 @@ impl Context {
 /// Kratos calls they make) finish and writes the statuses they queued. The caller bounds how
 /// long that may take.
 pub async fn run(ctx: Arc<Context>, shutdown: BoxFuture<'static, ()>) {
-    ctx.markers.begin();
+    ctx.identity.markers.begin();
     let shutdown = shutdown.shared();
     let scopes: Vec<Option<String>> = if ctx.settings.watch_namespaces.is_empty() {
         vec![None]
@@ -341,7 +300,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: BoxFuture<'static, ()>) {
         async move {
             futures::future::join_all(controllers).await;
             tracing::info!("controllers stopped");
-            ctx.detached.idle().await;
+            ctx.identity.detached.idle().await;
             let queued = ctx.statuses.queued();
             if queued > 0 {
                 tracing::info!(queued, "writing the queued statuses");

@@ -107,21 +107,16 @@ pub fn status_for(
     }
 }
 
-fn same(a: &IdentitySchemaRefStatus, b: &IdentitySchemaRefStatus) -> bool {
-    conditions::same(&a.conditions, &b.conditions)
-        && a.observed_generation == b.observed_generation
-        && a.digest == b.digest
-        && a.identifier_traits == b.identifier_traits
-        && a.recovery_traits == b.recovery_traits
-        && a.verifiable_traits == b.verifiable_traits
-}
-
 async fn write_status(
     ctx: &Context,
     obj: &IdentitySchemaRef,
     status: &IdentitySchemaRefStatus,
 ) -> Result<bool> {
-    if obj.status.as_ref().is_some_and(|s| same(s, status)) {
+    if obj
+        .status
+        .as_ref()
+        .is_some_and(|s| conditions::same_status(s, status))
+    {
         return Ok(false);
     }
     crate::controller::report::apply_status(ctx, obj, status).await?;

@@ -17,6 +17,31 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// The operation names of the Kratos client, used as metric labels and span fields.
+pub const OPERATIONS: [&str; 21] = [
+    "batch_patch_identities",
+    "create_identity",
+    "create_recovery_code",
+    "create_recovery_link",
+    "delete_identity",
+    "delete_identity_credentials",
+    "delete_identity_sessions",
+    "disable_session",
+    "extend_session",
+    "get_identity",
+    "get_identity_schema",
+    "get_session",
+    "list_identities",
+    "list_identity_schemas",
+    "list_identity_sessions",
+    "list_sessions",
+    "patch_identity",
+    "update_identity",
+    "server_version",
+    "server_version_probe",
+    "find_by_credentials_identifier",
+];
+
 /// Every outcome class a call can end in.
 pub const OUTCOMES: [&str; 10] = [
     "success",
@@ -192,16 +217,21 @@ impl KratosMetrics {
 }
 
 fn static_label(operation: &str) -> Option<&'static str> {
-    super::client::OPERATIONS
-        .iter()
-        .copied()
-        .find(|op| *op == operation)
+    OPERATIONS.iter().copied().find(|op| *op == operation)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn operation_names_are_unique() {
+        let mut names = OPERATIONS.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), OPERATIONS.len());
+    }
 
     #[test]
     fn calls_are_counted_and_encoded_with_static_labels() {

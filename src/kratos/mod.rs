@@ -25,9 +25,9 @@ pub mod retry;
 mod token;
 
 pub use body::DEFAULT_MAX_RESPONSE_BYTES;
-pub use client::{ClientConfig, KratosClient, OPERATIONS};
+pub use client::{ClientConfig, KratosClient};
 pub use error::{Error, parse_instance_pointer, retry_after_from_headers};
-pub use metrics::{CallLabels, KratosMetrics, OUTCOMES, OperationLabels};
+pub use metrics::{CallLabels, KratosMetrics, OPERATIONS, OUTCOMES, OperationLabels};
 pub use models::*;
 pub use pagination::{DEFAULT_IDENTITY_PAGE_SIZE, Page, link_target, next_page_token};
 pub use redirect::MAX_REDIRECTS;

@@ -9,6 +9,7 @@ use tracing::info;
 
 use super::{
     Blocked, observe,
+    outcome::{Change, Outcome, Synced},
     plan::{self, Difference, Existing},
     report,
 };
@@ -18,51 +19,6 @@ use crate::{
     controller::Context,
     kratos::{self, Identity as KratosIdentity, JsonPatchOp},
 };
-
-/// What happened to the Kratos identity in this reconcile.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// It was created.
-    Created,
-    /// An unowned identity was adopted (and then updated as needed).
-    Adopted,
-    /// An identity carrying this object's marker was found and used (after a lost status write).
-    TookBack,
-    /// It was updated; these fields differed.
-    Updated(Vec<Difference>),
-    /// Nothing differed.
-    Unchanged,
-}
-
-/// A reconcile that reached Kratos.
-#[derive(Debug, Clone)]
-pub struct Synced {
-    /// The Kratos identity id.
-    pub identity_id: String,
-    /// Its state as Kratos reports it (`active`, `inactive`).
-    pub state: String,
-    /// Its schema id.
-    pub schema_id: String,
-    /// What changed.
-    pub change: Change,
-    /// The display identifier.
-    pub identifier: Option<String>,
-    /// The Secret version of a password imported in this reconcile.
-    pub password_imported: Option<String>,
-    /// OIDC providers of the spec.
-    pub oidc: Vec<String>,
-    /// Active sessions after session work.
-    pub active_sessions: i32,
-}
-
-/// How a reconcile ended (transient failures are errors instead).
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// Kratos matches the spec.
-    Synced(Box<Synced>),
-    /// It cannot be synced now.
-    Blocked(Blocked),
-}
 
 /// InvalidSpec for traits the schema (or Kratos) refuses. A `schemaId`'s schema can change in
 /// Kratos without any watch event (an IdentitySchemaRef's change is watched): such an object is
@@ -162,7 +118,7 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
     let known = status
         .identity_id
         .clone()
-        .or_else(|| ctx.known_ids.get(&uid));
+        .or_else(|| ctx.identity.known_ids.get(&uid));
     let mut current = match &known {
         Some(id) => match ctx.kratos.get_identity(id, &[]).await {
             Ok(i) if plan::ownership(&i, me).is_ours() => Some(i),
@@ -179,7 +135,7 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
     // Per-object mode looks the identifiers up before creating. With batched creates the
     // lookup happens only when a create conflicts: an identifier is unique in Kratos, so the
     // conflict is what finds an identity created before (and the lookup then resolves it).
-    if current.is_none() && ctx.creates.is_none() {
+    if current.is_none() && ctx.identity.creates.is_none() {
         match resolve(ctx, &identifiers, me, obj).await? {
             Ok(found) => {
                 if let Some((identity, how)) = found {
@@ -224,17 +180,17 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
 
     if current.is_none() {
         let body = plan::create_body(&desired);
-        let created = match &ctx.creates {
+        let created = match &ctx.identity.creates {
             Some(batcher) => batcher.create(body).await,
             None => ctx.kratos.create_identity(&body).await.map(|i| i.id),
         };
         if created.is_err() && identifiers.is_empty() {
             // It may have reached Kratos all the same.
-            ctx.markers.create_failed(&uid);
+            ctx.identity.markers.create_failed(&uid);
         }
         match created {
             Ok(id) => {
-                ctx.markers.forget(&uid);
+                ctx.identity.markers.forget(&uid);
                 // A new identity: addresses were imported verified and it has no sessions.
                 return Ok(Outcome::Synced(Box::new(Synced {
                     identity_id: id,
@@ -248,7 +204,7 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
                 })));
             }
             Err(kratos::Error::Conflict { reason }) => {
-                let found = if ctx.creates.is_some() {
+                let found = if ctx.identity.creates.is_some() {
                     resolve(ctx, &identifiers, me, obj).await?
                 } else {
                     Ok(None)
@@ -438,7 +394,7 @@ async fn by_marker(
     uid: &str,
     me: plan::Owner<'_>,
 ) -> Result<Option<KratosIdentity>> {
-    let Some(id) = ctx.markers.find(&ctx.kratos, uid).await? else {
+    let Some(id) = ctx.identity.markers.find(&ctx.kratos, uid).await? else {
         return Ok(None);
     };
     match ctx.kratos.get_identity(&id, &[]).await {
@@ -465,7 +421,7 @@ pub async fn cleanup(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Action> {
     let recorded = match status
         .identity_id
         .clone()
-        .or_else(|| ctx.known_ids.get(&uid))
+        .or_else(|| ctx.identity.known_ids.get(&uid))
     {
         Some(id) => match ctx.kratos.get_identity(&id, &[]).await {
             Ok(identity) if plan::ownership(&identity, me).is_ours() => Some(identity),

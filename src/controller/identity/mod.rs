@@ -7,11 +7,14 @@
 //! API server unreachable) are errors, retried with per-object backoff.
 
 pub mod act;
+pub mod batch;
 pub mod detach;
 pub mod markers;
 pub mod observe;
+pub mod outcome;
 pub mod plan;
 pub mod report;
+pub mod sweep;
 
 use std::{sync::Arc, time::Duration};
 
@@ -122,7 +125,7 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) 
         .metadata
         .uid
         .as_deref()
-        .is_some_and(|uid| ctx.detached.defer(uid))
+        .is_some_and(|uid| ctx.identity.detached.defer(uid))
     {
         return Ok(Action::await_change());
     }
@@ -135,8 +138,8 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) 
             match act::cleanup(obj.clone(), ctx.clone()).await {
                 Ok(action) => {
                     if let Some(uid) = obj.metadata.uid.as_deref() {
-                        ctx.known_ids.forget(uid);
-                        ctx.markers.forget(uid);
+                        ctx.identity.known_ids.forget(uid);
+                        ctx.identity.markers.forget(uid);
                     }
                     ctx.statuses.forget(&obj);
                     finalizer::remove(&api, &*obj, FINALIZER)
@@ -194,6 +197,63 @@ async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Next> {
                 report::unavailable(&obj, &ctx, &e);
             }
             Err(e)
+        }
+    }
+}
+
+/// What the Identity controller keeps between its reconciles (the shared
+/// [`Context`](crate::controller::Context) holds it as `identity`).
+pub struct State {
+    /// The create batcher, when creates are coalesced.
+    pub creates: Option<batch::CreateBatcher>,
+    /// Owner markers of Kratos identities, for objects without identifiers ([`markers`]).
+    pub markers: markers::MarkerIndex,
+    /// Kratos ids this process created or found, by object uid: a reconcile that runs before the
+    /// status it wrote is in the cache must not create the identity again.
+    pub known_ids: KnownIds,
+    /// New identities being created off the reconciles' path.
+    pub detached: detach::Detached,
+}
+
+impl State {
+    /// The state of a fresh process.
+    pub fn new(
+        kratos: &crate::kratos::KratosClient,
+        settings: &crate::controller::Settings,
+        priority: Arc<crate::controller::priority::Priority>,
+    ) -> Self {
+        Self {
+            creates: settings
+                .batch_creates
+                .then(|| batch::CreateBatcher::spawn(kratos.clone(), settings.batch_window)),
+            markers: markers::MarkerIndex::default(),
+            known_ids: KnownIds::default(),
+            detached: detach::Detached::new(priority),
+        }
+    }
+}
+
+/// Kratos identity ids by object uid.
+#[derive(Debug, Default)]
+pub struct KnownIds(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl KnownIds {
+    /// The id recorded for `uid`.
+    pub fn get(&self, uid: &str) -> Option<String> {
+        self.0.lock().ok().and_then(|m| m.get(uid).cloned())
+    }
+
+    /// Records `id` for `uid`.
+    pub fn set(&self, uid: &str, id: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(uid.to_string(), id.to_string());
+        }
+    }
+
+    /// Forgets `uid` (the object is gone).
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(uid);
         }
     }
 }
@@ -321,11 +381,7 @@ pub async fn controller(
             .shared(),
     };
     if ctx.settings.drift_sweeps {
-        tokio::spawn(crate::controller::sweep::run(
-            ctx.clone(),
-            store.clone(),
-            sweep_tx,
-        ));
+        tokio::spawn(sweep::run(ctx.clone(), store.clone(), sweep_tx));
     } else {
         drop(sweep_tx);
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::{
     Blocked, Next, Recheck,
-    act::{Change, Outcome, Synced},
+    outcome::{Change, Outcome, Synced},
 };
 use crate::{
     Error,
@@ -145,22 +145,13 @@ pub fn blocked_status(obj: &Identity, b: &Blocked, now: Timestamp) -> IdentitySt
     }
 }
 
-fn same_status(a: &IdentityStatus, b: &IdentityStatus) -> bool {
-    conditions::same(&a.conditions, &b.conditions)
-        && a.identity_id == b.identity_id
-        && a.observed_generation == b.observed_generation
-        && a.identifier == b.identifier
-        && a.state == b.state
-        && a.schema_id == b.schema_id
-        && a.credentials == b.credentials
-        && a.active_sessions == b.active_sessions
-        && a.last_synced_at == b.last_synced_at
-}
-
 /// Hands `status` to the status writer ([`crate::controller::status`]) unless it equals the
 /// cached one and the cache is current. Returns whether a write was queued.
 pub fn write_status(ctx: &Context, obj: &Arc<Identity>, status: IdentityStatus) -> bool {
-    let unchanged = obj.status.as_ref().is_some_and(|s| same_status(s, &status));
+    let unchanged = obj
+        .status
+        .as_ref()
+        .is_some_and(|s| conditions::same_status(s, &status));
     ctx.statuses.submit(obj, status, unchanged)
 }
 
@@ -177,7 +168,7 @@ pub fn outcome(obj: &Arc<Identity>, ctx: &Context, outcome: Outcome) -> Next {
     match outcome {
         Outcome::Synced(s) => {
             if let Some(uid) = obj.metadata.uid.as_deref() {
-                ctx.known_ids.set(uid, &s.identity_id);
+                ctx.identity.known_ids.set(uid, &s.identity_id);
             }
             tracing::debug!(identity = %s.identity_id, change = ?s.change, "Identity synced");
             ctx.metrics.outcome("Identity", "Synced");

@@ -113,25 +113,17 @@ pub fn blocked_status(obj: &RecoveryRequest, b: &Blocked, now: Timestamp) -> Rec
     }
 }
 
-fn same_status(a: &RecoveryRequestStatus, b: &RecoveryRequestStatus) -> bool {
-    conditions::same(&a.conditions, &b.conditions)
-        && a.phase == b.phase
-        && a.identity == b.identity
-        && a.identity_id == b.identity_id
-        && a.issued_at == b.issued_at
-        && a.expires_at == b.expires_at
-        && a.secret_name == b.secret_name
-        && a.issued_generation == b.issued_generation
-        && a.observed_generation == b.observed_generation
-}
-
 /// Writes `status` unless it equals the current one. Returns whether it wrote.
 pub async fn write_status(
     ctx: &Context,
     obj: &RecoveryRequest,
     status: &RecoveryRequestStatus,
 ) -> Result<bool> {
-    if obj.status.as_ref().is_some_and(|s| same_status(s, status)) {
+    if obj
+        .status
+        .as_ref()
+        .is_some_and(|s| conditions::same_status(s, status))
+    {
         return Ok(false);
     }
     crate::controller::report::apply_status(ctx, obj, status).await?;
@@ -287,7 +279,7 @@ mod tests {
         // Round trip through the API server's precision: unchanged, so nothing is written again.
         let back: RecoveryRequestStatus =
             serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
-        assert!(same_status(
+        assert!(conditions::same_status(
             &back,
             &issued_status(
                 &request(serde_json::to_value(&back).unwrap()),
@@ -304,7 +296,7 @@ mod tests {
             conditions::ready(&e.conditions).map(|c| c.reason.as_str()),
             Some(REASON_EXPIRED)
         );
-        assert!(!same_status(&s, &e));
+        assert!(!conditions::same_status(&s, &e));
     }
 
     #[test]

@@ -19,7 +19,8 @@ use kube::{
 };
 use tracing::{debug, warn};
 
-use super::{Context, identity::plan};
+use super::plan;
+use crate::controller::Context;
 use crate::{
     api::{Identity, conditions, identity::IdentityState},
     kratos::{Identity as KratosIdentity, ListIdentitiesParams, SessionExpand},
