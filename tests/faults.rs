@@ -56,12 +56,8 @@ fn manifest(schema: &str, name: &str, traits: &Value) -> Value {
     })
 }
 
-fn email(t: &TestEnv, name: &str) -> String {
-    format!("{name}.{}@example.com", t.namespace)
-}
-
 fn traits(t: &TestEnv, name: &str, first: &str) -> Value {
-    json!({ "email": email(t, name), "name": { "first": first } })
+    json!({ "email": t.email(name), "name": { "first": first } })
 }
 
 fn identities(t: &TestEnv) -> Api<Identity> {
@@ -439,7 +435,7 @@ async fn mutate(
     for name in doomed {
         delete(t, &name).await;
         live.remove(&name);
-        deleted.insert(email(t, &name));
+        deleted.insert(t.email(&name));
         counts.2 += 1;
     }
 }
@@ -757,7 +753,7 @@ async fn apiserver_restart_scenario(mut env: Environment) -> String {
     let objects = wait_converged(&t, &expected, Duration::from_secs(120)).await;
     let converge = after.elapsed();
     let k = kratos_client(&t.kratos_admin_url, &t.kratos_public_url);
-    let deleted = BTreeSet::from([email(&t, "p007")]);
+    let deleted = BTreeSet::from([t.email("p007")]);
     assert_kratos_equals_manifests(&k, &objects, &deleted).await;
     let p005 = objects.iter().find(|o| o.name_any() == "p005").unwrap();
     let id = p005.status.as_ref().unwrap().identity_id.clone().unwrap();

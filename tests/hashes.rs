@@ -87,10 +87,6 @@ impl Case {
     }
 }
 
-fn email(t: &TestEnv, user: &str) -> String {
-    format!("{user}.{}@example.com", t.namespace)
-}
-
 /// Text salt for the formats that put it in the hash as text (crypt(3), salt patterns).
 fn text_salt(len: usize) -> String {
     rand::rng()
@@ -346,7 +342,7 @@ async fn import(t: &TestEnv, cases: &[Case]) {
             json!({
                 "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
                 "metadata": { "name": c.name },
-                "spec": { "schemaId": "customer", "traits": { "email": email(t, c.name) },
+                "spec": { "schemaId": "customer", "traits": { "email": t.email(c.name) },
                     "credentials": { "password": {
                         "hashedSecretRef": { "name": "hashes", "key": c.name } } } }
             }),
@@ -376,7 +372,7 @@ async fn every_hash_format_kratos_imports_signs_in() {
 
     let mut failures = Vec::new();
     for c in &cases {
-        let address = email(&t, c.name);
+        let address = t.email(c.name);
         if let Err(e) = login(&t.kratos_public_url, &address, &c.password).await {
             failures.push(format!("{}: its password was refused: {e}", c.name));
         }
@@ -418,7 +414,7 @@ async fn kratos_checks_only_the_prefix_at_import() {
     import(&t, &cases).await;
     all_ready(&t, &cases, "True", "Synced").await;
     for c in &cases {
-        let signed_in = login(&t.kratos_public_url, &email(&t, c.name), &c.password).await;
+        let signed_in = login(&t.kratos_public_url, &t.email(c.name), &c.password).await;
         assert!(
             signed_in.is_err(),
             "{}: Kratos now verifies this hash; move it to the accepted formats",

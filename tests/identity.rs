@@ -22,10 +22,6 @@ use support::{
 
 const T: Duration = Duration::from_secs(60);
 
-fn email(t: &TestEnv, user: &str) -> String {
-    format!("{user}.{}@example.com", t.namespace)
-}
-
 fn verifier(t: &TestEnv) -> KratosClient {
     kratos_client(&t.kratos_admin_url, &t.kratos_public_url)
 }
@@ -39,24 +35,6 @@ async fn schema_ref(t: &TestEnv, name: &str, schema_id: &str) {
         }),
     )
     .await;
-}
-
-async fn identity(t: &TestEnv, name: &str, spec: Value) -> Identity {
-    apply::<Identity>(
-        t,
-        json!({
-            "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
-            "metadata": { "name": name }, "spec": spec
-        }),
-    )
-    .await
-}
-
-async fn secret(t: &TestEnv, name: &str, key: &str, value: &str) -> Secret {
-    apply::<Secret>(t, json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": { key: value }
-    }))
-    .await
 }
 
 /// The `status.credentials.password.secretVersion` the operator records for a password imported
@@ -115,9 +93,8 @@ async fn apply_creates_the_identity_with_everything_in_the_spec() {
     let t = setup("id-apply").await;
     let _op = start_operator(&t).await;
     schema_ref(&t, "customer", "customer").await;
-    let alice = email(&t, "Alice");
-    identity(
-        &t,
+    let alice = t.email("Alice");
+    t.identity(
         "alice",
         json!({
             "schemaRef": { "name": "customer" },
@@ -162,9 +139,8 @@ async fn apply_creates_the_identity_with_everything_in_the_spec() {
 async fn spec_changes_update_kratos_and_an_unchanged_spec_writes_nothing() {
     let t = setup("id-update").await;
     let op = start_operator(&t).await;
-    let bob = email(&t, "bob");
-    identity(
-        &t,
+    let bob = t.email("bob");
+    t.identity(
         "bob",
         json!({ "schemaId": "customer", "traits": { "email": bob, "age": 1 } }),
     )
@@ -192,8 +168,7 @@ async fn spec_changes_update_kratos_and_an_unchanged_spec_writes_nothing() {
         "no per-identity reads"
     );
 
-    identity(
-        &t,
+    t.identity(
         "bob",
         json!({
             "schemaId": "customer", "traits": { "email": bob, "age": 2, "tier": "pro" },
@@ -209,7 +184,7 @@ async fn spec_changes_update_kratos_and_an_unchanged_spec_writes_nothing() {
     assert_eq!(k.metadata_admin.as_ref().unwrap()["y"], json!([1, 2]));
 
     // Schema change: the employee schema needs a username.
-    identity(&t, "bob", json!({
+    t.identity("bob", json!({
         "schemaId": "employee", "traits": { "username": format!("bob-{}", t.namespace), "email": bob }
     }))
     .await;
@@ -227,8 +202,8 @@ async fn spec_changes_update_kratos_and_an_unchanged_spec_writes_nothing() {
 async fn drift_in_kratos_is_reverted_and_a_deleted_identity_is_recreated() {
     let t = setup("id-drift").await;
     let _op = start_operator(&t).await;
-    let carol = email(&t, "carol");
-    identity(&t, "carol", json!({ "schemaId": "customer", "traits": { "email": carol }, "metadataPublic": { "a": 1 } })).await;
+    let carol = t.email("carol");
+    t.identity("carol", json!({ "schemaId": "customer", "traits": { "email": carol }, "metadataPublic": { "a": 1 } })).await;
     let obj = ready(&t, "carol").await;
     let id = identity_id(&obj);
     let k = verifier(&t);
@@ -273,16 +248,14 @@ async fn deletion_policies_delete_or_release_and_404_counts_as_done() {
     let t = setup("id-delete").await;
     let _op = start_operator(&t).await;
     let api: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
-    let (del, orphan, gone) = (email(&t, "del"), email(&t, "orphan"), email(&t, "gone"));
-    identity(
-        &t,
+    let (del, orphan, gone) = (t.email("del"), t.email("orphan"), t.email("gone"));
+    t.identity(
         "del",
         json!({ "schemaId": "customer", "traits": { "email": del } }),
     )
     .await;
-    identity(&t, "orphan", json!({ "schemaId": "customer", "traits": { "email": orphan }, "deletionPolicy": "Orphan", "metadataAdmin": { "keep": true } })).await;
-    identity(
-        &t,
+    t.identity("orphan", json!({ "schemaId": "customer", "traits": { "email": orphan }, "deletionPolicy": "Orphan", "metadataAdmin": { "keep": true } })).await;
+    t.identity(
         "gone",
         json!({ "schemaId": "customer", "traits": { "email": gone } }),
     )
@@ -324,9 +297,8 @@ async fn deletion_policies_delete_or_release_and_404_counts_as_done() {
 async fn password_from_a_secret_logs_in_and_waits_for_a_missing_secret() {
     let t = setup("id-password").await;
     let _op = start_operator(&t).await;
-    let dave = email(&t, "dave");
-    identity(
-        &t,
+    let dave = t.email("dave");
+    t.identity(
         "dave",
         json!({
             "schemaId": "customer", "traits": { "email": dave },
@@ -341,7 +313,7 @@ async fn password_from_a_secret_logs_in_and_waits_for_a_missing_secret() {
         0,
         "never invent a password: nothing is created yet"
     );
-    secret(&t, "dave-pw", "password", "first-Password-1").await;
+    t.secret("dave-pw", "password", "first-Password-1").await;
     ready(&t, "dave").await;
     login(&t.kratos_public_url, &dave, "first-Password-1")
         .await
@@ -349,7 +321,7 @@ async fn password_from_a_secret_logs_in_and_waits_for_a_missing_secret() {
 
     // SetOnce (the default): a changed Secret is not imported. A negative check: a bounded
     // observation window (several resyncs) in which the import must not happen.
-    secret(&t, "dave-pw", "password", "second-Password-2").await;
+    t.secret("dave-pw", "password", "second-Password-2").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     login(&t.kratos_public_url, &dave, "first-Password-1")
         .await
@@ -366,9 +338,9 @@ async fn password_from_a_secret_logs_in_and_waits_for_a_missing_secret() {
 async fn policy_sync_reimports_a_changed_secret() {
     let t = setup("id-sync").await;
     let _op = start_operator(&t).await;
-    let erin = email(&t, "erin");
-    secret(&t, "erin-pw", "pw", "first-Password-1").await;
-    identity(&t, "erin", json!({
+    let erin = t.email("erin");
+    t.secret("erin-pw", "pw", "first-Password-1").await;
+    t.identity("erin", json!({
         "schemaId": "customer", "traits": { "email": erin },
         "credentials": { "password": { "secretRef": { "name": "erin-pw", "key": "pw" }, "policy": "Sync" } }
     }))
@@ -377,7 +349,7 @@ async fn policy_sync_reimports_a_changed_secret() {
     login(&t.kratos_public_url, &erin, "first-Password-1")
         .await
         .expect("first password");
-    let rotated = secret(&t, "erin-pw", "pw", "second-Password-2").await;
+    let rotated = t.secret("erin-pw", "pw", "second-Password-2").await;
     eventually("the new password to work", T, || async {
         login(&t.kratos_public_url, &erin, "second-Password-2")
             .await
@@ -429,9 +401,8 @@ fn ssha256(password: &str, salt: &[u8]) -> String {
 async fn hashed_passwords_import_in_bcrypt_and_ssha256() {
     let t = setup("id-hash").await;
     let _op = start_operator(&t).await;
-    let (b, s) = (email(&t, "bcrypt"), email(&t, "ssha"));
-    secret(
-        &t,
+    let (b, s) = (t.email("bcrypt"), t.email("ssha"));
+    t.secret(
         "hashes",
         "bcrypt",
         &bcrypt::hash("legacy-Password-1", 4).unwrap(),
@@ -439,9 +410,9 @@ async fn hashed_passwords_import_in_bcrypt_and_ssha256() {
     .await;
     apply::<Secret>(&t, json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "hashes" },
         "stringData": { "bcrypt": bcrypt::hash("legacy-Password-1", 4).unwrap(), "ssha": ssha256("legacy-Password-2", b"pepper12") } })).await;
-    identity(&t, "b", json!({ "schemaId": "customer", "traits": { "email": b },
+    t.identity("b", json!({ "schemaId": "customer", "traits": { "email": b },
         "credentials": { "password": { "hashedSecretRef": { "name": "hashes", "key": "bcrypt" } } } })).await;
-    identity(&t, "s", json!({ "schemaId": "customer", "traits": { "email": s },
+    t.identity("s", json!({ "schemaId": "customer", "traits": { "email": s },
         "credentials": { "password": { "hashedSecretRef": { "name": "hashes", "key": "ssha" } } } })).await;
     ready(&t, "b").await;
     ready(&t, "s").await;
@@ -453,11 +424,10 @@ async fn hashed_passwords_import_in_bcrypt_and_ssha256() {
         .expect("SSHA256 hash import");
 
     // A hash in an unknown format is refused by Kratos with a clear condition.
-    secret(&t, "bad-hash", "h", "not-a-hash").await;
-    identity(
-        &t,
+    t.secret("bad-hash", "h", "not-a-hash").await;
+    t.identity(
         "x",
-        json!({ "schemaId": "customer", "traits": { "email": email(&t, "x") },
+        json!({ "schemaId": "customer", "traits": { "email": t.email("x") },
         "credentials": { "password": { "hashedSecretRef": { "name": "bad-hash", "key": "h" } } } }),
     )
     .await;
@@ -483,11 +453,10 @@ async fn oidc_links_are_imported_unlinked_when_removed_and_others_kept() {
     let op = start_operator(&t).await;
     let (github, google) = (format!("gh-{}", t.namespace), format!("go-{}", t.namespace));
     let spec = |providers: Value| {
-        json!({ "schemaId": "customer", "traits": { "email": email(&t, "frank") },
+        json!({ "schemaId": "customer", "traits": { "email": t.email("frank") },
             "credentials": { "oidc": { "providers": providers } } })
     };
-    identity(
-        &t,
+    t.identity(
         "frank",
         spec(json!([
             { "provider": "github", "subject": github },
@@ -554,8 +523,7 @@ async fn oidc_links_are_imported_unlinked_when_removed_and_others_kept() {
         "an identity with OIDC links is not drift"
     );
 
-    identity(
-        &t,
+    t.identity(
         "frank",
         spec(json!([{ "provider": "github", "subject": github }])),
     )
@@ -584,7 +552,7 @@ async fn existing_identities_conflict_or_are_adopted() {
     let t = setup("id-adopt").await;
     support::opt_in(&t, &["kratos-operator.dev/allow-adoption"]).await;
     let _op = start_operator(&t).await;
-    let gina = email(&t, "gina");
+    let gina = t.email("gina");
     let pre = verifier(&t)
         .create_identity(&CreateIdentityBody::new(
             "customer",
@@ -592,8 +560,7 @@ async fn existing_identities_conflict_or_are_adopted() {
         ))
         .await
         .unwrap();
-    identity(
-        &t,
+    t.identity(
         "gina",
         json!({ "schemaId": "customer", "traits": { "email": gina } }),
     )
@@ -604,8 +571,7 @@ async fn existing_identities_conflict_or_are_adopted() {
         "{}",
         ready_message(&conflict)
     );
-    identity(
-        &t,
+    t.identity(
         "gina",
         json!({ "schemaId": "customer", "traits": { "email": gina }, "adoption": "IfUnowned" }),
     )
@@ -618,7 +584,7 @@ async fn existing_identities_conflict_or_are_adopted() {
     wait_event(&t, "gina", "Adopted").await;
 
     // The same email in a second object: Conflict, and the first stays untouched.
-    identity(&t, "gina2", json!({ "schemaId": "customer", "traits": { "email": gina }, "adoption": "IfUnowned", "metadataPublic": { "evil": true } })).await;
+    t.identity("gina2", json!({ "schemaId": "customer", "traits": { "email": gina }, "adoption": "IfUnowned", "metadataPublic": { "evil": true } })).await;
     let second = wait_ready::<Identity>(&t, "gina2", "False", Some("Conflict"), T).await;
     // Said without naming the owner or the identity: a message is no oracle of other objects.
     let message = ready_message(&second);
@@ -640,17 +606,17 @@ async fn existing_identities_conflict_or_are_adopted() {
 #[tokio::test]
 async fn an_identity_carrying_the_objects_uid_is_taken_back_without_a_duplicate() {
     let t = setup("id-takeback").await;
-    let hank = email(&t, "hank");
+    let hank = t.email("hank");
     // The object exists but no operator runs: as if it crashed between create and status write.
     // (The operator installs the CRDs when it starts; here the object comes first, and on a
     // fresh environment no other test may have installed them yet.)
     support::install_crds(&t.client).await;
-    let obj = identity(
-        &t,
-        "hank",
-        json!({ "schemaId": "customer", "traits": { "email": hank } }),
-    )
-    .await;
+    let obj = t
+        .identity(
+            "hank",
+            json!({ "schemaId": "customer", "traits": { "email": hank } }),
+        )
+        .await;
     let mut body = CreateIdentityBody::new("customer", json!({ "email": hank }));
     body.metadata_admin = Some(
         json!({ OWNER_MARKER: format!("{}/hank", t.namespace), UID_MARKER: obj.uid().unwrap() }),
@@ -676,7 +642,7 @@ async fn invalid_traits_stall_without_calling_kratos_until_fixed() {
     let op = start_operator(&t).await;
     schema_ref(&t, "customer", "customer").await;
     wait_ready::<IdentitySchemaRef>(&t, "customer", "True", Some("Resolved"), T).await;
-    identity(&t, "ivy", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": "not-an-email", "age": -1 } })).await;
+    t.identity("ivy", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": "not-an-email", "age": -1 } })).await;
     let bad = wait_ready::<Identity>(&t, "ivy", "False", Some("InvalidSpec"), T).await;
     let message = ready_message(&bad);
     assert!(
@@ -714,7 +680,7 @@ async fn invalid_traits_stall_without_calling_kratos_until_fixed() {
         "no Kratos calls while the spec is unchanged"
     );
     assert_eq!(before, 0, "client-side validation must come first");
-    identity(&t, "ivy", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": email(&t, "ivy"), "age": 1 } })).await;
+    t.identity("ivy", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": t.email("ivy"), "age": 1 } })).await;
     ready(&t, "ivy").await;
     t.cleanup().await;
 }
@@ -737,25 +703,22 @@ async fn kratos_down_reports_unavailable_and_converges_without_duplicates() {
         support::test_settings(&t.namespace),
     )
     .await;
-    let jack = email(&t, "jack");
-    identity(
-        &t,
+    let jack = t.email("jack");
+    t.identity(
         "jack",
         json!({ "schemaId": "customer", "traits": { "email": jack } }),
     )
     .await;
     ready(&t, "jack").await;
     kratos.stop();
-    identity(
-        &t,
+    t.identity(
         "jack",
         json!({ "schemaId": "customer", "traits": { "email": jack, "tier": "pro" } }),
     )
     .await;
-    identity(
-        &t,
+    t.identity(
         "kate",
-        json!({ "schemaId": "customer", "traits": { "email": email(&t, "kate") } }),
+        json!({ "schemaId": "customer", "traits": { "email": t.email("kate") } }),
     )
     .await;
     wait_ready::<Identity>(&t, "kate", "False", Some("KratosUnavailable"), T).await;
@@ -775,7 +738,7 @@ async fn kratos_down_reports_unavailable_and_converges_without_duplicates() {
     assert_eq!(found[0].id, identity_id(&jack_obj));
     assert_eq!(found[0].traits["tier"], "pro");
     assert_eq!(
-        k.find_by_credentials_identifier(&email(&t, "kate"))
+        k.find_by_credentials_identifier(&t.email("kate"))
             .await
             .unwrap()
             .len(),
@@ -804,10 +767,9 @@ async fn a_new_identity_is_in_progress_for_kstatus_before_kratos_answers() {
         let _op = support::start_operator_with_client(&t, kratos, settings).await;
         let names: Vec<String> = (0..10).map(|i| format!("new-{i}")).collect();
         for name in &names {
-            identity(
-                &t,
+            t.identity(
                 name,
-                json!({ "schemaId": "customer", "traits": { "email": email(&t, name) } }),
+                json!({ "schemaId": "customer", "traits": { "email": t.email(name) } }),
             )
             .await;
         }
@@ -840,7 +802,7 @@ async fn verified_addresses_are_set_on_existing_identities_and_kept_verified() {
     use kratos_operator::kratos::JsonPatchOp;
     let t = setup("id-verified").await;
     let _op = start_operator(&t).await;
-    let vera = email(&t, "vera");
+    let vera = t.email("vera");
     let spec = |verified: bool| {
         let mut s = json!({ "schemaId": "customer", "traits": { "email": vera } });
         if verified {
@@ -848,14 +810,14 @@ async fn verified_addresses_are_set_on_existing_identities_and_kept_verified() {
         }
         s
     };
-    identity(&t, "vera", spec(false)).await;
+    t.identity("vera", spec(false)).await;
     let id = identity_id(&ready(&t, "vera").await);
     async fn verified(t: &TestEnv, id: &str) -> Option<bool> {
         let k = kratos_identity(t, id).await?;
         Some(k.verifiable_addresses.first()?.verified)
     }
     assert_eq!(verified(&t, &id).await, Some(false), "not verified yet");
-    identity(&t, "vera", spec(true)).await;
+    t.identity("vera", spec(true)).await;
     eventually("the address to be verified", T, || async {
         (verified(&t, &id).await == Some(true)).then_some(())
     })
@@ -891,10 +853,9 @@ async fn a_finalizer_removed_by_hand_is_put_back_and_deletion_still_reaches_krat
     let t = setup("id-finalizer").await;
     let _op = start_operator(&t).await;
     let api: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
-    identity(
-        &t,
+    t.identity(
         "fin",
-        json!({ "schemaId": "customer", "traits": { "email": email(&t, "fin") } }),
+        json!({ "schemaId": "customer", "traits": { "email": t.email("fin") } }),
     )
     .await;
     let id = identity_id(&ready(&t, "fin").await);
@@ -938,8 +899,8 @@ async fn sessions_scenario(per_object: bool) {
     let _op =
         support::start_operator_with(&t, &t.kratos_admin_url, &t.kratos_public_url, settings).await;
     let mode = if per_object { "per-object" } else { "default" };
-    let liz = email(&t, "liz");
-    secret(&t, "liz-pw", "pw", "session-Password-1").await;
+    let liz = t.email("liz");
+    t.secret("liz-pw", "pw", "session-Password-1").await;
     let spec = |extra: Value| {
         let mut s = json!({ "schemaId": "customer", "traits": { "email": liz },
             "credentials": { "password": { "secretRef": { "name": "liz-pw", "key": "pw" } } } });
@@ -948,7 +909,7 @@ async fn sessions_scenario(per_object: bool) {
         }
         s
     };
-    identity(&t, "liz", spec(json!({}))).await;
+    t.identity("liz", spec(json!({}))).await;
     let obj = ready(&t, "liz").await;
     let id = identity_id(&obj);
     login(&t.kratos_public_url, &liz, "session-Password-1")
@@ -975,8 +936,7 @@ async fn sessions_scenario(per_object: bool) {
     )
     .await;
 
-    identity(
-        &t,
+    t.identity(
         "liz",
         spec(json!({ "sessions": { "revokeBefore": cutoff.to_string() } })),
     )
@@ -1000,8 +960,7 @@ async fn sessions_scenario(per_object: bool) {
     // A cutoff in the future revokes every session authenticated before it, including logins
     // after the object was synced.
     let future = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
-    identity(
-        &t,
+    t.identity(
         "liz",
         spec(json!({ "sessions": { "revokeBefore": future.to_string() } })),
     )
@@ -1027,8 +986,7 @@ async fn sessions_scenario(per_object: bool) {
     )
     .await;
 
-    identity(
-        &t,
+    t.identity(
         "liz",
         spec(json!({ "state": "inactive", "sessions": { "revokeOnDeactivate": true } })),
     )
@@ -1058,13 +1016,13 @@ async fn sessions_scenario(per_object: bool) {
 async fn events_cover_the_lifecycle_and_never_contain_a_password() {
     let t = setup("id-events").await;
     let _op = start_operator(&t).await;
-    let mike = email(&t, "mike");
-    secret(&t, "mike-pw", "pw", "Event-Secret-Password-9").await;
+    let mike = t.email("mike");
+    t.secret("mike-pw", "pw", "Event-Secret-Password-9").await;
     let spec = json!({ "schemaId": "customer", "traits": { "email": mike },
         "credentials": { "password": { "secretRef": { "name": "mike-pw", "key": "pw" }, "policy": "Sync" } } });
-    identity(&t, "mike", spec.clone()).await;
+    t.identity("mike", spec.clone()).await;
     ready(&t, "mike").await;
-    identity(&t, "mike", json!({ "schemaId": "customer", "traits": { "email": mike, "tier": "free" },
+    t.identity("mike", json!({ "schemaId": "customer", "traits": { "email": mike, "tier": "free" },
         "credentials": { "password": { "secretRef": { "name": "mike-pw", "key": "pw" }, "policy": "Sync" } } })).await;
     eventually("an Updated event", T, || async {
         events_for(&t, "mike")
@@ -1074,10 +1032,9 @@ async fn events_cover_the_lifecycle_and_never_contain_a_password() {
             .then_some(())
     })
     .await;
-    identity(
-        &t,
+    t.identity(
         "nope",
-        json!({ "schemaId": "customer", "traits": { "email": email(&t, "nope") },
+        json!({ "schemaId": "customer", "traits": { "email": t.email("nope") },
         "credentials": { "password": { "secretRef": { "name": "missing", "key": "pw" } } } }),
     )
     .await;
@@ -1111,7 +1068,7 @@ async fn schema_refs_resolve_report_roles_and_gate_identities() {
     let t = setup("id-schemaref").await;
     let _op = start_operator(&t).await;
     // An Identity whose schemaRef does not exist yet waits.
-    identity(&t, "nina", json!({ "schemaRef": { "name": "staff" }, "traits": { "username": format!("nina-{}", t.namespace), "email": email(&t, "nina") } })).await;
+    t.identity("nina", json!({ "schemaRef": { "name": "staff" }, "traits": { "username": format!("nina-{}", t.namespace), "email": t.email("nina") } })).await;
     let waiting = wait_ready::<Identity>(&t, "nina", "False", Some("SchemaNotReady"), T).await;
     assert!(ready_message(&waiting).contains("staff"));
     schema_ref(&t, "staff", "employee").await;
@@ -1153,8 +1110,8 @@ async fn a_schema_change_in_kratos_reconciles_the_identities_that_use_it() {
     let before = wait_ready::<IdentitySchemaRef>(&t, "customer", "True", Some("Resolved"), T).await;
     // `nickname` is not allowed by the schemas yet. `ida` names its schema by id only: no
     // IdentitySchemaRef refreshes that one, the Identity controller must.
-    identity(&t, "otto", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": email(&t, "otto"), "nickname": "O" } })).await;
-    identity(&t, "ida", json!({ "schemaId": schemas::EMPLOYEE, "traits": { "username": "ida", "email": email(&t, "ida"), "nickname": "I" } })).await;
+    t.identity("otto", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": t.email("otto"), "nickname": "O" } })).await;
+    t.identity("ida", json!({ "schemaId": schemas::EMPLOYEE, "traits": { "username": "ida", "email": t.email("ida"), "nickname": "I" } })).await;
     wait_ready::<Identity>(&t, "otto", "False", Some("InvalidSpec"), T).await;
     wait_ready::<Identity>(&t, "ida", "False", Some("InvalidSpec"), T).await;
 
@@ -1217,9 +1174,8 @@ async fn per_object_mode_resyncs_each_identity_and_reverts_drift() {
         support::per_object_settings(&t.namespace),
     )
     .await;
-    let pat = email(&t, "pat");
-    identity(
-        &t,
+    let pat = t.email("pat");
+    t.identity(
         "pat",
         json!({ "schemaId": "customer", "traits": { "email": pat } }),
     )
@@ -1262,7 +1218,7 @@ async fn one_batch_with_valid_invalid_and_conflicting_items_gives_each_object_it
     settings.max_concurrent_reconciles = 32;
     let op =
         support::start_operator_with(&t, &t.kratos_admin_url, &t.kratos_public_url, settings).await;
-    let taken = email(&t, "taken");
+    let taken = t.email("taken");
     verifier(&t)
         .create_identity(&CreateIdentityBody::new(
             "customer",
@@ -1270,27 +1226,28 @@ async fn one_batch_with_valid_invalid_and_conflicting_items_gives_each_object_it
         ))
         .await
         .unwrap();
-    secret(&t, "bad-hash", "h", "not-a-hash").await;
+    t.secret("bad-hash", "h", "not-a-hash").await;
     for i in 0..4 {
-        identity(
-            &t,
+        t.identity(
             &format!("ok{i}"),
-            json!({ "schemaId": "customer", "traits": { "email": email(&t, &format!("ok{i}")) } }),
+            json!({ "schemaId": "customer", "traits": { "email": t.email(&format!("ok{i}")) } }),
         )
         .await;
     }
     // schemaId only: no client-side validation, so Kratos' own answer must reach the object.
-    identity(&t, "invalid", json!({ "schemaId": "employee", "traits": { "username": "X!", "email": email(&t, "inv") } })).await;
-    identity(
-        &t,
+    t.identity(
+        "invalid",
+        json!({ "schemaId": "employee", "traits": { "username": "X!", "email": t.email("inv") } }),
+    )
+    .await;
+    t.identity(
         "conflict",
         json!({ "schemaId": "customer", "traits": { "email": taken } }),
     )
     .await;
-    identity(
-        &t,
+    t.identity(
         "hash",
-        json!({ "schemaId": "customer", "traits": { "email": email(&t, "hash") },
+        json!({ "schemaId": "customer", "traits": { "email": t.email("hash") },
         "credentials": { "password": { "hashedSecretRef": { "name": "bad-hash", "key": "h" } } } }),
     )
     .await;
@@ -1320,7 +1277,7 @@ async fn one_batch_with_valid_invalid_and_conflicting_items_gives_each_object_it
         "creates went through batches"
     );
     for i in 0..4 {
-        assert_eq!(count_with_email(&t, &email(&t, &format!("ok{i}"))).await, 1);
+        assert_eq!(count_with_email(&t, &t.email(&format!("ok{i}"))).await, 1);
     }
     assert_eq!(count_with_email(&t, &taken).await, 1);
     t.cleanup().await;

@@ -70,22 +70,6 @@ fn random_hex(bytes: usize) -> String {
         .collect()
 }
 
-async fn secret(t: &TestEnv, name: &str, key: &str, value: &str) {
-    apply::<Secret>(
-        t,
-        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": { key: value } }),
-    )
-    .await;
-}
-
-async fn identity(t: &TestEnv, name: &str, spec: Value) {
-    apply::<Identity>(
-        t,
-        json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity", "metadata": { "name": name }, "spec": spec }),
-    )
-    .await;
-}
-
 async fn secret_data(t: &TestEnv, name: &str) -> BTreeMap<String, String> {
     let s: Secret = Api::namespaced(t.client.clone(), &t.namespace)
         .get(name)
@@ -221,17 +205,17 @@ async fn no_password_hash_link_code_or_token_appears_in_logs_events_status_or_me
     let carol_pw = format!("carol-Pw-{}", random_hex(10));
     let refused_hash = format!("$unknown$v=1${}", random_hex(16));
     apply::<IdentitySchemaRef>(&t, json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "IdentitySchemaRef", "metadata": { "name": "customer" }, "spec": { "schemaId": "customer" } })).await;
-    secret(&t, "alice-pw", "password", &alice_pw).await;
-    secret(&t, "bob-hash", "hash", &bob_hash).await;
-    secret(&t, "carol-pw", "password", &carol_pw).await;
-    secret(&t, "mallory-hash", "hash", &refused_hash).await;
-    identity(&t, "alice", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": email("alice") },
+    t.secret("alice-pw", "password", &alice_pw).await;
+    t.secret("bob-hash", "hash", &bob_hash).await;
+    t.secret("carol-pw", "password", &carol_pw).await;
+    t.secret("mallory-hash", "hash", &refused_hash).await;
+    t.identity("alice", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": email("alice") },
         "credentials": { "password": { "secretRef": { "name": "alice-pw", "key": "password" }, "policy": "Sync" } } })).await;
-    identity(&t, "bob", json!({ "schemaId": "customer", "traits": { "email": email("bob") },
+    t.identity("bob", json!({ "schemaId": "customer", "traits": { "email": email("bob") },
         "credentials": { "password": { "hashedSecretRef": { "name": "bob-hash", "key": "hash" } } } })).await;
-    identity(&t, "carol", json!({ "schemaId": "customer", "traits": { "email": email("carol") },
+    t.identity("carol", json!({ "schemaId": "customer", "traits": { "email": email("carol") },
         "credentials": { "password": { "secretRef": { "name": "carol-pw", "key": "password" } } } })).await;
-    identity(&t, "mallory", json!({ "schemaId": "customer", "traits": { "email": email("mallory") },
+    t.identity("mallory", json!({ "schemaId": "customer", "traits": { "email": email("mallory") },
         "credentials": { "password": { "hashedSecretRef": { "name": "mallory-hash", "key": "hash" } } } })).await;
     for name in ["alice", "bob", "carol"] {
         wait_ready::<Identity>(&t, name, "True", Some("Synced"), T).await;
@@ -248,7 +232,7 @@ async fn no_password_hash_link_code_or_token_appears_in_logs_events_status_or_me
         .await
         .expect("carol's password was imported");
     // Rotation under policy Sync: the new password is imported, the old one stops working.
-    secret(&t, "alice-pw", "password", &alice_pw2).await;
+    t.secret("alice-pw", "password", &alice_pw2).await;
     eventually("alice's rotated password to work", T, || async {
         login(public, &email("alice"), &alice_pw2)
             .await
@@ -497,9 +481,11 @@ async fn secrets_are_watched_as_metadata_only() {
     ));
     let operator = tokio::spawn(controller::run(ctx, futures::future::pending().boxed()));
     let email = format!("watch.{}@example.com", t.namespace);
-    secret(&t, "pw", "password", &format!("first-{}", random_hex(8))).await;
-    secret(&t, "unrelated", "tls.key", "-----BEGIN PRIVATE KEY-----").await;
-    identity(&t, "w", json!({ "schemaId": "customer", "traits": { "email": email },
+    t.secret("pw", "password", &format!("first-{}", random_hex(8)))
+        .await;
+    t.secret("unrelated", "tls.key", "-----BEGIN PRIVATE KEY-----")
+        .await;
+    t.identity("w", json!({ "schemaId": "customer", "traits": { "email": email },
         "credentials": { "password": { "secretRef": { "name": "pw", "key": "password" }, "policy": "Sync" } } })).await;
     let first = wait_ready::<Identity>(&t, "w", "True", Some("Synced"), T).await;
     let version = |o: &Identity| {
@@ -512,7 +498,7 @@ async fn secrets_are_watched_as_metadata_only() {
     let v1 = version(&first);
     // A changed Secret reaches the operator through the watch and is imported again.
     let second = format!("second-{}", random_hex(8));
-    secret(&t, "pw", "password", &second).await;
+    t.secret("pw", "password", &second).await;
     eventually("the changed password to be imported", T, || async {
         let o: Identity = Api::namespaced(t.client.clone(), &t.namespace)
             .get("w")

@@ -85,7 +85,7 @@ impl Cluster {
     async fn own_identity(&self, name: &str) -> Identity {
         self.attack(
             name,
-            json!({ "schemaId": "customer", "traits": { "email": email(&self.tenant, name) } }),
+            json!({ "schemaId": "customer", "traits": { "email": self.tenant.email(name) } }),
         )
         .await;
         wait_ready(&self.tenant, name, "True", Some("Synced"), T).await
@@ -133,10 +133,6 @@ async fn tenant_user(t: &TestEnv) -> Client {
     client
 }
 
-fn email(t: &TestEnv, user: &str) -> String {
-    format!("{user}.{}@example.com", t.namespace)
-}
-
 async fn apply_as<K: support::Namespaced>(client: &Client, ns: &str, manifest: Value) -> K {
     support::apply_as(client, ns, "tenant", manifest).await
 }
@@ -163,7 +159,7 @@ async fn team_identity(t: &TestEnv, name: &str) -> String {
         &t.namespace,
         identity(
             name,
-            json!({ "schemaId": "customer", "traits": { "email": email(t, name) } }),
+            json!({ "schemaId": "customer", "traits": { "email": t.email(name) } }),
         ),
     )
     .await;
@@ -260,7 +256,7 @@ async fn a_forged_status_identity_id_never_reaches_another_namespaces_identity()
     // A spec change makes the operator act on the object at once (a drift sweep would too).
     c.attack(
         "x",
-        json!({ "schemaId": "customer", "traits": { "email": email(&c.tenant, "x") },
+        json!({ "schemaId": "customer", "traits": { "email": c.tenant.email("x") },
                     "metadataPublic": { "plan": "stolen" } }),
     )
     .await;
@@ -528,7 +524,7 @@ async fn conflict_messages_name_no_other_namespace_object_or_kratos_id() {
     let victim_id = team_identity(&c.victim, "victim").await;
     c.attack(
         "probe",
-        json!({ "schemaId": "customer", "traits": { "email": email(&c.victim, "victim") } }),
+        json!({ "schemaId": "customer", "traits": { "email": c.victim.email("victim") } }),
     )
     .await;
     let refused = wait_reason(&c.tenant, "probe", "Conflict").await;
@@ -662,7 +658,7 @@ async fn deep_or_huge_specs_in_one_namespace_do_not_stop_the_others() {
     // The bad objects exist before the operator starts, as after any restart: its first list
     // of Identities holds them.
     let mut c = Cluster::without_operator("ten-dos").await;
-    let address = email(&c.tenant, "t");
+    let address = c.tenant.email("t");
     // Deeper than any JSON decoder's default limit (128), stored by the API server as it is.
     apply_raw(&c, "deep", json!({ "email": address, "x": nested(300) })).await;
     // Decodable, but past the operator's own limits of nesting and size.

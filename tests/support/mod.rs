@@ -56,6 +56,44 @@ pub async fn setup(test: &str) -> TestEnv {
 }
 
 impl TestEnv {
+    /// An email address no other test uses: `<user>.<namespace>@example.com`.
+    pub fn email(&self, user: &str) -> String {
+        format!("{user}.{}@example.com", self.namespace)
+    }
+
+    /// Applies an Identity named `name` with `spec` into the test's namespace.
+    pub async fn identity(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> kratos_operator::api::Identity {
+        apply(
+            self,
+            serde_json::json!({
+                "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
+                "metadata": { "name": name }, "spec": spec
+            }),
+        )
+        .await
+    }
+
+    /// Applies a Secret named `name` holding `value` under `key` into the test's namespace.
+    pub async fn secret(
+        &self,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> k8s_openapi::api::core::v1::Secret {
+        apply(
+            self,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": { "name": name }, "stringData": { key: value }
+            }),
+        )
+        .await
+    }
+
     /// Deletes the test's namespace (best effort; the namespace controller finishes it).
     pub async fn cleanup(self) {
         let _ = Api::<Namespace>::all(self.client.clone())
