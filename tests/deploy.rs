@@ -637,6 +637,21 @@ fn dockerfile_is_multi_stage_non_root_and_fetches_nothing_by_url() {
             build.1
         );
     }
+    // The binary the node tests run and the benchmark measures (`cargo xtask image`): static
+    // glibc with glibc's allocator, not musl.
+    assert!(
+        build
+            .1
+            .contains("RUSTFLAGS=\"-C target-feature=+crt-static\"")
+            && build.1.contains("--target"),
+        "{}",
+        build.1
+    );
+    assert!(
+        !ins.iter()
+            .any(|(_, a)| a.contains("musl") || a.contains("alpine")),
+        "a musl build is not what the tests run"
+    );
     // The final stage: minimal, non-root, the binary from the builder, exec-form entrypoint.
     let last = *froms.last().unwrap();
     let runtime = &ins[last..];

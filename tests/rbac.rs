@@ -182,10 +182,16 @@ async fn install_chart_rbac(t: &TestEnv, release: &str, set: &[&str]) -> Install
     }
 }
 
-/// `objects` (sorted) with the finalizer policy and its binding where the release under test
-/// serves MutatingAdmissionPolicy: the chart installs them there.
-fn with_finalizer_policy<const N: usize>(full: &str, objects: [String; N]) -> Vec<String> {
-    let mut all = objects.to_vec();
+/// What the chart installs besides its RBAC (`rbac`, which differs by mode): the ServiceAccount,
+/// the validating admission policies and, where the release under test serves
+/// MutatingAdmissionPolicy, the finalizer policy; sorted.
+fn chart_objects<const N: usize>(full: &str, rbac: [String; N]) -> Vec<String> {
+    let mut all = rbac.to_vec();
+    all.push(format!("ServiceAccount/{full}"));
+    for policy in ["identity-adoption", "operator-secrets", "recovery-by-id"] {
+        all.push(format!("ValidatingAdmissionPolicy/{full}-{policy}"));
+        all.push(format!("ValidatingAdmissionPolicyBinding/{full}-{policy}"));
+    }
     if chart_support::serves_mutating_admission_policies() {
         all.push(format!("MutatingAdmissionPolicy/{full}-identity-finalizer"));
         all.push(format!(
@@ -898,20 +904,13 @@ async fn cluster_mode_rbac_runs_every_flow_and_refuses_the_rest() {
     let full = format!("{release}-kratos-operator");
     assert_eq!(
         installed.objects,
-        with_finalizer_policy(
+        chart_objects(
             &full,
             [
                 format!("ClusterRole/{full}"),
                 format!("ClusterRoleBinding/{full}"),
                 format!("Role/{full}-leader-election"),
                 format!("RoleBinding/{full}-leader-election"),
-                format!("ServiceAccount/{full}"),
-                format!("ValidatingAdmissionPolicy/{full}-identity-adoption"),
-                format!("ValidatingAdmissionPolicy/{full}-operator-secrets"),
-                format!("ValidatingAdmissionPolicy/{full}-recovery-by-id"),
-                format!("ValidatingAdmissionPolicyBinding/{full}-identity-adoption"),
-                format!("ValidatingAdmissionPolicyBinding/{full}-operator-secrets"),
-                format!("ValidatingAdmissionPolicyBinding/{full}-recovery-by-id"),
             ]
         )
     );
@@ -965,7 +964,7 @@ async fn namespace_mode_rbac_runs_every_flow_and_refuses_other_namespaces() {
     let full = format!("{release}-kratos-operator");
     assert_eq!(
         installed.objects,
-        with_finalizer_policy(
+        chart_objects(
             &full,
             [
                 format!("ClusterRole/{full}-crds"),
@@ -974,13 +973,6 @@ async fn namespace_mode_rbac_runs_every_flow_and_refuses_other_namespaces() {
                 format!("Role/{full}-leader-election"),
                 format!("RoleBinding/{full}"),
                 format!("RoleBinding/{full}-leader-election"),
-                format!("ServiceAccount/{full}"),
-                format!("ValidatingAdmissionPolicy/{full}-identity-adoption"),
-                format!("ValidatingAdmissionPolicy/{full}-operator-secrets"),
-                format!("ValidatingAdmissionPolicy/{full}-recovery-by-id"),
-                format!("ValidatingAdmissionPolicyBinding/{full}-identity-adoption"),
-                format!("ValidatingAdmissionPolicyBinding/{full}-operator-secrets"),
-                format!("ValidatingAdmissionPolicyBinding/{full}-recovery-by-id"),
             ]
         )
     );

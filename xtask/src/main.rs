@@ -602,12 +602,13 @@ fn image_cmd(pause: bool, containerd_socket: Option<&std::path::Path>) -> Result
 
 fn bench_cmd(plan: &bench::Plan) -> Result<(), String> {
     build_all(false)?;
-    cargo(
-        &["build", "--release", "--quiet", "--bin", "kratos-operator"],
-        &[],
-    )?;
     let repo = kratos_operator_testenv::repo_root();
-    let figures = bench::run(plan, &repo)?;
+    // The binary the image ships and the node runs: the static glibc build of `cargo xtask image`
+    // (and of the Dockerfile), in the same target directory.
+    let built =
+        kratos_operator_testenv::image::build_static_operator(&repo.join("target").join("image"))
+            .map_err(|e| e.to_string())?;
+    let figures = bench::run(plan, &repo, &built.binary)?;
     let docs = bench::docs_dir(&repo);
     std::fs::create_dir_all(&docs).map_err(|e| e.to_string())?;
     let mut command = format!(
