@@ -285,15 +285,18 @@ async fn the_chart_runs_as_pods_through_install_upgrade_failover_eviction_and_un
     eprintln!("helm upgrade --wait, 1 replica: {took:?}");
     let took = r.install(&["replicas=2", "podAnnotations.rollout=two"]);
     eprintln!("helm upgrade --wait, 2 replicas: {took:?}");
-    let deployment: Deployment = Api::namespaced(t.client.clone(), &t.namespace)
-        .get(&r.deployment())
-        .await
-        .unwrap();
-    assert_eq!(
-        deployment.status.unwrap().ready_replicas,
-        Some(2),
-        "both replicas are Ready, the follower too"
-    );
+    // Both replicas of the new revision become Ready, the follower too. Helm 3's --wait returns
+    // once the new ReplicaSet is ready, while the old pod may still be Ready and terminating, so
+    // wait for the rollout to be over (the old pod gone) rather than look once.
+    let deployments: Api<Deployment> = Api::namespaced(t.client.clone(), &t.namespace);
+    eventually("both replicas Ready, the follower too", T, || async {
+        let status = deployments.get(&r.deployment()).await.ok()?.status?;
+        (status.replicas == Some(2)
+            && status.updated_replicas == Some(2)
+            && status.ready_replicas == Some(2))
+        .then_some(())
+    })
+    .await;
 
     // The leader's pod is deleted: SIGTERM, a prompt exit, the Lease released, the follower
     // leads long before the Lease (15 s) would expire.
