@@ -710,12 +710,30 @@ fn demo() -> Result<(), String> {
         )?
     );
 
-    let examples = root.join("deploy").join("examples");
+    // Helm 4 returns before the CRDs it installed are served: wait until they are Established,
+    // and give the API server the few seconds it may still need to serve their objects
+    // (Kubernetes 1.35+ answers 503 ServiceUnavailable until then).
     kubectl(
         &env,
-        &["apply", "-n", ns, "-k", &examples.display().to_string()],
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/identities.kratos-operator.dev",
+            "crd/identityschemarefs.kratos-operator.dev",
+            "crd/recoveryrequests.kratos-operator.dev",
+        ],
         None,
     )?;
+    let examples = root.join("deploy").join("examples");
+    let apply = ["apply", "-n", ns, "-k", &examples.display().to_string()];
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(e) = kubectl(&env, &apply, None) {
+        if !e.contains("ServiceUnavailable") || Instant::now() > deadline {
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
     let deadline = Instant::now() + std::time::Duration::from_secs(90);
     loop {
         let ready = kubectl(
