@@ -358,17 +358,18 @@ pub fn kubernetes_from_env() -> Result<Component> {
 /// of either.
 pub fn helm_from_env() -> Result<Component> {
     let value = std::env::var(HELM_ENV).unwrap_or_default();
-    [HELM, HELM_3]
-        .into_iter()
-        .find(|c| {
-            value.is_empty() && c.version == HELM.version
-                || c.version == value
-                || c.version.trim_start_matches('v').split('.').next() == Some(value.as_str())
-        })
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "unknown Helm {value:?} (in {HELM_ENV}): use 4 ({}) or 3 ({})",
-                HELM.version, HELM_3.version
-            ))
-        })
+    let major =
+        |c: &Component| c.version.trim_start_matches('v').split('.').next() == Some(value.as_str());
+    match value.as_str() {
+        "" => Ok(HELM),
+        _ => [HELM, HELM_3]
+            .into_iter()
+            .find(|c| c.version == value || major(c))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "unknown Helm {value:?} (in {HELM_ENV}): use 4 ({}) or 3 ({})",
+                    HELM.version, HELM_3.version
+                ))
+            }),
+    }
 }

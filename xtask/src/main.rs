@@ -379,7 +379,9 @@ fn test(cargo_args: &[String]) -> Result<(), String> {
     )?;
     build_all(false)?;
     // Every test on the newest Kubernetes with Helm 4 (or what the variables select).
-    let newest = test_phase(&env::default_dir(), cargo_args, &[]);
+    let newest = build::kubernetes_from_env()
+        .map_err(|e| e.to_string())
+        .and_then(|kubernetes| test_phase(&env::default_dir(), kubernetes, cargo_args, &[]));
     // A focused run (`cargo xtask test -- <filter>`) stops here; the whole command goes on with
     // the other corner of the matrix, whatever the first phase found.
     let oldest = if cargo_args.is_empty() {
@@ -393,7 +395,7 @@ fn test(cargo_args: &[String]) -> Result<(), String> {
             (build::KUBERNETES_ENV, "oldest".to_string()),
             (build::HELM_ENV, "3".to_string()),
         ];
-        Some(test_phase(&dir, &args, &vars))
+        Some(test_phase(&dir, build::KUBERNETES_OLDEST, &args, &vars))
     } else {
         None
     };
@@ -418,22 +420,18 @@ fn test(cargo_args: &[String]) -> Result<(), String> {
     }
 }
 
-/// One phase of the test command: the environment in `dir` (started unless it runs, with the
-/// release `vars` select), its node and the operator's image, then `cargo test` with `vars`.
-/// Stops what it started.
+/// One phase of the test command: the environment in `dir` (started unless it runs, on
+/// `kubernetes`), its node and the operator's image, then `cargo test` with `vars`. Stops what it
+/// started.
 fn test_phase(
     dir: &std::path::Path,
+    kubernetes: build::Component,
     cargo_args: &[String],
     vars: &[(&str, String)],
 ) -> Result<(u64, u64), String> {
     let was_running = Environment::attach(dir)
         .map_err(|e| e.to_string())?
         .is_some();
-    let kubernetes = vars
-        .iter()
-        .find(|(k, _)| *k == build::KUBERNETES_ENV)
-        .map_or_else(build::kubernetes_from_env, |(_, v)| build::kubernetes(v))
-        .map_err(|e| e.to_string())?;
     let database = Database::from_env().map_err(|e| e.to_string())?;
     let env = Environment::up_with(dir, database, kubernetes).map_err(|e| e.to_string())?;
     eprintln!(
