@@ -39,6 +39,10 @@ pub enum Error {
     /// The configuration cannot be used.
     #[error("configuration: {0}")]
     Config(String),
+    /// A reconcile's plan did not reach an outcome within this many steps (a bug: each step
+    /// observes or writes something new).
+    #[error("the reconcile did not settle within {0} steps")]
+    Unsettled(usize),
 }
 
 impl Error {
@@ -50,6 +54,7 @@ impl Error {
             Self::MissingField(_) => "missing_field",
             Self::Serialization(_) => "serialization",
             Self::Config(_) => "config",
+            Self::Unsettled(_) => "unsettled",
         }
     }
 

@@ -21,10 +21,11 @@ use kratos_operator::{
     },
     controller::{
         identity::{
-            plan::{
-                self, Desired, Existing, PasswordInput, create_body, differences, plan_sessions,
-                resolve_existing, update_body, verify_address_ops,
+            desired::{
+                self, Desired, PasswordInput, create_body, differences, plan_sessions, update_body,
+                verify_address_ops,
             },
+            plan::{Existing, Owner, resolve_existing},
             sweep,
         },
         json,
@@ -236,7 +237,7 @@ fn arb_desired() -> impl Strategy<Value = Desired> {
         prop_oneof!["customer", "employee"],
         arb_password(),
     )
-        .prop_map(|(spec, schema, password)| plan::desired(&spec, schema, OWNER, UID, password))
+        .prop_map(|(spec, schema, password)| desired::desired(&spec, schema, OWNER, UID, password))
 }
 
 fn kratos_state(s: IdentityState) -> &'static str {
@@ -377,7 +378,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// controller::identity::plan
+// controller::identity::desired and plan
 
 proptest! {
     #![proptest_config(config(512))]
@@ -404,7 +405,7 @@ proptest! {
         prop_assert_eq!(body.metadata_admin.as_ref(), Some(&d.metadata_admin));
         prop_assert_eq!(body.schema_id, d.schema_id.clone());
         // Credentials only when an import is due.
-        let due = plan::password_due(&d, last.as_deref());
+        let due = desired::password_due(&d, last.as_deref());
         prop_assert_eq!(imported, due && d.password.is_some());
     }
 
@@ -437,7 +438,7 @@ proptest! {
         spec.traits = traits;
         spec.metadata_public = Some(public);
         spec.metadata_admin = Some(admin);
-        let d = plan::desired(&spec, "customer".into(), OWNER, UID, password);
+        let d = desired::desired(&spec, "customer".into(), OWNER, UID, password);
         let diffs = differences(&d, &k, last.as_deref());
         let body = update_body(&d, &k, last.as_deref());
         let _ = create_body(&d);
@@ -461,7 +462,7 @@ proptest! {
             "schemaId": "customer", "traits": {},
             "verifiedAddresses": wanted.iter().map(|a| json!({ "value": a, "via": "email" })).collect::<Vec<_>>(),
         })).unwrap();
-        let d = plan::desired(&spec, "customer".into(), OWNER, UID, None);
+        let d = desired::desired(&spec, "customer".into(), OWNER, UID, None);
         let addresses: Vec<Value> = present.iter().map(|(v, verified, via)| json!({
             "value": v, "verified": verified, "via": via, "status": if *verified { "completed" } else { "pending" }
         })).collect();
@@ -506,7 +507,7 @@ proptest! {
             })).unwrap()
         }).collect();
         let adoption = if if_unowned { AdoptionPolicy::IfUnowned } else { AdoptionPolicy::Never };
-        let me = kratos_operator::controller::identity::plan::Owner { uid: UID, name: OWNER };
+        let me = Owner { uid: UID, name: OWNER };
         let result = resolve_existing(&candidates, me, adoption);
         let ours = owners.iter().position(|o| *o == 0 || *o == 5);
         match (&result, ours) {
@@ -537,7 +538,7 @@ proptest! {
             spec["sessions"]["revokeBefore"] = json!(Timestamp::from_second(c).unwrap().to_string());
         }
         let spec: IdentitySpec = serde_json::from_value(spec).unwrap();
-        let d = plan::desired(&spec, "customer".into(), OWNER, UID, None);
+        let d = desired::desired(&spec, "customer".into(), OWNER, UID, None);
         let p = plan_sessions(&d, &sessions);
         if inactive && revoke {
             prop_assert_eq!(p.revoke_all, !sessions.is_empty());
@@ -578,7 +579,7 @@ proptest! {
     #[test]
     fn in_sync_accepts_what_the_operator_wrote_and_sees_drift(spec in arb_spec(), key in "[a-z]{1,6}") {
         let obj = object(&spec, true);
-        let d = plan::desired(&spec, "customer".into(), OWNER, UID, None);
+        let d = desired::desired(&spec, "customer".into(), OWNER, UID, None);
         let k = identity_from(&d, &[]);
         prop_assert!(sweep::in_sync(&obj, &k));
         let mut drifted = k.clone();
@@ -675,7 +676,7 @@ proptest! {
         // Whatever parsed can be compared with any spec without panicking.
         if let Ok(k) = serde_json::from_slice::<Identity>(&field) {
             let spec: IdentitySpec = serde_json::from_value(json!({ "schemaId": "customer", "traits": {} })).unwrap();
-            let d = plan::desired(&spec, "customer".into(), OWNER, UID, None);
+            let d = desired::desired(&spec, "customer".into(), OWNER, UID, None);
             let _ = differences(&d, &k, None);
             let _ = update_body(&d, &k, None);
             let _ = verify_address_ops(&d, &k, Timestamp::UNIX_EPOCH);

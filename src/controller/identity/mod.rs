@@ -1,13 +1,17 @@
 //! The Identity controller: keeps one Kratos identity equal to each `Identity` object.
 //!
-//! Per reconcile: [`observe`] reads the schema, the password Secret and the Kratos identity;
-//! [`plan`] decides, without I/O, what differs and what to send; [`act`] writes to Kratos;
-//! [`report`] writes the status and Events. Domain problems (invalid traits, a conflict, a missing
-//! Secret) are outcomes reported in status, not errors; only transient failures (Kratos or the
-//! API server unreachable) are errors, retried with per-object backoff.
+//! Per reconcile, in a loop ([`sync`]): [`plan::plan`] decides, without I/O, from what has been
+//! observed so far, the next step: [`observe`] looks at one more thing (the schema, the
+//! namespace's policy, the Kratos identity, the password Secret, the sessions), or [`act`]
+//! makes one write to Kratos and records the answer, and the plan is made again; until it says
+//! what the outcome is, which [`report`] writes as status and Events. [`desired`] holds what the
+//! spec asks of Kratos and how an identity differs from it. Domain problems (invalid traits, a
+//! conflict, a missing Secret) are outcomes reported in status, not errors; only transient
+//! failures (Kratos or the API server unreachable) are errors, retried with per-object backoff.
 
 pub mod act;
 pub mod batch;
+pub mod desired;
 pub mod detach;
 pub mod markers;
 pub mod observe;
@@ -35,12 +39,17 @@ use kube::{
 };
 use tracing::info;
 
-use self::detach::Handoff;
+use self::{
+    detach::Handoff,
+    outcome::Outcome,
+    plan::{Cleanup, Observed, Plan},
+};
 use crate::{
     Error, Result,
     api::{FINALIZER, GuardedIdentity, IdentitySchemaRef, identity::Identity},
     controller::{Context, finalizer},
 };
+use jiff::Timestamp;
 
 /// Why an Identity cannot be synced right now (reported as `Ready=False` with this reason).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +144,7 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) 
     let _measure = ctx.metrics.reconcile("Identity");
     let result = if obj.metadata.deletion_timestamp.is_some() {
         if finalizer::has(&*obj, FINALIZER) {
-            match act::cleanup(obj.clone(), ctx.clone()).await {
+            match cleanup(&obj, &ctx).await {
                 Ok(action) => {
                     if let Some(uid) = obj.metadata.uid.as_deref() {
                         ctx.identity.known_ids.forget(uid);
@@ -189,8 +198,14 @@ async fn dispatch(obj: Arc<Identity>, ctx: Arc<Context>, handoff: &Handoff) -> R
 }
 
 async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Next> {
-    match act::sync(&obj, &ctx).await {
-        Ok(outcome) => Ok(report::outcome(&obj, &ctx, outcome)),
+    match sync(&obj, &ctx).await {
+        Ok(outcome) => {
+            if let (Outcome::Synced(s), Some(uid)) = (&outcome, obj.metadata.uid.as_deref()) {
+                ctx.identity.known_ids.set(uid, &s.identity_id);
+            }
+            report::outcome(&obj, &ctx, &outcome);
+            Ok(next(&outcome, &ctx.settings))
+        }
         Err(e) => {
             let transient = e.is_kratos_unavailable();
             if transient {
@@ -198,6 +213,101 @@ async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Next> {
             }
             Err(e)
         }
+    }
+}
+
+/// The most steps one reconcile takes: each step observes or writes one more thing, and a
+/// plan never asks for the same one twice, so a reconcile needs about ten.
+const MAX_STEPS: usize = 32;
+
+/// What is observed before the first plan: the object's own fields.
+fn observed<'a>(obj: &'a Identity, ctx: &Context, owner: plan::Owner<'a>) -> Result<Observed<'a>> {
+    let namespace = obj
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let status = obj.status.as_ref();
+    let mut o = Observed::new(
+        &obj.spec,
+        owner,
+        namespace,
+        status
+            .and_then(|s| s.credentials.as_ref())
+            .and_then(|c| c.password.as_ref())
+            .map(|p| p.secret_version.as_str()),
+        Timestamp::now(),
+    );
+    o.recorded_id = status
+        .and_then(|s| s.identity_id.clone())
+        .or_else(|| ctx.identity.known_ids.get(owner.uid));
+    o.batched = ctx.identity.creates.is_some();
+    Ok(o)
+}
+
+/// Brings Kratos in line with the spec: plans, observes or writes what the plan says, and plans
+/// again until the plan is an outcome.
+pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
+    let uid = obj.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let name = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    let mut o = observed(
+        obj,
+        ctx,
+        plan::Owner {
+            uid: &uid,
+            name: &name,
+        },
+    )?;
+    for _ in 0..MAX_STEPS {
+        match plan::plan(&o) {
+            Plan::Observe(need) => observe::observe(ctx, need, &mut o).await?,
+            Plan::Write(write) => act::write(ctx, write, &mut o).await?,
+            Plan::Done(outcome) => return Ok(outcome),
+        }
+    }
+    Err(Error::Unsettled(MAX_STEPS))
+}
+
+/// The finalizer's cleanup: looks for this object's identity as [`plan::cleanup`] asks, then
+/// deletes or releases it.
+async fn cleanup(obj: &Identity, ctx: &Context) -> Result<Action> {
+    let uid = obj.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let name = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    let mut o = observed(
+        obj,
+        ctx,
+        plan::Owner {
+            uid: &uid,
+            name: &name,
+        },
+    )?;
+    for _ in 0..MAX_STEPS {
+        match plan::cleanup(&o) {
+            Cleanup::Observe(need) => observe::observe(ctx, need, &mut o).await?,
+            done => {
+                act::cleanup(ctx, &done).await?;
+                report::cleaned(ctx, obj, &done);
+                return Ok(Action::await_change());
+            }
+        }
+    }
+    Err(Error::Unsettled(MAX_STEPS))
+}
+
+/// When to look at an object again after a reconcile that did not fail.
+fn next(outcome: &Outcome, settings: &crate::controller::Settings) -> Next {
+    match outcome {
+        // With drift sweeps, a list of all identities per resync finds drift; otherwise each
+        // object reads its identity once per resync.
+        Outcome::Synced(_) if settings.drift_sweeps => Next::AwaitChange,
+        Outcome::Synced(_) => Next::After(settings.resync_interval),
+        // A stalled outcome waits for a change, unless what can change it is not watched (the
+        // Namespace's policy, a schema in Kratos): then it is looked at again.
+        Outcome::Blocked(b) => match (b.stalled, b.recheck) {
+            (false, _) | (true, Some(Recheck::Namespace)) => Next::After(settings.resync_interval),
+            (true, Some(Recheck::Schema)) => Next::After(settings.schema_recheck_interval),
+            (true, None) => Next::AwaitChange,
+        },
     }
 }
 

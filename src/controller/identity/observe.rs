@@ -1,100 +1,76 @@
-//! Reads for one Identity reconcile: the schema it references, its password Secret, and the
-//! Kratos identity that belongs to it.
+//! Reads for one Identity reconcile: what a [`Need`] of the plan asks for, recorded raw in
+//! [`Observed`] (nothing here decides; [`super::plan`] reads the facts).
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
-use secrecy::SecretString;
+use kube::Api;
+use tracing::info;
 
-use super::{Blocked, plan::PasswordInput};
+use super::plan::{Need, Observed};
 use crate::controller::schema_ref::Fetched;
 use crate::{
-    Error, Result,
-    api::{IdentitySchemaRef, conditions, identity::Identity},
+    Result,
+    api::IdentitySchemaRef,
     controller::Context,
-    kratos::Identity as KratosIdentity,
+    kratos::{self, Identity as KratosIdentity},
     schema::CompiledSchema,
 };
 
-/// The schema an Identity uses.
-pub struct SchemaResolution {
-    /// Kratos schema id.
-    pub schema_id: String,
-    /// Its compiled form, when it could be fetched (Kratos validates either way).
-    pub compiled: Option<Arc<CompiledSchema>>,
+/// Looks at what `need` names and records it in `o`.
+pub async fn observe(ctx: &Context, need: Need, o: &mut Observed<'_>) -> Result<()> {
+    match need {
+        Need::SchemaRef(name) => o.schema_ref = Some(schema_ref(ctx, o.namespace, &name).await?),
+        Need::Schema { id, recheck } => o.schema = Some(schema(ctx, &id, recheck).await?),
+        Need::Namespace => o.policy = Some(ctx.tenancy.get(&ctx.client, o.namespace).await?),
+        Need::Recorded(id) => o.recorded = Some(identity(ctx, &id).await?),
+        Need::Candidates(identifiers) => o.candidates = Some(candidates(ctx, &identifiers).await?),
+        Need::Marked => o.marked = Some(marked(ctx, o.owner.uid).await?),
+        Need::Secret(name) => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), o.namespace);
+            o.secret = Some(secrets.get_opt(&name).await?);
+        }
+        Need::Full(id) => o.full = Some(ctx.kratos.get_identity(&id, &[]).await?),
+        Need::ReadBack(id) => o.read_back = Some(ctx.kratos.get_identity(&id, &[]).await?),
+        Need::Sessions(id) => {
+            o.sessions = Some(ctx.kratos.list_identity_sessions(&id, Some(true)).await?);
+        }
+    }
+    Ok(())
 }
 
-/// Resolves spec.schemaRef (which must be Ready) or spec.schemaId.
-pub async fn schema(obj: &Identity, ctx: &Context) -> Result<Result<SchemaResolution, Blocked>> {
-    let ns = obj
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let schema_id = match (&obj.spec.schema_ref, &obj.spec.schema_id) {
-        (Some(r), _) => {
-            let cached = ctx.caches.schema_ref(&ns, &r.name);
-            let sr = match cached {
-                Some(sr) => Some(sr),
-                None => {
-                    let refs: Api<IdentitySchemaRef> = Api::namespaced(ctx.client.clone(), &ns);
-                    refs.get_opt(&r.name).await?.map(Arc::new)
-                }
-            };
-            let Some(sr) = sr else {
-                return Ok(Err(Blocked::new(
-                    "SchemaNotReady",
-                    format!(
-                        "IdentitySchemaRef {} does not exist in namespace {ns}",
-                        r.name
-                    ),
-                )));
-            };
-            let conds = sr
-                .status
-                .as_ref()
-                .map(|s| s.conditions.as_slice())
-                .unwrap_or_default();
-            if !conditions::is_ready(conds) {
-                let why = conditions::ready(conds)
-                    .map(|c| c.message.clone())
-                    .unwrap_or_else(|| "not resolved yet".into());
-                return Ok(Err(Blocked::new(
-                    "SchemaNotReady",
-                    format!("IdentitySchemaRef {} is not Ready: {why}", r.name),
-                )));
-            }
-            sr.spec.schema_id.clone()
-        }
-        (None, Some(id)) => id.clone(),
-        (None, None) => {
-            // CEL rejects this at admission; kept for objects created before the rule existed.
-            return Ok(Err(Blocked::stalled(
-                "InvalidSpec",
-                "exactly one of spec.schemaRef and spec.schemaId must be set",
-            )));
-        }
-    };
-    // An IdentitySchemaRef's controller refreshes its schema every schema recheck interval;
-    // nothing refreshes the schema of a `schemaId`, so it is fetched again at that pace here.
-    let cached = if obj.spec.schema_ref.is_some() {
-        ctx.schemas.get(&schema_id)
-    } else {
+/// The IdentitySchemaRef `name` of `namespace`, from the cache or else the API server.
+async fn schema_ref(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Arc<IdentitySchemaRef>>> {
+    if let Some(cached) = ctx.caches.schema_ref(namespace, name) {
+        return Ok(Some(cached));
+    }
+    let refs: Api<IdentitySchemaRef> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(refs.get_opt(name).await?.map(Arc::new))
+}
+
+/// The compiled schema `id`, from the cache or else Kratos. An IdentitySchemaRef's controller
+/// refreshes its schema every schema recheck interval; nothing refreshes the schema of a
+/// `schemaId` (`recheck`), so it is fetched again at that pace here.
+async fn schema(ctx: &Context, id: &str, recheck: bool) -> Result<Option<Arc<CompiledSchema>>> {
+    let cached = if recheck {
         ctx.schemas
-            .get_fresh(&schema_id, ctx.settings.schema_recheck_interval)
+            .get_fresh(id, ctx.settings.schema_recheck_interval)
+    } else {
+        ctx.schemas.get(id)
     };
-    let compiled = match cached {
-        Some(c) => Some(c),
-        None => fetch_schema(ctx, &schema_id).await?,
-    };
-    Ok(Ok(SchemaResolution {
-        schema_id,
-        compiled,
-    }))
+    match cached {
+        Some(c) => Ok(Some(c)),
+        None => fetch_schema(ctx, id).await,
+    }
 }
 
 /// Fetches and compiles a schema into the cache. `None` when Kratos does not serve it or it does
 /// not compile (Kratos then validates on its own).
-pub async fn fetch_schema(ctx: &Context, id: &str) -> Result<Option<Arc<CompiledSchema>>> {
+async fn fetch_schema(ctx: &Context, id: &str) -> Result<Option<Arc<CompiledSchema>>> {
     match crate::controller::schema_ref::fetch(&ctx.kratos, id).await? {
         Fetched::Compiled(c) => {
             ctx.schemas.put(c);
@@ -108,93 +84,20 @@ pub async fn fetch_schema(ctx: &Context, id: &str) -> Result<Option<Arc<Compiled
     }
 }
 
-/// The password input, or why it cannot be read. `Ok(None)` when no password is configured.
-pub async fn password(
-    obj: &Identity,
-    ctx: &Context,
-) -> Result<Result<Option<PasswordInput>, Blocked>> {
-    let Some(pc) = obj
-        .spec
-        .credentials
-        .as_ref()
-        .and_then(|c| c.password.as_ref())
-    else {
-        return Ok(Ok(None));
-    };
-    let (sref, hashed) = match (&pc.secret_ref, &pc.hashed_secret_ref) {
-        (Some(r), None) => (r, false),
-        (None, Some(r)) => (r, true),
-        _ => {
-            return Ok(Err(Blocked::stalled(
-                "InvalidSpec",
-                "exactly one of credentials.password.secretRef and hashedSecretRef must be set",
-            )));
+/// The Kratos identity `id`; `None` when Kratos has none.
+async fn identity(ctx: &Context, id: &str) -> Result<Option<KratosIdentity>> {
+    match ctx.kratos.get_identity(id, &[]).await {
+        Ok(identity) => Ok(Some(identity)),
+        Err(kratos::Error::NotFound { .. }) => {
+            info!(identity = %id, "the Kratos identity recorded for the object is gone");
+            Ok(None)
         }
-    };
-    let ns = obj
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(secret) = secrets.get_opt(&sref.name).await? else {
-        return Ok(Err(Blocked::new(
-            "SecretNotFound",
-            format!("Secret {} does not exist in namespace {ns}", sref.name),
-        )));
-    };
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&sref.key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(&sref.key))
-                .map(|s| s.clone().into_bytes())
-        });
-    let Some(bytes) = bytes else {
-        return Ok(Err(Blocked::new(
-            "SecretNotFound",
-            format!("Secret {} has no key {:?}", sref.name, sref.key),
-        )));
-    };
-    let Ok(text) = String::from_utf8(bytes) else {
-        return Ok(Err(Blocked::new(
-            "InvalidSecret",
-            format!(
-                "the value of key {:?} in Secret {} is not UTF-8 text",
-                sref.key, sref.name
-            ),
-        )));
-    };
-    // A trailing newline is what `kubectl create secret --from-file` of an edited file leaves.
-    let value = text
-        .strip_suffix('\n')
-        .map(|t| t.strip_suffix('\r').unwrap_or(t))
-        .unwrap_or(&text)
-        .to_string();
-    if value.is_empty() {
-        return Ok(Err(Blocked::new(
-            "InvalidSecret",
-            format!("key {:?} of Secret {} is empty", sref.key, sref.name),
-        )));
+        Err(e) => Err(e.into()),
     }
-    let version = format!(
-        "{}/{}",
-        secret.metadata.uid.as_deref().unwrap_or(""),
-        secret.metadata.resource_version.as_deref().unwrap_or("")
-    );
-    Ok(Ok(Some(PasswordInput {
-        value: SecretString::from(value),
-        hashed,
-        version,
-        policy: pc.policy.unwrap_or_default(),
-    })))
 }
 
 /// The Kratos identities that carry one of `identifiers` as a credential identifier.
-pub async fn candidates(ctx: &Context, identifiers: &[String]) -> Result<Vec<KratosIdentity>> {
+async fn candidates(ctx: &Context, identifiers: &[String]) -> Result<Vec<KratosIdentity>> {
     let mut out: Vec<KratosIdentity> = Vec::new();
     for identifier in identifiers {
         for found in ctx
@@ -208,4 +111,17 @@ pub async fn candidates(ctx: &Context, identifiers: &[String]) -> Result<Vec<Kra
         }
     }
     Ok(out)
+}
+
+/// The identity the marker index names for `uid` (for objects without identifiers); `None` when
+/// there is none, or it is gone. Whose it is, the plan reads from its marker.
+async fn marked(ctx: &Context, uid: &str) -> Result<Option<KratosIdentity>> {
+    let Some(id) = ctx.identity.markers.find(&ctx.kratos, uid).await? else {
+        return Ok(None);
+    };
+    match ctx.kratos.get_identity(&id, &[]).await {
+        Ok(identity) => Ok(Some(identity)),
+        Err(kratos::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -1,7 +1,7 @@
 //! What one Identity reconcile did: the facts [`super::act`] hands to [`super::report`] for the
 //! status and Events.
 
-use super::{Blocked, plan::Difference};
+use super::{Blocked, desired::Difference};
 
 /// What happened to the Kratos identity in this reconcile.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,119 +1,842 @@
-//! The pure core of the Identity controller: from what the spec asks for ([`Desired`]) and what
-//! Kratos has ([`Identity`]), decide what to write. No client, no clock, no I/O; every branch
-//! is unit-tested below.
+//! The decision of one Identity reconcile, without I/O. From what the reconcile has observed so
+//! far ([`Observed`]), [`plan`] says what to do next ([`Plan`]): look at one more thing, make
+//! one write to Kratos, or stop with an [`Outcome`]. The reconcile (`super::sync`) carries the
+//! plan out, records what it saw or what Kratos answered, and plans again until it is done; a
+//! create that conflicts is recorded like any answer, and the next plan looks the identifiers
+//! up. Every decision lives here:
+//!
+//! - whether the spec can be served at all (limits, schema, the namespace's policy, the Secret);
+//! - which Kratos identity is this object's: ownership is read from the marker in Kratos, never
+//!   from `status.identityId` (a field a tenant can write), so an id in status only says where
+//!   to look;
+//! - whether to create, take back, adopt or refuse, and what to update;
+//! - which addresses to verify and which sessions to revoke;
+//! - on deletion, which identity to delete or release ([`cleanup`]).
+//!
+//! No client, no clock (the reconcile passes `now`), no logging; every branch is unit-tested
+//! below.
+
+use std::sync::Arc;
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
 use secrecy::SecretString;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::{Blocked, Recheck};
+use super::{
+    Blocked, Recheck,
+    desired::{self, Desired, Difference, PasswordInput},
+    outcome::{Change, Outcome, Synced},
+};
 use crate::{
     api::{
-        OIDC_MARKER, OWNER_MARKER, UID_MARKER,
+        IdentitySchemaRef, OWNER_MARKER, UID_MARKER, conditions,
         identity::{
-            AdoptionPolicy, IdentitySpec, IdentityState, MAX_FREE_JSON_BYTES, MAX_NESTING,
+            AdoptionPolicy, DeletionPolicy, IdentitySpec, MAX_FREE_JSON_BYTES, MAX_NESTING,
             PasswordPolicy,
         },
     },
-    controller::json,
-    kratos::{
-        CreateIdentityBody, Identity, IdentityCredentialsImport, IdentityState as KratosState,
-        JsonPatchOp, OidcImport, OidcImportConfig, OidcProviderImport, PasswordImport, Session,
-        UpdateIdentityBody, VerifiableAddressImport,
-    },
+    kratos::{CreateIdentityBody, Identity, JsonPatchOp, Session, UpdateIdentityBody},
+    schema::CompiledSchema,
     tenancy::{ANNOTATION_IDENTIFIER_PATTERNS, NamespacePolicy, REASON_FORBIDDEN},
 };
 
-/// A password to import, with the Secret version it came from.
-#[derive(Debug, Clone)]
-pub struct PasswordInput {
-    /// The cleartext password or the hash.
-    pub value: SecretString,
-    /// Whether `value` is a hash.
-    pub hashed: bool,
-    /// `<uid>/<resourceVersion>` of the Secret.
-    pub version: String,
-    /// SetOnce or Sync.
-    pub policy: PasswordPolicy,
+/// A Kratos answer that is an outcome for the object (reported in status), not a failure to
+/// retry: the request was refused for what it asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 409: another identity already uses one of the identifiers or addresses.
+    Conflict(String),
+    /// 400: Kratos rejected the request; `pointer` names the field when Kratos says which.
+    Invalid {
+        /// Kratos' reason.
+        reason: String,
+        /// JSON pointer into the request (`#/traits/email`), when given.
+        pointer: Option<String>,
+    },
 }
 
-/// What the spec asks for, resolved (schema id known, Secret read, marker merged).
-#[derive(Debug, Clone)]
-pub struct Desired {
-    /// Kratos schema id.
-    pub schema_id: String,
-    /// Traits.
-    pub traits: Value,
-    /// State.
-    pub state: IdentityState,
-    /// `metadata_public`.
-    pub metadata_public: Option<Value>,
-    /// `metadata_admin`, with the owner marker merged in.
-    pub metadata_admin: Value,
-    /// `(value, via)` pairs to import as verified.
-    pub verified_addresses: Vec<(String, String)>,
-    /// `(provider, subject)` pairs.
-    pub oidc: Vec<(String, String)>,
-    /// The password, when one is configured and its Secret could be read.
-    pub password: Option<PasswordInput>,
-    /// Revoke all sessions while the state is inactive.
-    pub revoke_on_deactivate: bool,
-    /// Disable sessions authenticated before this instant.
-    pub revoke_before: Option<Timestamp>,
+/// What Kratos answered to a write: its result, or a [`Refusal`].
+pub type Answer<T> = Result<T, Refusal>;
+
+/// What one reconcile has seen so far, and what Kratos answered to its writes. A field that is
+/// `None` has not been looked at (or written) yet; the reconcile fills it when a [`Plan`] asks.
+/// No `Debug`: it holds the password Secret.
+#[derive(Clone)]
+pub struct Observed<'a> {
+    /// The object's spec.
+    pub spec: &'a IdentitySpec,
+    /// The object's uid and `<namespace>/<name>`.
+    pub owner: Owner<'a>,
+    /// The object's namespace.
+    pub namespace: &'a str,
+    /// The Secret version of the password last imported (from status).
+    pub last_password: Option<&'a str>,
+    /// The Kratos id recorded for the object (`status.identityId`, or this process' memory of an
+    /// id it wrote): where to look first, not a proof of ownership.
+    pub recorded_id: Option<String>,
+    /// Whether creates go through the batcher (identifiers are then looked up only after a
+    /// create conflicts).
+    pub batched: bool,
+    /// The time of this reconcile.
+    pub now: Timestamp,
+    /// The IdentitySchemaRef named by `spec.schemaRef` (`Some(None)`: it does not exist).
+    pub schema_ref: Option<Option<Arc<IdentitySchemaRef>>>,
+    /// The compiled schema (`Some(None)`: Kratos does not serve it or it does not compile;
+    /// Kratos then validates alone).
+    pub schema: Option<Option<Arc<CompiledSchema>>>,
+    /// The namespace's tenancy policy.
+    pub policy: Option<NamespacePolicy>,
+    /// The identity at [`Self::recorded_id`] (`Some(None)`: Kratos has none there).
+    pub recorded: Option<Option<Identity>>,
+    /// The identities that carry one of the object's identifiers.
+    pub candidates: Option<Vec<Identity>>,
+    /// The identity the marker index names for the object's uid (objects without identifiers).
+    pub marked: Option<Option<Identity>>,
+    /// The password Secret (`Some(None)`: it does not exist).
+    pub secret: Option<Option<Secret>>,
+    /// The answer to the create: the new identity's id.
+    pub created: Option<Answer<String>>,
+    /// The identity read again with its credentials (a lookup's list carries none).
+    pub full: Option<Identity>,
+    /// The answer to removing the OIDC links that left the spec.
+    pub unlinked: Option<Answer<()>>,
+    /// The answer to the update: the updated identity.
+    pub updated: Option<Answer<Identity>>,
+    /// An adopted identity read back after the update wrote its marker.
+    pub read_back: Option<Identity>,
+    /// The identity after its addresses were marked verified.
+    pub verified: Option<Identity>,
+    /// The identity's active sessions.
+    pub sessions: Option<Vec<Session>>,
+    /// Whether the sessions the plan named were revoked.
+    pub revoked: bool,
 }
 
-/// `metadata_admin` as the operator writes it: the user's object plus the owner marker and,
-/// when the spec has OIDC links, the list of them ([`OIDC_MARKER`], sorted; a value the user
-/// wrote under that key is replaced).
-pub fn desired_metadata_admin(
-    user: Option<&Value>,
-    owner: &str,
-    uid: &str,
-    oidc: &[(String, String)],
-) -> Value {
-    let mut map = match user {
-        Some(Value::Object(m)) => m.clone(),
-        _ => Map::new(),
-    };
-    map.insert(OWNER_MARKER.into(), Value::String(owner.into()));
-    map.insert(UID_MARKER.into(), Value::String(uid.into()));
-    map.remove(OIDC_MARKER);
-    let links = oidc_identifiers(oidc);
-    if !links.is_empty() {
-        map.insert(
-            OIDC_MARKER.into(),
-            Value::Array(links.into_iter().map(Value::String).collect()),
-        );
-    }
-    Value::Object(map)
-}
-
-/// Kratos' identifier of an OIDC link.
-pub fn oidc_identifier(provider: &str, subject: &str) -> String {
-    format!("{provider}:{subject}")
-}
-
-/// The identifiers of `(provider, subject)` links, sorted, each once.
-fn oidc_identifiers(oidc: &[(String, String)]) -> Vec<String> {
-    let mut links: Vec<String> = oidc.iter().map(|(p, s)| oidc_identifier(p, s)).collect();
-    links.sort();
-    links.dedup();
-    links
-}
-
-/// `metadata_admin` with the owner marker removed (deletionPolicy Orphan). `None` when nothing
-/// else is left.
-pub fn released_metadata_admin(current: Option<&Value>) -> Option<Value> {
-    match current {
-        Some(Value::Object(m)) => {
-            let mut m = m.clone();
-            m.remove(OWNER_MARKER);
-            m.remove(UID_MARKER);
-            m.remove(OIDC_MARKER);
-            (!m.is_empty()).then_some(Value::Object(m))
+impl<'a> Observed<'a> {
+    /// Nothing observed yet about the object with these fields.
+    pub fn new(
+        spec: &'a IdentitySpec,
+        owner: Owner<'a>,
+        namespace: &'a str,
+        last_password: Option<&'a str>,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            spec,
+            owner,
+            namespace,
+            last_password,
+            recorded_id: None,
+            batched: false,
+            now,
+            schema_ref: None,
+            schema: None,
+            policy: None,
+            recorded: None,
+            candidates: None,
+            marked: None,
+            secret: None,
+            created: None,
+            full: None,
+            unlinked: None,
+            updated: None,
+            read_back: None,
+            verified: None,
+            sessions: None,
+            revoked: false,
         }
-        Some(Value::Null) | None => None,
-        Some(other) => Some(other.clone()),
+    }
+}
+
+/// Something to look at before deciding further.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// The IdentitySchemaRef of this name in the object's namespace.
+    SchemaRef(String),
+    /// The compiled schema of this Kratos schema id. `recheck`: fetched again when older than
+    /// the schema recheck interval (a `schemaId`'s schema; an IdentitySchemaRef refreshes its
+    /// own).
+    Schema {
+        /// Kratos schema id.
+        id: String,
+        /// Whether a cached schema must be fresh.
+        recheck: bool,
+    },
+    /// The namespace's tenancy policy.
+    Namespace,
+    /// The identity at the recorded id.
+    Recorded(String),
+    /// The identities carrying any of these identifiers.
+    Candidates(Vec<String>),
+    /// The identity the marker index names for the object.
+    Marked,
+    /// The password Secret of this name.
+    Secret(String),
+    /// The identity of this id with its credentials.
+    Full(String),
+    /// The adopted identity of this id, after the update.
+    ReadBack(String),
+    /// The active sessions of the identity of this id.
+    Sessions(String),
+}
+
+/// One write to Kratos. `Debug` shows no secret: the password inside a body is redacted.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Create the identity. `uncertain`: the object has no identifiers, so a failed create may
+    /// have reached Kratos unseen and must be looked for by its marker.
+    Create {
+        /// The POST body.
+        body: Box<CreateIdentityBody>,
+        /// Whether a failure leaves it unknown whether the identity exists.
+        uncertain: bool,
+    },
+    /// Remove these OIDC links (imported by the operator, no longer in the spec).
+    Unlink {
+        /// Kratos identity id.
+        id: String,
+        /// `provider:subject` links.
+        links: Vec<String>,
+    },
+    /// Replace the identity with this body.
+    Update {
+        /// Kratos identity id.
+        id: String,
+        /// The PUT body.
+        body: Box<UpdateIdentityBody>,
+    },
+    /// Mark addresses verified.
+    Verify {
+        /// Kratos identity id.
+        id: String,
+        /// JSON Patch operations.
+        ops: Vec<JsonPatchOp>,
+    },
+    /// Revoke sessions.
+    Revoke {
+        /// Kratos identity id.
+        id: String,
+        /// Delete every session of the identity.
+        all: bool,
+        /// Disable these sessions.
+        disable: Vec<String>,
+    },
+}
+
+/// The next step of a reconcile.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// Look at something, then plan again.
+    Observe(Need),
+    /// Write to Kratos, record the answer, then plan again.
+    Write(Write),
+    /// Done: report this.
+    Done(Outcome),
+}
+
+impl From<Blocked> for Plan {
+    fn from(blocked: Blocked) -> Self {
+        Self::Done(Outcome::Blocked(blocked))
+    }
+}
+
+/// A step of the decision: the value it settled, or the plan to stop at.
+type Decided<T> = Result<T, Plan>;
+
+/// The next step for the Identity as observed (pure).
+pub fn plan(o: &Observed<'_>) -> Plan {
+    match decide(o) {
+        Ok(plan) | Err(plan) => plan,
+    }
+}
+
+fn decide(o: &Observed<'_>) -> Decided<Plan> {
+    let admitted = admit(o)?;
+    let found = existing(o, &admitted.identifiers)?;
+    // The password is needed to create, or to re-import under policy Sync.
+    let needs_password = found.is_none()
+        || o.spec
+            .credentials
+            .as_ref()
+            .and_then(|c| c.password.as_ref())
+            .and_then(|p| p.policy)
+            == Some(PasswordPolicy::Sync);
+    let password = if needs_password { password(o)? } else { None };
+    let desired = desired::desired(
+        o.spec,
+        admitted.schema_id,
+        o.owner.name,
+        o.owner.uid,
+        password,
+    );
+    let report = Report {
+        identifier: admitted
+            .compiled
+            .and_then(|c| c.display_identifier(&o.spec.traits)),
+        oidc: desired.oidc.iter().map(|(p, _)| p.clone()).collect(),
+        password_version: desired.password.as_ref().map(|p| p.version.clone()),
+    };
+    match found {
+        None => create(o, &desired, admitted.identifiers.is_empty(), report),
+        Some((existing, how)) => {
+            let (identity, change, password_imported) =
+                update(o, &desired, existing, how, &report)?;
+            finish(o, &desired, identity, change, password_imported, report)
+        }
+    }
+}
+
+/// What the spec resolved to once the plan admitted it.
+struct Admitted<'o> {
+    /// The Kratos schema id.
+    schema_id: String,
+    /// The compiled schema, when there is one.
+    compiled: Option<&'o CompiledSchema>,
+    /// The identifier values of the traits (none without a compiled schema).
+    identifiers: Vec<String>,
+}
+
+/// What the status reports besides the identity itself.
+struct Report {
+    /// The display identifier.
+    identifier: Option<String>,
+    /// The spec's OIDC providers.
+    oidc: Vec<String>,
+    /// The Secret version of the password read in this reconcile.
+    password_version: Option<String>,
+}
+
+/// Whether the spec can be served at all, before Kratos is asked anything: it decodes and
+/// stays within the limits, its schema resolves and accepts the traits, and the namespace's
+/// policy allows what it asks.
+fn admit<'o>(o: &'o Observed<'_>) -> Decided<Admitted<'o>> {
+    let spec = o.spec;
+    if let Some(why) = &spec.undecodable {
+        return Err(Blocked::stalled("InvalidSpec", why.clone()).into());
+    }
+    check_limits(spec).map_err(|message| Blocked::stalled("InvalidSpec", message))?;
+    let schema_id = schema_id(o, spec)?;
+    let Some(compiled) = &o.schema else {
+        return Err(Plan::Observe(Need::Schema {
+            recheck: spec.schema_ref.is_none(),
+            id: schema_id,
+        }));
+    };
+    let compiled = compiled.as_deref();
+    if let Some(c) = compiled
+        && let Err(errors) = c.validate_traits(&spec.traits)
+    {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return Err(schema_invalid(
+            spec,
+            format!(
+                "traits do not match schema {schema_id}: {}",
+                list.join("; ")
+            ),
+        )
+        .into());
+    }
+    let identifiers = compiled
+        .map(|c| c.identifier_values(&spec.traits))
+        .unwrap_or_default();
+    // What the namespace may do: decided by the cluster admin on the Namespace.
+    let Some(policy) = &o.policy else {
+        return Err(Plan::Observe(Need::Namespace));
+    };
+    if let Some(blocked) = tenancy_refusal(spec, policy, compiled.is_some(), &identifiers) {
+        return Err(blocked.into());
+    }
+    Ok(Admitted {
+        schema_id,
+        compiled,
+        identifiers,
+    })
+}
+
+/// Brings an existing identity's fields in line with the spec: the OIDC links that left it
+/// are removed, then one update sends every difference. Returns the identity as it now is,
+/// what changed, and the Secret version of a password imported.
+fn update<'o>(
+    o: &'o Observed<'_>,
+    desired: &Desired,
+    existing: &'o Identity,
+    how: Option<Change>,
+    report: &Report,
+) -> Decided<(&'o Identity, Option<Change>, Option<String>)> {
+    // An identity found by a lookup (a list) comes without credentials; the OIDC links to add
+    // or remove are decided on the identity itself.
+    let existing = if existing.credentials.is_none() {
+        o.full
+            .as_ref()
+            .ok_or_else(|| Plan::Observe(Need::Full(existing.id.clone())))?
+    } else {
+        existing
+    };
+    // Links the operator imported and the spec no longer has are removed before the update
+    // that drops them from the marker: a failure here leaves the marker, and the next
+    // reconcile tries again.
+    let links = desired::oidc_to_unlink(desired, existing);
+    if !links.is_empty() {
+        match &o.unlinked {
+            None => {
+                return Err(Plan::Write(Write::Unlink {
+                    id: existing.id.clone(),
+                    links,
+                }));
+            }
+            Some(Err(Refusal::Invalid { reason, .. } | Refusal::Conflict(reason))) => {
+                return Err(Blocked::stalled(
+                    "InvalidSpec",
+                    format!("Kratos refused to remove an OIDC link that left the spec: {reason}"),
+                )
+                .into());
+            }
+            Some(Ok(())) => {}
+        }
+    }
+
+    let mut change = how;
+    // An identity taken back was created by this object with the password of that moment.
+    let mut password_imported = if change == Some(Change::TookBack) {
+        report.password_version.clone()
+    } else {
+        None
+    };
+    let last = password_imported.as_deref().or(o.last_password);
+    let diffs = desired::differences(desired, existing, last);
+    if diffs.is_empty() {
+        return Ok((existing, change, password_imported));
+    }
+    match &o.updated {
+        None => Err(Plan::Write(Write::Update {
+            id: existing.id.clone(),
+            body: Box::new(desired::update_body(desired, existing, last)),
+        })),
+        Some(Ok(updated)) => {
+            if diffs.contains(&Difference::Password) {
+                password_imported.clone_from(&report.password_version);
+            }
+            change.get_or_insert(Change::Updated(diffs));
+            Ok((updated, change, password_imported))
+        }
+        Some(Err(Refusal::Conflict(reason))) => Err(Blocked::new(
+            "Conflict",
+            format!(
+                "another Kratos identity already uses one of these identifiers or addresses: {reason}"
+            ),
+        )
+        .into()),
+        Some(Err(Refusal::Invalid { reason, pointer })) => {
+            Err(kratos_invalid(o.spec, reason, pointer.as_deref()).into())
+        }
+    }
+}
+
+/// After the update: an adoption is read back, addresses are verified, sessions revoked; then
+/// the identity is Synced.
+fn finish(
+    o: &Observed<'_>,
+    desired: &Desired,
+    identity: &Identity,
+    change: Option<Change>,
+    password_imported: Option<String>,
+    report: Report,
+) -> Decided<Plan> {
+    // Kratos has no compare-and-swap: two objects adopting one identity at once both write
+    // their marker and the last write wins. It is read back; the loser backs off to Conflict
+    // without touching the identity again (and its status never records the id).
+    let identity = if change == Some(Change::Adopted) {
+        match &o.read_back {
+            None => return Ok(Plan::Observe(Need::ReadBack(identity.id.clone()))),
+            Some(written) if ownership(written, o.owner) == Ownership::Ours => written,
+            Some(_) => return Err(Blocked::new("Conflict", OWNED_ELSEWHERE).into()),
+        }
+    } else {
+        identity
+    };
+
+    let identity = match &o.verified {
+        Some(verified) => verified,
+        None => {
+            let ops = desired::verify_address_ops(desired, identity, o.now);
+            if !ops.is_empty() {
+                return Ok(Plan::Write(Write::Verify {
+                    id: identity.id.clone(),
+                    ops,
+                }));
+            }
+            identity
+        }
+    };
+
+    // Active ones only (flag set and not expired), as the sweep counts them.
+    let Some(sessions) = &o.sessions else {
+        return Ok(Plan::Observe(Need::Sessions(identity.id.clone())));
+    };
+    let sessions = desired::plan_sessions(desired, sessions);
+    if (sessions.revoke_all || !sessions.disable.is_empty()) && !o.revoked {
+        return Ok(Plan::Write(Write::Revoke {
+            id: identity.id.clone(),
+            all: sessions.revoke_all,
+            disable: sessions.disable,
+        }));
+    }
+    Ok(Plan::Done(Outcome::Synced(Box::new(Synced {
+        identity_id: identity.id.clone(),
+        state: identity.state.as_str().to_string(),
+        schema_id: identity.schema_id.clone(),
+        change: change.unwrap_or(Change::Unchanged),
+        identifier: report.identifier,
+        password_imported,
+        oidc: report.oidc,
+        active_sessions: sessions.active_after,
+    }))))
+}
+
+/// The Kratos schema id the spec uses: `spec.schemaId`, or the one of the IdentitySchemaRef it
+/// names, which must be Ready.
+fn schema_id(o: &Observed<'_>, spec: &IdentitySpec) -> Decided<String> {
+    match (&spec.schema_ref, &spec.schema_id) {
+        (Some(r), _) => {
+            let Some(found) = &o.schema_ref else {
+                return Err(Plan::Observe(Need::SchemaRef(r.name.clone())));
+            };
+            let Some(sr) = found else {
+                return Err(Blocked::new(
+                    "SchemaNotReady",
+                    format!(
+                        "IdentitySchemaRef {} does not exist in namespace {}",
+                        r.name, o.namespace
+                    ),
+                )
+                .into());
+            };
+            let conds = sr
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default();
+            if !conditions::is_ready(conds) {
+                let why = conditions::ready(conds)
+                    .map(|c| c.message.clone())
+                    .unwrap_or_else(|| "not resolved yet".into());
+                return Err(Blocked::new(
+                    "SchemaNotReady",
+                    format!("IdentitySchemaRef {} is not Ready: {why}", r.name),
+                )
+                .into());
+            }
+            Ok(sr.spec.schema_id.clone())
+        }
+        (None, Some(id)) => Ok(id.clone()),
+        // CEL rejects this at admission; kept for objects created before the rule existed.
+        (None, None) => Err(Blocked::stalled(
+            "InvalidSpec",
+            "exactly one of spec.schemaRef and spec.schemaId must be set",
+        )
+        .into()),
+    }
+}
+
+/// The Kratos identity this object manages, if it exists, and how it was found (`None`: by the
+/// recorded id). The recorded id only says where to look: the marker in Kratos decides.
+fn existing<'o>(
+    o: &'o Observed<'_>,
+    identifiers: &[String],
+) -> Decided<Option<(&'o Identity, Option<Change>)>> {
+    if let Some(id) = &o.recorded_id {
+        match &o.recorded {
+            None => return Err(Plan::Observe(Need::Recorded(id.clone()))),
+            Some(Some(identity)) if ownership(identity, o.owner).is_ours() => {
+                return Ok(Some((identity, None)));
+            }
+            Some(Some(_)) => return Err(not_owned().into()),
+            // Gone: created again (or found by its identifiers or marker) below.
+            Some(None) => {}
+        }
+    }
+    // Per-object mode looks the identifiers up before creating. With batched creates the
+    // lookup happens only when a create conflicts: an identifier is unique in Kratos, so the
+    // conflict is what finds an identity created before (and the lookup then resolves it).
+    let conflicted = matches!(o.created, Some(Err(Refusal::Conflict(_))));
+    if !identifiers.is_empty() && (!o.batched || conflicted) {
+        let Some(candidates) = &o.candidates else {
+            return Err(Plan::Observe(Need::Candidates(identifiers.to_vec())));
+        };
+        let (id, how) = match resolve_existing(candidates, o.owner, o.spec.adoption()) {
+            Existing::None => return Ok(None),
+            Existing::TakeBack(id) => (id, Change::TookBack),
+            Existing::Adopt(id) => (id, Change::Adopted),
+            Existing::Conflict(message) => return Err(Blocked::new("Conflict", message).into()),
+        };
+        return Ok(candidates
+            .iter()
+            .find(|i| i.id == id)
+            .map(|i| (i, Some(how))));
+    }
+    // Without identifiers nothing in Kratos refuses a second create: an identity this object
+    // created before a crash (or a create whose answer was lost) is found by its marker.
+    if identifiers.is_empty() {
+        let Some(marked) = &o.marked else {
+            return Err(Plan::Observe(Need::Marked));
+        };
+        if let Some(identity) = marked
+            && ownership(identity, o.owner).is_ours()
+        {
+            return Ok(Some((identity, Some(Change::TookBack))));
+        }
+    }
+    Ok(None)
+}
+
+/// Creates the identity, or reports what Kratos answered to the create.
+fn create(o: &Observed<'_>, desired: &Desired, uncertain: bool, report: Report) -> Decided<Plan> {
+    match &o.created {
+        None => Ok(Plan::Write(Write::Create {
+            body: Box::new(desired::create_body(desired)),
+            uncertain,
+        })),
+        // A new identity: addresses were imported verified and it has no sessions.
+        Some(Ok(id)) => Ok(Plan::Done(Outcome::Synced(Box::new(Synced {
+            identity_id: id.clone(),
+            state: desired.state.as_str().to_string(),
+            schema_id: desired.schema_id.clone(),
+            change: Change::Created,
+            identifier: report.identifier,
+            password_imported: report.password_version,
+            oidc: report.oidc,
+            active_sessions: 0,
+        })))),
+        Some(Err(Refusal::Conflict(reason))) => Err(Blocked::new(
+            "Conflict",
+            format!(
+                "Kratos already has an identity with one of these identifiers or addresses: {reason}"
+            ),
+        )
+        .into()),
+        Some(Err(Refusal::Invalid { reason, pointer })) => {
+            Err(kratos_invalid(o.spec, reason, pointer.as_deref()).into())
+        }
+    }
+}
+
+/// The password to import, read from the Secret the spec names; `None` when no password is
+/// configured.
+fn password(o: &Observed<'_>) -> Decided<Option<PasswordInput>> {
+    let Some(pc) = o
+        .spec
+        .credentials
+        .as_ref()
+        .and_then(|c| c.password.as_ref())
+    else {
+        return Ok(None);
+    };
+    let (sref, hashed) = match (&pc.secret_ref, &pc.hashed_secret_ref) {
+        (Some(r), None) => (r, false),
+        (None, Some(r)) => (r, true),
+        _ => {
+            return Err(Blocked::stalled(
+                "InvalidSpec",
+                "exactly one of credentials.password.secretRef and hashedSecretRef must be set",
+            )
+            .into());
+        }
+    };
+    let Some(found) = &o.secret else {
+        return Err(Plan::Observe(Need::Secret(sref.name.clone())));
+    };
+    let Some(secret) = found else {
+        return Err(Blocked::new(
+            "SecretNotFound",
+            format!(
+                "Secret {} does not exist in namespace {}",
+                sref.name, o.namespace
+            ),
+        )
+        .into());
+    };
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&sref.key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(&sref.key))
+                .map(|s| s.clone().into_bytes())
+        });
+    let Some(bytes) = bytes else {
+        return Err(Blocked::new(
+            "SecretNotFound",
+            format!("Secret {} has no key {:?}", sref.name, sref.key),
+        )
+        .into());
+    };
+    let Ok(text) = String::from_utf8(bytes) else {
+        return Err(Blocked::new(
+            "InvalidSecret",
+            format!(
+                "the value of key {:?} in Secret {} is not UTF-8 text",
+                sref.key, sref.name
+            ),
+        )
+        .into());
+    };
+    // A trailing newline is what `kubectl create secret --from-file` of an edited file leaves.
+    let value = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text)
+        .to_string();
+    if value.is_empty() {
+        return Err(Blocked::new(
+            "InvalidSecret",
+            format!("key {:?} of Secret {} is empty", sref.key, sref.name),
+        )
+        .into());
+    }
+    let version = format!(
+        "{}/{}",
+        secret.metadata.uid.as_deref().unwrap_or(""),
+        secret.metadata.resource_version.as_deref().unwrap_or("")
+    );
+    Ok(Some(PasswordInput {
+        value: SecretString::from(value),
+        hashed,
+        version,
+        policy: pc.policy.unwrap_or_default(),
+    }))
+}
+
+/// What the finalizer's cleanup does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cleanup {
+    /// Look at something, then decide again.
+    Observe(Need),
+    /// Delete this Kratos identity (deletionPolicy Delete).
+    Delete {
+        /// Kratos identity id.
+        id: String,
+        /// The identity recorded in status is another's (it is left alone).
+        not_owned: bool,
+    },
+    /// Release this identity: write `metadata_admin` without the marker (deletionPolicy Orphan).
+    Release {
+        /// Kratos identity id.
+        id: String,
+        /// The new `metadata_admin` (`Null` when nothing else was in it).
+        metadata_admin: Value,
+        /// The identity recorded in status is another's (it is left alone).
+        not_owned: bool,
+    },
+    /// Nothing of this object's is in Kratos.
+    Nothing {
+        /// The identity recorded in status is another's (it is left alone).
+        not_owned: bool,
+    },
+}
+
+/// The finalizer's decision (pure): delete or release the Kratos identity only after its marker
+/// proved it is this object's. An id in status alone never deletes or releases anything; when it
+/// names another's identity (or none), the one carrying this object's marker among those with
+/// its identifiers (or in the marker index) is the one.
+pub fn cleanup(o: &Observed<'_>) -> Cleanup {
+    let mut not_owned = false;
+    let mut ours = None;
+    if let Some(id) = &o.recorded_id {
+        match &o.recorded {
+            None => return Cleanup::Observe(Need::Recorded(id.clone())),
+            Some(Some(identity)) if ownership(identity, o.owner).is_ours() => ours = Some(identity),
+            Some(Some(_)) => not_owned = true,
+            // Gone already: its identifiers may still name one of ours (a re-created one).
+            Some(None) => {}
+        }
+    }
+    if ours.is_none() {
+        // The schema only gives the identifiers: one that cannot be resolved gives none.
+        let schema_id = match schema_id(o, o.spec) {
+            Ok(id) => Some(id),
+            Err(Plan::Observe(need)) => return Cleanup::Observe(need),
+            Err(_) => None,
+        };
+        let compiled = match (schema_id, &o.schema) {
+            (Some(id), None) => {
+                return Cleanup::Observe(Need::Schema {
+                    recheck: o.spec.schema_ref.is_none(),
+                    id,
+                });
+            }
+            (Some(_), Some(compiled)) => compiled.as_deref(),
+            (None, _) => None,
+        };
+        let identifiers = compiled
+            .map(|c| c.identifier_values(&o.spec.traits))
+            .unwrap_or_default();
+        ours = if identifiers.is_empty() {
+            match &o.marked {
+                None => return Cleanup::Observe(Need::Marked),
+                Some(marked) => marked.as_ref(),
+            }
+        } else {
+            match &o.candidates {
+                None => return Cleanup::Observe(Need::Candidates(identifiers)),
+                Some(candidates) => candidates.iter().find(|i| ownership(i, o.owner).is_ours()),
+            }
+        }
+        .filter(|i| ownership(i, o.owner).is_ours());
+    }
+    let Some(identity) = ours else {
+        return Cleanup::Nothing { not_owned };
+    };
+    let id = identity.id.clone();
+    match o.spec.deletion_policy() {
+        DeletionPolicy::Delete => Cleanup::Delete { id, not_owned },
+        DeletionPolicy::Orphan => Cleanup::Release {
+            id,
+            metadata_admin: desired::released_metadata_admin(identity.metadata_admin.as_ref())
+                .unwrap_or(Value::Null),
+            not_owned,
+        },
+    }
+}
+
+/// The Conflict of an object whose status (or memory) points at an identity it does not own.
+fn not_owned() -> Blocked {
+    Blocked::new(
+        "Conflict",
+        "the Kratos identity recorded in status.identityId is not owned by this object (its owner \
+         marker names another object, or none); nothing is changed in Kratos. Clear \
+         status.identityId to let the operator create or take back this object's own identity",
+    )
+}
+
+/// InvalidSpec for traits the schema (or Kratos) refuses. A `schemaId`'s schema can change in
+/// Kratos without any watch event (an IdentitySchemaRef's change is watched): such an object is
+/// validated again every schema recheck interval.
+fn schema_invalid(spec: &IdentitySpec, message: String) -> Blocked {
+    let blocked = Blocked::stalled("InvalidSpec", message);
+    if spec.schema_ref.is_none() {
+        blocked.rechecked(Recheck::Schema)
+    } else {
+        blocked
+    }
+}
+
+/// InvalidSpec for a request Kratos refused: a refusal of the traits (Kratos names a pointer
+/// into them) may end when the schema changes; any other (a password hash in a format Kratos
+/// does not know) needs a change to the spec or its Secret.
+fn kratos_invalid(spec: &IdentitySpec, reason: &str, pointer: Option<&str>) -> Blocked {
+    let message = match pointer {
+        Some(p) => format!("Kratos rejected the identity at {p}: {reason}"),
+        None => format!("Kratos rejected the identity: {reason}"),
+    };
+    if pointer.is_some_and(|p| p.trim_start_matches('#').starts_with("/traits")) {
+        schema_invalid(spec, message)
+    } else {
+        Blocked::stalled("InvalidSpec", message)
     }
 }
 
@@ -186,52 +909,6 @@ pub fn tenancy_refusal(
         .check_identifiers(identifiers.iter().map(String::as_str))
         .err()
         .map(|message| Blocked::stalled(REASON_FORBIDDEN, message).rechecked(Recheck::Namespace))
-}
-
-/// Builds [`Desired`] from the spec and the resolved inputs.
-pub fn desired(
-    spec: &IdentitySpec,
-    schema_id: String,
-    owner: &str,
-    uid: &str,
-    password: Option<PasswordInput>,
-) -> Desired {
-    let oidc: Vec<(String, String)> = spec
-        .credentials
-        .as_ref()
-        .and_then(|c| c.oidc.as_ref())
-        .map(|o| {
-            o.providers
-                .iter()
-                .map(|p| (p.provider.clone(), p.subject.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
-    Desired {
-        schema_id,
-        traits: spec.traits.clone(),
-        state: spec.state(),
-        metadata_public: spec.metadata_public.clone().filter(|v| !v.is_null()),
-        metadata_admin: desired_metadata_admin(spec.metadata_admin.as_ref(), owner, uid, &oidc),
-        verified_addresses: spec
-            .verified_addresses
-            .iter()
-            .flatten()
-            .map(|a| (a.value.clone(), a.via.as_str().to_string()))
-            .collect(),
-        oidc,
-        password,
-        revoke_on_deactivate: spec
-            .sessions
-            .as_ref()
-            .and_then(|s| s.revoke_on_deactivate)
-            .unwrap_or(false),
-        revoke_before: spec
-            .sessions
-            .as_ref()
-            .and_then(|s| s.revoke_before.as_ref())
-            .map(|t| t.0),
-    }
 }
 
 /// Who a Kratos identity belongs to, relative to one object.
@@ -328,312 +1005,19 @@ pub fn resolve_existing(
     }
 }
 
-/// One way in which Kratos differs from the spec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Difference {
-    /// `schema_id`.
-    Schema,
-    /// `traits`.
-    Traits,
-    /// `state`.
-    State,
-    /// `metadata_public`.
-    MetadataPublic,
-    /// `metadata_admin` (including the owner marker).
-    MetadataAdmin,
-    /// OIDC providers missing in Kratos.
-    Oidc,
-    /// OIDC links the operator imported that are no longer in the spec.
-    OidcRemoved,
-    /// A password import is due.
-    Password,
-}
-
-impl Difference {
-    /// Short name for Events and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Schema => "schema",
-            Self::Traits => "traits",
-            Self::State => "state",
-            Self::MetadataPublic => "metadataPublic",
-            Self::MetadataAdmin => "metadataAdmin",
-            Self::Oidc => "oidc",
-            Self::OidcRemoved => "oidc (unlinked)",
-            Self::Password => "password",
-        }
-    }
-}
-
-fn kratos_state(state: IdentityState) -> KratosState {
-    match state {
-        IdentityState::Active => KratosState::Active,
-        IdentityState::Inactive => KratosState::Inactive,
-    }
-}
-
-/// The OIDC links (`provider:subject`) of a Kratos identity; `None` when its credentials are not
-/// known (identity lists carry none).
-fn oidc_links(identity: &Identity) -> Option<Vec<String>> {
-    let credentials = identity.credentials.as_ref()?;
-    Some(
-        credentials
-            .get("oidc")
-            .map(|c| c.identifiers.clone())
-            .unwrap_or_default(),
-    )
-}
-
-/// OIDC `(provider, subject)` pairs of the spec that Kratos does not have. None when the
-/// identity's credentials are not known (a sweep's list): a missing link is then found by the
-/// next read of the identity itself.
-pub fn missing_oidc(desired: &Desired, identity: &Identity) -> Vec<(String, String)> {
-    let Some(present) = oidc_links(identity) else {
-        return Vec::new();
-    };
-    desired
-        .oidc
-        .iter()
-        .filter(|(p, s)| !present.contains(&oidc_identifier(p, s)))
-        .cloned()
-        .collect()
-}
-
-/// OIDC links to remove from Kratos: imported by the operator (listed in the identity's
-/// [`OIDC_MARKER`]), still linked, and no longer in the spec. Links the operator did not import
-/// (self-service ones) are never removed. None when the credentials are not known.
-pub fn oidc_to_unlink(desired: &Desired, identity: &Identity) -> Vec<String> {
-    let Some(present) = oidc_links(identity) else {
-        return Vec::new();
-    };
-    let imported: Vec<&str> = identity
-        .metadata_admin
-        .as_ref()
-        .and_then(|m| m.get(OIDC_MARKER))
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let wanted = oidc_identifiers(&desired.oidc);
-    let mut out: Vec<String> = imported
-        .into_iter()
-        .filter(|link| present.iter().any(|p| p == link) && !wanted.iter().any(|w| w == link))
-        .map(str::to_string)
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
-/// Whether a password import is due for an identity that exists in Kratos. `SetOnce` imports only
-/// at creation; `Sync` whenever the Secret version differs from the one last imported.
-pub fn password_due(desired: &Desired, last_imported: Option<&str>) -> bool {
-    match &desired.password {
-        Some(p) => p.policy == PasswordPolicy::Sync && last_imported != Some(p.version.as_str()),
-        None => false,
-    }
-}
-
-/// Every difference between the spec and the Kratos identity.
-pub fn differences(
-    desired: &Desired,
-    identity: &Identity,
-    last_password: Option<&str>,
-) -> Vec<Difference> {
-    let mut out = Vec::new();
-    if identity.schema_id != desired.schema_id {
-        out.push(Difference::Schema);
-    }
-    if !json::equal(&identity.traits, &desired.traits) {
-        out.push(Difference::Traits);
-    }
-    if identity.state != kratos_state(desired.state) {
-        out.push(Difference::State);
-    }
-    if !json::equal_opt(
-        identity.metadata_public.as_ref(),
-        desired.metadata_public.as_ref(),
-    ) {
-        out.push(Difference::MetadataPublic);
-    }
-    if !json::equal_opt(
-        identity.metadata_admin.as_ref(),
-        Some(&desired.metadata_admin),
-    ) {
-        out.push(Difference::MetadataAdmin);
-    }
-    if !missing_oidc(desired, identity).is_empty() {
-        out.push(Difference::Oidc);
-    }
-    if !oidc_to_unlink(desired, identity).is_empty() {
-        out.push(Difference::OidcRemoved);
-    }
-    if password_due(desired, last_password) {
-        out.push(Difference::Password);
-    }
-    out
-}
-
-fn password_import(p: &PasswordInput) -> PasswordImport {
-    if p.hashed {
-        PasswordImport::hashed(p.value.clone())
-    } else {
-        PasswordImport::cleartext(p.value.clone())
-    }
-}
-
-fn oidc_import(pairs: &[(String, String)]) -> Option<OidcImport> {
-    (!pairs.is_empty()).then(|| OidcImport {
-        config: OidcImportConfig {
-            providers: pairs
-                .iter()
-                .map(|(p, s)| OidcProviderImport::new(p.clone(), s.clone()))
-                .collect(),
-        },
-    })
-}
-
-/// The POST body that creates the identity.
-pub fn create_body(desired: &Desired) -> CreateIdentityBody {
-    let mut body = CreateIdentityBody::new(desired.schema_id.clone(), desired.traits.clone());
-    body.state = Some(kratos_state(desired.state));
-    body.metadata_public = desired.metadata_public.clone();
-    body.metadata_admin = Some(desired.metadata_admin.clone());
-    if !desired.verified_addresses.is_empty() {
-        body.verifiable_addresses = Some(
-            desired
-                .verified_addresses
-                .iter()
-                .map(|(value, via)| VerifiableAddressImport {
-                    value: value.clone(),
-                    via: via.clone(),
-                    verified: true,
-                    status: "completed".into(),
-                })
-                .collect(),
-        );
-    }
-    let password = desired.password.as_ref().map(password_import);
-    let oidc = oidc_import(&desired.oidc);
-    if password.is_some() || oidc.is_some() {
-        body.credentials = Some(IdentityCredentialsImport { password, oidc });
-    }
-    body
-}
-
-/// The PUT body that makes the identity equal to the spec. Full traits and both metadata are
-/// always sent (PUT replaces them); credentials only when an import is due.
-pub fn update_body(
-    desired: &Desired,
-    identity: &Identity,
-    last_password: Option<&str>,
-) -> UpdateIdentityBody {
-    let password = password_due(desired, last_password)
-        .then(|| desired.password.as_ref().map(password_import))
-        .flatten();
-    let oidc = oidc_import(&missing_oidc(desired, identity));
-    UpdateIdentityBody {
-        schema_id: desired.schema_id.clone(),
-        traits: desired.traits.clone(),
-        state: Some(kratos_state(desired.state)),
-        metadata_public: desired.metadata_public.clone(),
-        metadata_admin: Some(desired.metadata_admin.clone()),
-        credentials: (password.is_some() || oidc.is_some())
-            .then_some(IdentityCredentialsImport { password, oidc }),
-        external_id: identity.external_id.clone(),
-    }
-}
-
-/// The positions of the Kratos identity's addresses that the spec says are verified and Kratos
-/// does not (also drift: someone un-verified them in Kratos).
-pub fn addresses_to_verify(desired: &Desired, identity: &Identity) -> Vec<usize> {
-    identity
-        .verifiable_addresses
-        .iter()
-        .enumerate()
-        .filter(|(_, addr)| {
-            !addr.verified
-                && desired.verified_addresses.iter().any(|(v, via)| {
-                    v.trim().eq_ignore_ascii_case(addr.value.trim()) && *via == addr.via
-                })
-        })
-        .map(|(i, _)| i)
-        .collect()
-}
-
-/// JSON Patch operations that mark the spec's verified addresses as verified, for addresses
-/// Kratos has but has not verified. Addresses Kratos does not derive from the traits are skipped.
-pub fn verify_address_ops(
-    desired: &Desired,
-    identity: &Identity,
-    now: Timestamp,
-) -> Vec<JsonPatchOp> {
-    let mut ops = Vec::new();
-    for i in addresses_to_verify(desired, identity) {
-        ops.push(JsonPatchOp::replace(
-            format!("/verifiable_addresses/{i}/verified"),
-            Value::Bool(true),
-        ));
-        ops.push(JsonPatchOp::replace(
-            format!("/verifiable_addresses/{i}/status"),
-            Value::String("completed".into()),
-        ));
-        ops.push(JsonPatchOp::replace(
-            format!("/verifiable_addresses/{i}/verified_at"),
-            Value::String(now.to_string()),
-        ));
-    }
-    ops
-}
-
-/// Session work for one reconcile.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SessionPlan {
-    /// Delete every session of the identity (inactive with revokeOnDeactivate).
-    pub revoke_all: bool,
-    /// Disable these sessions (authenticated before revokeBefore).
-    pub disable: Vec<String>,
-    /// Active sessions after the plan is carried out.
-    pub active_after: i32,
-}
-
-/// Decides which sessions to revoke.
-pub fn plan_sessions(desired: &Desired, sessions: &[Session]) -> SessionPlan {
-    if desired.state == IdentityState::Inactive && desired.revoke_on_deactivate {
-        return SessionPlan {
-            revoke_all: !sessions.is_empty(),
-            disable: Vec::new(),
-            active_after: 0,
-        };
-    }
-    let mut disable = Vec::new();
-    let mut active_after = 0;
-    for s in sessions.iter().filter(|s| s.active) {
-        let old = match (desired.revoke_before, s.authenticated_at) {
-            (Some(cutoff), Some(at)) => at < cutoff,
-            _ => false,
-        };
-        if old {
-            disable.push(s.id.clone());
-        } else {
-            active_after += 1;
-        }
-    }
-    SessionPlan {
-        revoke_all: false,
-        disable,
-        active_after,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::identity::{
-        AddressVia, IdentityCredentials, OidcCredential, OidcProvider, SessionPolicy,
-        VerifiedAddress,
-    };
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
     use secrecy::ExposeSecret;
     use serde_json::json;
+
+    use crate::{
+        api::{OIDC_MARKER, identity::IdentityState},
+        kratos::IdentityState as KratosState,
+    };
 
     const UID: &str = "uid-1";
     const OWNER: Owner<'static> = Owner {
@@ -655,6 +1039,7 @@ mod tests {
             "traits": {"email": "a@example.com", "age": 3.0},
             "metadata_public": null,
             "metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID},
+            "credentials": {},
             "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
         });
         if let (Value::Object(b), Value::Object(o)) = (&mut base, v) {
@@ -663,69 +1048,873 @@ mod tests {
         serde_json::from_value(base).unwrap()
     }
 
-    fn desired_of(s: &IdentitySpec, password: Option<PasswordInput>) -> Desired {
-        desired(s, "customer".into(), "ns/a", UID, password)
+    fn customer() -> Arc<CompiledSchema> {
+        let raw = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testenv/kratos/customer.schema.json"
+        ))
+        .unwrap();
+        Arc::new(CompiledSchema::compile("customer", &raw).unwrap())
     }
 
-    fn pw(policy: PasswordPolicy, version: &str, hashed: bool) -> PasswordInput {
-        PasswordInput {
-            value: SecretString::from("s3cret-pw"),
-            hashed,
-            version: version.into(),
-            policy,
+    fn schema_ref(ready: bool) -> Arc<IdentitySchemaRef> {
+        let status = if ready { "True" } else { "False" };
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "IdentitySchemaRef",
+                "metadata": {"name": "customer", "namespace": "ns"},
+                "spec": {"schemaId": "customer"},
+                "status": {"conditions": [{
+                    "type": "Ready", "status": status, "reason": "SchemaNotFound",
+                    "message": "Kratos does not serve it", "lastTransitionTime": "2026-01-01T00:00:00Z"
+                }]}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn password_secret(value: &[u8]) -> Secret {
+        let mut s: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "pw", "uid": "s1", "resourceVersion": "7"}
+        }))
+        .unwrap();
+        s.data = Some(BTreeMap::from([(
+            "password".into(),
+            ByteString(value.to_vec()),
+        )]));
+        s
+    }
+
+    fn with_password(mut s: IdentitySpec, policy: &str) -> IdentitySpec {
+        s.credentials = serde_json::from_value(json!({"password": {
+            "secretRef": {"name": "pw", "key": "password"}, "policy": policy
+        }}))
+        .unwrap();
+        s
+    }
+
+    fn session(id: &str, active: bool) -> Session {
+        serde_json::from_value(json!({"id": id, "active": active})).unwrap()
+    }
+
+    /// Kratos and the cluster as a test sees them: what each [`Need`] finds and what each
+    /// [`Write`] answers. Pure: the plan runs against it as the reconcile runs against the real
+    /// ones.
+    struct World {
+        schema_ref: Option<Arc<IdentitySchemaRef>>,
+        schema: Option<Arc<CompiledSchema>>,
+        policy: NamespacePolicy,
+        /// Kratos' identities (with credentials, as a GET returns them).
+        identities: Vec<Identity>,
+        /// The id the marker index names for the object.
+        marked: Option<String>,
+        secret: Option<Secret>,
+        create: Answer<String>,
+        update: Option<Refusal>,
+        unlink: Option<Refusal>,
+        sessions: Vec<Session>,
+    }
+
+    impl World {
+        fn new() -> Self {
+            Self {
+                schema_ref: Some(schema_ref(true)),
+                schema: Some(customer()),
+                policy: NamespacePolicy::unrestricted(),
+                identities: Vec::new(),
+                marked: None,
+                secret: Some(password_secret(b"s3cret-pw\n")),
+                create: Ok("new-id".into()),
+                update: None,
+                unlink: None,
+                sessions: Vec::new(),
+            }
+        }
+
+        fn get(&self, id: &str) -> Option<Identity> {
+            self.identities.iter().find(|i| i.id == id).cloned()
         }
     }
 
+    /// Runs the plan to its outcome against `w`; returns the steps taken and the outcome.
+    fn run(mut o: Observed<'_>, w: &World) -> (Vec<String>, Outcome) {
+        let mut steps = Vec::new();
+        for _ in 0..MAX_TEST_STEPS {
+            match plan(&o) {
+                Plan::Observe(need) => {
+                    steps.push(format!("{need:?}"));
+                    match need {
+                        Need::SchemaRef(_) => o.schema_ref = Some(w.schema_ref.clone()),
+                        Need::Schema { .. } => o.schema = Some(w.schema.clone()),
+                        Need::Namespace => o.policy = Some(w.policy.clone()),
+                        Need::Recorded(id) => o.recorded = Some(w.get(&id)),
+                        Need::Candidates(ids) => {
+                            // A lookup is a list: no credentials.
+                            o.candidates = Some(
+                                w.identities
+                                    .iter()
+                                    .filter(|i| {
+                                        let email = i.traits["email"].as_str().unwrap_or("");
+                                        ids.contains(&email.to_lowercase())
+                                    })
+                                    .map(|i| Identity {
+                                        credentials: None,
+                                        ..i.clone()
+                                    })
+                                    .collect(),
+                            );
+                        }
+                        Need::Marked => {
+                            o.marked = Some(w.marked.as_deref().and_then(|id| w.get(id)))
+                        }
+                        Need::Secret(_) => o.secret = Some(w.secret.clone()),
+                        Need::Full(id) => o.full = w.get(&id),
+                        Need::ReadBack(id) => o.read_back = w.get(&id),
+                        Need::Sessions(_) => o.sessions = Some(w.sessions.clone()),
+                    }
+                }
+                Plan::Write(write) => {
+                    steps.push(match &write {
+                        Write::Create { uncertain, .. } => format!("Create(uncertain={uncertain})"),
+                        Write::Unlink { links, .. } => format!("Unlink{links:?}"),
+                        Write::Update { id, .. } => format!("Update({id})"),
+                        Write::Verify { ops, .. } => format!("Verify({})", ops.len() / 3),
+                        Write::Revoke { all, disable, .. } => {
+                            format!("Revoke(all={all}, disable={disable:?})")
+                        }
+                    });
+                    match write {
+                        Write::Create { .. } => o.created = Some(w.create.clone()),
+                        Write::Unlink { .. } => {
+                            o.unlinked = Some(w.unlink.clone().map_or(Ok(()), Err));
+                        }
+                        Write::Update { id, body } => {
+                            o.updated = Some(match &w.update {
+                                Some(refusal) => Err(refusal.clone()),
+                                None => {
+                                    let mut updated = w.get(&id).unwrap();
+                                    updated.traits = body.traits.clone();
+                                    updated.schema_id = body.schema_id.clone();
+                                    updated.metadata_public = body.metadata_public.clone();
+                                    updated.metadata_admin = body.metadata_admin.clone();
+                                    if let Some(state) = body.state {
+                                        updated.state = state;
+                                    }
+                                    Ok(updated)
+                                }
+                            });
+                        }
+                        Write::Verify { id, .. } => {
+                            let mut verified = w.get(&id).unwrap();
+                            for a in &mut verified.verifiable_addresses {
+                                a.verified = true;
+                            }
+                            o.verified = Some(verified);
+                        }
+                        Write::Revoke { .. } => o.revoked = true,
+                    }
+                }
+                Plan::Done(outcome) => return (steps, outcome),
+            }
+        }
+        panic!("the plan did not settle: {steps:?}");
+    }
+
+    const MAX_TEST_STEPS: usize = 20;
+
+    fn observed(spec: &IdentitySpec) -> Observed<'_> {
+        Observed::new(
+            spec,
+            OWNER,
+            "ns",
+            None,
+            "2026-06-01T00:00:00Z".parse().unwrap(),
+        )
+    }
+
+    fn synced(outcome: &Outcome) -> &Synced {
+        match outcome {
+            Outcome::Synced(s) => s,
+            Outcome::Blocked(b) => panic!("blocked: {b:?}"),
+        }
+    }
+
+    fn blocked(outcome: &Outcome) -> &Blocked {
+        match outcome {
+            Outcome::Blocked(b) => b,
+            Outcome::Synced(s) => panic!("synced: {s:?}"),
+        }
+    }
+
+    fn steps(list: &[&str]) -> Vec<String> {
+        list.iter().map(ToString::to_string).collect()
+    }
+
+    const SCHEMA: &str = "Schema { id: \"customer\", recheck: true }";
+    const LOOKUP: &str = "Candidates([\"a@example.com\"])";
+
     #[test]
-    fn metadata_admin_merges_the_marker_and_release_removes_it() {
-        let m = desired_metadata_admin(Some(&json!({"crm": "42"})), "ns/a", UID, &[]);
+    fn a_new_object_is_looked_up_then_created_per_object() {
+        let s = base_spec();
+        let (trace, outcome) = run(observed(&s), &World::new());
         assert_eq!(
-            m,
-            json!({"crm": "42", OWNER_MARKER: "ns/a", UID_MARKER: UID})
+            trace,
+            steps(&[SCHEMA, "Namespace", LOOKUP, "Create(uncertain=false)"])
         );
-        assert_eq!(
-            released_metadata_admin(Some(&m)),
-            Some(json!({"crm": "42"}))
-        );
-        let only_marker = desired_metadata_admin(None, "ns/a", UID, &[]);
-        assert_eq!(released_metadata_admin(Some(&only_marker)), None);
-        assert_eq!(released_metadata_admin(None), None);
-        assert_eq!(released_metadata_admin(Some(&Value::Null)), None);
+        let synced = synced(&outcome);
+        assert_eq!(synced.identity_id, "new-id");
+        assert_eq!(synced.change, Change::Created);
+        assert_eq!(synced.identifier.as_deref(), Some("a@example.com"));
+        assert_eq!(synced.active_sessions, 0);
     }
 
     #[test]
-    fn no_difference_when_kratos_matches_even_with_float_and_null_representation() {
-        let d = desired_of(&base_spec(), None);
-        assert!(differences(&d, &identity(json!({})), None).is_empty());
+    fn with_batched_creates_the_lookup_waits_for_a_conflict() {
+        let s = base_spec();
+        let mut o = observed(&s);
+        o.batched = true;
+        let (trace, outcome) = run(o.clone(), &World::new());
+        assert_eq!(
+            trace,
+            steps(&[SCHEMA, "Namespace", "Create(uncertain=false)"])
+        );
+        assert_eq!(synced(&outcome).change, Change::Created);
+
+        // The create conflicts: the identity this object created before is found and used.
+        let mut w = World::new();
+        w.create = Err(Refusal::Conflict("exists".into()));
+        w.identities = vec![identity(json!({}))];
+        let (trace, outcome) = run(o.clone(), &w);
+        assert_eq!(
+            trace,
+            steps(&[
+                SCHEMA,
+                "Namespace",
+                "Create(uncertain=false)",
+                LOOKUP,
+                "Full(\"id-1\")",
+                "Sessions(\"id-1\")"
+            ])
+        );
+        assert_eq!(synced(&outcome).change, Change::TookBack);
+
+        // Nobody's to take: the conflict is reported with Kratos' reason.
+        w.identities.clear();
+        let (_, outcome) = run(o, &w);
+        let b = blocked(&outcome);
+        assert_eq!(b.reason, "Conflict");
+        assert!(!b.stalled && b.message.contains("exists"));
     }
 
     #[test]
-    fn each_field_difference_is_detected() {
-        let d = desired_of(&base_spec(), None);
-        let cases = [
-            (json!({"schema_id": "employee"}), Difference::Schema),
+    fn a_recorded_identity_is_used_only_when_its_marker_says_it_is_ours() {
+        let s = base_spec();
+        let mut o = observed(&s);
+        o.recorded_id = Some("id-1".into());
+        let mut w = World::new();
+        w.identities = vec![identity(json!({}))];
+        let (trace, outcome) = run(o.clone(), &w);
+        assert_eq!(
+            trace,
+            steps(&[
+                SCHEMA,
+                "Namespace",
+                "Recorded(\"id-1\")",
+                "Sessions(\"id-1\")"
+            ])
+        );
+        assert_eq!(synced(&outcome).change, Change::Unchanged);
+
+        // Another object's identity (a status a tenant wrote): nothing is written, and the
+        // message names no other object.
+        w.identities = vec![identity(
+            json!({"metadata_admin": {OWNER_MARKER: "other-team/b", UID_MARKER: "u9"}}),
+        )];
+        let (trace, outcome) = run(o.clone(), &w);
+        assert!(
+            trace
+                .iter()
+                .all(|s| !s.starts_with("Update") && !s.starts_with("Create"))
+        );
+        let b = blocked(&outcome);
+        assert_eq!(b.reason, "Conflict");
+        assert!(b.message.contains("status.identityId") && !b.message.contains("other-team"));
+
+        // An unowned one is not ours either, even with adoption allowed.
+        w.identities = vec![identity(json!({"metadata_admin": null}))];
+        let mut adopting = base_spec();
+        adopting.adoption = Some(AdoptionPolicy::IfUnowned);
+        let mut o2 = observed(&adopting);
+        o2.recorded_id = Some("id-1".into());
+        assert_eq!(blocked(&run(o2, &w).1).reason, "Conflict");
+    }
+
+    #[test]
+    fn a_recorded_identity_that_is_gone_is_created_again() {
+        let s = base_spec();
+        let mut o = observed(&s);
+        o.recorded_id = Some("gone".into());
+        let (trace, outcome) = run(o, &World::new());
+        assert_eq!(
+            trace,
+            steps(&[
+                SCHEMA,
+                "Namespace",
+                "Recorded(\"gone\")",
+                LOOKUP,
+                "Create(uncertain=false)"
+            ])
+        );
+        assert_eq!(synced(&outcome).identity_id, "new-id");
+    }
+
+    #[test]
+    fn an_earlier_object_of_the_same_name_is_taken_back_and_its_marker_rewritten() {
+        let s = base_spec();
+        let mut w = World::new();
+        w.identities = vec![identity(
+            json!({"metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: "old-uid"}}),
+        )];
+        let (trace, outcome) = run(observed(&s), &w);
+        assert_eq!(
+            trace,
+            steps(&[
+                SCHEMA,
+                "Namespace",
+                LOOKUP,
+                "Full(\"id-1\")",
+                "Update(id-1)",
+                "Sessions(\"id-1\")"
+            ])
+        );
+        assert_eq!(synced(&outcome).change, Change::TookBack);
+    }
+
+    #[test]
+    fn adoption_is_refused_unless_asked_and_read_back_after_the_marker_is_written() {
+        let mut w = World::new();
+        w.identities = vec![identity(json!({"metadata_admin": null}))];
+        let s = base_spec();
+        let b = blocked(&run(observed(&s), &w).1).clone();
+        assert_eq!(b.reason, "Conflict");
+        assert!(b.message.contains("IfUnowned"));
+
+        let mut adopting = base_spec();
+        adopting.adoption = Some(AdoptionPolicy::IfUnowned);
+        // The world's read back shows the identity as it was (no marker): another adopter won.
+        let (trace, outcome) = run(observed(&adopting), &w);
+        assert_eq!(
+            trace,
+            steps(&[
+                SCHEMA,
+                "Namespace",
+                LOOKUP,
+                "Full(\"id-1\")",
+                "Update(id-1)",
+                "ReadBack(\"id-1\")"
+            ])
+        );
+        assert_eq!(blocked(&outcome).message, OWNED_ELSEWHERE);
+
+        // Read back with our marker: adopted.
+        let mut o = observed(&adopting);
+        o.read_back = Some(identity(json!({})));
+        let outcome = run(o, &w).1;
+        assert_eq!(synced(&outcome).change, Change::Adopted);
+    }
+
+    #[test]
+    fn an_identity_another_object_owns_is_a_conflict_without_its_name() {
+        let mut w = World::new();
+        w.identities = vec![identity(
+            json!({"metadata_admin": {OWNER_MARKER: "team-b/bob", UID_MARKER: "u2"}}),
+        )];
+        let mut adopting = base_spec();
+        adopting.adoption = Some(AdoptionPolicy::IfUnowned);
+        let (trace, outcome) = run(observed(&adopting), &w);
+        assert!(
+            !trace
+                .iter()
+                .any(|s| s.starts_with("Update") || s.starts_with("Create"))
+        );
+        let b = blocked(&outcome);
+        assert_eq!(b.message, OWNED_ELSEWHERE);
+        assert!(!b.message.contains("team-b"));
+    }
+
+    #[test]
+    fn an_object_without_identifiers_is_found_by_its_marker() {
+        let s = spec(json!({"schemaId": "customer", "traits": {"email": "a@example.com"}}));
+        let mut w = World::new();
+        w.schema = None; // no compiled schema: no identifiers known
+        let (trace, outcome) = run(observed(&s), &w);
+        assert_eq!(
+            trace,
+            steps(&[SCHEMA, "Namespace", "Marked", "Create(uncertain=true)"])
+        );
+        assert_eq!(synced(&outcome).change, Change::Created);
+
+        w.identities = vec![identity(json!({"traits": {"email": "a@example.com"}}))];
+        w.marked = Some("id-1".into());
+        let (trace, outcome) = run(observed(&s), &w);
+        assert_eq!(
+            trace,
+            steps(&[SCHEMA, "Namespace", "Marked", "Sessions(\"id-1\")"])
+        );
+        assert_eq!(synced(&outcome).change, Change::TookBack);
+
+        // The index names an identity whose marker is another's: created anew.
+        w.identities = vec![identity(
+            json!({"metadata_admin": {OWNER_MARKER: "x/y", UID_MARKER: "u2"}}),
+        )];
+        let (trace, _) = run(observed(&s), &w);
+        assert_eq!(
+            trace.last().map(String::as_str),
+            Some("Create(uncertain=true)")
+        );
+    }
+
+    #[test]
+    fn a_difference_is_updated_and_named() {
+        let mut s = base_spec();
+        s.traits = json!({"email": "a@example.com", "age": 4});
+        let mut o = observed(&s);
+        o.recorded_id = Some("id-1".into());
+        let mut w = World::new();
+        w.identities = vec![identity(json!({}))];
+        let (trace, outcome) = run(o.clone(), &w);
+        assert_eq!(
+            trace,
+            steps(&[
+                SCHEMA,
+                "Namespace",
+                "Recorded(\"id-1\")",
+                "Update(id-1)",
+                "Sessions(\"id-1\")"
+            ])
+        );
+        assert_eq!(
+            synced(&outcome).change,
+            Change::Updated(vec![Difference::Traits])
+        );
+
+        w.update = Some(Refusal::Conflict("email taken".into()));
+        let b = blocked(&run(o.clone(), &w).1).clone();
+        assert_eq!(b.reason, "Conflict");
+        assert!(b.message.contains("email taken") && !b.stalled);
+
+        w.update = Some(Refusal::Invalid {
+            reason: "bad".into(),
+            pointer: Some("#/traits/age".into()),
+        });
+        let b = blocked(&run(o.clone(), &w).1).clone();
+        assert_eq!((b.reason, b.stalled), ("InvalidSpec", true));
+        assert_eq!(b.recheck, Some(Recheck::Schema));
+        assert!(b.message.contains("#/traits/age"));
+
+        w.update = Some(Refusal::Invalid {
+            reason: "unknown hash".into(),
+            pointer: None,
+        });
+        let b = blocked(&run(o, &w).1).clone();
+        assert_eq!((b.reason, b.recheck), ("InvalidSpec", None));
+    }
+
+    #[test]
+    fn a_refused_create_is_invalid_spec() {
+        let s = base_spec();
+        let mut w = World::new();
+        w.create = Err(Refusal::Invalid {
+            reason: "no".into(),
+            pointer: Some("#/traits/email".into()),
+        });
+        let b = blocked(&run(observed(&s), &w).1).clone();
+        assert_eq!((b.reason, b.stalled), ("InvalidSpec", true));
+        assert!(
+            b.message
+                .starts_with("Kratos rejected the identity at #/traits/email")
+        );
+        // Per object, a conflict on create (an address another identity verified) is reported.
+        w.create = Err(Refusal::Conflict("address".into()));
+        let (trace, outcome) = run(observed(&s), &w);
+        assert_eq!(
+            trace.iter().filter(|s| s.starts_with("Candidates")).count(),
+            1
+        );
+        assert_eq!(blocked(&outcome).reason, "Conflict");
+    }
+
+    #[test]
+    fn the_spec_is_refused_before_anything_is_read_from_kratos() {
+        let w = World::new();
+        let mut s = base_spec();
+        s.undecodable = Some("spec.traits: invalid type".into());
+        let (trace, outcome) = run(observed(&s), &w);
+        assert!(trace.is_empty());
+        assert_eq!(blocked(&outcome).reason, "InvalidSpec");
+
+        let mut s = base_spec();
+        s.traits = json!({"email": "x".repeat(MAX_FREE_JSON_BYTES)});
+        let (trace, outcome) = run(observed(&s), &w);
+        assert!(trace.is_empty());
+        assert!(blocked(&outcome).stalled);
+
+        let s = spec(json!({"traits": {}}));
+        let b = blocked(&run(observed(&s), &w).1).clone();
+        assert!(b.stalled && b.message.contains("exactly one of spec.schemaRef"));
+    }
+
+    #[test]
+    fn traits_the_schema_refuses_are_rechecked_only_for_a_schema_id() {
+        let w = World::new();
+        let mut s = base_spec();
+        s.traits = json!({"email": "a@example.com", "age": -1});
+        let (trace, outcome) = run(observed(&s), &w);
+        assert_eq!(trace, steps(&[SCHEMA]));
+        let b = blocked(&outcome).clone();
+        assert_eq!(
+            (b.reason, b.recheck),
+            ("InvalidSpec", Some(Recheck::Schema))
+        );
+        assert!(b.message.contains("traits do not match schema customer"));
+
+        let mut by_ref = s.clone();
+        by_ref.schema_id = None;
+        by_ref.schema_ref = serde_json::from_value(json!({"name": "customer"})).unwrap();
+        let (trace, outcome) = run(observed(&by_ref), &w);
+        assert_eq!(
+            trace,
+            steps(&[
+                "SchemaRef(\"customer\")",
+                "Schema { id: \"customer\", recheck: false }"
+            ])
+        );
+        assert_eq!(blocked(&outcome).recheck, None);
+    }
+
+    #[test]
+    fn a_schema_ref_must_exist_and_be_ready() {
+        let mut s = base_spec();
+        s.schema_id = None;
+        s.schema_ref = serde_json::from_value(json!({"name": "customer"})).unwrap();
+        let mut w = World::new();
+        w.schema_ref = None;
+        let b = blocked(&run(observed(&s), &w).1).clone();
+        assert_eq!((b.reason, b.stalled), ("SchemaNotReady", false));
+        assert!(b.message.contains("does not exist in namespace ns"));
+        w.schema_ref = Some(schema_ref(false));
+        let b = blocked(&run(observed(&s), &w).1).clone();
+        assert!(b.message.contains("is not Ready: Kratos does not serve it"));
+        w.schema_ref = Some(schema_ref(true));
+        assert_eq!(synced(&run(observed(&s), &w).1).change, Change::Created);
+    }
+
+    #[test]
+    fn the_namespace_policy_is_checked_before_kratos_is_asked() {
+        let mut w = World::new();
+        w.policy = NamespacePolicy::from_metadata(
+            &BTreeMap::new(),
+            &BTreeMap::from([(
+                crate::tenancy::ANNOTATION_IDENTIFIER_PATTERNS.to_string(),
+                "*@team-b.example.com".to_string(),
+            )]),
+        );
+        let s = base_spec();
+        let (trace, outcome) = run(observed(&s), &w);
+        assert_eq!(trace, steps(&[SCHEMA, "Namespace"]));
+        let b = blocked(&outcome);
+        assert_eq!(b.reason, REASON_FORBIDDEN);
+        assert_eq!(b.recheck, Some(Recheck::Namespace));
+        // Without the schema the identifiers are unknown: refused for now, not let through.
+        w.schema = None;
+        let b = blocked(&run(observed(&s), &w).1).clone();
+        assert_eq!((b.reason, b.stalled), (REASON_FORBIDDEN, false));
+    }
+
+    #[test]
+    fn the_password_is_read_to_create_and_under_sync_only() {
+        let s = with_password(base_spec(), "SetOnce");
+        let mut w = World::new();
+        let (trace, outcome) = run(observed(&s), &w);
+        assert!(trace.contains(&"Secret(\"pw\")".to_string()));
+        assert_eq!(synced(&outcome).password_imported.as_deref(), Some("s1/7"));
+
+        // An existing identity under SetOnce: the Secret is not even read.
+        w.identities = vec![identity(json!({}))];
+        let mut o = observed(&s);
+        o.recorded_id = Some("id-1".into());
+        let (trace, _) = run(o, &w);
+        assert!(!trace.iter().any(|s| s.starts_with("Secret")));
+
+        // Under Sync, a new Secret version is imported; the same one is not.
+        let s = with_password(base_spec(), "Sync");
+        let mut o = observed(&s);
+        o.recorded_id = Some("id-1".into());
+        let (trace, outcome) = run(o.clone(), &w);
+        assert!(trace.contains(&"Update(id-1)".to_string()));
+        assert_eq!(
+            synced(&outcome).change,
+            Change::Updated(vec![Difference::Password])
+        );
+        assert_eq!(synced(&outcome).password_imported.as_deref(), Some("s1/7"));
+        o.last_password = Some("s1/7");
+        let (trace, outcome) = run(o, &w);
+        assert!(!trace.iter().any(|s| s.starts_with("Update")));
+        assert_eq!(synced(&outcome).password_imported, None);
+    }
+
+    #[test]
+    fn a_password_secret_that_cannot_be_used_says_why() {
+        let s = with_password(base_spec(), "SetOnce");
+        let mut w = World::new();
+        let cases: Vec<(Option<Secret>, &str, &str)> = vec![
+            (None, "SecretNotFound", "does not exist in namespace ns"),
             (
-                json!({"traits": {"email": "b@example.com", "age": 3}}),
-                Difference::Traits,
+                Some(password_secret(b"\xff\xfe")),
+                "InvalidSecret",
+                "not UTF-8",
             ),
-            (json!({"state": "inactive"}), Difference::State),
-            (
-                json!({"metadata_public": {"x": 1}}),
-                Difference::MetadataPublic,
-            ),
-            (json!({"metadata_admin": null}), Difference::MetadataAdmin),
-            (
-                json!({"metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID, "extra": 1}}),
-                Difference::MetadataAdmin,
-            ),
+            (Some(password_secret(b"\n")), "InvalidSecret", "is empty"),
         ];
-        for (patch, expected) in cases {
-            assert_eq!(
-                differences(&d, &identity(patch.clone()), None),
-                vec![expected],
-                "{patch}"
-            );
+        for (secret, reason, text) in cases {
+            w.secret = secret;
+            let b = blocked(&run(observed(&s), &w).1).clone();
+            assert_eq!((b.reason, b.stalled), (reason, false), "{text}");
+            assert!(b.message.contains(text), "{}", b.message);
         }
+        let mut other_key = password_secret(b"x");
+        other_key.data = Some(BTreeMap::new());
+        w.secret = Some(other_key);
+        assert!(
+            blocked(&run(observed(&s), &w).1)
+                .message
+                .contains("has no key")
+        );
+
+        let mut both = s.clone();
+        both.credentials = serde_json::from_value(json!({"password": {
+            "secretRef": {"name": "pw", "key": "password"},
+            "hashedSecretRef": {"name": "pw", "key": "hash"}
+        }}))
+        .unwrap();
+        let b = blocked(&run(observed(&both), &w).1).clone();
+        assert_eq!((b.reason, b.stalled), ("InvalidSpec", true));
+    }
+
+    #[test]
+    fn a_trailing_newline_is_not_part_of_the_password_and_no_plan_shows_it() {
+        let s = with_password(base_spec(), "SetOnce");
+        let mut o = observed(&s);
+        o.schema = Some(Some(customer()));
+        o.policy = Some(NamespacePolicy::unrestricted());
+        o.candidates = Some(Vec::new());
+        o.secret = Some(Some(password_secret(b"s3cret-pw\r\n")));
+        let Plan::Write(Write::Create { body, .. }) = plan(&o) else {
+            panic!("expected a create");
+        };
+        let password = body
+            .credentials
+            .as_ref()
+            .and_then(|c| c.password.as_ref())
+            .expect("a password import");
+        assert_eq!(
+            password
+                .config
+                .password
+                .as_ref()
+                .map(|p| p.expose_secret().to_string()),
+            Some("s3cret-pw".to_string())
+        );
+        let shown = format!("{:?}", plan(&o));
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+    }
+
+    #[test]
+    fn oidc_links_that_left_the_spec_are_unlinked_before_the_update() {
+        let s = base_spec();
+        let mut o = observed(&s);
+        o.recorded_id = Some("id-1".into());
+        let mut w = World::new();
+        let linked: BTreeMap<String, crate::kratos::Credentials> = serde_json::from_value(json!({
+            "oidc": {"type": "oidc", "identifiers": ["github:42"]}
+        }))
+        .unwrap();
+        let mut i = identity(json!({
+            "metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID, OIDC_MARKER: ["github:42"]}
+        }));
+        i.credentials = Some(linked);
+        w.identities = vec![i];
+        let (trace, outcome) = run(o.clone(), &w);
+        assert_eq!(
+            trace,
+            steps(&[
+                SCHEMA,
+                "Namespace",
+                "Recorded(\"id-1\")",
+                "Unlink[\"github:42\"]",
+                "Update(id-1)",
+                "Sessions(\"id-1\")"
+            ])
+        );
+        assert!(
+            matches!(&synced(&outcome).change, Change::Updated(d) if d.contains(&Difference::OidcRemoved))
+        );
+
+        w.unlink = Some(Refusal::Invalid {
+            reason: "last credential".into(),
+            pointer: None,
+        });
+        let b = blocked(&run(o, &w).1).clone();
+        assert_eq!((b.reason, b.stalled), ("InvalidSpec", true));
+        assert!(b.message.contains("last credential"));
+    }
+
+    #[test]
+    fn verified_addresses_are_patched_once() {
+        let mut s = base_spec();
+        s.verified_addresses =
+            serde_json::from_value(json!([{"value": "a@example.com", "via": "email"}])).unwrap();
+        let mut o = observed(&s);
+        o.recorded_id = Some("id-1".into());
+        let mut w = World::new();
+        w.identities = vec![identity(json!({"verifiable_addresses": [
+            {"value": "a@example.com", "via": "email", "verified": false, "status": "pending"}
+        ]}))];
+        let (trace, outcome) = run(o, &w);
+        assert_eq!(
+            trace,
+            steps(&[
+                SCHEMA,
+                "Namespace",
+                "Recorded(\"id-1\")",
+                "Verify(1)",
+                "Sessions(\"id-1\")"
+            ])
+        );
+        assert_eq!(synced(&outcome).change, Change::Unchanged);
+    }
+
+    #[test]
+    fn sessions_are_revoked_as_the_spec_says_and_counted() {
+        let mut s = base_spec();
+        s.state = Some(IdentityState::Inactive);
+        s.sessions = serde_json::from_value(json!({"revokeOnDeactivate": true})).unwrap();
+        let mut o = observed(&s);
+        o.recorded_id = Some("id-1".into());
+        let mut w = World::new();
+        let mut i = identity(json!({}));
+        i.state = KratosState::Inactive;
+        w.identities = vec![i];
+        w.sessions = vec![session("s1", true), session("s2", true)];
+        let (trace, outcome) = run(o.clone(), &w);
+        assert_eq!(
+            trace[trace.len() - 2..],
+            steps(&["Sessions(\"id-1\")", "Revoke(all=true, disable=[])"])[..]
+        );
+        assert_eq!(synced(&outcome).active_sessions, 0);
+
+        // Active and no revocation asked: nothing revoked, both counted.
+        let s = base_spec();
+        let mut o = observed(&s);
+        o.recorded_id = Some("id-1".into());
+        w.identities = vec![identity(json!({}))];
+        let (trace, outcome) = run(o, &w);
+        assert!(!trace.iter().any(|s| s.starts_with("Revoke")));
+        assert_eq!(synced(&outcome).active_sessions, 2);
+    }
+
+    #[test]
+    fn cleanup_deletes_or_releases_only_what_the_marker_proves_is_ours() {
+        let s = base_spec();
+        let ours =
+            identity(json!({"metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID, "crm": 1}}));
+        let theirs = identity(
+            json!({"id": "id-9", "metadata_admin": {OWNER_MARKER: "x/y", UID_MARKER: "u9"}}),
+        );
+        let mut o = observed(&s);
+        o.recorded_id = Some("id-1".into());
+        assert_eq!(cleanup(&o), Cleanup::Observe(Need::Recorded("id-1".into())));
+        o.recorded = Some(Some(ours.clone()));
+        assert_eq!(
+            cleanup(&o),
+            Cleanup::Delete {
+                id: "id-1".into(),
+                not_owned: false
+            }
+        );
+        let mut orphan = base_spec();
+        orphan.deletion_policy = Some(DeletionPolicy::Orphan);
+        let mut o2 = observed(&orphan);
+        o2.recorded_id = Some("id-1".into());
+        o2.recorded = Some(Some(ours.clone()));
+        assert_eq!(
+            cleanup(&o2),
+            Cleanup::Release {
+                id: "id-1".into(),
+                metadata_admin: json!({"crm": 1}),
+                not_owned: false
+            }
+        );
+
+        // Status names another's identity: it is left alone, and ours is looked for by the
+        // identifiers.
+        o.recorded = Some(Some(theirs.clone()));
+        assert!(matches!(cleanup(&o), Cleanup::Observe(Need::Schema { .. })));
+        o.schema = Some(Some(customer()));
+        assert_eq!(
+            cleanup(&o),
+            Cleanup::Observe(Need::Candidates(vec!["a@example.com".into()]))
+        );
+        o.candidates = Some(vec![theirs.clone()]);
+        assert_eq!(cleanup(&o), Cleanup::Nothing { not_owned: true });
+        o.candidates = Some(vec![theirs, ours]);
+        assert_eq!(
+            cleanup(&o),
+            Cleanup::Delete {
+                id: "id-1".into(),
+                not_owned: true
+            }
+        );
+
+        // No identifiers: the marker index, and the marker itself decides.
+        let mut o = observed(&s);
+        o.schema = Some(None);
+        assert_eq!(cleanup(&o), Cleanup::Observe(Need::Marked));
+        o.marked = Some(Some(identity(json!({"metadata_admin": null}))));
+        assert_eq!(cleanup(&o), Cleanup::Nothing { not_owned: false });
+    }
+
+    #[test]
+    fn every_plan_settles_within_the_reconcile_s_step_limit() {
+        // The longest path: adopt with an OIDC link to drop, a password to sync, an address to
+        // verify and sessions to revoke.
+        let mut s = with_password(base_spec(), "Sync");
+        s.adoption = Some(AdoptionPolicy::IfUnowned);
+        s.verified_addresses =
+            serde_json::from_value(json!([{"value": "a@example.com", "via": "email"}])).unwrap();
+        s.sessions =
+            serde_json::from_value(json!({"revokeBefore": "2026-05-01T00:00:00Z"})).unwrap();
+        let mut o = observed(&s);
+        o.recorded_id = Some("gone".into());
+        o.read_back = Some(identity(json!({})));
+        let mut w = World::new();
+        w.identities = vec![identity(
+            json!({"metadata_admin": null, "verifiable_addresses": [
+                {"value": "a@example.com", "via": "email", "verified": false, "status": "pending"}
+            ]}),
+        )];
+        w.sessions =
+            vec![serde_json::from_value(
+            json!({"id": "old", "active": true, "authenticated_at": "2026-01-01T00:00:00Z"}),
+        )
+        .unwrap()];
+        let (trace, outcome) = run(o, &w);
+        assert!(trace.len() < super::super::MAX_STEPS, "{trace:?}");
+        assert_eq!(
+            trace.last().map(String::as_str),
+            Some("Revoke(all=false, disable=[\"old\"])")
+        );
+        assert_eq!(synced(&outcome).change, Change::Adopted);
     }
 
     #[test]
@@ -872,267 +2061,5 @@ mod tests {
             resolve_existing(&[unowned.clone(), unowned], OWNER, AdoptionPolicy::IfUnowned),
             Existing::Conflict(m) if m.contains("refusing")
         ));
-    }
-
-    #[test]
-    fn create_body_carries_everything_including_password_oidc_and_verified_addresses() {
-        let mut s = base_spec();
-        s.metadata_public = Some(json!({"plan": "pro"}));
-        s.state = Some(IdentityState::Inactive);
-        s.verified_addresses = Some(vec![VerifiedAddress {
-            value: "a@example.com".into(),
-            via: AddressVia::Email,
-        }]);
-        s.credentials = Some(IdentityCredentials {
-            password: None,
-            oidc: Some(OidcCredential {
-                providers: vec![OidcProvider {
-                    provider: "github".into(),
-                    subject: "1".into(),
-                }],
-            }),
-        });
-        let body = create_body(&desired_of(
-            &s,
-            Some(pw(PasswordPolicy::SetOnce, "v1", false)),
-        ));
-        assert_eq!(body.state, Some(KratosState::Inactive));
-        assert_eq!(body.metadata_public, Some(json!({"plan": "pro"})));
-        assert_eq!(
-            body.metadata_admin.as_ref().and_then(|m| m.get(UID_MARKER)),
-            Some(&json!(UID))
-        );
-        let addrs = body.verifiable_addresses.as_ref().unwrap();
-        assert!(addrs[0].verified && addrs[0].status == "completed");
-        let creds = body.credentials.as_ref().unwrap();
-        assert_eq!(
-            creds
-                .password
-                .as_ref()
-                .unwrap()
-                .config
-                .password
-                .as_ref()
-                .unwrap()
-                .expose_secret(),
-            "s3cret-pw"
-        );
-        assert_eq!(
-            creds.oidc.as_ref().unwrap().config.providers[0].provider,
-            "github"
-        );
-        assert!(!format!("{body:?}").contains("s3cret-pw"));
-    }
-
-    #[test]
-    fn hashed_password_goes_into_hashed_password() {
-        let body = create_body(&desired_of(
-            &base_spec(),
-            Some(pw(PasswordPolicy::SetOnce, "v1", true)),
-        ));
-        let config = &body.credentials.unwrap().password.unwrap().config;
-        assert!(config.password.is_none());
-        assert!(config.hashed_password.is_some());
-    }
-
-    #[test]
-    fn set_once_never_reimports_and_sync_reimports_on_a_new_version() {
-        let once = desired_of(&base_spec(), Some(pw(PasswordPolicy::SetOnce, "v2", false)));
-        assert!(!password_due(&once, Some("v1")));
-        assert!(!password_due(&once, None));
-        let sync = desired_of(&base_spec(), Some(pw(PasswordPolicy::Sync, "v2", false)));
-        assert!(password_due(&sync, Some("v1")));
-        assert!(password_due(&sync, None));
-        assert!(!password_due(&sync, Some("v2")));
-        assert_eq!(
-            differences(&sync, &identity(json!({})), Some("v1")),
-            vec![Difference::Password]
-        );
-        let body = update_body(&sync, &identity(json!({})), Some("v1"));
-        assert!(body.credentials.unwrap().password.is_some());
-        let body = update_body(&sync, &identity(json!({})), Some("v2"));
-        assert!(body.credentials.is_none());
-    }
-
-    #[test]
-    fn update_body_sends_full_traits_and_metadata_and_only_missing_oidc() {
-        let mut s = base_spec();
-        s.credentials = Some(IdentityCredentials {
-            password: None,
-            oidc: Some(OidcCredential {
-                providers: vec![
-                    OidcProvider {
-                        provider: "github".into(),
-                        subject: "1".into(),
-                    },
-                    OidcProvider {
-                        provider: "google".into(),
-                        subject: "2".into(),
-                    },
-                ],
-            }),
-        });
-        let d = desired_of(&s, None);
-        let have = identity(json!({
-            "credentials": {"oidc": {"type": "oidc", "identifiers": ["github:1"]}},
-            "metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID, OIDC_MARKER: ["github:1", "google:2"]}
-        }));
-        assert_eq!(differences(&d, &have, None), vec![Difference::Oidc]);
-        let body = update_body(&d, &have, None);
-        assert_eq!(body.traits, json!({"email": "a@example.com", "age": 3}));
-        assert!(body.metadata_admin.is_some());
-        let providers = body.credentials.unwrap().oidc.unwrap().config.providers;
-        assert_eq!(providers.len(), 1);
-        assert_eq!(providers[0].provider, "google");
-    }
-
-    fn with_oidc(links: &[(&str, &str)]) -> IdentitySpec {
-        let mut s = base_spec();
-        s.credentials = Some(IdentityCredentials {
-            password: None,
-            oidc: Some(OidcCredential {
-                providers: links
-                    .iter()
-                    .map(|(p, sub)| OidcProvider {
-                        provider: (*p).into(),
-                        subject: (*sub).into(),
-                    })
-                    .collect(),
-            }),
-        });
-        s
-    }
-
-    #[test]
-    fn the_marker_lists_the_spec_s_oidc_links_and_no_user_value_under_its_key() {
-        let mut s = with_oidc(&[("google", "2"), ("github", "1"), ("github", "1")]);
-        s.metadata_admin = Some(json!({"crm": 1, OIDC_MARKER: ["victim:9"]}));
-        let d = desired_of(&s, None);
-        assert_eq!(
-            d.metadata_admin[OIDC_MARKER],
-            json!(["github:1", "google:2"])
-        );
-        let mut none = base_spec();
-        none.metadata_admin = Some(json!({OIDC_MARKER: ["victim:9"]}));
-        assert!(
-            desired_of(&none, None)
-                .metadata_admin
-                .get(OIDC_MARKER)
-                .is_none()
-        );
-        assert_eq!(
-            released_metadata_admin(Some(&d.metadata_admin)),
-            Some(json!({"crm": 1}))
-        );
-    }
-
-    #[test]
-    fn only_imported_links_that_left_the_spec_are_unlinked() {
-        let d = desired_of(&with_oidc(&[("github", "1")]), None);
-        let have = identity(json!({
-            "credentials": {"oidc": {"type": "oidc", "identifiers": ["github:1", "google:2", "self:3"]}},
-            "metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID, OIDC_MARKER: ["github:1", "google:2", "gone:4"]}
-        }));
-        // google:2 was imported and left the spec; self:3 was linked by the user; gone:4 is
-        // listed but no longer linked.
-        assert_eq!(oidc_to_unlink(&d, &have), vec!["google:2".to_string()]);
-        assert_eq!(
-            differences(&d, &have, None),
-            vec![Difference::MetadataAdmin, Difference::OidcRemoved]
-        );
-        let none = desired_of(&base_spec(), None);
-        assert_eq!(
-            oidc_to_unlink(&none, &have),
-            vec!["github:1".to_string(), "google:2".to_string()]
-        );
-    }
-
-    #[test]
-    fn a_list_without_credentials_shows_no_oidc_difference() {
-        let d = desired_of(&with_oidc(&[("github", "1")]), None);
-        let listed = identity(json!({
-            "metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID, OIDC_MARKER: ["github:1", "google:2"]}
-        }));
-        assert!(listed.credentials.is_none());
-        assert!(missing_oidc(&d, &listed).is_empty());
-        assert!(oidc_to_unlink(&d, &listed).is_empty());
-        let in_sync = identity(json!({
-            "metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID, OIDC_MARKER: ["github:1"]}
-        }));
-        assert!(
-            differences(&d, &in_sync, None).is_empty(),
-            "a sweep sees no drift"
-        );
-    }
-
-    #[test]
-    fn verify_ops_target_unverified_matching_addresses_only() {
-        let mut s = base_spec();
-        s.verified_addresses = Some(vec![VerifiedAddress {
-            value: "A@example.com".into(),
-            via: AddressVia::Email,
-        }]);
-        let d = desired_of(&s, None);
-        let addr = |value: &str, verified: bool| json!({"value": value, "verified": verified, "via": "email", "status": "pending"});
-        let have = identity(
-            json!({"verifiable_addresses": [addr("other@example.com", false), addr("a@example.com", false)]}),
-        );
-        let ops = verify_address_ops(&d, &have, Timestamp::UNIX_EPOCH);
-        assert_eq!(ops.len(), 3);
-        assert_eq!(ops[0].path, "/verifiable_addresses/1/verified");
-        let done = identity(json!({"verifiable_addresses": [addr("a@example.com", true)]}));
-        assert!(verify_address_ops(&d, &done, Timestamp::UNIX_EPOCH).is_empty());
-    }
-
-    fn session(id: &str, active: bool, at: &str) -> Session {
-        serde_json::from_value(json!({"id": id, "active": active, "authenticated_at": at})).unwrap()
-    }
-
-    #[test]
-    fn sessions_are_revoked_on_deactivation_or_before_the_cutoff() {
-        let sessions = vec![
-            session("old", true, "2026-01-01T00:00:00Z"),
-            session("new", true, "2026-06-01T00:00:00Z"),
-            session("gone", false, "2025-01-01T00:00:00Z"),
-        ];
-        let d = desired_of(&base_spec(), None);
-        assert_eq!(
-            plan_sessions(&d, &sessions),
-            SessionPlan {
-                revoke_all: false,
-                disable: vec![],
-                active_after: 2
-            }
-        );
-
-        let mut s = base_spec();
-        s.sessions = Some(SessionPolicy {
-            revoke_on_deactivate: None,
-            revoke_before: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                "2026-03-01T00:00:00Z".parse().unwrap(),
-            )),
-        });
-        let plan = plan_sessions(&desired_of(&s, None), &sessions);
-        assert_eq!(
-            plan,
-            SessionPlan {
-                revoke_all: false,
-                disable: vec!["old".into()],
-                active_after: 1
-            }
-        );
-
-        let mut s = base_spec();
-        s.state = Some(IdentityState::Inactive);
-        s.sessions = Some(SessionPolicy {
-            revoke_on_deactivate: Some(true),
-            revoke_before: None,
-        });
-        let plan = plan_sessions(&desired_of(&s, None), &sessions);
-        assert!(plan.revoke_all);
-        assert!(!plan_sessions(&desired_of(&s, None), &[]).revoke_all);
-        // Inactive without revokeOnDeactivate leaves sessions alone.
-        s.sessions = None;
-        assert!(!plan_sessions(&desired_of(&s, None), &sessions).revoke_all);
     }
 }

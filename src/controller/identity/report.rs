@@ -8,8 +8,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use std::sync::Arc;
 
 use super::{
-    Blocked, Next, Recheck,
+    Blocked,
     outcome::{Change, Outcome, Synced},
+    plan::Cleanup,
 };
 use crate::{
     Error,
@@ -162,17 +163,14 @@ fn previous_ready_reason(obj: &Identity) -> Option<String> {
         .map(|c| c.reason.clone())
 }
 
-/// Reports an outcome and says when to look again.
-pub fn outcome(obj: &Arc<Identity>, ctx: &Context, outcome: Outcome) -> Next {
+/// Reports an outcome: its status, Events and metrics.
+pub fn outcome(obj: &Arc<Identity>, ctx: &Context, outcome: &Outcome) {
     let now = Timestamp::now();
     match outcome {
         Outcome::Synced(s) => {
-            if let Some(uid) = obj.metadata.uid.as_deref() {
-                ctx.identity.known_ids.set(uid, &s.identity_id);
-            }
             tracing::debug!(identity = %s.identity_id, change = ?s.change, "Identity synced");
             ctx.metrics.outcome("Identity", "Synced");
-            write_status(ctx, obj, synced_status(obj, &s, now));
+            write_status(ctx, obj, synced_status(obj, s, now));
             let id = &s.identity_id;
             match &s.change {
                 Change::Created => ctx.metrics.change("created"),
@@ -220,32 +218,63 @@ pub fn outcome(obj: &Arc<Identity>, ctx: &Context, outcome: Outcome) -> Next {
                 }
                 Change::Unchanged => {}
             }
-            // With drift sweeps, a list of all identities per resync finds drift; otherwise each
-            // object reads its identity once per resync.
-            if ctx.settings.drift_sweeps {
-                Next::AwaitChange
-            } else {
-                Next::After(ctx.settings.resync_interval)
-            }
         }
         Outcome::Blocked(b) => {
             tracing::debug!(reason = b.reason, "Identity blocked");
             ctx.metrics.outcome("Identity", b.reason);
             let changed_reason = previous_ready_reason(obj).as_deref() != Some(b.reason);
-            write_status(ctx, obj, blocked_status(obj, &b, now));
+            write_status(ctx, obj, blocked_status(obj, b, now));
             if changed_reason {
                 event(ctx, obj, true, b.reason, "Reconcile", b.message.clone());
             }
-            // A stalled outcome waits for a change, unless what can change it is not watched
-            // (the Namespace's policy, a schema in Kratos): then it is looked at again.
-            match (b.stalled, b.recheck) {
-                (false, _) | (true, Some(Recheck::Namespace)) => {
-                    Next::After(ctx.settings.resync_interval)
-                }
-                (true, Some(Recheck::Schema)) => Next::After(ctx.settings.schema_recheck_interval),
-                (true, None) => Next::AwaitChange,
-            }
         }
+    }
+}
+
+/// Reports the finalizer's cleanup in Events (and the deletion in the metrics).
+pub fn cleaned(ctx: &Context, obj: &Identity, cleanup: &Cleanup) {
+    let not_owned = match cleanup {
+        Cleanup::Delete { not_owned, .. }
+        | Cleanup::Release { not_owned, .. }
+        | Cleanup::Nothing { not_owned } => *not_owned,
+        Cleanup::Observe(_) => false,
+    };
+    if not_owned {
+        tracing::info!(
+            namespace = obj.metadata.namespace.as_deref().unwrap_or_default(),
+            name = obj.metadata.name.as_deref().unwrap_or_default(),
+            "the Kratos identity in status is not owned by this object; it is left alone"
+        );
+        event(
+            ctx,
+            obj,
+            true,
+            "NotOwned",
+            "Delete",
+            "The Kratos identity recorded in status is not owned by this object; it was neither deleted nor released".to_string(),
+        );
+    }
+    match cleanup {
+        Cleanup::Delete { id, .. } => {
+            ctx.metrics.change("deleted");
+            event(
+                ctx,
+                obj,
+                false,
+                "Deleted",
+                "Delete",
+                format!("Deleted Kratos identity {id}"),
+            );
+        }
+        Cleanup::Release { id, .. } => event(
+            ctx,
+            obj,
+            false,
+            "Orphaned",
+            "Orphan",
+            format!("Released Kratos identity {id}; it stays in Kratos"),
+        ),
+        Cleanup::Nothing { .. } | Cleanup::Observe(_) => {}
     }
 }
 

@@ -19,7 +19,7 @@ use kube::{
 };
 use tracing::{debug, warn};
 
-use super::plan;
+use super::desired;
 use crate::controller::Context;
 use crate::{
     api::{Identity, conditions, identity::IdentityState},
@@ -38,9 +38,9 @@ pub fn in_sync(obj: &Identity, kratos: &KratosIdentity) -> bool {
         return false;
     };
     let owner = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
-    let desired = plan::desired(&obj.spec, schema_id, &owner, &uid, None);
-    plan::differences(&desired, kratos, None).is_empty()
-        && plan::addresses_to_verify(&desired, kratos).is_empty()
+    let desired = desired::desired(&obj.spec, schema_id, &owner, &uid, None);
+    desired::differences(&desired, kratos, None).is_empty()
+        && desired::addresses_to_verify(&desired, kratos).is_empty()
 }
 
 /// The objects a sweep checks (pure): Ready, current, not being deleted, with a Kratos id.
