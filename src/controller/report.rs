@@ -11,7 +11,64 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
 use super::Context;
-use crate::{Result, api::FIELD_MANAGER};
+use crate::{
+    Result,
+    api::{
+        FIELD_MANAGER, Identity, IdentitySchemaRef, RecoveryRequest,
+        conditions::{WithConditions, same_status},
+    },
+};
+
+/// A kind whose status the operator computes and writes: every kind's status goes the same
+/// way, compared by [`unchanged`] and written by [`update_status`] (the Identity controller
+/// queues its writes first, see [`super::status`]).
+pub trait Reported: StatusOwner {
+    /// The status type.
+    type Status: WithConditions + Serialize;
+    /// The status the object has now.
+    fn current_status(&self) -> Option<&Self::Status>;
+}
+
+impl Reported for Identity {
+    type Status = crate::api::identity::IdentityStatus;
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
+impl Reported for RecoveryRequest {
+    type Status = crate::api::recovery_request::RecoveryRequestStatus;
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
+impl Reported for IdentitySchemaRef {
+    type Status = crate::api::schema_ref::IdentitySchemaRefStatus;
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
+/// Whether `status` says nothing `obj`'s current status does not (condition timestamps and
+/// order aside; every other field counts, see [`same_status`]).
+pub fn unchanged<K: Reported>(obj: &K, status: &K::Status) -> bool {
+    obj.current_status()
+        .is_some_and(|current| same_status(current, status))
+}
+
+/// Writes `status` unless it is [`unchanged`]. Returns whether it wrote.
+pub async fn update_status<K: Reported>(
+    ctx: &Context,
+    obj: &K,
+    status: &K::Status,
+) -> Result<bool> {
+    if unchanged(obj, status) {
+        return Ok(false);
+    }
+    apply_status(ctx, obj, status).await?;
+    Ok(true)
+}
 
 /// Applies `status` to `obj`'s status subresource (field manager `kratos-operator`, forced).
 /// When it cannot be stored a Warning Event says so: the status is where every outcome is

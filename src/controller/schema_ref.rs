@@ -19,7 +19,7 @@ use crate::{
         conditions::{self, Desired, Status},
         schema_ref::{IdentitySchemaRef, IdentitySchemaRefStatus},
     },
-    controller::Context,
+    controller::{Context, report::update_status},
     kratos::{self, KratosClient},
     schema::CompiledSchema,
 };
@@ -107,94 +107,74 @@ pub fn status_for(
     }
 }
 
-async fn write_status(
-    ctx: &Context,
+/// The status while Kratos cannot be reached (pure): only the conditions change, so the last
+/// known schema stays usable.
+pub fn unavailable_status(
     obj: &IdentitySchemaRef,
-    status: &IdentitySchemaRefStatus,
-) -> Result<bool> {
-    if obj
-        .status
-        .as_ref()
-        .is_some_and(|s| conditions::same_status(s, status))
-    {
-        return Ok(false);
+    error: &kratos::Error,
+    now: Timestamp,
+) -> IdentitySchemaRefStatus {
+    let message = format!("cannot reach Kratos, retrying with backoff: {error}");
+    let prev = obj.status.clone().unwrap_or_default();
+    IdentitySchemaRefStatus {
+        observed_generation: obj.metadata.generation,
+        conditions: conditions::merge(
+            &prev.conditions,
+            &conditions::not_ready("KratosUnavailable", &message, false),
+            obj.metadata.generation,
+            now,
+        ),
+        ..prev
     }
-    crate::controller::report::apply_status(ctx, obj, status).await?;
-    Ok(true)
 }
 
-async fn publish(
-    ctx: &Context,
-    obj: &IdentitySchemaRef,
-    warning: bool,
-    reason: &str,
-    note: String,
-) {
-    crate::controller::report::event(ctx, obj, warning, reason, "Resolve", note);
+/// The Event a changed status is worth (pure): `(warning, reason, note)`, or none.
+pub fn news(
+    id: &str,
+    fetched: &Fetched,
+    previous_digest: Option<&str>,
+) -> Option<(bool, &'static str, String)> {
+    match (fetched, previous_digest) {
+        (Fetched::Compiled(c), Some(old)) if old != c.digest => Some((
+            false,
+            "SchemaChanged",
+            format!("Schema {id} changed ({old} -> {})", c.digest),
+        )),
+        (Fetched::Compiled(c), None) => Some((
+            false,
+            "Resolved",
+            format!("Schema {id} resolved ({})", c.digest),
+        )),
+        (Fetched::Compiled(_), Some(_)) => None,
+        (Fetched::NotFound, _) => Some((
+            true,
+            "SchemaNotFound",
+            format!("Kratos has no identity schema with id {id:?}"),
+        )),
+        (Fetched::Invalid(e), _) => Some((true, "InvalidSchema", e.clone())),
+    }
 }
 
-/// Reconciles one IdentitySchemaRef.
+/// Reconciles one IdentitySchemaRef: fetches the schema ([`fetch`]), decides its status and
+/// Event ([`status_for`], [`news`]), writes them, and keeps the compiled schema for the
+/// Identities that reference it.
 pub async fn reconcile(obj: Arc<IdentitySchemaRef>, ctx: Arc<Context>) -> Result<Action> {
     let _measure = ctx.metrics.reconcile("IdentitySchemaRef");
-    let id = obj.spec.schema_id.clone();
-    let fetched = match fetch(&ctx.kratos, &id).await {
+    let id = &obj.spec.schema_id;
+    let fetched = match fetch(&ctx.kratos, id).await {
         Ok(f) => f,
         Err(e) => {
-            let message = format!("cannot reach Kratos, retrying with backoff: {e}");
-            let prev = obj.status.clone().unwrap_or_default();
-            let status = IdentitySchemaRefStatus {
-                observed_generation: obj.metadata.generation,
-                conditions: conditions::merge(
-                    &prev.conditions,
-                    &conditions::not_ready("KratosUnavailable", &message, false),
-                    obj.metadata.generation,
-                    Timestamp::now(),
-                ),
-                ..prev
-            };
-            // Keep the last known schema usable while Kratos is away: only the conditions change.
-            write_status(&ctx, &obj, &status).await?;
+            let status = unavailable_status(&obj, &e, Timestamp::now());
+            update_status(&ctx, &*obj, &status).await?;
             return Err(e.into());
         }
     };
     let status = status_for(&obj, &fetched, Timestamp::now());
-    let previous_digest = obj.status.as_ref().and_then(|s| s.digest.clone());
-    let changed = write_status(&ctx, &obj, &status).await?;
-    if changed {
-        match (&fetched, &previous_digest) {
-            (Fetched::Compiled(c), Some(old)) if *old != c.digest => {
-                publish(
-                    &ctx,
-                    &obj,
-                    false,
-                    "SchemaChanged",
-                    format!("Schema {id} changed ({old} -> {})", c.digest),
-                )
-                .await;
-            }
-            (Fetched::Compiled(c), None) => {
-                publish(
-                    &ctx,
-                    &obj,
-                    false,
-                    "Resolved",
-                    format!("Schema {id} resolved ({})", c.digest),
-                )
-                .await;
-            }
-            (Fetched::NotFound, _) => {
-                publish(
-                    &ctx,
-                    &obj,
-                    true,
-                    "SchemaNotFound",
-                    format!("Kratos has no identity schema with id {id:?}"),
-                )
-                .await;
-            }
-            (Fetched::Invalid(e), _) => publish(&ctx, &obj, true, "InvalidSchema", e.clone()).await,
-            _ => {}
-        }
+    let previous_digest = obj.status.as_ref().and_then(|s| s.digest.as_deref());
+    if update_status(&ctx, &*obj, &status).await?
+        && let Some((warning, reason, note)) = news(id, &fetched, previous_digest)
+    {
+        crate::controller::report::event(&ctx, &*obj, warning, reason, "Resolve", note);
     }
     if let Fetched::Compiled(c) = fetched {
         ctx.schemas.put(c);
@@ -231,4 +211,63 @@ pub async fn controller(
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn compiled(raw: &str) -> CompiledSchema {
+        CompiledSchema::compile("customer", raw.as_bytes()).unwrap()
+    }
+
+    fn object() -> IdentitySchemaRef {
+        serde_json::from_value(json!({
+            "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "IdentitySchemaRef",
+            "metadata": {"name": "customer", "namespace": "ns", "generation": 2},
+            "spec": {"schemaId": "customer"},
+            "status": {"observedGeneration": 1, "digest": "sha256:old", "conditions": []}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_event_says_what_changed_and_nothing_when_the_digest_did_not() {
+        let c = compiled(r#"{"type":"object"}"#);
+        let digest = c.digest.clone();
+        let fetched = Fetched::Compiled(c);
+        let (warning, reason, note) = news("customer", &fetched, None).unwrap();
+        assert_eq!((warning, reason), (false, "Resolved"));
+        assert!(note.contains(&digest));
+        let (_, reason, note) = news("customer", &fetched, Some("sha256:old")).unwrap();
+        assert_eq!(reason, "SchemaChanged");
+        assert!(note.contains("sha256:old -> sha256:"));
+        assert_eq!(news("customer", &fetched, Some(&digest)), None);
+        let (warning, reason, _) = news("customer", &Fetched::NotFound, Some("x")).unwrap();
+        assert_eq!((warning, reason), (true, "SchemaNotFound"));
+        let (warning, reason, note) =
+            news("customer", &Fetched::Invalid("bad".into()), None).unwrap();
+        assert_eq!(
+            (warning, reason, note.as_str()),
+            (true, "InvalidSchema", "bad")
+        );
+    }
+
+    #[test]
+    fn kratos_away_changes_only_the_conditions() {
+        let obj = object();
+        let error = kratos::Error::Unavailable {
+            message: "connection refused".into(),
+        };
+        let status = unavailable_status(&obj, &error, Timestamp::UNIX_EPOCH);
+        assert_eq!(status.digest.as_deref(), Some("sha256:old"));
+        assert_eq!(status.observed_generation, Some(2));
+        let ready = conditions::ready(&status.conditions).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "KratosUnavailable")
+        );
+        assert!(ready.message.contains("connection refused"));
+    }
 }

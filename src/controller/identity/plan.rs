@@ -656,48 +656,7 @@ fn password(o: &Observed<'_>) -> Decided<Option<PasswordInput>> {
         )
         .into());
     };
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&sref.key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(&sref.key))
-                .map(|s| s.clone().into_bytes())
-        });
-    let Some(bytes) = bytes else {
-        return Err(Blocked::new(
-            "SecretNotFound",
-            format!("Secret {} has no key {:?}", sref.name, sref.key),
-        )
-        .into());
-    };
-    let Ok(text) = String::from_utf8(bytes) else {
-        return Err(Blocked::new(
-            "InvalidSecret",
-            format!(
-                "the value of key {:?} in Secret {} is not UTF-8 text",
-                sref.key, sref.name
-            ),
-        )
-        .into());
-    };
-    // A trailing newline is what `kubectl create secret --from-file` of an edited file leaves.
-    let value = text
-        .strip_suffix('\n')
-        .map(|t| t.strip_suffix('\r').unwrap_or(t))
-        .unwrap_or(&text)
-        .to_string();
-    if value.is_empty() {
-        return Err(Blocked::new(
-            "InvalidSecret",
-            format!("key {:?} of Secret {} is empty", sref.key, sref.name),
-        )
-        .into());
-    }
+    let value = secret_value(secret, &sref.name, &sref.key)?;
     let version = format!(
         "{}/{}",
         secret.metadata.uid.as_deref().unwrap_or(""),
@@ -709,6 +668,48 @@ fn password(o: &Observed<'_>) -> Decided<Option<PasswordInput>> {
         version,
         policy: pc.policy.unwrap_or_default(),
     }))
+}
+
+/// The text under `key` of the password Secret `name` (a trailing newline taken off), or why
+/// it cannot be used.
+fn secret_value(secret: &Secret, name: &str, key: &str) -> Result<String, Blocked> {
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|s| s.clone().into_bytes())
+        });
+    let Some(bytes) = bytes else {
+        return Err(Blocked::new(
+            "SecretNotFound",
+            format!("Secret {name} has no key {key:?}"),
+        ));
+    };
+    let Ok(text) = String::from_utf8(bytes) else {
+        return Err(Blocked::new(
+            "InvalidSecret",
+            format!("the value of key {key:?} in Secret {name} is not UTF-8 text"),
+        ));
+    };
+    // A trailing newline is what `kubectl create secret --from-file` of an edited file leaves.
+    let value = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text)
+        .to_string();
+    if value.is_empty() {
+        return Err(Blocked::new(
+            "InvalidSecret",
+            format!("key {key:?} of Secret {name} is empty"),
+        ));
+    }
+    Ok(value)
 }
 
 /// What the finalizer's cleanup does.

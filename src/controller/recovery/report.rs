@@ -10,6 +10,7 @@ use super::{
     Blocked,
     plan::{IssuedFacts, REASON_EXPIRED, REASON_ISSUED, REASON_KRATOS_UNAVAILABLE},
 };
+use crate::controller::report::update_status;
 use crate::{
     Error, Result,
     api::{
@@ -113,23 +114,6 @@ pub fn blocked_status(obj: &RecoveryRequest, b: &Blocked, now: Timestamp) -> Rec
     }
 }
 
-/// Writes `status` unless it equals the current one. Returns whether it wrote.
-pub async fn write_status(
-    ctx: &Context,
-    obj: &RecoveryRequest,
-    status: &RecoveryRequestStatus,
-) -> Result<bool> {
-    if obj
-        .status
-        .as_ref()
-        .is_some_and(|s| conditions::same_status(s, status))
-    {
-        return Ok(false);
-    }
-    crate::controller::report::apply_status(ctx, obj, status).await?;
-    Ok(true)
-}
-
 fn previous_ready_reason(obj: &RecoveryRequest) -> Option<String> {
     obj.status
         .as_ref()
@@ -139,7 +123,7 @@ fn previous_ready_reason(obj: &RecoveryRequest) -> Option<String> {
 
 /// Reports a freshly issued link or code.
 pub async fn issued(ctx: &Context, obj: &RecoveryRequest, facts: &IssuedFacts) -> Result<()> {
-    write_status(
+    update_status(
         ctx,
         obj,
         &issued_status(obj, facts, false, Timestamp::now()),
@@ -158,7 +142,7 @@ pub async fn issued(ctx: &Context, obj: &RecoveryRequest, facts: &IssuedFacts) -
 
 /// Reports a link or code found in the Secret after a lost status write (nothing was issued).
 pub async fn adopted(ctx: &Context, obj: &RecoveryRequest, facts: &IssuedFacts) -> Result<()> {
-    write_status(
+    update_status(
         ctx,
         obj,
         &issued_status(obj, facts, false, Timestamp::now()),
@@ -176,7 +160,7 @@ pub async fn adopted(ctx: &Context, obj: &RecoveryRequest, facts: &IssuedFacts) 
 
 /// Keeps the status of a valid link or code up to date (no Event).
 pub async fn waiting(ctx: &Context, obj: &RecoveryRequest, facts: &IssuedFacts) -> Result<()> {
-    write_status(
+    update_status(
         ctx,
         obj,
         &issued_status(obj, facts, false, Timestamp::now()),
@@ -188,7 +172,7 @@ pub async fn waiting(ctx: &Context, obj: &RecoveryRequest, facts: &IssuedFacts) 
 /// Reports an expired link or code whose Secret data was cleared.
 pub async fn expired(ctx: &Context, obj: &RecoveryRequest, facts: &IssuedFacts) -> Result<()> {
     let was_expired = obj.status.as_ref().and_then(|s| s.phase) == Some(RecoveryPhase::Expired);
-    write_status(ctx, obj, &issued_status(obj, facts, true, Timestamp::now())).await?;
+    update_status(ctx, obj, &issued_status(obj, facts, true, Timestamp::now())).await?;
     if !was_expired {
         let note = format!(
             "The {} expired at {}; cleared the data of Secret {}",
@@ -204,7 +188,7 @@ pub async fn expired(ctx: &Context, obj: &RecoveryRequest, facts: &IssuedFacts) 
 /// Reports why nothing can be issued (a Warning Event when the reason changes).
 pub async fn blocked(ctx: &Context, obj: &RecoveryRequest, b: &Blocked) -> Result<()> {
     let changed_reason = previous_ready_reason(obj).as_deref() != Some(b.reason);
-    write_status(ctx, obj, &blocked_status(obj, b, Timestamp::now())).await?;
+    update_status(ctx, obj, &blocked_status(obj, b, Timestamp::now())).await?;
     if changed_reason {
         event(ctx, obj, true, b.reason, "Issue", b.message.clone());
     }
