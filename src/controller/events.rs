@@ -14,7 +14,7 @@ use kube::runtime::events::{Event, Recorder};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::status::StatusWriter;
+use super::priority::Priority;
 use crate::metrics::Metrics;
 
 /// Events waiting to be published at most (about 1 KiB each).
@@ -31,17 +31,17 @@ pub struct EventSink {
 
 impl EventSink {
     /// Starts the publishers; they end when every sink is dropped and the queue is drained.
-    /// They give way to creates and to the `statuses` still queued (see [`super::priority`]).
-    pub fn spawn(recorder: Recorder, metrics: Arc<Metrics>, statuses: StatusWriter) -> Self {
+    /// They give way to creates and to the statuses still queued (see [`super::priority`]).
+    pub fn spawn(recorder: Recorder, metrics: Arc<Metrics>, priority: Arc<Priority>) -> Self {
         let (tx, rx) = mpsc::channel::<(Event, ObjectReference)>(QUEUE);
         let queued = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
         tokio::spawn(
             queued.for_each_concurrent(PUBLISHERS, move |(event, reference)| {
-                let (recorder, statuses) = (recorder.clone(), statuses.clone());
+                let (recorder, priority) = (recorder.clone(), priority.clone());
                 async move {
-                    statuses.events_turn().await;
+                    priority.event_turn().await;
                     if let Err(e) = recorder.publish(&event, &reference).await {
                         warn!(error = %e, reason = %event.reason, "could not publish event");
                     }

@@ -9,7 +9,6 @@ pub mod priority;
 pub mod recovery;
 pub mod report;
 pub mod schema_ref;
-pub mod status;
 
 pub mod backoff;
 
@@ -136,10 +135,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The controllers' caches, for readiness and the managed-identities gauge.
     pub caches: Caches,
-    /// What the Identity controller keeps between its reconciles.
-    pub identity: identity::State,
-    /// Identity status writes, off the reconciles' path.
-    pub statuses: status::StatusWriter,
+    /// Which API server writes go first while many identities are being created.
+    pub priority: Arc<priority::Priority>,
     /// What each namespace may do (the cluster admin's opt-ins).
     pub tenancy: crate::tenancy::Policies,
     /// Whether this replica waits for leadership: it runs no controllers, so it is ready without
@@ -243,14 +240,12 @@ impl Context {
         };
         let metrics = Arc::new(Metrics::default());
         let priority = Arc::new(priority::Priority::default());
-        let statuses = status::StatusWriter::new(priority.clone());
         let tenancy = crate::tenancy::Policies::new(settings.tenancy_enforce);
         Self {
-            identity: identity::State::new(&kratos, &settings, priority.clone()),
             events: events::EventSink::spawn(
                 Recorder::new(client.clone(), reporter),
                 metrics.clone(),
-                statuses.clone(),
+                priority.clone(),
             ),
             client,
             kratos,
@@ -259,7 +254,7 @@ impl Context {
             backoff: Backoff::default(),
             metrics,
             caches: Caches::default(),
-            statuses,
+            priority,
             tenancy,
             standby: std::sync::atomic::AtomicBool::new(false),
         }
@@ -270,7 +265,8 @@ impl Context {
 /// Kratos calls they make) finish and writes the statuses they queued. The caller bounds how
 /// long that may take.
 pub async fn run(ctx: Arc<Context>, shutdown: BoxFuture<'static, ()>) {
-    ctx.identity.markers.begin();
+    // One for all scopes: creates, markers and ids are per process.
+    let identity = Arc::new(identity::State::new(&ctx));
     let shutdown = shutdown.shared();
     let scopes: Vec<Option<String>> = if ctx.settings.watch_namespaces.is_empty() {
         vec![None]
@@ -286,7 +282,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: BoxFuture<'static, ()>) {
     for scope in &scopes {
         let (touched, identities) = futures::channel::mpsc::unbounded();
         controllers.push(
-            identity::controller(ctx.clone(), scope.as_deref(), shutdown.clone(), touched).boxed(),
+            identity::controller(
+                identity::Context::new(ctx.clone(), identity.clone()),
+                scope.as_deref(),
+                shutdown.clone(),
+                touched,
+            )
+            .boxed(),
         );
         controllers
             .push(schema_ref::controller(ctx.clone(), scope.as_deref(), shutdown.clone()).boxed());
@@ -296,17 +298,17 @@ pub async fn run(ctx: Arc<Context>, shutdown: BoxFuture<'static, ()>) {
         );
     }
     let drained = {
-        let ctx = ctx.clone();
+        let identity = identity.clone();
         async move {
             futures::future::join_all(controllers).await;
             tracing::info!("controllers stopped");
-            ctx.identity.detached.idle().await;
-            let queued = ctx.statuses.queued();
+            identity.detached.idle().await;
+            let queued = identity.statuses.queued();
             if queued > 0 {
                 tracing::info!(queued, "writing the queued statuses");
             }
-            ctx.statuses.idle().await;
+            identity.statuses.idle().await;
         }
     };
-    ctx.statuses.run(ctx.clone(), drained).await;
+    identity.statuses.run(ctx, drained).await;
 }

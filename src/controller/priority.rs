@@ -24,11 +24,12 @@ pub const STATUS_BACKLOG: usize = 100;
 /// How often a waiting writer looks again.
 const POLL: Duration = Duration::from_millis(50);
 
-/// The count of creates in flight, shared by the detached creates, the status writers and the
-/// Event publishers.
+/// The count of creates in flight and of Identity statuses waiting, shared by the detached
+/// creates, the status writers and the Event publishers.
 #[derive(Debug, Default)]
 pub struct Priority {
     creating: AtomicUsize,
+    statuses: AtomicUsize,
 }
 
 /// Whether status writer number `writer` (0-based) may write now (pure).
@@ -67,9 +68,19 @@ impl Priority {
         }
     }
 
-    /// Waits until Events may be published; `statuses_queued` says how many statuses wait.
-    pub async fn event_turn(&self, statuses_queued: impl Fn() -> usize) {
-        while !events_may_run(self.creating(), statuses_queued()) {
+    /// Records how many statuses wait to be written (the status queue says so on each change).
+    pub fn set_statuses_queued(&self, n: usize) {
+        self.statuses.store(n, Ordering::Relaxed);
+    }
+
+    /// Statuses waiting to be written.
+    pub fn statuses_queued(&self) -> usize {
+        self.statuses.load(Ordering::Relaxed)
+    }
+
+    /// Waits until Events may be published.
+    pub async fn event_turn(&self) {
+        while !events_may_run(self.creating(), self.statuses_queued()) {
             tokio::time::sleep(POLL).await;
         }
     }

@@ -5,10 +5,10 @@
 
 use tracing::info;
 
+use super::Context;
 use super::plan::{Answer, Cleanup, Observed, Refusal, Write};
 use crate::{
     Result,
-    controller::Context,
     kratos::{self, JsonPatchOp},
 };
 
@@ -16,15 +16,15 @@ use crate::{
 pub async fn write(ctx: &Context, write: Write, o: &mut Observed<'_>) -> Result<()> {
     match write {
         Write::Create { body, uncertain } => {
-            let created = match &ctx.identity.creates {
+            let created = match &ctx.state.creates {
                 Some(batcher) => batcher.create(*body).await,
                 None => ctx.kratos.create_identity(&body).await.map(|i| i.id),
             };
             let uid = o.owner.uid;
             match &created {
-                Ok(_) => ctx.identity.markers.forget(uid),
+                Ok(_) => ctx.state.markers.forget(uid),
                 // It may have reached Kratos all the same.
-                Err(_) if uncertain => ctx.identity.markers.create_failed(uid),
+                Err(_) if uncertain => ctx.state.markers.create_failed(uid),
                 Err(_) => {}
             }
             o.created = Some(answer(created)?);

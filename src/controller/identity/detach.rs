@@ -24,10 +24,10 @@ use kube::{ResourceExt, runtime::reflector::ObjectRef};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use super::Next;
+use super::{Context, Next};
 use crate::{
     api::identity::Identity,
-    controller::{Context, backoff, priority::Priority},
+    controller::{backoff, priority::Priority},
     kratos::BATCH_PATCH_MAX_ITEMS,
 };
 
@@ -96,7 +96,7 @@ impl Detached {
 /// Whether this reconcile of `obj` should hand its work to a task (pure): creates are batched
 /// and the object has no Kratos identity this process knows of.
 pub fn wanted(obj: &Identity, ctx: &Context) -> bool {
-    ctx.identity.creates.is_some()
+    ctx.state.creates.is_some()
         && obj.metadata.deletion_timestamp.is_none()
         && obj
             .status
@@ -105,7 +105,7 @@ pub fn wanted(obj: &Identity, ctx: &Context) -> bool {
             .is_none()
         && obj
             .uid()
-            .is_some_and(|uid| ctx.identity.known_ids.get(&uid).is_none())
+            .is_some_and(|uid| ctx.state.known_ids.get(&uid).is_none())
 }
 
 /// What a controller gives its detached tasks: where to ask for the next reconcile, and when to
@@ -126,10 +126,10 @@ impl Handoff {
     /// Runs the rest of `obj`'s reconcile in a task of its own; waits only for a free slot.
     pub async fn spawn(&self, obj: Arc<Identity>, ctx: Arc<Context>) {
         let Some(uid) = obj.uid() else { return };
-        let Ok(permit) = ctx.identity.detached.slots.clone().acquire_owned().await else {
+        let Ok(permit) = ctx.state.detached.slots.clone().acquire_owned().await else {
             return;
         };
-        ctx.identity.detached.start(&uid);
+        ctx.state.detached.start(&uid);
         let handoff = self.clone();
         // The task logs in the reconcile's span (object.ref, object.reason).
         let span = tracing::Span::current();
@@ -142,7 +142,7 @@ impl Handoff {
                 let next = tokio::select! {
                     biased;
                     () = handoff.abort.clone() => {
-                        ctx.identity.detached.finish(&uid);
+                        ctx.state.detached.finish(&uid);
                         return;
                     }
                     result = work => match result {
@@ -160,7 +160,7 @@ impl Handoff {
                         }
                     }
                 };
-                let marked = ctx.identity.detached.finish(&uid);
+                let marked = ctx.state.detached.finish(&uid);
                 match (marked, next) {
                     _ if handoff.shutdown.peek().is_some() => {}
                     (true, _) => {

@@ -18,6 +18,7 @@ pub mod observe;
 pub mod outcome;
 pub mod plan;
 pub mod report;
+pub mod status;
 pub mod sweep;
 
 use std::{sync::Arc, time::Duration};
@@ -47,7 +48,7 @@ use self::{
 use crate::{
     Error, Result,
     api::{FINALIZER, GuardedIdentity, IdentitySchemaRef, identity::Identity},
-    controller::{Context, finalizer},
+    controller::finalizer,
 };
 use jiff::Timestamp;
 
@@ -134,7 +135,7 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) 
         .metadata
         .uid
         .as_deref()
-        .is_some_and(|uid| ctx.identity.detached.defer(uid))
+        .is_some_and(|uid| ctx.state.detached.defer(uid))
     {
         return Ok(Action::await_change());
     }
@@ -147,10 +148,10 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) 
             match cleanup(&obj, &ctx).await {
                 Ok(action) => {
                     if let Some(uid) = obj.metadata.uid.as_deref() {
-                        ctx.identity.known_ids.forget(uid);
-                        ctx.identity.markers.forget(uid);
+                        ctx.state.known_ids.forget(uid);
+                        ctx.state.markers.forget(uid);
                     }
-                    ctx.statuses.forget(&obj);
+                    ctx.state.statuses.forget(&obj);
                     finalizer::remove(&api, &*obj, FINALIZER)
                         .await
                         .map(|()| action)
@@ -201,7 +202,7 @@ async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Next> {
     match sync(&obj, &ctx).await {
         Ok(outcome) => {
             if let (Outcome::Synced(s), Some(uid)) = (&outcome, obj.metadata.uid.as_deref()) {
-                ctx.identity.known_ids.set(uid, &s.identity_id);
+                ctx.state.known_ids.set(uid, &s.identity_id);
             }
             report::outcome(&obj, &ctx, &outcome);
             Ok(next(&outcome, &ctx.settings))
@@ -240,8 +241,8 @@ fn observed<'a>(obj: &'a Identity, ctx: &Context, owner: plan::Owner<'a>) -> Res
     );
     o.recorded_id = status
         .and_then(|s| s.identity_id.clone())
-        .or_else(|| ctx.identity.known_ids.get(owner.uid));
-    o.batched = ctx.identity.creates.is_some();
+        .or_else(|| ctx.state.known_ids.get(owner.uid));
+    o.batched = ctx.state.creates.is_some();
     Ok(o)
 }
 
@@ -311,8 +312,32 @@ fn next(outcome: &Outcome, settings: &crate::controller::Settings) -> Next {
     }
 }
 
-/// What the Identity controller keeps between its reconciles (the shared
-/// [`Context`](crate::controller::Context) holds it as `identity`).
+/// What the Identity controller's reconciles get: the context every controller shares, and the
+/// Identity controller's own [`State`]. Dereferences to the shared context.
+#[derive(Clone)]
+pub struct Context {
+    /// What every controller shares.
+    pub shared: Arc<crate::controller::Context>,
+    /// What only the Identity controller keeps.
+    pub state: Arc<State>,
+}
+
+impl Context {
+    /// The Identity controller's context over the shared one.
+    pub fn new(shared: Arc<crate::controller::Context>, state: Arc<State>) -> Self {
+        Self { shared, state }
+    }
+}
+
+impl std::ops::Deref for Context {
+    type Target = crate::controller::Context;
+    fn deref(&self) -> &Self::Target {
+        &self.shared
+    }
+}
+
+/// What the Identity controller keeps between its reconciles, one for the process (all
+/// watched namespaces).
 pub struct State {
     /// The create batcher, when creates are coalesced.
     pub creates: Option<batch::CreateBatcher>,
@@ -323,22 +348,24 @@ pub struct State {
     pub known_ids: KnownIds,
     /// New identities being created off the reconciles' path.
     pub detached: detach::Detached,
+    /// Status writes, off the reconciles' path.
+    pub statuses: status::StatusWriter,
 }
 
 impl State {
-    /// The state of a fresh process.
-    pub fn new(
-        kratos: &crate::kratos::KratosClient,
-        settings: &crate::controller::Settings,
-        priority: Arc<crate::controller::priority::Priority>,
-    ) -> Self {
+    /// The state of controllers that start now (this process became leader: a marker index
+    /// built before may miss identities the previous leader created).
+    pub fn new(ctx: &crate::controller::Context) -> Self {
+        let markers = markers::MarkerIndex::default();
+        markers.begin();
         Self {
-            creates: settings
-                .batch_creates
-                .then(|| batch::CreateBatcher::spawn(kratos.clone(), settings.batch_window)),
-            markers: markers::MarkerIndex::default(),
+            creates: ctx.settings.batch_creates.then(|| {
+                batch::CreateBatcher::spawn(ctx.kratos.clone(), ctx.settings.batch_window)
+            }),
+            markers,
             known_ids: KnownIds::default(),
-            detached: detach::Detached::new(priority),
+            detached: detach::Detached::new(ctx.priority.clone()),
+            statuses: status::StatusWriter::new(ctx.priority.clone()),
         }
     }
 }
@@ -421,11 +448,12 @@ fn unguard(event: watcher::Event<GuardedIdentity>) -> watcher::Event<Identity> {
 /// Every Identity its watch sees change is also sent to `touched` (the RecoveryRequest
 /// controller of the same scope reacts to them).
 pub async fn controller(
-    ctx: Arc<Context>,
+    ctx: Context,
     namespace: Option<&str>,
     shutdown: Shared<BoxFuture<'static, ()>>,
     touched: UnboundedSender<ObjectRef<Identity>>,
 ) {
+    let ctx = Arc::new(ctx);
     let client = ctx.client.clone();
     let (identities, secrets, schema_refs): (
         Api<GuardedIdentity>,

@@ -7,12 +7,12 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use tracing::info;
 
+use super::Context;
 use super::plan::{Need, Observed};
 use crate::controller::schema_ref::Fetched;
 use crate::{
     Result,
     api::IdentitySchemaRef,
-    controller::Context,
     kratos::{self, Identity as KratosIdentity},
     schema::CompiledSchema,
 };
@@ -116,7 +116,7 @@ async fn candidates(ctx: &Context, identifiers: &[String]) -> Result<Vec<KratosI
 /// The identity the marker index names for `uid` (for objects without identifiers); `None` when
 /// there is none, or it is gone. Whose it is, the plan reads from its marker.
 async fn marked(ctx: &Context, uid: &str) -> Result<Option<KratosIdentity>> {
-    let Some(id) = ctx.identity.markers.find(&ctx.kratos, uid).await? else {
+    let Some(id) = ctx.state.markers.find(&ctx.kratos, uid).await? else {
         return Ok(None);
     };
     match ctx.kratos.get_identity(&id, &[]).await {

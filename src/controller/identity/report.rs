@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::sync::Arc;
 
+use super::Context;
 use super::{
     Blocked,
     outcome::{Change, Outcome, Synced},
@@ -18,7 +19,6 @@ use crate::{
         conditions::{self, Desired, Status},
         identity::{CredentialsStatus, Identity, IdentityStatus, PasswordStatus},
     },
-    controller::Context,
 };
 
 /// Publishes an Event about `obj` (failures to publish are logged, never fatal).
@@ -127,7 +127,7 @@ pub async fn first_statuses(
             async move {
                 if let Some(obj) = store.get(&object).filter(|o| wants_first_status(o)) {
                     let status = progressing_status(&obj, Timestamp::now());
-                    ctx.statuses.write_first(&ctx, &obj, status).await;
+                    ctx.state.statuses.write_first(&ctx, &obj, status).await;
                 }
             }
         })
@@ -150,7 +150,7 @@ pub fn blocked_status(obj: &Identity, b: &Blocked, now: Timestamp) -> IdentitySt
 /// cached one and the cache is current. Returns whether a write was queued.
 pub fn write_status(ctx: &Context, obj: &Arc<Identity>, status: IdentityStatus) -> bool {
     let unchanged = crate::controller::report::unchanged(&**obj, &status);
-    ctx.statuses.submit(obj, status, unchanged)
+    ctx.state.statuses.submit(obj, status, unchanged)
 }
 
 fn previous_ready_reason(obj: &Identity) -> Option<String> {

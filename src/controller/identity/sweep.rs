@@ -19,8 +19,8 @@ use kube::{
 };
 use tracing::{debug, warn};
 
+use super::Context;
 use super::desired;
-use crate::controller::Context;
 use crate::{
     api::{Identity, conditions, identity::IdentityState},
     kratos::{Identity as KratosIdentity, ListIdentitiesParams, SessionExpand},

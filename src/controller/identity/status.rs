@@ -25,11 +25,11 @@ use kube::{
 use tokio::sync::Notify;
 use tracing::debug;
 
-use super::{Context, priority::Priority};
 use crate::api::identity::{Identity, IdentityStatus};
+use crate::controller::{Context, backoff, priority::Priority, report};
 
 /// Status writes in flight at once (fewer while many identities are being created, see
-/// [`super::priority`]).
+/// [`crate::controller::priority`]).
 pub const WRITERS: usize = 32;
 
 /// One status waiting to be written.
@@ -199,6 +199,7 @@ impl StatusWriter {
                 attempts: 0,
             },
         );
+        self.priority.set_statuses_queued(q.len());
         drop(q);
         self.wake.notify_one();
         true
@@ -210,7 +211,7 @@ impl StatusWriter {
     /// written, or written but not in the cache yet; written only if the object is still at
     /// the resourceVersion seen (so it never replaces a status written meanwhile). A failure is
     /// only logged: the reconcile's own status follows through the queue. The caller picks
-    /// objects without status ([`super::identity::report::first_statuses`]).
+    /// objects without status ([`super::report::first_statuses`]).
     pub async fn write_first(&self, ctx: &Context, obj: &Arc<Identity>, status: IdentityStatus) {
         let key = ObjectRef::from_obj(&**obj);
         let claimed = self
@@ -220,18 +221,17 @@ impl StatusWriter {
         if !claimed {
             return;
         }
-        let written =
-            match super::report::apply_status_if_unchanged(ctx, &reference(obj), &status).await {
-                Ok(rv) => rv,
-                Err(kube::Error::Api(ref e)) if e.code == 409 => {
-                    debug!(object = %key, "object changed; first status not needed");
-                    None
-                }
-                Err(e) => {
-                    debug!(object = %key, error = %e, "first status not written");
-                    None
-                }
-            };
+        let written = match report::apply_status_if_unchanged(ctx, &reference(obj), &status).await {
+            Ok(rv) => rv,
+            Err(kube::Error::Api(ref e)) if e.code == 409 => {
+                debug!(object = %key, "object changed; first status not needed");
+                None
+            }
+            Err(e) => {
+                debug!(object = %key, error = %e, "first status not written");
+                None
+            }
+        };
         self.done(&key, written);
         // A status queued meanwhile waited for this write.
         self.wake.notify_one();
@@ -241,13 +241,8 @@ impl StatusWriter {
     pub fn forget(&self, obj: &Identity) {
         if let Ok(mut q) = self.queue.lock() {
             q.forget(&ObjectRef::from_obj(obj));
+            self.priority.set_statuses_queued(q.len());
         }
-    }
-
-    /// Waits until Events may be published: no bulk create runs and few statuses wait (see
-    /// [`super::priority`]).
-    pub async fn events_turn(&self) {
-        self.priority.event_turn(|| self.queued()).await;
     }
 
     /// Statuses waiting to be written.
@@ -256,7 +251,10 @@ impl StatusWriter {
     }
 
     fn pop(&self) -> Option<(ObjectRef<Identity>, Pending)> {
-        self.queue.lock().ok()?.pop()
+        let mut q = self.queue.lock().ok()?;
+        let next = q.pop();
+        self.priority.set_statuses_queued(q.len());
+        next
     }
 
     fn done(&self, key: &ObjectRef<Identity>, written: Option<String>) {
@@ -284,12 +282,13 @@ impl StatusWriter {
     fn retry(&self, key: ObjectRef<Identity>, p: Pending) {
         if let Ok(mut q) = self.queue.lock() {
             q.retry(key, p);
+            self.priority.set_statuses_queued(q.len());
         }
         self.wake.notify_one();
     }
 
     /// Runs [`WRITERS`] writers until `stop`; statuses still queued then are dropped (the next
-    /// leader's reconciles compute them again). [`super::run`] stops them once the controllers
+    /// leader's reconciles compute them again). [`crate::controller::run`] stops them once the controllers
     /// stopped and the queue is [idle](Self::idle).
     pub async fn run(&self, ctx: Arc<Context>, stop: impl std::future::Future<Output = ()>) {
         let writers =
@@ -306,7 +305,7 @@ async fn writer(number: usize, w: StatusWriter, ctx: Arc<Context>) {
             notified.await;
             continue;
         };
-        let result = super::report::apply_status_returning_version(&ctx, &p.obj, &p.status).await;
+        let result = report::apply_status_returning_version(&ctx, &p.obj, &p.status).await;
         match result {
             Ok(rv) => w.done(&key, rv),
             Err(kube::Error::Api(ref status)) if status.is_not_found() => {
@@ -316,11 +315,10 @@ async fn writer(number: usize, w: StatusWriter, ctx: Arc<Context>) {
             Err(e) => {
                 w.done(&key, None);
                 if p.attempts == 0 {
-                    super::report::status_not_written(&ctx, &p.obj, &e);
+                    report::status_not_written(&ctx, &p.obj, &e);
                 }
                 p.attempts += 1;
-                let delay =
-                    super::backoff::delay(p.attempts, crate::kratos::retry::random_unit(), None);
+                let delay = backoff::delay(p.attempts, crate::kratos::retry::random_unit(), None);
                 debug!(object = %key, attempts = p.attempts, ?delay, "status write failed; retrying");
                 let w = w.clone();
                 tokio::spawn(async move {
