@@ -18,39 +18,30 @@ pub mod observe;
 pub mod outcome;
 pub mod plan;
 pub mod report;
+pub mod state;
 pub mod status;
 pub mod sweep;
+pub mod watch;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{
-    FutureExt, StreamExt, TryStreamExt, channel::mpsc::UnboundedSender, future::BoxFuture,
-    future::Shared,
-};
-use k8s_openapi::api::core::v1::Secret;
-use kube::{
-    Api, ResourceExt,
-    core::PartialObjectMeta,
-    runtime::{
-        Controller, WatchStreamExt,
-        controller::Action,
-        reflector::{ObjectRef, Store},
-        watcher,
-    },
-};
-use tracing::info;
+use jiff::Timestamp;
+use kube::{Api, ResourceExt, runtime::controller::Action};
 
 use self::{
     detach::Handoff,
     outcome::Outcome,
     plan::{Cleanup, Observed, Plan},
 };
+pub use self::{
+    state::{Context, KnownIds, State},
+    watch::{controller, lifecycle_changed},
+};
 use crate::{
     Error, Result,
-    api::{FINALIZER, GuardedIdentity, IdentitySchemaRef, identity::Identity},
+    api::{FINALIZER, GuardedIdentity, identity::Identity},
     controller::finalizer,
 };
-use jiff::Timestamp;
 
 /// Why an Identity cannot be synced right now (reported as `Ready=False` with this reason).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,303 +300,5 @@ fn next(outcome: &Outcome, settings: &crate::controller::Settings) -> Next {
             (true, Some(Recheck::Schema)) => Next::After(settings.schema_recheck_interval),
             (true, None) => Next::AwaitChange,
         },
-    }
-}
-
-/// What the Identity controller's reconciles get: the context every controller shares, and the
-/// Identity controller's own [`State`]. Dereferences to the shared context.
-#[derive(Clone)]
-pub struct Context {
-    /// What every controller shares.
-    pub shared: Arc<crate::controller::Context>,
-    /// What only the Identity controller keeps.
-    pub state: Arc<State>,
-}
-
-impl Context {
-    /// The Identity controller's context over the shared one.
-    pub fn new(shared: Arc<crate::controller::Context>, state: Arc<State>) -> Self {
-        Self { shared, state }
-    }
-}
-
-impl std::ops::Deref for Context {
-    type Target = crate::controller::Context;
-    fn deref(&self) -> &Self::Target {
-        &self.shared
-    }
-}
-
-/// What the Identity controller keeps between its reconciles, one for the process (all
-/// watched namespaces).
-pub struct State {
-    /// The create batcher, when creates are coalesced.
-    pub creates: Option<batch::CreateBatcher>,
-    /// Owner markers of Kratos identities, for objects without identifiers ([`markers`]).
-    pub markers: markers::MarkerIndex,
-    /// Kratos ids this process created or found, by object uid: a reconcile that runs before the
-    /// status it wrote is in the cache must not create the identity again.
-    pub known_ids: KnownIds,
-    /// New identities being created off the reconciles' path.
-    pub detached: detach::Detached,
-    /// Status writes, off the reconciles' path.
-    pub statuses: status::StatusWriter,
-}
-
-impl State {
-    /// The state of controllers that start now (this process became leader: a marker index
-    /// built before may miss identities the previous leader created).
-    pub fn new(ctx: &crate::controller::Context) -> Self {
-        let markers = markers::MarkerIndex::default();
-        markers.begin();
-        Self {
-            creates: ctx.settings.batch_creates.then(|| {
-                batch::CreateBatcher::spawn(ctx.kratos.clone(), ctx.settings.batch_window)
-            }),
-            markers,
-            known_ids: KnownIds::default(),
-            detached: detach::Detached::new(ctx.priority.clone()),
-            statuses: status::StatusWriter::new(ctx.priority.clone()),
-        }
-    }
-}
-
-/// Kratos identity ids by object uid.
-#[derive(Debug, Default)]
-pub struct KnownIds(std::sync::Mutex<std::collections::HashMap<String, String>>);
-
-impl KnownIds {
-    /// The id recorded for `uid`.
-    pub fn get(&self, uid: &str) -> Option<String> {
-        self.0.lock().ok().and_then(|m| m.get(uid).cloned())
-    }
-
-    /// Records `id` for `uid`.
-    pub fn set(&self, uid: &str, id: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(uid.to_string(), id.to_string());
-        }
-    }
-
-    /// Forgets `uid` (the object is gone).
-    pub fn forget(&self, uid: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(uid);
-        }
-    }
-}
-
-/// What a change to an Identity must alter to be reconciled: generation (spec), deletion, uid (a
-/// re-created object), and the loss of the finalizer by a synced object. Not the finalizer's
-/// arrival: the reconcile that adds it goes on to apply (see [`finalizer`]), so the event of its
-/// own finalizer patch must not reconcile the object a second time (before the status it wrote
-/// is in the cache, that second pass would try to create the identity again). But a finalizer
-/// removed by hand from an object with an identity is put back at once: without it, deleting
-/// the object would leave its Kratos identity behind. Not the status either: the operator
-/// writes it.
-pub fn lifecycle_changed(obj: &Identity) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    obj.metadata.uid.hash(&mut h);
-    obj.metadata.generation.hash(&mut h);
-    obj.metadata.deletion_timestamp.is_some().hash(&mut h);
-    finalizer_lost(obj).hash(&mut h);
-    Some(h.finish())
-}
-
-/// Whether a live object that has a Kratos identity lacks its finalizer (someone removed it).
-fn finalizer_lost(obj: &Identity) -> bool {
-    obj.metadata.deletion_timestamp.is_none()
-        && obj.status.as_ref().is_some_and(|s| s.identity_id.is_some())
-        && !finalizer::has(obj, FINALIZER)
-}
-
-fn referencing<F>(store: &Store<Identity>, ns: Option<String>, pred: F) -> Vec<ObjectRef<Identity>>
-where
-    F: Fn(&Identity) -> bool,
-{
-    store
-        .state()
-        .into_iter()
-        .filter(|i| i.namespace() == ns && pred(i))
-        .map(|i| ObjectRef::from_obj(&*i))
-        .collect()
-}
-
-/// The watcher's events with the [`GuardedIdentity`] wrapper taken off.
-fn unguard(event: watcher::Event<GuardedIdentity>) -> watcher::Event<Identity> {
-    match event {
-        watcher::Event::Apply(GuardedIdentity(i)) => watcher::Event::Apply(i),
-        watcher::Event::Delete(GuardedIdentity(i)) => watcher::Event::Delete(i),
-        watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitApply(GuardedIdentity(i)) => watcher::Event::InitApply(i),
-        watcher::Event::InitDone => watcher::Event::InitDone,
-    }
-}
-
-/// Runs the Identity controller for one namespace (or all) until `shutdown`.
-///
-/// Every Identity its watch sees change is also sent to `touched` (the RecoveryRequest
-/// controller of the same scope reacts to them).
-pub async fn controller(
-    ctx: Context,
-    namespace: Option<&str>,
-    shutdown: Shared<BoxFuture<'static, ()>>,
-    touched: UnboundedSender<ObjectRef<Identity>>,
-) {
-    let ctx = Arc::new(ctx);
-    let client = ctx.client.clone();
-    let (identities, secrets, schema_refs): (
-        Api<GuardedIdentity>,
-        Api<PartialObjectMeta<Secret>>,
-        Api<IdentitySchemaRef>,
-    ) = match namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
-    // Reconcile on spec, finalizer and deletion changes only: the operator's own status writes
-    // would otherwise cost a Kratos read per object after every write. The store still sees
-    // every change (the sweep reads status from it).
-    let (store, writer) = kube::runtime::reflector::store();
-    let (first_tx, first_rx) = futures::channel::mpsc::unbounded();
-    let first_statuses = report::first_statuses(ctx.clone(), store.clone(), first_rx);
-    let stream = kube::runtime::reflector(
-        writer,
-        // Guarded: one object whose spec cannot be decoded must not stop the watch of all the
-        // others; it arrives as a skeleton that reports InvalidSpec. managedFields (most of an
-        // object's bytes, never read) are dropped while decoding.
-        watcher(identities, ctx.settings.watch_config()).map_ok(unguard),
-    )
-    .default_backoff()
-    .touched_objects()
-    .inspect_ok(move |obj| {
-        // The receivers end with their controller; nothing to do then.
-        let _ = touched.unbounded_send(ObjectRef::from_obj(obj));
-        // A new object gets a status at once, not after its create (see
-        // `report::first_statuses`).
-        if report::wants_first_status(obj) {
-            let _ = first_tx.unbounded_send(ObjectRef::from_obj(obj));
-        }
-    })
-    .predicate_filter(lifecycle_changed, kube::runtime::PredicateConfig::default());
-    let controller = Controller::for_stream(stream, store.clone());
-    ctx.caches.add_identities(store.clone());
-    let secret_store = store.clone();
-    let schema_store = store.clone();
-    let (sweep_tx, sweep_triggers) = futures::channel::mpsc::unbounded();
-    let (retrigger, retriggers) = futures::channel::mpsc::unbounded();
-    // Detached creates finish what they started on shutdown (`run` waits for them), and stop
-    // at once when this future is dropped (an aborted controller task) together with `alive`;
-    // a controller that returns says so through `alive`, which never aborts them.
-    let (alive, dropped) = futures::channel::oneshot::channel::<()>();
-    let handoff = Handoff {
-        retrigger,
-        shutdown: shutdown.clone(),
-        abort: dropped
-            .then(|returned| async move {
-                if returned.is_ok() {
-                    futures::future::pending::<()>().await;
-                }
-            })
-            .boxed()
-            .shared(),
-    };
-    if ctx.settings.drift_sweeps {
-        tokio::spawn(sweep::run(ctx.clone(), store.clone(), sweep_tx));
-    } else {
-        drop(sweep_tx);
-    }
-    info!(
-        namespace = namespace.unwrap_or("*"),
-        "starting Identity controller"
-    );
-    let controller = controller
-        .watches(
-            secrets,
-            watcher::Config::default().any_semantic(),
-            move |secret| {
-                let name = secret.name_any();
-                referencing(&secret_store, secret.namespace(), |i| {
-                    i.spec
-                        .credentials
-                        .as_ref()
-                        .and_then(|c| c.password.as_ref())
-                        .is_some_and(|p| {
-                            p.secret_ref.as_ref().is_some_and(|r| r.name == name)
-                                || p.hashed_secret_ref.as_ref().is_some_and(|r| r.name == name)
-                        })
-                })
-            },
-        )
-        .watches(
-            schema_refs,
-            watcher::Config::default().any_semantic(),
-            move |sr| {
-                let name = sr.name_any();
-                referencing(&schema_store, sr.namespace(), |i| {
-                    i.spec.schema_ref.as_ref().is_some_and(|r| r.name == name)
-                })
-            },
-        )
-        .reconcile_on(futures::stream::select(sweep_triggers, retriggers))
-        .with_config(
-            kube::runtime::controller::Config::default()
-                .concurrency(ctx.settings.max_concurrent_reconciles)
-                .debounce(Duration::from_millis(200)),
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(
-            move |obj, ctx| reconcile(obj, ctx, handoff.clone()),
-            error_policy,
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()));
-    // The first-status writers end once the controller (and with it the watch that feeds
-    // them) has stopped.
-    futures::future::join(controller, first_statuses).await;
-    let _ = alive.send(());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn object(finalizers: &[&str], identity_id: Option<&str>) -> Identity {
-        let mut value = json!({
-            "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
-            "metadata": { "name": "a", "namespace": "ns", "uid": "u1", "generation": 1,
-                          "finalizers": finalizers },
-            "spec": { "schemaId": "customer", "traits": {} }
-        });
-        if let Some(id) = identity_id {
-            value["status"] = json!({ "identityId": id, "observedGeneration": 1 });
-        }
-        serde_json::from_value(value).expect("identity")
-    }
-
-    #[test]
-    fn the_operator_s_own_finalizer_and_status_writes_do_not_reconcile_again() {
-        let new = lifecycle_changed(&object(&[], None));
-        assert_eq!(new, lifecycle_changed(&object(&[FINALIZER], None)));
-        assert_eq!(new, lifecycle_changed(&object(&[FINALIZER], Some("id-1"))));
-    }
-
-    #[test]
-    fn a_finalizer_removed_from_a_synced_object_reconciles_it() {
-        let synced = lifecycle_changed(&object(&[FINALIZER], Some("id-1")));
-        assert_ne!(synced, lifecycle_changed(&object(&[], Some("id-1"))));
-        assert_ne!(
-            synced,
-            lifecycle_changed(&object(&["someone.else/keep"], Some("id-1")))
-        );
     }
 }

@@ -1,0 +1,260 @@
+//! The Identity controller's watches: which changes reconcile an Identity (its own lifecycle,
+//! its password Secret, its IdentitySchemaRef, a drift sweep's finding, the end of a detached
+//! create), and the controller that runs [`super::reconcile`] on them.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{
+    FutureExt, StreamExt, TryStreamExt, channel::mpsc::UnboundedSender, future::BoxFuture,
+    future::Shared,
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        Controller, WatchStreamExt,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::info;
+
+use super::{Context, detach::Handoff, error_policy, reconcile, report, sweep};
+use crate::{
+    api::{FINALIZER, GuardedIdentity, IdentitySchemaRef, identity::Identity},
+    controller::finalizer,
+};
+
+/// What a change to an Identity must alter to be reconciled: generation (spec), deletion, uid (a
+/// re-created object), and the loss of the finalizer by a synced object. Not the finalizer's
+/// arrival: the reconcile that adds it goes on to apply (see [`finalizer`]), so the event of its
+/// own finalizer patch must not reconcile the object a second time (before the status it wrote
+/// is in the cache, that second pass would try to create the identity again). But a finalizer
+/// removed by hand from an object with an identity is put back at once: without it, deleting
+/// the object would leave its Kratos identity behind. Not the status either: the operator
+/// writes it.
+pub fn lifecycle_changed(obj: &Identity) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    obj.metadata.uid.hash(&mut h);
+    obj.metadata.generation.hash(&mut h);
+    obj.metadata.deletion_timestamp.is_some().hash(&mut h);
+    finalizer_lost(obj).hash(&mut h);
+    Some(h.finish())
+}
+
+/// Whether a live object that has a Kratos identity lacks its finalizer (someone removed it).
+fn finalizer_lost(obj: &Identity) -> bool {
+    obj.metadata.deletion_timestamp.is_none()
+        && obj.status.as_ref().is_some_and(|s| s.identity_id.is_some())
+        && !finalizer::has(obj, FINALIZER)
+}
+
+fn referencing<F>(store: &Store<Identity>, ns: Option<String>, pred: F) -> Vec<ObjectRef<Identity>>
+where
+    F: Fn(&Identity) -> bool,
+{
+    store
+        .state()
+        .into_iter()
+        .filter(|i| i.namespace() == ns && pred(i))
+        .map(|i| ObjectRef::from_obj(&*i))
+        .collect()
+}
+
+/// The watcher's events with the [`GuardedIdentity`] wrapper taken off.
+fn unguard(event: watcher::Event<GuardedIdentity>) -> watcher::Event<Identity> {
+    match event {
+        watcher::Event::Apply(GuardedIdentity(i)) => watcher::Event::Apply(i),
+        watcher::Event::Delete(GuardedIdentity(i)) => watcher::Event::Delete(i),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(GuardedIdentity(i)) => watcher::Event::InitApply(i),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+/// An API of kind `K` over the controller's scope.
+fn api<K>(ctx: &Context, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    }
+}
+
+/// Whether `obj` takes its password from the Secret `name` (of its namespace).
+fn uses_secret(obj: &Identity, name: &str) -> bool {
+    obj.spec
+        .credentials
+        .as_ref()
+        .and_then(|c| c.password.as_ref())
+        .is_some_and(|p| {
+            p.secret_ref.as_ref().is_some_and(|r| r.name == name)
+                || p.hashed_secret_ref.as_ref().is_some_and(|r| r.name == name)
+        })
+}
+
+/// Reconciles the Identities that use a Secret or IdentitySchemaRef when it changes.
+fn watch_dependencies(
+    controller: Controller<Identity>,
+    ctx: &Context,
+    namespace: Option<&str>,
+    store: &Store<Identity>,
+) -> Controller<Identity> {
+    let (secret_store, schema_store) = (store.clone(), store.clone());
+    controller
+        .watches(
+            api::<PartialObjectMeta<Secret>>(ctx, namespace),
+            watcher::Config::default().any_semantic(),
+            move |secret| {
+                let name = secret.name_any();
+                referencing(&secret_store, secret.namespace(), |i| uses_secret(i, &name))
+            },
+        )
+        .watches(
+            api::<IdentitySchemaRef>(ctx, namespace),
+            watcher::Config::default().any_semantic(),
+            move |sr| {
+                let name = sr.name_any();
+                referencing(&schema_store, sr.namespace(), |i| {
+                    i.spec.schema_ref.as_ref().is_some_and(|r| r.name == name)
+                })
+            },
+        )
+}
+
+/// The handoff of detached creates, and the sender that says the controller returned.
+///
+/// Detached creates finish what they started on shutdown (`run` waits for them), and stop at
+/// once when the controller's future is dropped (an aborted controller task) together with
+/// the sender; a controller that returns says so through the sender, which never aborts them.
+fn handoff(
+    retrigger: futures::channel::mpsc::UnboundedSender<ObjectRef<Identity>>,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) -> (Handoff, futures::channel::oneshot::Sender<()>) {
+    let (alive, dropped) = futures::channel::oneshot::channel::<()>();
+    let handoff = Handoff {
+        retrigger,
+        shutdown,
+        abort: dropped
+            .then(|returned| async move {
+                if returned.is_ok() {
+                    futures::future::pending::<()>().await;
+                }
+            })
+            .boxed()
+            .shared(),
+    };
+    (handoff, alive)
+}
+
+/// Runs the Identity controller for one namespace (or all) until `shutdown`.
+///
+/// Every Identity its watch sees change is also sent to `touched` (the RecoveryRequest
+/// controller of the same scope reacts to them).
+pub async fn controller(
+    ctx: Context,
+    namespace: Option<&str>,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+    touched: UnboundedSender<ObjectRef<Identity>>,
+) {
+    let ctx = Arc::new(ctx);
+    let identities: Api<GuardedIdentity> = api(&ctx, namespace);
+    // Reconcile on spec, finalizer and deletion changes only: the operator's own status writes
+    // would otherwise cost a Kratos read per object after every write. The store still sees
+    // every change (the sweep reads status from it).
+    let (store, writer) = kube::runtime::reflector::store();
+    let (first_tx, first_rx) = futures::channel::mpsc::unbounded();
+    let first_statuses = report::first_statuses(ctx.clone(), store.clone(), first_rx);
+    let stream = kube::runtime::reflector(
+        writer,
+        // Guarded: one object whose spec cannot be decoded must not stop the watch of all the
+        // others; it arrives as a skeleton that reports InvalidSpec. managedFields (most of an
+        // object's bytes, never read) are dropped while decoding.
+        watcher(identities, ctx.settings.watch_config()).map_ok(unguard),
+    )
+    .default_backoff()
+    .touched_objects()
+    .inspect_ok(move |obj| {
+        // The receivers end with their controller; nothing to do then.
+        let _ = touched.unbounded_send(ObjectRef::from_obj(obj));
+        // A new object gets a status at once, not after its create (see
+        // `report::first_statuses`).
+        if report::wants_first_status(obj) {
+            let _ = first_tx.unbounded_send(ObjectRef::from_obj(obj));
+        }
+    })
+    .predicate_filter(lifecycle_changed, kube::runtime::PredicateConfig::default());
+    let controller = Controller::for_stream(stream, store.clone());
+    ctx.caches.add_identities(store.clone());
+    let (sweep_tx, sweep_triggers) = futures::channel::mpsc::unbounded();
+    let (retrigger, retriggers) = futures::channel::mpsc::unbounded();
+    let (handoff, alive) = handoff(retrigger, shutdown.clone());
+    if ctx.settings.drift_sweeps {
+        tokio::spawn(sweep::run(ctx.clone(), store.clone(), sweep_tx));
+    } else {
+        drop(sweep_tx);
+    }
+    info!(
+        namespace = namespace.unwrap_or("*"),
+        "starting Identity controller"
+    );
+    let controller = watch_dependencies(controller, &ctx, namespace, &store)
+        .reconcile_on(futures::stream::select(sweep_triggers, retriggers))
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(ctx.settings.max_concurrent_reconciles)
+                .debounce(Duration::from_millis(200)),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(
+            move |obj, ctx| reconcile(obj, ctx, handoff.clone()),
+            error_policy,
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()));
+    // The first-status writers end once the controller (and with it the watch that feeds
+    // them) has stopped.
+    futures::future::join(controller, first_statuses).await;
+    let _ = alive.send(());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(finalizers: &[&str], identity_id: Option<&str>) -> Identity {
+        let mut value = json!({
+            "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
+            "metadata": { "name": "a", "namespace": "ns", "uid": "u1", "generation": 1,
+                          "finalizers": finalizers },
+            "spec": { "schemaId": "customer", "traits": {} }
+        });
+        if let Some(id) = identity_id {
+            value["status"] = json!({ "identityId": id, "observedGeneration": 1 });
+        }
+        serde_json::from_value(value).expect("identity")
+    }
+
+    #[test]
+    fn the_operator_s_own_finalizer_and_status_writes_do_not_reconcile_again() {
+        let new = lifecycle_changed(&object(&[], None));
+        assert_eq!(new, lifecycle_changed(&object(&[FINALIZER], None)));
+        assert_eq!(new, lifecycle_changed(&object(&[FINALIZER], Some("id-1"))));
+    }
+
+    #[test]
+    fn a_finalizer_removed_from_a_synced_object_reconciles_it() {
+        let synced = lifecycle_changed(&object(&[FINALIZER], Some("id-1")));
+        assert_ne!(synced, lifecycle_changed(&object(&[], Some("id-1"))));
+        assert_ne!(
+            synced,
+            lifecycle_changed(&object(&["someone.else/keep"], Some("id-1")))
+        );
+    }
+}
