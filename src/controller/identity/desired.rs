@@ -463,32 +463,9 @@ mod tests {
         AddressVia, IdentityCredentials, OidcCredential, OidcProvider, SessionPolicy,
         VerifiedAddress,
     };
+    use crate::controller::identity::fixtures::{UID, base_spec, identity};
     use secrecy::ExposeSecret;
     use serde_json::json;
-
-    const UID: &str = "uid-1";
-
-    fn spec(v: Value) -> IdentitySpec {
-        serde_json::from_value(v).unwrap()
-    }
-
-    fn base_spec() -> IdentitySpec {
-        spec(json!({"schemaId": "customer", "traits": {"email": "a@example.com", "age": 3}}))
-    }
-
-    fn identity(v: Value) -> Identity {
-        let mut base = json!({
-            "id": "id-1", "schema_id": "customer", "schema_url": "", "state": "active",
-            "traits": {"email": "a@example.com", "age": 3.0},
-            "metadata_public": null,
-            "metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID},
-            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
-        });
-        if let (Value::Object(b), Value::Object(o)) = (&mut base, v) {
-            b.extend(o);
-        }
-        serde_json::from_value(base).unwrap()
-    }
 
     fn desired_of(s: &IdentitySpec, password: Option<PasswordInput>) -> Desired {
         desired(s, "customer".into(), "ns/a", UID, password)

@@ -13,6 +13,8 @@ pub mod act;
 pub mod batch;
 pub mod desired;
 pub mod detach;
+#[cfg(test)]
+mod fixtures;
 pub mod markers;
 pub mod observe;
 pub mod outcome;
@@ -212,8 +214,23 @@ async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Next> {
 /// plan never asks for the same one twice, so a reconcile needs about ten.
 const MAX_STEPS: usize = 32;
 
+/// The object's uid and `<namespace>/<name>`, as its owner marker in Kratos names it.
+fn owner(obj: &Identity) -> Result<(String, String)> {
+    let uid = obj.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    Ok((
+        uid,
+        format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()),
+    ))
+}
+
 /// What is observed before the first plan: the object's own fields.
-fn observed<'a>(obj: &'a Identity, ctx: &Context, owner: plan::Owner<'a>) -> Result<Observed<'a>> {
+fn observed<'a>(
+    obj: &'a Identity,
+    ctx: &Context,
+    uid: &'a str,
+    name: &'a str,
+) -> Result<Observed<'a>> {
+    let owner = plan::Owner { uid, name };
     let namespace = obj
         .metadata
         .namespace
@@ -240,16 +257,8 @@ fn observed<'a>(obj: &'a Identity, ctx: &Context, owner: plan::Owner<'a>) -> Res
 /// Brings Kratos in line with the spec: plans, observes or writes what the plan says, and plans
 /// again until the plan is an outcome.
 pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
-    let uid = obj.uid().ok_or(Error::MissingField("metadata.uid"))?;
-    let name = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
-    let mut o = observed(
-        obj,
-        ctx,
-        plan::Owner {
-            uid: &uid,
-            name: &name,
-        },
-    )?;
+    let (uid, name) = owner(obj)?;
+    let mut o = observed(obj, ctx, &uid, &name)?;
     for _ in 0..MAX_STEPS {
         match plan::plan(&o) {
             Plan::Observe(need) => observe::observe(ctx, need, &mut o).await?,
@@ -263,16 +272,8 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
 /// The finalizer's cleanup: looks for this object's identity as [`plan::cleanup`] asks, then
 /// deletes or releases it.
 async fn cleanup(obj: &Identity, ctx: &Context) -> Result<Action> {
-    let uid = obj.uid().ok_or(Error::MissingField("metadata.uid"))?;
-    let name = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
-    let mut o = observed(
-        obj,
-        ctx,
-        plan::Owner {
-            uid: &uid,
-            name: &name,
-        },
-    )?;
+    let (uid, name) = owner(obj)?;
+    let mut o = observed(obj, ctx, &uid, &name)?;
     for _ in 0..MAX_STEPS {
         match plan::cleanup(&o) {
             Cleanup::Observe(need) => observe::observe(ctx, need, &mut o).await?,

@@ -420,16 +420,12 @@ fn update<'o>(
             change.get_or_insert(Change::Updated(diffs));
             Ok((updated, change, password_imported))
         }
-        Some(Err(Refusal::Conflict(reason))) => Err(Blocked::new(
-            "Conflict",
-            format!(
-                "another Kratos identity already uses one of these identifiers or addresses: {reason}"
-            ),
+        Some(Err(refusal)) => Err(refused(
+            o.spec,
+            refusal,
+            "another Kratos identity already uses one of these identifiers or addresses",
         )
         .into()),
-        Some(Err(Refusal::Invalid { reason, pointer })) => {
-            Err(kratos_invalid(o.spec, reason, pointer.as_deref()).into())
-        }
     }
 }
 
@@ -494,24 +490,34 @@ fn finish(
     }))))
 }
 
+/// An object of the namespace the spec names (an IdentitySchemaRef, a Secret), once
+/// observed: `need` asks for it first; one that does not exist blocks the reconcile.
+fn named<'o, T>(o: &Observed<'_>, seen: &'o Option<Option<T>>, need: Need) -> Decided<&'o T> {
+    match seen {
+        Some(Some(found)) => Ok(found),
+        Some(None) => {
+            let (reason, what) = match &need {
+                Need::Secret(name) => ("SecretNotFound", format!("Secret {name}")),
+                Need::SchemaRef(name) => ("SchemaNotReady", format!("IdentitySchemaRef {name}")),
+                // Only the two above name an object of the namespace.
+                _ => ("NotFound", "the object".to_string()),
+            };
+            Err(Blocked::new(
+                reason,
+                format!("{what} does not exist in namespace {}", o.namespace),
+            )
+            .into())
+        }
+        None => Err(Plan::Observe(need)),
+    }
+}
+
 /// The Kratos schema id the spec uses: `spec.schemaId`, or the one of the IdentitySchemaRef it
 /// names, which must be Ready.
 fn schema_id(o: &Observed<'_>, spec: &IdentitySpec) -> Decided<String> {
     match (&spec.schema_ref, &spec.schema_id) {
         (Some(r), _) => {
-            let Some(found) = &o.schema_ref else {
-                return Err(Plan::Observe(Need::SchemaRef(r.name.clone())));
-            };
-            let Some(sr) = found else {
-                return Err(Blocked::new(
-                    "SchemaNotReady",
-                    format!(
-                        "IdentitySchemaRef {} does not exist in namespace {}",
-                        r.name, o.namespace
-                    ),
-                )
-                .into());
-            };
+            let sr = named(o, &o.schema_ref, Need::SchemaRef(r.name.clone()))?;
             let conds = sr
                 .status
                 .as_ref()
@@ -608,16 +614,21 @@ fn create(o: &Observed<'_>, desired: &Desired, uncertain: bool, report: Report) 
             oidc: report.oidc,
             active_sessions: 0,
         })))),
-        Some(Err(Refusal::Conflict(reason))) => Err(Blocked::new(
-            "Conflict",
-            format!(
-                "Kratos already has an identity with one of these identifiers or addresses: {reason}"
-            ),
+        Some(Err(refusal)) => Err(refused(
+            o.spec,
+            refusal,
+            "Kratos already has an identity with one of these identifiers or addresses",
         )
         .into()),
-        Some(Err(Refusal::Invalid { reason, pointer })) => {
-            Err(kratos_invalid(o.spec, reason, pointer.as_deref()).into())
-        }
+    }
+}
+
+/// What a refused create or update reports: a conflict (`conflict`, then Kratos' reason), or
+/// the spec Kratos rejected.
+fn refused(spec: &IdentitySpec, refusal: &Refusal, conflict: &str) -> Blocked {
+    match refusal {
+        Refusal::Conflict(reason) => Blocked::new("Conflict", format!("{conflict}: {reason}")),
+        Refusal::Invalid { reason, pointer } => kratos_invalid(spec, reason, pointer.as_deref()),
     }
 }
 
@@ -643,19 +654,7 @@ fn password(o: &Observed<'_>) -> Decided<Option<PasswordInput>> {
             .into());
         }
     };
-    let Some(found) = &o.secret else {
-        return Err(Plan::Observe(Need::Secret(sref.name.clone())));
-    };
-    let Some(secret) = found else {
-        return Err(Blocked::new(
-            "SecretNotFound",
-            format!(
-                "Secret {} does not exist in namespace {}",
-                sref.name, o.namespace
-            ),
-        )
-        .into());
-    };
+    let secret = named(o, &o.secret, Need::Secret(sref.name.clone()))?;
     let value = secret_value(secret, &sref.name, &sref.key)?;
     let version = format!(
         "{}/{}",
@@ -1020,33 +1019,53 @@ mod tests {
         kratos::IdentityState as KratosState,
     };
 
-    const UID: &str = "uid-1";
+    use crate::controller::identity::fixtures::{UID, base_spec, spec};
+
     const OWNER: Owner<'static> = Owner {
         uid: UID,
         name: "ns/a",
     };
 
-    fn spec(v: Value) -> IdentitySpec {
-        serde_json::from_value(v).unwrap()
-    }
-
-    fn base_spec() -> IdentitySpec {
-        spec(json!({"schemaId": "customer", "traits": {"email": "a@example.com", "age": 3}}))
-    }
-
+    /// The fixture identity with credentials, as a GET returns it.
     fn identity(v: Value) -> Identity {
-        let mut base = json!({
-            "id": "id-1", "schema_id": "customer", "schema_url": "", "state": "active",
-            "traits": {"email": "a@example.com", "age": 3.0},
-            "metadata_public": null,
-            "metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: UID},
-            "credentials": {},
-            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
-        });
-        if let (Value::Object(b), Value::Object(o)) = (&mut base, v) {
-            b.extend(o);
-        }
-        serde_json::from_value(base).unwrap()
+        let mut i = crate::controller::identity::fixtures::identity(v);
+        i.credentials.get_or_insert_default();
+        i
+    }
+
+    /// The object with status.identityId `id-1`.
+    fn recorded(spec: &IdentitySpec) -> Observed<'_> {
+        let mut o = observed(spec);
+        o.recorded_id = Some("id-1".into());
+        o
+    }
+
+    /// Kratos with one identity.
+    fn holding(identity: Identity) -> World {
+        let mut w = World::new();
+        w.identities = vec![identity];
+        w
+    }
+
+    /// The steps of a reconcile that finds its recorded identity, then `rest`.
+    fn after_recorded(rest: &[&str]) -> Vec<String> {
+        let mut all = steps(&[SCHEMA, "Namespace", "Recorded(\"id-1\")"]);
+        all.extend(steps(rest));
+        all
+    }
+
+    /// The steps of a reconcile that finds its identity by a lookup and updates it, then
+    /// `rest`.
+    fn after_lookup_update(rest: &[&str]) -> Vec<String> {
+        let mut all = steps(&[
+            SCHEMA,
+            "Namespace",
+            LOOKUP,
+            "Full(\"id-1\")",
+            "Update(id-1)",
+        ]);
+        all.extend(steps(rest));
+        all
     }
 
     fn customer() -> Arc<CompiledSchema> {
@@ -1310,20 +1329,10 @@ mod tests {
     #[test]
     fn a_recorded_identity_is_used_only_when_its_marker_says_it_is_ours() {
         let s = base_spec();
-        let mut o = observed(&s);
-        o.recorded_id = Some("id-1".into());
-        let mut w = World::new();
-        w.identities = vec![identity(json!({}))];
+        let o = recorded(&s);
+        let mut w = holding(identity(json!({})));
         let (trace, outcome) = run(o.clone(), &w);
-        assert_eq!(
-            trace,
-            steps(&[
-                SCHEMA,
-                "Namespace",
-                "Recorded(\"id-1\")",
-                "Sessions(\"id-1\")"
-            ])
-        );
+        assert_eq!(trace, after_recorded(&["Sessions(\"id-1\")"]));
         assert_eq!(synced(&outcome).change, Change::Unchanged);
 
         // Another object's identity (a status a tenant wrote): nothing is written, and the
@@ -1345,8 +1354,7 @@ mod tests {
         w.identities = vec![identity(json!({"metadata_admin": null}))];
         let mut adopting = base_spec();
         adopting.adoption = Some(AdoptionPolicy::IfUnowned);
-        let mut o2 = observed(&adopting);
-        o2.recorded_id = Some("id-1".into());
+        let o2 = recorded(&adopting);
         assert_eq!(blocked(&run(o2, &w).1).reason, "Conflict");
     }
 
@@ -1372,29 +1380,17 @@ mod tests {
     #[test]
     fn an_earlier_object_of_the_same_name_is_taken_back_and_its_marker_rewritten() {
         let s = base_spec();
-        let mut w = World::new();
-        w.identities = vec![identity(
+        let w = holding(identity(
             json!({"metadata_admin": {OWNER_MARKER: "ns/a", UID_MARKER: "old-uid"}}),
-        )];
+        ));
         let (trace, outcome) = run(observed(&s), &w);
-        assert_eq!(
-            trace,
-            steps(&[
-                SCHEMA,
-                "Namespace",
-                LOOKUP,
-                "Full(\"id-1\")",
-                "Update(id-1)",
-                "Sessions(\"id-1\")"
-            ])
-        );
+        assert_eq!(trace, after_lookup_update(&["Sessions(\"id-1\")"]));
         assert_eq!(synced(&outcome).change, Change::TookBack);
     }
 
     #[test]
     fn adoption_is_refused_unless_asked_and_read_back_after_the_marker_is_written() {
-        let mut w = World::new();
-        w.identities = vec![identity(json!({"metadata_admin": null}))];
+        let w = holding(identity(json!({"metadata_admin": null})));
         let s = base_spec();
         let b = blocked(&run(observed(&s), &w).1).clone();
         assert_eq!(b.reason, "Conflict");
@@ -1404,17 +1400,7 @@ mod tests {
         adopting.adoption = Some(AdoptionPolicy::IfUnowned);
         // The world's read back shows the identity as it was (no marker): another adopter won.
         let (trace, outcome) = run(observed(&adopting), &w);
-        assert_eq!(
-            trace,
-            steps(&[
-                SCHEMA,
-                "Namespace",
-                LOOKUP,
-                "Full(\"id-1\")",
-                "Update(id-1)",
-                "ReadBack(\"id-1\")"
-            ])
-        );
+        assert_eq!(trace, after_lookup_update(&["ReadBack(\"id-1\")"]));
         assert_eq!(blocked(&outcome).message, OWNED_ELSEWHERE);
 
         // Read back with our marker: adopted.
@@ -1426,10 +1412,9 @@ mod tests {
 
     #[test]
     fn an_identity_another_object_owns_is_a_conflict_without_its_name() {
-        let mut w = World::new();
-        w.identities = vec![identity(
+        let w = holding(identity(
             json!({"metadata_admin": {OWNER_MARKER: "team-b/bob", UID_MARKER: "u2"}}),
-        )];
+        ));
         let mut adopting = base_spec();
         adopting.adoption = Some(AdoptionPolicy::IfUnowned);
         let (trace, outcome) = run(observed(&adopting), &w);
@@ -1479,20 +1464,12 @@ mod tests {
     fn a_difference_is_updated_and_named() {
         let mut s = base_spec();
         s.traits = json!({"email": "a@example.com", "age": 4});
-        let mut o = observed(&s);
-        o.recorded_id = Some("id-1".into());
-        let mut w = World::new();
-        w.identities = vec![identity(json!({}))];
+        let o = recorded(&s);
+        let mut w = holding(identity(json!({})));
         let (trace, outcome) = run(o.clone(), &w);
         assert_eq!(
             trace,
-            steps(&[
-                SCHEMA,
-                "Namespace",
-                "Recorded(\"id-1\")",
-                "Update(id-1)",
-                "Sessions(\"id-1\")"
-            ])
+            after_recorded(&["Update(id-1)", "Sessions(\"id-1\")"])
         );
         assert_eq!(
             synced(&outcome).change,
@@ -1642,15 +1619,13 @@ mod tests {
 
         // An existing identity under SetOnce: the Secret is not even read.
         w.identities = vec![identity(json!({}))];
-        let mut o = observed(&s);
-        o.recorded_id = Some("id-1".into());
+        let o = recorded(&s);
         let (trace, _) = run(o, &w);
         assert!(!trace.iter().any(|s| s.starts_with("Secret")));
 
         // Under Sync, a new Secret version is imported; the same one is not.
         let s = with_password(base_spec(), "Sync");
-        let mut o = observed(&s);
-        o.recorded_id = Some("id-1".into());
+        let mut o = recorded(&s);
         let (trace, outcome) = run(o.clone(), &w);
         assert!(trace.contains(&"Update(id-1)".to_string()));
         assert_eq!(
@@ -1733,8 +1708,7 @@ mod tests {
     #[test]
     fn oidc_links_that_left_the_spec_are_unlinked_before_the_update() {
         let s = base_spec();
-        let mut o = observed(&s);
-        o.recorded_id = Some("id-1".into());
+        let o = recorded(&s);
         let mut w = World::new();
         let linked: BTreeMap<String, crate::kratos::Credentials> = serde_json::from_value(json!({
             "oidc": {"type": "oidc", "identifiers": ["github:42"]}
@@ -1748,10 +1722,7 @@ mod tests {
         let (trace, outcome) = run(o.clone(), &w);
         assert_eq!(
             trace,
-            steps(&[
-                SCHEMA,
-                "Namespace",
-                "Recorded(\"id-1\")",
+            after_recorded(&[
                 "Unlink[\"github:42\"]",
                 "Update(id-1)",
                 "Sessions(\"id-1\")"
@@ -1775,23 +1746,12 @@ mod tests {
         let mut s = base_spec();
         s.verified_addresses =
             serde_json::from_value(json!([{"value": "a@example.com", "via": "email"}])).unwrap();
-        let mut o = observed(&s);
-        o.recorded_id = Some("id-1".into());
-        let mut w = World::new();
-        w.identities = vec![identity(json!({"verifiable_addresses": [
+        let o = recorded(&s);
+        let w = holding(identity(json!({"verifiable_addresses": [
             {"value": "a@example.com", "via": "email", "verified": false, "status": "pending"}
-        ]}))];
+        ]})));
         let (trace, outcome) = run(o, &w);
-        assert_eq!(
-            trace,
-            steps(&[
-                SCHEMA,
-                "Namespace",
-                "Recorded(\"id-1\")",
-                "Verify(1)",
-                "Sessions(\"id-1\")"
-            ])
-        );
+        assert_eq!(trace, after_recorded(&["Verify(1)", "Sessions(\"id-1\")"]));
         assert_eq!(synced(&outcome).change, Change::Unchanged);
     }
 
@@ -1800,8 +1760,7 @@ mod tests {
         let mut s = base_spec();
         s.state = Some(IdentityState::Inactive);
         s.sessions = serde_json::from_value(json!({"revokeOnDeactivate": true})).unwrap();
-        let mut o = observed(&s);
-        o.recorded_id = Some("id-1".into());
+        let o = recorded(&s);
         let mut w = World::new();
         let mut i = identity(json!({}));
         i.state = KratosState::Inactive;
@@ -1816,8 +1775,7 @@ mod tests {
 
         // Active and no revocation asked: nothing revoked, both counted.
         let s = base_spec();
-        let mut o = observed(&s);
-        o.recorded_id = Some("id-1".into());
+        let o = recorded(&s);
         w.identities = vec![identity(json!({}))];
         let (trace, outcome) = run(o, &w);
         assert!(!trace.iter().any(|s| s.starts_with("Revoke")));
@@ -1832,8 +1790,7 @@ mod tests {
         let theirs = identity(
             json!({"id": "id-9", "metadata_admin": {OWNER_MARKER: "x/y", UID_MARKER: "u9"}}),
         );
-        let mut o = observed(&s);
-        o.recorded_id = Some("id-1".into());
+        let mut o = recorded(&s);
         assert_eq!(cleanup(&o), Cleanup::Observe(Need::Recorded("id-1".into())));
         o.recorded = Some(Some(ours.clone()));
         assert_eq!(
@@ -1845,8 +1802,7 @@ mod tests {
         );
         let mut orphan = base_spec();
         orphan.deletion_policy = Some(DeletionPolicy::Orphan);
-        let mut o2 = observed(&orphan);
-        o2.recorded_id = Some("id-1".into());
+        let mut o2 = recorded(&orphan);
         o2.recorded = Some(Some(ours.clone()));
         assert_eq!(
             cleanup(&o2),
@@ -1898,12 +1854,11 @@ mod tests {
         let mut o = observed(&s);
         o.recorded_id = Some("gone".into());
         o.read_back = Some(identity(json!({})));
-        let mut w = World::new();
-        w.identities = vec![identity(
+        let mut w = holding(identity(
             json!({"metadata_admin": null, "verifiable_addresses": [
                 {"value": "a@example.com", "via": "email", "verified": false, "status": "pending"}
             ]}),
-        )];
+        ));
         w.sessions =
             vec![serde_json::from_value(
             json!({"id": "old", "active": true, "authenticated_at": "2026-01-01T00:00:00Z"}),
