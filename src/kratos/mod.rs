@@ -16,13 +16,19 @@
 
 mod body;
 pub mod client;
+mod config;
 pub mod error;
+mod identities;
 pub mod metrics;
 pub mod models;
 pub mod pagination;
+mod recovery;
 mod redirect;
 pub mod retry;
+mod schemas;
+mod sessions;
 mod token;
+mod transport;
 
 pub use body::DEFAULT_MAX_RESPONSE_BYTES;
 pub use client::{ClientConfig, KratosClient};
