@@ -16,15 +16,21 @@ use super::{
 };
 
 impl KratosClient {
+    /// `body` as the connected Kratos understands it: fields its release does not know are
+    /// left out (asking for its version only when the body has such fields).
+    async fn for_server<'b, B: Versioned>(&self, body: &'b B) -> Result<Cow<'b, B>, Error> {
+        Ok(if body.has_versioned_fields() {
+            Cow::Owned(body.for_server(&self.server_version().await?))
+        } else {
+            Cow::Borrowed(body)
+        })
+    }
+
     /// `POST /admin/identities`. Never retried once the request may have reached Kratos: a
     /// timed-out create may have succeeded, so resolve [`Error::Unavailable`] with
     /// [`KratosClient::find_by_credentials_identifier`] before creating again.
     pub async fn create_identity(&self, body: &CreateIdentityBody) -> Result<Identity, Error> {
-        let body = if body.has_versioned_fields() {
-            Cow::Owned(body.for_server(&self.server_version().await?))
-        } else {
-            Cow::Borrowed(body)
-        };
+        let body = self.for_server(body).await?;
         let request = Request::new(
             "create_identity",
             Method::POST,
@@ -60,11 +66,7 @@ impl KratosClient {
         id: &str,
         body: &UpdateIdentityBody,
     ) -> Result<Identity, Error> {
-        let body = if body.has_versioned_fields() {
-            Cow::Owned(body.for_server(&self.server_version().await?))
-        } else {
-            Cow::Borrowed(body)
-        };
+        let body = self.for_server(body).await?;
         let request = Request::new(
             "update_identity",
             Method::PUT,

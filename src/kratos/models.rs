@@ -363,6 +363,33 @@ pub struct CreateIdentityBody {
     pub organization_id: Option<String>,
 }
 
+/// A request body with fields that only some Kratos releases know (`external_id`,
+/// `organization_id`, the password migration hook).
+pub trait Versioned: Clone {
+    /// Whether it sets any field an older Kratos may not know.
+    fn has_versioned_fields(&self) -> bool;
+    /// A copy without the fields `server` does not know.
+    fn for_server(&self, server: &ServerVersion) -> Self;
+}
+
+impl Versioned for CreateIdentityBody {
+    fn has_versioned_fields(&self) -> bool {
+        CreateIdentityBody::has_versioned_fields(self)
+    }
+    fn for_server(&self, server: &ServerVersion) -> Self {
+        CreateIdentityBody::for_server(self, server)
+    }
+}
+
+impl Versioned for UpdateIdentityBody {
+    fn has_versioned_fields(&self) -> bool {
+        UpdateIdentityBody::has_versioned_fields(self)
+    }
+    fn for_server(&self, server: &ServerVersion) -> Self {
+        UpdateIdentityBody::for_server(self, server)
+    }
+}
+
 impl CreateIdentityBody {
     /// A body with just a schema and traits.
     pub fn new(schema_id: impl Into<String>, traits: Value) -> Self {
