@@ -21,7 +21,7 @@ use crate::{
 
 /// A kind whose status the operator computes and writes: every kind's status goes the same
 /// way, compared by [`unchanged`] and written by [`update_status`] (the Identity controller
-/// queues its writes first, see [`super::status`]).
+/// queues its writes first, see [`super::identity::status`]).
 pub trait Reported: StatusOwner {
     /// The status type.
     type Status: WithConditions + Serialize;

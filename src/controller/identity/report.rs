@@ -146,7 +146,7 @@ pub fn blocked_status(obj: &Identity, b: &Blocked, now: Timestamp) -> IdentitySt
     }
 }
 
-/// Hands `status` to the status writer ([`crate::controller::status`]) unless it equals the
+/// Hands `status` to the status writer ([`super::status`]) unless it equals the
 /// cached one and the cache is current. Returns whether a write was queued.
 pub fn write_status(ctx: &Context, obj: &Arc<Identity>, status: IdentityStatus) -> bool {
     let unchanged = crate::controller::report::unchanged(&**obj, &status);
