@@ -363,15 +363,19 @@ mod tests {
         )
     }
 
+    /// Queues the status of generation `generation` for object `name`; returns its key.
+    fn push(q: &mut Queue, name: &str, generation: i64) -> ObjectRef<Identity> {
+        let (key, p) = pending(name, generation);
+        q.push(key.clone(), p);
+        key
+    }
+
     #[test]
     fn newest_status_wins_and_keeps_its_place() {
         let mut q = Queue::default();
-        let (a, a1) = pending("a", 1);
-        let (b, b1) = pending("b", 1);
-        let (_, a2) = pending("a", 2);
-        q.push(a.clone(), a1);
-        q.push(b.clone(), b1);
-        q.push(a.clone(), a2);
+        let a = push(&mut q, "a", 1);
+        let b = push(&mut q, "b", 1);
+        push(&mut q, "a", 2);
         assert_eq!(q.len(), 2);
         let (k, p) = q.pop().unwrap();
         assert_eq!(k, a);
@@ -383,13 +387,10 @@ mod tests {
     #[test]
     fn one_write_in_flight_per_object() {
         let mut q = Queue::default();
-        let (a, a1) = pending("a", 1);
-        let (_, a2) = pending("a", 2);
-        let (b, b1) = pending("b", 1);
-        q.push(a.clone(), a1);
+        let a = push(&mut q, "a", 1);
         assert_eq!(q.pop().unwrap().0, a);
-        q.push(a.clone(), a2);
-        q.push(b.clone(), b1);
+        push(&mut q, "a", 2);
+        let b = push(&mut q, "b", 1);
         assert_eq!(q.pop().unwrap().0, b, "a is being written: b goes first");
         assert!(q.pop().is_none(), "a waits for its write in flight");
         q.done(&a, Some("7".into()));
