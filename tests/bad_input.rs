@@ -17,7 +17,6 @@ use std::{
     time::Duration,
 };
 
-use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
 use kratos_operator::{
     api::{Identity, IdentitySchemaRef, RecoveryRequest},
@@ -29,8 +28,9 @@ use kube::{
 };
 use serde_json::{Value, json};
 use support::{
-    Operator, TestEnv, apply, eventually, kratos_client, setup, start_operator_with, test_settings,
-    unique_name, wait_ready,
+    Operator, apply, eventually, kratos_client,
+    proxy::{Answer, Fault, KratosProxy},
+    setup, start_operator_with, test_settings, unique_name, wait_ready,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -44,26 +44,6 @@ fn quiet(namespaces: &[&str]) -> kratos_operator::controller::Settings {
         watch_namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
         ..test_settings(namespaces[0])
     }
-}
-
-async fn identity(t: &TestEnv, name: &str, spec: Value) {
-    apply::<Identity>(
-        t,
-        json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity", "metadata": { "name": name }, "spec": spec }),
-    )
-    .await;
-}
-
-async fn secret(t: &TestEnv, name: &str, data: BTreeMap<&str, Vec<u8>>) {
-    let data: BTreeMap<&str, String> = data
-        .into_iter()
-        .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
-        .collect();
-    apply::<Secret>(
-        t,
-        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "data": data }),
-    )
-    .await;
 }
 
 fn condition<K: serde::Serialize>(obj: &K, type_: &str) -> Value {
@@ -140,7 +120,6 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
         quiet(&[&t.namespace, &other.namespace]),
     )
     .await;
-    let email = |n: &str| format!("{n}.{}@example.com", t.namespace);
     apply::<IdentitySchemaRef>(&t, json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "IdentitySchemaRef", "metadata": { "name": "customer" }, "spec": { "schemaId": "customer" } })).await;
     // A schema ref of the same kind, but in the other (also watched) namespace.
     apply::<IdentitySchemaRef>(&other, json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "IdentitySchemaRef", "metadata": { "name": "customer-b" }, "spec": { "schemaId": "customer" } })).await;
@@ -148,16 +127,14 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
     wait_ready::<IdentitySchemaRef>(&other, "customer-b", "True", Some("Resolved"), T).await;
 
     // The first of two objects with one email, and an identity to delete before it is recovered.
-    identity(
-        &t,
+    t.identity(
         "dup-a",
-        json!({ "schemaId": "customer", "traits": { "email": email("dup") } }),
+        json!({ "schemaId": "customer", "traits": { "email": t.email("dup") } }),
     )
     .await;
-    identity(
-        &t,
+    t.identity(
         "gone",
-        json!({ "schemaId": "customer", "traits": { "email": email("gone") } }),
+        json!({ "schemaId": "customer", "traits": { "email": t.email("gone") } }),
     )
     .await;
     let first = wait_ready::<Identity>(&t, "dup-a", "True", Some("Synced"), T).await;
@@ -182,27 +159,21 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
     .await;
 
     // Secrets for the password cases.
-    secret(
-        &t,
+    t.secret_bytes(
         "pw",
         BTreeMap::from([("password", b"correct horse".to_vec())]),
     )
     .await;
-    secret(&t, "empty", BTreeMap::from([("password", Vec::new())])).await;
-    secret(
-        &t,
-        "newline",
-        BTreeMap::from([("password", b"\n".to_vec())]),
-    )
-    .await;
-    secret(
-        &t,
+    t.secret_bytes("empty", BTreeMap::from([("password", Vec::new())]))
+        .await;
+    t.secret_bytes("newline", BTreeMap::from([("password", b"\n".to_vec())]))
+        .await;
+    t.secret_bytes(
         "binary",
         BTreeMap::from([("password", vec![0xff, 0xfe, 0x41, 0x00])]),
     )
     .await;
-    secret(
-        &t,
+    t.secret_bytes(
         "hash",
         BTreeMap::from([("hash", b"$unknown$v=1$c2FsdA$aGFzaA".to_vec())]),
     )
@@ -230,7 +201,7 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
         (
             "unknown-schema",
             "an unknown `schemaId: no-such-schema`".into(),
-            json!({ "schemaId": "no-such-schema", "traits": { "email": email("unknown-schema") } }),
+            json!({ "schemaId": "no-such-schema", "traits": { "email": t.email("unknown-schema") } }),
             "InvalidSpec",
             true,
             "no-such-schema".into(),
@@ -238,7 +209,7 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
         (
             "missing-secret",
             "password `secretRef` to a Secret that does not exist".into(),
-            json!({ "schemaId": "customer", "traits": { "email": email("missing-secret") }, "credentials": password("nope", "password") }),
+            json!({ "schemaId": "customer", "traits": { "email": t.email("missing-secret") }, "credentials": password("nope", "password") }),
             "SecretNotFound",
             false,
             "does not exist".into(),
@@ -246,7 +217,7 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
         (
             "wrong-key",
             "password `secretRef` to a key the Secret does not have".into(),
-            json!({ "schemaId": "customer", "traits": { "email": email("wrong-key") }, "credentials": password("pw", "pass") }),
+            json!({ "schemaId": "customer", "traits": { "email": t.email("wrong-key") }, "credentials": password("pw", "pass") }),
             "SecretNotFound",
             false,
             "has no key".into(),
@@ -254,7 +225,7 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
         (
             "empty-password",
             "password Secret value empty".into(),
-            json!({ "schemaId": "customer", "traits": { "email": email("empty-password") }, "credentials": password("empty", "password") }),
+            json!({ "schemaId": "customer", "traits": { "email": t.email("empty-password") }, "credentials": password("empty", "password") }),
             "InvalidSecret",
             false,
             "is empty".into(),
@@ -262,7 +233,7 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
         (
             "newline-password",
             "password Secret value a lone newline".into(),
-            json!({ "schemaId": "customer", "traits": { "email": email("newline-password") }, "credentials": password("newline", "password") }),
+            json!({ "schemaId": "customer", "traits": { "email": t.email("newline-password") }, "credentials": password("newline", "password") }),
             "InvalidSecret",
             false,
             "is empty".into(),
@@ -270,7 +241,7 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
         (
             "binary-password",
             "password Secret value not UTF-8 (`ff fe 41 00`)".into(),
-            json!({ "schemaId": "customer", "traits": { "email": email("binary-password") }, "credentials": password("binary", "password") }),
+            json!({ "schemaId": "customer", "traits": { "email": t.email("binary-password") }, "credentials": password("binary", "password") }),
             "InvalidSecret",
             false,
             "not UTF-8".into(),
@@ -278,7 +249,7 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
         (
             "unknown-hash",
             "`hashedSecretRef` to a hash in an unknown format (`$unknown$...`)".into(),
-            json!({ "schemaId": "customer", "traits": { "email": email("unknown-hash") },
+            json!({ "schemaId": "customer", "traits": { "email": t.email("unknown-hash") },
                     "credentials": { "password": { "hashedSecretRef": { "name": "hash", "key": "hash" } } } }),
             "InvalidSpec",
             true,
@@ -287,7 +258,7 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
         (
             "dup-b",
             "the same email as another Identity (`dup-a`, already Synced)".into(),
-            json!({ "schemaId": "customer", "traits": { "email": email("dup") } }),
+            json!({ "schemaId": "customer", "traits": { "email": t.email("dup") } }),
             "Conflict",
             false,
             "another Identity object manages it".into(),
@@ -295,14 +266,14 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
         (
             "cross-ns",
             format!("`schemaRef: {{name: customer-b}}`, which exists only in namespace `{}`", other.namespace),
-            json!({ "schemaRef": { "name": "customer-b" }, "traits": { "email": email("cross-ns") } }),
+            json!({ "schemaRef": { "name": "customer-b" }, "traits": { "email": t.email("cross-ns") } }),
             "SchemaNotReady",
             false,
             format!("does not exist in namespace {}", t.namespace),
         ),
     ];
     for (name, _, spec, ..) in &cases {
-        identity(&t, name, spec.clone()).await;
+        t.identity(name, spec.clone()).await;
     }
     // RecoveryRequests for the deleted Identity: by name, and by its (deleted) Kratos id.
     let rr = |name: &str, spec: Value| json!({ "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "RecoveryRequest", "metadata": { "name": name }, "spec": spec });
@@ -396,12 +367,10 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
     );
 
     // And the operator still works (nothing panicked): fixing an input heals it.
-    identity(&t, "missing-secret-fixed", json!({ "schemaId": "customer", "traits": { "email": email("fixed") }, "credentials": password("pw", "password") })).await;
+    t.identity("missing-secret-fixed", json!({ "schemaId": "customer", "traits": { "email": t.email("fixed") }, "credentials": password("pw", "password") })).await;
     wait_ready::<Identity>(&t, "missing-secret-fixed", "True", Some("Synced"), T).await;
-    identity(
-        &t,
-        "bad-traits",
-        json!({ "schemaRef": { "name": "customer" }, "traits": { "email": email("bad-traits") } }),
+    t.identity("bad-traits",
+        json!({ "schemaRef": { "name": "customer" }, "traits": { "email": t.email("bad-traits") } }),
     )
     .await;
     wait_ready::<Identity>(&t, "bad-traits", "True", Some("Synced"), T).await;
@@ -633,83 +602,32 @@ async fn traits_near_the_object_size_limit_are_reported() {
 
 // ---------------------------------------------------------------------------------------------
 
-/// A stub in front of the real Kratos that answers identity reads with garbage while `broken`.
-async fn garbage_stub(upstream: String, broken: Arc<AtomicBool>) -> String {
-    let counter = Arc::new(AtomicU32::new(0));
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
-        let (upstream, broken, counter, http) = (
-            upstream.clone(),
-            broken.clone(),
-            counter.clone(),
-            http.clone(),
-        );
-        async move {
-            use axum::response::IntoResponse;
-            let path = request.uri().path().to_string();
-            let one_identity = request.method() == axum::http::Method::GET
-                && path.starts_with("/admin/identities/")
-                && path.matches('/').count() == 3;
-            let recovery_link =
-                request.method() == axum::http::Method::POST && path == "/admin/recovery/link";
-            if (one_identity || recovery_link) && broken.load(Ordering::SeqCst) {
-                const GARBAGE: [&str; 5] = [
-                    "not json at all <html>",
-                    r#"{"id": 42}"#,
-                    "",
-                    "[1,2,3]",
-                    r#"{"id":"x","traits":"#,
-                ];
-                let body = GARBAGE[counter.fetch_add(1, Ordering::SeqCst) as usize % GARBAGE.len()];
-                return (
-                    axum::http::StatusCode::OK,
-                    [("content-type", "application/json")],
-                    body,
-                )
-                    .into_response();
-            }
-            let path_and_query = request
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string();
-            let method = request.method().clone();
-            let headers = request.headers().clone();
-            let body = axum::body::to_bytes(request.into_body(), 64 << 20)
-                .await
-                .unwrap_or_default();
-            let mut forward = http
-                .request(method, format!("{upstream}{path_and_query}"))
-                .body(body.to_vec());
-            for name in ["content-type", "accept"] {
-                if let Some(v) = headers.get(name) {
-                    forward = forward.header(name, v.clone());
-                }
-            }
-            match forward.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let mut out = axum::http::HeaderMap::new();
-                    for name in ["content-type", "link", "location"] {
-                        if let Some(v) = resp.headers().get(name) {
-                            out.insert(name, v.clone());
-                        }
-                    }
-                    (status, out, resp.bytes().await.unwrap_or_default()).into_response()
-                }
-                Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-            }
+/// A proxy in front of the real Kratos that answers identity reads and recovery links with
+/// garbage while `broken`.
+async fn garbage_stub(upstream: &str, broken: Arc<AtomicBool>) -> KratosProxy {
+    let counter = AtomicU32::new(0);
+    KratosProxy::start(upstream, move |request| {
+        let path = &request.path;
+        let one_identity = request.method == axum::http::Method::GET
+            && path.starts_with("/admin/identities/")
+            && path.matches('/').count() == 3;
+        let recovery_link =
+            request.method == axum::http::Method::POST && path == "/admin/recovery/link";
+        if (one_identity || recovery_link) && broken.load(Ordering::SeqCst) {
+            const GARBAGE: [&str; 5] = [
+                "not json at all <html>",
+                r#"{"id": 42}"#,
+                "",
+                "[1,2,3]",
+                r#"{"id":"x","traits":"#,
+            ];
+            let body = GARBAGE[counter.fetch_add(1, Ordering::SeqCst) as usize % GARBAGE.len()];
+            Fault::Answer(Answer::json(200, body))
+        } else {
+            Fault::Forward
         }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -718,11 +636,10 @@ async fn malformed_kratos_responses_give_a_condition_not_a_panic() {
     // Its recovery request goes by raw id (see below).
     support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let broken = Arc::new(AtomicBool::new(false));
-    let stub = garbage_stub(t.kratos_admin_url.clone(), broken.clone()).await;
-    let op = start_operator_with(&t, &stub, &t.kratos_public_url, quiet(&[&t.namespace])).await;
+    let stub = garbage_stub(&t.kratos_admin_url, broken.clone()).await;
+    let op = start_operator_with(&t, &stub.url, &t.kratos_public_url, quiet(&[&t.namespace])).await;
     let email = format!("{}@example.com", unique_name("garbage"));
-    identity(
-        &t,
+    t.identity(
         "g",
         json!({ "schemaId": "customer", "traits": { "email": email } }),
     )
@@ -731,8 +648,7 @@ async fn malformed_kratos_responses_give_a_condition_not_a_panic() {
     let g_id = g.status.and_then(|s| s.identity_id).unwrap();
     broken.store(true, Ordering::SeqCst);
     // A spec change makes the operator read the identity: Kratos' answer is garbage.
-    identity(
-        &t,
+    t.identity(
         "g",
         json!({ "schemaId": "customer", "traits": { "email": email, "tier": "pro" } }),
     )

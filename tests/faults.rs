@@ -43,7 +43,11 @@ use kube::{
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IteratorRandom};
 use serde_json::{Value, json};
-use support::{TestEnv, eventually, kratos_client, setup, start_operator_with, test_settings};
+use support::{
+    TestEnv, eventually, kratos_client,
+    proxy::{Answer, Fault, KratosProxy, Seen},
+    setup, start_operator_with, test_settings,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -89,27 +93,13 @@ async fn delete(t: &TestEnv, name: &str) {
     }
 }
 
-/// A private Kratos (sqlite file, survives restarts) in a directory of the test's own.
+/// A private Kratos (its own database, which survives restarts) in a directory of the test's own.
 async fn private_kratos(t: &TestEnv) -> (KratosInstance, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("kratos-{}", t.namespace));
-    let instance = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || KratosInstance::start(&dir, &KratosOptions::default()).expect("private Kratos")
-    })
-    .await
-    .unwrap();
-    (instance, dir)
+    support::private_kratos(t, KratosOptions::default()).await
 }
 
 async fn drop_kratos(instance: KratosInstance, dir: PathBuf) {
-    tokio::task::spawn_blocking(move || drop(instance))
-        .await
-        .unwrap();
-    if keep() {
-        println!("kept {}", dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    support::drop_kratos(instance, dir, keep()).await;
 }
 
 /// `KRATOS_OPERATOR_FAULT_KEEP=1` keeps the private Kratos' directory and the operator's log.
@@ -770,174 +760,91 @@ async fn apiserver_restart_scenario(mut env: Environment) -> String {
 // ---------------------------------------------------------------------------------------------
 // 4. 429 with x-ratelimit-reset, then 503: a proxy in front of the real Kratos
 
-/// What the proxy answered, and when.
-#[derive(Debug, Clone)]
-struct Seen {
-    at: Instant,
-    status: u16,
-    /// For a 429: the reset instant it announced.
-    reset: Option<Instant>,
-}
-
-struct ProxyState {
+/// When the proxy injects which fault.
+#[derive(Default)]
+struct Schedule {
     /// Rate limiting until then: `QUOTA` requests per `WINDOW`, then 429 until the window ends.
     rate_limit_until: Option<Instant>,
     /// 503 for everything until then (after the rate limiting).
     unavailable_until: Option<Instant>,
     window_start: Option<Instant>,
     window_count: u32,
-    seen: Vec<Seen>,
 }
 
 const WINDOW: Duration = Duration::from_secs(2);
 const QUOTA: u32 = 10;
 
-#[derive(Clone)]
-struct Proxy {
-    upstream: String,
-    http: reqwest::Client,
-    state: Arc<Mutex<ProxyState>>,
-}
-
-enum Verdict {
-    Forward,
-    RateLimited(u64),
-    Unavailable,
-}
-
-impl Proxy {
-    fn judge(&self, now: Instant) -> Verdict {
-        let mut s = self.state.lock().unwrap();
-        let verdict = if s.rate_limit_until.is_some_and(|u| now < u) {
-            if s.window_start.is_none_or(|w| now >= w + WINDOW) {
-                s.window_start = Some(now);
-                s.window_count = 0;
+impl Schedule {
+    /// The fault for a request arriving at `now`.
+    fn judge(&mut self, now: Instant) -> Fault {
+        if self.rate_limit_until.is_some_and(|u| now < u) {
+            if self.window_start.is_none_or(|w| now >= w + WINDOW) {
+                self.window_start = Some(now);
+                self.window_count = 0;
             }
-            s.window_count += 1;
-            if s.window_count > QUOTA {
-                let end = s.window_start.unwrap() + WINDOW;
-                Verdict::RateLimited((end - now).as_secs_f64().ceil().max(1.0) as u64)
-            } else {
-                Verdict::Forward
+            self.window_count += 1;
+            if self.window_count <= QUOTA {
+                return Fault::Forward;
             }
-        } else if s.unavailable_until.is_some_and(|u| now < u) {
-            Verdict::Unavailable
-        } else {
-            Verdict::Forward
-        };
-        let (status, reset) = match &verdict {
-            Verdict::Forward => (0, None),
-            Verdict::RateLimited(secs) => (429, Some(now + Duration::from_secs(*secs))),
-            Verdict::Unavailable => (503, None),
-        };
-        s.seen.push(Seen {
-            at: now,
-            status,
-            reset,
-        });
-        verdict
-    }
-}
-
-async fn proxy_handler(
-    axum::extract::State(p): axum::extract::State<Proxy>,
-    request: axum::extract::Request,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let now = Instant::now();
-    match p.judge(now) {
-        Verdict::RateLimited(secs) => {
-            return (
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                [
-                    ("x-ratelimit-limit", QUOTA.to_string()),
-                    ("x-ratelimit-remaining", "0".to_string()),
-                    ("x-ratelimit-reset", secs.to_string()),
-                    ("content-type", "application/json".to_string()),
-                ],
-                r#"{"error":{"code":429,"status":"Too Many Requests","message":"rate limit exceeded"}}"#,
+            let end = self.window_start.unwrap() + WINDOW;
+            let secs = (end - now).as_secs_f64().ceil().max(1.0) as u64;
+            Fault::Answer(
+                Answer::json(
+                    429,
+                    r#"{"error":{"code":429,"status":"Too Many Requests","message":"rate limit exceeded"}}"#,
+                )
+                .header("x-ratelimit-limit", QUOTA.to_string())
+                .header("x-ratelimit-remaining", "0")
+                .header("x-ratelimit-reset", secs.to_string()),
             )
-                .into_response();
-        }
-        Verdict::Unavailable => {
-            return (
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                [("content-type", "application/json")],
+        } else if self.unavailable_until.is_some_and(|u| now < u) {
+            Fault::Answer(Answer::json(
+                503,
                 r#"{"error":{"code":503,"status":"Service Unavailable","message":"injected outage"}}"#,
-            )
-                .into_response();
+            ))
+        } else {
+            Fault::Forward
         }
-        Verdict::Forward => {}
-    }
-    let (parts, body) = request.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let body = axum::body::to_bytes(body, 64 << 20)
-        .await
-        .unwrap_or_default();
-    let mut forward = p
-        .http
-        .request(parts.method.clone(), format!("{}{path}", p.upstream))
-        .body(body.to_vec());
-    for name in ["content-type", "accept", "authorization"] {
-        if let Some(v) = parts.headers.get(name) {
-            forward = forward.header(name, v.clone());
-        }
-    }
-    match forward.send().await {
-        Ok(resp) => {
-            let status = resp.status();
-            let mut headers = axum::http::HeaderMap::new();
-            for name in ["content-type", "link", "location", "x-total-count"] {
-                if let Some(v) = resp.headers().get(name) {
-                    headers.insert(name, v.clone());
-                }
-            }
-            let bytes = resp.bytes().await.unwrap_or_default();
-            (status, headers, bytes).into_response()
-        }
-        Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     }
 }
 
-async fn start_proxy(upstream: String) -> (String, Arc<Mutex<ProxyState>>) {
-    let state = Arc::new(Mutex::new(ProxyState {
-        rate_limit_until: None,
-        unavailable_until: None,
-        window_start: None,
-        window_count: 0,
-        seen: Vec::new(),
-    }));
-    let proxy = Proxy {
-        upstream,
-        http: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
-        state: state.clone(),
-    };
-    let app = axum::Router::new()
-        .fallback(proxy_handler)
-        .with_state(proxy);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}"), state)
+/// What the proxy answered, and when.
+#[derive(Debug, Clone)]
+struct Answered {
+    at: Instant,
+    /// 0 when forwarded to Kratos.
+    status: u16,
+    /// For a 429: the reset instant it announced.
+    reset: Option<Instant>,
+}
+
+impl From<&Seen> for Answered {
+    fn from(seen: &Seen) -> Self {
+        let at = seen.request.at;
+        let injected = seen.injected.as_ref();
+        Self {
+            at,
+            status: injected.map_or(0, |a| a.status),
+            reset: injected
+                .and_then(|a| a.header_value("x-ratelimit-reset"))
+                .map(|secs| at + Duration::from_secs(secs.parse().unwrap())),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_limits_and_outages_are_backed_off_and_converge() {
     let t = setup("fault-429").await;
     let (kratos, dir) = private_kratos(&t).await;
-    let (proxy_url, state) = start_proxy(kratos.admin_url()).await;
+    let schedule = Arc::new(Mutex::new(Schedule::default()));
+    let proxy = KratosProxy::start(&kratos.admin_url(), {
+        let schedule = schedule.clone();
+        move |request| schedule.lock().unwrap().judge(request.at)
+    })
+    .await;
     let op = start_operator_with(
         &t,
-        &proxy_url,
+        &proxy.url,
         &kratos.public_url(),
         test_settings(&t.namespace),
     )
@@ -960,11 +867,12 @@ async fn rate_limits_and_outages_are_backed_off_and_converge() {
     // the faults until everything converged again, not sampled during the faults only.
     let (unavailable, follower) = follow_reason_peak(&t, "KratosUnavailable").await;
     let fault_start = Instant::now();
+    // Forgotten first: no answer of the faults may be missed.
+    proxy.clear();
     {
-        let mut s = state.lock().unwrap();
+        let mut s = schedule.lock().unwrap();
         s.rate_limit_until = Some(fault_start + LIMITED);
         s.unavailable_until = Some(fault_start + LIMITED + OUTAGE);
-        s.seen.clear();
     }
     let calls_before = op.kratos.metrics().total_calls();
     let mut changes: BTreeMap<String, Value> = expected
@@ -987,7 +895,7 @@ async fn rate_limits_and_outages_are_backed_off_and_converge() {
     let k = kratos_client(&kratos.admin_url(), &kratos.public_url());
     assert_kratos_equals_manifests(&k, &objects, &BTreeSet::new()).await;
 
-    let seen = state.lock().unwrap().seen.clone();
+    let seen: Vec<Answered> = proxy.seen().iter().map(Answered::from).collect();
     let rel = |at: Instant| at.saturating_duration_since(fault_start).as_secs_f64();
     // 1. No request while a reset the proxy announced is pending, beyond the requests already
     //    in flight when the 429 went out (500 ms) and two stragglers.

@@ -13,6 +13,7 @@ use kratos_operator::{
     api::{Identity, IdentitySchemaRef, OWNER_MARKER, UID_MARKER},
     kratos::{CreateIdentityBody, Identity as KratosIdentity, KratosClient, UpdateIdentityBody},
 };
+use kratos_operator_testenv::kratos::KratosOptions;
 use kube::{Api, ResourceExt, api::DeleteParams};
 use serde_json::{Value, json};
 use support::{
@@ -687,15 +688,8 @@ async fn invalid_traits_stall_without_calling_kratos_until_fixed() {
 
 #[tokio::test]
 async fn kratos_down_reports_unavailable_and_converges_without_duplicates() {
-    use kratos_operator_testenv::kratos::{KratosInstance, KratosOptions};
     let t = setup("id-down").await;
-    let dir = std::env::temp_dir().join(format!("kratos-{}", t.namespace));
-    let mut kratos = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || KratosInstance::start(&dir, &KratosOptions::default()).expect("private Kratos")
-    })
-    .await
-    .unwrap();
+    let (mut kratos, dir) = support::private_kratos(&t, KratosOptions::default()).await;
     let _op = support::start_operator_with(
         &t,
         &kratos.admin_url(),
@@ -723,7 +717,7 @@ async fn kratos_down_reports_unavailable_and_converges_without_duplicates() {
     .await;
     wait_ready::<Identity>(&t, "kate", "False", Some("KratosUnavailable"), T).await;
     wait_ready::<Identity>(&t, "jack", "False", Some("KratosUnavailable"), T).await;
-    let mut kratos = tokio::task::spawn_blocking(move || {
+    let kratos = tokio::task::spawn_blocking(move || {
         kratos.restart().expect("restart Kratos");
         kratos
     })
@@ -744,10 +738,7 @@ async fn kratos_down_reports_unavailable_and_converges_without_duplicates() {
             .len(),
         1
     );
-    tokio::task::spawn_blocking(move || kratos.stop())
-        .await
-        .unwrap();
-    let _ = std::fs::remove_dir_all(dir);
+    support::drop_kratos(kratos, dir, false).await;
     t.cleanup().await;
 }
 
@@ -1090,15 +1081,9 @@ async fn schema_refs_resolve_report_roles_and_gate_identities() {
 
 #[tokio::test]
 async fn a_schema_change_in_kratos_reconciles_the_identities_that_use_it() {
-    use kratos_operator_testenv::kratos::{KratosInstance, KratosOptions, schemas};
+    use kratos_operator_testenv::kratos::schemas;
     let t = setup("id-schemachange").await;
-    let dir = std::env::temp_dir().join(format!("kratos-{}", t.namespace));
-    let kratos = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || KratosInstance::start(&dir, &KratosOptions::default()).expect("private Kratos")
-    })
-    .await
-    .unwrap();
+    let (kratos, dir) = support::private_kratos(&t, KratosOptions::default()).await;
     let _op = support::start_operator_with(
         &t,
         &kratos.admin_url(),
@@ -1157,10 +1142,7 @@ async fn a_schema_change_in_kratos_reconciles_the_identities_that_use_it() {
             .traits["nickname"],
         "O"
     );
-    tokio::task::spawn_blocking(move || drop(kratos))
-        .await
-        .unwrap();
-    let _ = std::fs::remove_dir_all(dir);
+    support::drop_kratos(kratos, dir, false).await;
     t.cleanup().await;
 }
 

@@ -27,7 +27,7 @@ use kratos_operator::kratos::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
-use support::{TestEnv, setup};
+use support::{SessionPart, TestEnv, login_for, setup};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -45,11 +45,6 @@ fn client(t: &TestEnv) -> KratosClient {
     KratosClient::new(config(&t.kratos_admin_url)).expect("client")
 }
 
-/// A unique email of this test: its own domain, so lists can be filtered to it.
-fn email(t: &TestEnv, local: &str) -> String {
-    format!("{local}@{}.example.com", t.namespace)
-}
-
 fn customer(email: &str) -> CreateIdentityBody {
     CreateIdentityBody::new("customer", json!({ "email": email }))
 }
@@ -63,44 +58,6 @@ fn with_password(email: &str, password: &str) -> CreateIdentityBody {
     }
 }
 
-/// Logs in through the public API's login flow; the session id, or the error body.
-async fn login(public_url: &str, identifier: &str, password: &str) -> Result<String, String> {
-    login_once(public_url, identifier, password)
-        .await
-        .map_err(|(_, body)| body)
-}
-
-async fn login_once(
-    public_url: &str,
-    identifier: &str,
-    password: &str,
-) -> Result<String, (reqwest::StatusCode, String)> {
-    let http = reqwest::Client::new();
-    let response = http
-        .get(format!("{public_url}/self-service/login/api"))
-        .send()
-        .await
-        .expect("login flow");
-    let status = response.status();
-    let flow: Value = response.json().await.expect("flow json");
-    let Some(flow_id) = flow["id"].as_str() else {
-        return Err((status, format!("{status}: {flow}")));
-    };
-    let response = http
-        .post(format!("{public_url}/self-service/login?flow={flow_id}"))
-        .header("accept", "application/json")
-        .json(&json!({ "method": "password", "identifier": identifier, "password": password }))
-        .send()
-        .await
-        .expect("submit login");
-    let status = response.status();
-    let body: Value = response.json().await.expect("login json");
-    match body["session"]["id"].as_str() {
-        Some(id) if status.is_success() => Ok(id.to_string()),
-        _ => Err((status, format!("{status}: {body}"))),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // identities
 
@@ -108,7 +65,7 @@ async fn login_once(
 async fn identity_create_get_update_patch_delete_round_trip() {
     let t = setup("kc-crud").await;
     let kratos = client(&t);
-    let address = email(&t, "Alice");
+    let address = t.email("Alice");
     let created = kratos
         .create_identity(&CreateIdentityBody {
             state: Some(IdentityState::Active),
@@ -236,7 +193,7 @@ async fn missing_identities_give_not_found_except_delete() {
         .update_identity(
             missing,
             &UpdateIdentityBody {
-                traits: json!({ "email": email(&t, "x") }),
+                traits: json!({ "email": t.email("x") }),
                 ..Default::default()
             },
         )
@@ -268,7 +225,7 @@ async fn missing_identities_give_not_found_except_delete() {
 async fn duplicate_identifiers_conflict_on_create_and_update() {
     let t = setup("kc-conflict").await;
     let kratos = client(&t);
-    let taken = email(&t, "taken");
+    let taken = t.email("taken");
     let first = kratos
         .create_identity(&customer(&taken))
         .await
@@ -285,7 +242,7 @@ async fn duplicate_identifiers_conflict_on_create_and_update() {
     assert_eq!(err.reason_label(), "conflict");
 
     let second = kratos
-        .create_identity(&customer(&email(&t, "other")))
+        .create_identity(&customer(&t.email("other")))
         .await
         .expect("create other");
     let err = kratos
@@ -327,7 +284,7 @@ async fn duplicate_identifiers_conflict_on_create_and_update() {
     );
     assert!(
         kratos
-            .find_by_credentials_identifier(&email(&t, "nobody"))
+            .find_by_credentials_identifier(&t.email("nobody"))
             .await
             .expect("lookup")
             .is_empty()
@@ -344,7 +301,7 @@ async fn duplicate_identifiers_conflict_on_create_and_update() {
 async fn schema_violations_surface_reason_and_pointer() {
     let t = setup("kc-invalid").await;
     let kratos = client(&t);
-    let address = email(&t, "bad");
+    let address = t.email("bad");
 
     let err = kratos
         .create_identity(&CreateIdentityBody::new(
@@ -462,7 +419,7 @@ async fn server_version_is_detected_once_and_gates_v25_fields() {
     assert!(!version.supports_external_id());
 
     // v1.3.1 refuses unknown fields with 400; the client drops them instead.
-    let address = email(&t, "ext");
+    let address = t.email("ext");
     let created = kratos
         .create_identity(&CreateIdentityBody {
             external_id: Some("crm-42".into()),
@@ -490,7 +447,7 @@ async fn server_version_is_detected_once_and_gates_v25_fields() {
         .batch_patch_identities(&[BatchPatchItem::create(
             CreateIdentityBody {
                 external_id: Some("crm-44".into()),
-                ..customer(&email(&t, "ext2"))
+                ..customer(&t.email("ext2"))
             },
             None,
         )])
@@ -517,7 +474,7 @@ async fn identity_lists_follow_next_links_across_pages() {
     let mut mine = HashSet::new();
     for i in 0..12 {
         let created = kratos
-            .create_identity(&customer(&email(&t, &format!("p{i:02}"))))
+            .create_identity(&customer(&t.email(&format!("p{i:02}"))))
             .await
             .expect("create");
         mine.insert(created.id);
@@ -567,8 +524,8 @@ async fn identity_lists_follow_next_links_across_pages() {
     }
     assert_eq!(sizes, vec![5, 5, 2]);
 
-    // Unfiltered, small pages, filtered to this test's domain afterwards.
-    let domain = format!("@{}.example.com", t.namespace);
+    // Unfiltered, small pages, filtered to this test's addresses afterwards.
+    let domain = format!(".{}@example.com", t.namespace);
     let swept: HashSet<String> = kratos
         .list_identities(ListIdentitiesParams {
             page_size: Some(5),
@@ -606,7 +563,7 @@ async fn batch_reports_per_item_results_in_request_order() {
     let t = setup("kc-batch").await;
     let kratos = client(&t);
     let existing = kratos
-        .create_identity(&customer(&email(&t, "existing")))
+        .create_identity(&customer(&t.email("existing")))
         .await
         .expect("create");
     let patch_ids: Vec<String> = (0..5)
@@ -614,15 +571,15 @@ async fn batch_reports_per_item_results_in_request_order() {
         .collect();
     let items = vec![
         BatchPatchItem::create(
-            with_password(&email(&t, "b0"), "batch-password-0"),
+            with_password(&t.email("b0"), "batch-password-0"),
             Some(patch_ids[0].clone()),
         ),
         BatchPatchItem::create(
-            CreateIdentityBody::new("customer", json!({ "email": email(&t, "b1"), "age": -1 })),
+            CreateIdentityBody::new("customer", json!({ "email": t.email("b1"), "age": -1 })),
             Some(patch_ids[1].clone()),
         ),
-        BatchPatchItem::create(customer(&email(&t, "existing")), Some(patch_ids[2].clone())),
-        BatchPatchItem::create(customer(&email(&t, "b3")), Some(patch_ids[3].clone())),
+        BatchPatchItem::create(customer(&t.email("existing")), Some(patch_ids[2].clone())),
+        BatchPatchItem::create(customer(&t.email("b3")), Some(patch_ids[3].clone())),
         BatchPatchItem {
             create: None,
             patch_id: Some(patch_ids[4].clone()),
@@ -658,7 +615,7 @@ async fn batch_reports_per_item_results_in_request_order() {
     }
     for local in ["b0", "b1", "b3"] {
         let found = kratos
-            .find_by_credentials_identifier(&email(&t, local))
+            .find_by_credentials_identifier(&t.email(local))
             .await
             .expect("lookup");
         assert!(found.is_empty(), "{local}: {found:?}");
@@ -681,21 +638,23 @@ async fn batch_reports_per_item_results_in_request_order() {
         .get_identity(&b0_id, &[CredentialType::Password])
         .await
         .expect("get b0");
-    assert_eq!(b0.traits["email"], json!(email(&t, "b0")));
+    assert_eq!(b0.traits["email"], json!(t.email("b0")));
     assert!(b0.has_password());
-    login(&t.kratos_public_url, &email(&t, "b0"), "batch-password-0")
-        .await
-        .expect("login with the batch password");
+    login_for(
+        &t.kratos_public_url,
+        &t.email("b0"),
+        "batch-password-0",
+        SessionPart::Id,
+    )
+    .await
+    .expect("login with the batch password");
 
     // An item that fails schema validation does not take the others down.
     let mixed = kratos
         .batch_patch_identities(&[
-            BatchPatchItem::create(customer(&email(&t, "b7")), None),
+            BatchPatchItem::create(customer(&t.email("b7")), None),
             BatchPatchItem::create(
-                CreateIdentityBody::new(
-                    "customer",
-                    json!({ "email": email(&t, "b8"), "age": "x" }),
-                ),
+                CreateIdentityBody::new("customer", json!({ "email": t.email("b8"), "age": "x" })),
                 None,
             ),
         ])
@@ -707,7 +666,7 @@ async fn batch_reports_per_item_results_in_request_order() {
         "{mixed:?}"
     );
     let b7 = kratos
-        .find_by_credentials_identifier(&email(&t, "b7"))
+        .find_by_credentials_identifier(&t.email("b7"))
         .await
         .expect("lookup");
     assert_eq!(
@@ -718,13 +677,13 @@ async fn batch_reports_per_item_results_in_request_order() {
     // A whole-request failure (a bad hash in any item) creates nothing.
     let err = kratos
         .batch_patch_identities(&[
-            BatchPatchItem::create(customer(&email(&t, "b5")), None),
+            BatchPatchItem::create(customer(&t.email("b5")), None),
             BatchPatchItem::create(
                 CreateIdentityBody {
                     credentials: Some(IdentityCredentialsImport::hashed_password(
                         SecretString::from("nope"),
                     )),
-                    ..customer(&email(&t, "b6"))
+                    ..customer(&t.email("b6"))
                 },
                 None,
             ),
@@ -734,7 +693,7 @@ async fn batch_reports_per_item_results_in_request_order() {
     assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
     assert!(
         kratos
-            .find_by_credentials_identifier(&email(&t, "b5"))
+            .find_by_credentials_identifier(&t.email("b5"))
             .await
             .expect("lookup")
             .is_empty()
@@ -786,7 +745,7 @@ async fn oidc_credentials_are_imported_and_deleted() {
                 ("github", subject.as_str()),
                 ("gitlab", "7"),
             ])),
-            ..customer(&email(&t, "oidc"))
+            ..customer(&t.email("oidc"))
         })
         .await
         .expect("create with oidc");
@@ -871,7 +830,7 @@ async fn oidc_credentials_are_imported_and_deleted() {
 async fn cleartext_password_import_allows_login_and_sessions_are_managed() {
     let t = setup("kc-sessions").await;
     let kratos = client(&t);
-    let address = email(&t, "Sessions");
+    let address = t.email("Sessions");
     let password = "imported cleartext password 1";
     let created = kratos
         .create_identity(&with_password(&address, password))
@@ -883,17 +842,28 @@ async fn cleartext_password_import_allows_login_and_sessions_are_managed() {
         .expect("get");
     assert!(stored.has_password());
 
+    // Refused by Kratos (an unreachable Kratos is no refusal).
     assert!(
-        login(&t.kratos_public_url, &address, "wrong password")
-            .await
-            .is_err()
+        login_for(
+            &t.kratos_public_url,
+            &address,
+            "wrong password",
+            SessionPart::Id
+        )
+        .await
+        .is_err_and(|e| !e.starts_with("Kratos unreachable"))
     );
-    let first = login(&t.kratos_public_url, &address, password)
+    let first = login_for(&t.kratos_public_url, &address, password, SessionPart::Id)
         .await
         .expect("login 1");
-    let second = login(&t.kratos_public_url, &address.to_lowercase(), password)
-        .await
-        .expect("login 2");
+    let second = login_for(
+        &t.kratos_public_url,
+        &address.to_lowercase(),
+        password,
+        SessionPart::Id,
+    )
+    .await
+    .expect("login 2");
 
     let session = kratos.get_session(&first, &[]).await.expect("get session");
     assert_eq!(session.id, first);
@@ -1011,7 +981,7 @@ async fn cleartext_password_import_allows_login_and_sessions_are_managed() {
 async fn bcrypt_hash_import_allows_login() {
     let t = setup("kc-bcrypt").await;
     let kratos = client(&t);
-    let address = email(&t, "hashed");
+    let address = t.email("hashed");
     let password = "legacy system password";
     let hash = bcrypt::hash(password, 4).expect("bcrypt");
     let created = kratos
@@ -1037,11 +1007,11 @@ async fn bcrypt_hash_import_allows_login() {
         "hashes stay out of Debug"
     );
     assert!(
-        login(&t.kratos_public_url, &address, "not it")
+        login_for(&t.kratos_public_url, &address, "not it", SessionPart::Id)
             .await
-            .is_err()
+            .is_err_and(|e| !e.starts_with("Kratos unreachable"))
     );
-    login(&t.kratos_public_url, &address, password)
+    login_for(&t.kratos_public_url, &address, password, SessionPart::Id)
         .await
         .expect("login with the imported hash");
 
@@ -1062,13 +1032,18 @@ async fn bcrypt_hash_import_allows_login() {
         .await
         .expect("re-import");
     assert!(
-        login(&t.kratos_public_url, &address, password)
+        login_for(&t.kratos_public_url, &address, password, SessionPart::Id)
             .await
-            .is_err()
+            .is_err_and(|e| !e.starts_with("Kratos unreachable"))
     );
-    login(&t.kratos_public_url, &address, "rotated password")
-        .await
-        .expect("login with the new hash");
+    login_for(
+        &t.kratos_public_url,
+        &address,
+        "rotated password",
+        SessionPart::Id,
+    )
+    .await
+    .expect("login with the new hash");
     kratos.delete_identity(&created.id).await.expect("delete");
     t.cleanup().await;
 }
@@ -1150,7 +1125,7 @@ async fn recovery_links_and_codes_are_issued() {
     let t = setup("kc-recovery").await;
     let kratos = client(&t);
     let created = kratos
-        .create_identity(&customer(&email(&t, "recover")))
+        .create_identity(&customer(&t.email("recover")))
         .await
         .expect("create");
     let return_to = kratos_operator_testenv::kratos::ALLOWED_RETURN_URL;
@@ -1243,44 +1218,11 @@ async fn recovery_links_and_codes_are_issued() {
 // ---------------------------------------------------------------------------------------------
 // secrets
 
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("buffer")).into_owned()
-    }
-}
-
 #[tokio::test]
 async fn secrets_never_reach_debug_output_or_logs() {
     // The process-wide subscriber (a scoped one misses events of callsites that other test
     // threads registered first); it also receives `log` records (reqwest) at TRACE.
-    let logs = Captured::default();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(logs.clone())
-        .try_init()
-        .expect("the only test that installs a subscriber");
+    let logs = support::logs::capture();
 
     let t = setup("kc-secrets").await;
     let dir = std::env::temp_dir().join(format!("{}-token", t.namespace));
@@ -1295,7 +1237,7 @@ async fn secrets_never_reach_debug_output_or_logs() {
     .expect("client");
 
     let password = format!("pw-{}-NEVER-LOGGED", t.namespace);
-    let address = email(&t, "secret");
+    let address = t.email("secret");
     let body = with_password(&address, &password);
     let debug = format!(
         "{body:?} {body:#?} {:?}",
@@ -1318,7 +1260,7 @@ async fn secrets_never_reach_debug_output_or_logs() {
         .and_then(|c| c.hashed_password())
         .expect("hash");
     let batch = [BatchPatchItem::create(
-        with_password(&email(&t, "secret2"), &password),
+        with_password(&t.email("secret2"), &password),
         None,
     )];
     let results = kratos.batch_patch_identities(&batch).await.expect("batch");

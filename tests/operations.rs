@@ -19,7 +19,7 @@ use kratos_operator::{
     kratos::{CreateIdentityBody, IdentityCredentialsImport, IdentityState},
     server,
 };
-use kratos_operator_testenv::kratos::{KratosInstance, KratosOptions};
+use kratos_operator_testenv::kratos::KratosOptions;
 use kube::{
     Api, ResourceExt,
     api::{DynamicObject, Patch, PatchParams},
@@ -635,13 +635,7 @@ async fn export_moves_existing_identities_under_management_without_changing_them
     let t = setup("ops-export").await;
     // Exported manifests adopt: the cluster admin's opt-in, as the export's header says.
     support::opt_in(&t, &["kratos-operator.dev/allow-adoption"]).await;
-    let dir = std::env::temp_dir().join(format!("kratos-{}", t.namespace));
-    let kratos = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || KratosInstance::start(&dir, &KratosOptions::default()).expect("private Kratos")
-    })
-    .await
-    .unwrap();
+    let (kratos, dir) = support::private_kratos(&t, KratosOptions::default()).await;
     let k = kratos_client(&kratos.admin_url(), &kratos.public_url());
     let mut a = CreateIdentityBody::new(
         "customer",
@@ -815,10 +809,7 @@ async fn export_moves_existing_identities_under_management_without_changing_them
     .await
     .unwrap();
     assert!(!again.contains("kind: Identity\n"), "{again}");
-    tokio::task::spawn_blocking(move || drop(kratos))
-        .await
-        .unwrap();
-    let _ = std::fs::remove_dir_all(dir);
+    support::drop_kratos(kratos, dir, false).await;
     t.cleanup().await;
 }
 

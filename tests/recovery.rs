@@ -8,12 +8,7 @@
 
 mod support;
 
-use std::{
-    collections::BTreeMap,
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
@@ -21,7 +16,7 @@ use kratos_operator::{
     api::{Identity, RecoveryRequest},
     kratos::{CreateIdentityBody, KratosClient},
 };
-use kratos_operator_testenv::kratos::{ALLOWED_RETURN_URL, KratosInstance, KratosOptions};
+use kratos_operator_testenv::kratos::{ALLOWED_RETURN_URL, KratosOptions};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, PostParams},
@@ -772,22 +767,15 @@ async fn an_unknown_identity_id_fails_with_kratos_reason() {
 async fn a_disabled_method_fails_naming_the_setting_to_enable() {
     let t = setup("recovery-disabled").await;
     support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
-    let dir = std::env::temp_dir().join(unique_name("kratos-nolink"));
-    let instance = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || {
-            KratosInstance::start(
-                &dir,
-                &KratosOptions {
-                    link_method: false,
-                    ..KratosOptions::default()
-                },
-            )
-        })
-        .await
-        .expect("join")
-        .expect("start a Kratos with the link method disabled")
-    };
+    // A Kratos with the link method disabled.
+    let (instance, dir) = support::private_kratos(
+        &t,
+        KratosOptions {
+            link_method: false,
+            ..KratosOptions::default()
+        },
+    )
+    .await;
     let kratos = support::kratos_client(&instance.admin_url(), &instance.public_url());
     let id = kratos_identity(&kratos, "disabled").await;
     let _operator = start_operator_with(
@@ -813,41 +801,8 @@ async fn a_disabled_method_fails_naming_the_setting_to_enable() {
     // The code method of the same Kratos still works.
     request(&t, "c", json!({ "identityId": id, "method": "code" })).await;
     wait_phase(&t, "c", "Issued", ISSUE_TIMEOUT).await;
-    drop(instance);
-    let _ = std::fs::remove_dir_all(&dir);
+    support::drop_kratos(instance, dir, false).await;
     t.cleanup().await;
-}
-
-/// Everything the operator logs, at TRACE, from every thread (and `log` records), from the moment
-/// this is first called.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    BUFFER
-        .get_or_init(|| {
-            let buffer = Arc::new(Mutex::new(Vec::new()));
-            let writer = SharedWriter(buffer.clone());
-            tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::TRACE)
-                .with_ansi(false)
-                .with_writer(move || writer.clone())
-                .try_init()
-                .expect("install the capturing subscriber");
-            buffer
-        })
-        .clone()
-}
-
-#[derive(Clone)]
-struct SharedWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Whether `haystack` contains `digits` as a whole number (not inside a longer digit run).
@@ -861,7 +816,8 @@ fn contains_number(haystack: &str, digits: &str) -> bool {
 
 #[tokio::test]
 async fn the_link_and_the_code_appear_in_no_event_status_log_or_metric() {
-    let logs = captured_logs();
+    // Everything the operator logs, at TRACE, from every thread, from here on.
+    let logs = support::logs::capture();
     let t = setup("recovery-leak").await;
     support::opt_in(&t, &["kratos-operator.dev/allow-recovery-by-id"]).await;
     let operator = start_operator(&t).await;
@@ -958,7 +914,7 @@ async fn the_link_and_the_code_appear_in_no_event_status_log_or_metric() {
         "metrics are captured"
     );
     places.push(("metrics", metrics));
-    let log = String::from_utf8_lossy(&logs.lock().expect("log buffer")).to_string();
+    let log = logs.text();
     assert!(
         log.contains("issued a recovery link into its Secret"),
         "logs are captured"

@@ -15,7 +15,6 @@ mod support;
 
 use std::{
     collections::BTreeMap,
-    io::Write,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -32,37 +31,11 @@ use kratos_operator::{
 use kratos_operator_testenv::kratos::ALLOWED_RETURN_URL;
 use kube::Api;
 use serde_json::{Value, json};
-use support::{TestEnv, apply, eventually, login, setup, test_settings, wait_ready};
+use support::{
+    TestEnv, apply, eventually, login, proxy::KratosProxy, setup, test_settings, wait_ready,
+};
 
 const T: Duration = Duration::from_secs(60);
-
-#[derive(Clone)]
-struct SharedWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Installs the global subscriber: every span and event at TRACE, from every crate, into a
-/// buffer. `try_init` also routes `log` records (rustls, for one) into it.
-fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
-    let buffer = Arc::new(Mutex::new(Vec::new()));
-    let writer = SharedWriter(buffer.clone());
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_writer(move || writer.clone())
-        .try_init()
-        .expect("install the capturing subscriber");
-    buffer
-}
 
 fn random_hex(bytes: usize) -> String {
     (0..bytes)
@@ -102,72 +75,14 @@ fn number_occurrences(haystack: &str, digits: &str) -> Vec<String> {
         .collect()
 }
 
-/// A pass-through proxy in front of the Kratos admin API that records the Authorization headers
-/// it sees: proof that the token was really sent (the real Kratos ignores it).
-async fn recording_proxy(upstream: String) -> (String, Arc<Mutex<Vec<String>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let recorded = seen.clone();
-    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
-        let (upstream, recorded, http) = (upstream.clone(), recorded.clone(), http.clone());
-        async move {
-            use axum::response::IntoResponse;
-            let (parts, body) = request.into_parts();
-            if let Some(v) = parts.headers.get("authorization") {
-                recorded
-                    .lock()
-                    .unwrap()
-                    .push(v.to_str().unwrap_or("").to_string());
-            }
-            let path = parts
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string();
-            let body = axum::body::to_bytes(body, 64 << 20)
-                .await
-                .unwrap_or_default();
-            let mut forward = http
-                .request(parts.method.clone(), format!("{upstream}{path}"))
-                .body(body.to_vec());
-            for name in ["content-type", "accept", "authorization"] {
-                if let Some(v) = parts.headers.get(name) {
-                    forward = forward.header(name, v.clone());
-                }
-            }
-            match forward.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let mut headers = axum::http::HeaderMap::new();
-                    for name in ["content-type", "link", "location"] {
-                        if let Some(v) = resp.headers().get(name) {
-                            headers.insert(name, v.clone());
-                        }
-                    }
-                    (status, headers, resp.bytes().await.unwrap_or_default()).into_response()
-                }
-                Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-            }
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}"), seen)
-}
-
 async fn get(url: &str) -> String {
     reqwest::get(url).await.unwrap().text().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_password_hash_link_code_or_token_appears_in_logs_events_status_or_metrics() {
-    let logs = capture_logs();
+    // Installs the global subscriber: every span and event at TRACE, from every crate.
+    let logs = support::logs::capture();
     let t = setup("security").await;
     support::install_crds(&t.client).await;
 
@@ -177,8 +92,10 @@ async fn no_password_hash_link_code_or_token_appears_in_logs_events_status_or_me
     std::fs::create_dir_all(&token_dir).unwrap();
     let token_file = token_dir.join("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let (admin, authorizations) = recording_proxy(t.kratos_admin_url.clone()).await;
-    let mut config = ClientConfig::new(admin.parse().unwrap());
+    // A pass-through proxy in front of the Kratos admin API that records the Authorization
+    // headers it sees: proof that the token was really sent (the real Kratos ignores it).
+    let admin = KratosProxy::forwarding(&t.kratos_admin_url).await;
+    let mut config = ClientConfig::new(admin.url.parse().unwrap());
     config.public_url = Some(t.kratos_public_url.parse().unwrap());
     config.token_file = Some(token_file.clone());
     config.request_timeout = Duration::from_secs(10);
@@ -197,7 +114,6 @@ async fn no_password_hash_link_code_or_token_appears_in_logs_events_status_or_me
         .unwrap();
 
     // Passwords and hashes.
-    let email = |n: &str| format!("{n}.{}@example.com", t.namespace);
     let alice_pw = format!("alice-Pw-{}", random_hex(10));
     let alice_pw2 = format!("alice-Pw2-{}", random_hex(10));
     let bob_pw = format!("bob-Pw-{}", random_hex(10));
@@ -209,32 +125,32 @@ async fn no_password_hash_link_code_or_token_appears_in_logs_events_status_or_me
     t.secret("bob-hash", "hash", &bob_hash).await;
     t.secret("carol-pw", "password", &carol_pw).await;
     t.secret("mallory-hash", "hash", &refused_hash).await;
-    t.identity("alice", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": email("alice") },
+    t.identity("alice", json!({ "schemaRef": { "name": "customer" }, "traits": { "email": t.email("alice") },
         "credentials": { "password": { "secretRef": { "name": "alice-pw", "key": "password" }, "policy": "Sync" } } })).await;
-    t.identity("bob", json!({ "schemaId": "customer", "traits": { "email": email("bob") },
+    t.identity("bob", json!({ "schemaId": "customer", "traits": { "email": t.email("bob") },
         "credentials": { "password": { "hashedSecretRef": { "name": "bob-hash", "key": "hash" } } } })).await;
-    t.identity("carol", json!({ "schemaId": "customer", "traits": { "email": email("carol") },
+    t.identity("carol", json!({ "schemaId": "customer", "traits": { "email": t.email("carol") },
         "credentials": { "password": { "secretRef": { "name": "carol-pw", "key": "password" } } } })).await;
-    t.identity("mallory", json!({ "schemaId": "customer", "traits": { "email": email("mallory") },
+    t.identity("mallory", json!({ "schemaId": "customer", "traits": { "email": t.email("mallory") },
         "credentials": { "password": { "hashedSecretRef": { "name": "mallory-hash", "key": "hash" } } } })).await;
     for name in ["alice", "bob", "carol"] {
         wait_ready::<Identity>(&t, name, "True", Some("Synced"), T).await;
     }
     wait_ready::<Identity>(&t, "mallory", "False", Some("InvalidSpec"), T).await;
     let public = &t.kratos_public_url;
-    login(public, &email("alice"), &alice_pw)
+    login(public, &t.email("alice"), &alice_pw)
         .await
         .expect("alice's password was imported");
-    login(public, &email("bob"), &bob_pw)
+    login(public, &t.email("bob"), &bob_pw)
         .await
         .expect("bob's hash was imported");
-    login(public, &email("carol"), &carol_pw)
+    login(public, &t.email("carol"), &carol_pw)
         .await
         .expect("carol's password was imported");
     // Rotation under policy Sync: the new password is imported, the old one stops working.
     t.secret("alice-pw", "password", &alice_pw2).await;
     eventually("alice's rotated password to work", T, || async {
-        login(public, &email("alice"), &alice_pw2)
+        login(public, &t.email("alice"), &alice_pw2)
             .await
             .ok()
             .map(drop)
@@ -357,7 +273,7 @@ async fn no_password_hash_link_code_or_token_appears_in_logs_events_status_or_me
         "Kratos client Debug",
         format!("{kratos:?} {:?}", ctx.settings),
     ));
-    let log = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+    let log = logs.text();
     assert!(
         log.contains("kratos call finished"),
         "the operator's logs are captured"
@@ -405,7 +321,11 @@ async fn no_password_hash_link_code_or_token_appears_in_logs_events_status_or_me
     let planted = format!("{log} password={carol_pw} code: {code}\n");
     assert_eq!(scan("planted", &planted).len(), 2, "the scan works");
     // The token was really sent to Kratos, on every admin call.
-    let sent = authorizations.lock().unwrap().clone();
+    let sent: Vec<String> = admin
+        .seen()
+        .into_iter()
+        .filter_map(|s| s.request.authorization)
+        .collect();
     assert!(
         !sent.is_empty() && sent.iter().all(|h| *h == format!("Bearer {token}")),
         "{} admin requests carried the token",
@@ -480,7 +400,7 @@ async fn secrets_are_watched_as_metadata_only() {
         test_settings(&t.namespace),
     ));
     let operator = tokio::spawn(controller::run(ctx, futures::future::pending().boxed()));
-    let email = format!("watch.{}@example.com", t.namespace);
+    let email = t.email("watch");
     t.secret("pw", "password", &format!("first-{}", random_hex(8)))
         .await;
     t.secret("unrelated", "tls.key", "-----BEGIN PRIVATE KEY-----")

@@ -2,13 +2,20 @@
 //! reused), a kube Client, a namespace of the test's own, and the Kratos URLs.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod logs;
+pub mod proxy;
+
 use std::{
+    path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use k8s_openapi::api::core::v1::Namespace;
-use kratos_operator_testenv::Environment;
+use kratos_operator_testenv::{
+    Environment,
+    kratos::{KratosInstance, KratosOptions},
+};
 use kube::{
     Api, Client, Config,
     api::{DeleteParams, PostParams},
@@ -67,14 +74,9 @@ impl TestEnv {
         name: &str,
         spec: serde_json::Value,
     ) -> kratos_operator::api::Identity {
-        apply(
-            self,
-            serde_json::json!({
-                "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
-                "metadata": { "name": name }, "spec": spec
-            }),
-        )
-        .await
+        let identity = ("kratos-operator.dev/v1alpha1", "Identity");
+        self.apply_named(identity, name, serde_json::json!({ "spec": spec }))
+            .await
     }
 
     /// Applies a Secret named `name` holding `value` under `key` into the test's namespace.
@@ -84,14 +86,38 @@ impl TestEnv {
         key: &str,
         value: &str,
     ) -> k8s_openapi::api::core::v1::Secret {
-        apply(
-            self,
-            serde_json::json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": { "name": name }, "stringData": { key: value }
-            }),
-        )
-        .await
+        let fields = serde_json::json!({ "stringData": { key: value } });
+        self.apply_named(("v1", "Secret"), name, fields).await
+    }
+
+    /// Applies a Secret named `name` whose `data` holds each of `data`'s values under its key, as
+    /// bytes (empty, binary, with newlines: what `stringData` cannot say).
+    pub async fn secret_bytes(
+        &self,
+        name: &str,
+        data: std::collections::BTreeMap<&str, Vec<u8>>,
+    ) -> k8s_openapi::api::core::v1::Secret {
+        use base64::Engine;
+        let data: std::collections::BTreeMap<&str, String> = data
+            .into_iter()
+            .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
+            .collect();
+        let fields = serde_json::json!({ "data": data });
+        self.apply_named(("v1", "Secret"), name, fields).await
+    }
+
+    /// Applies the object of `(apiVersion, kind)` named `name` with `fields` (all but those and
+    /// the metadata) into the test's namespace.
+    async fn apply_named<K: Namespaced>(
+        &self,
+        (api_version, kind): (&str, &str),
+        name: &str,
+        mut fields: serde_json::Value,
+    ) -> K {
+        fields["apiVersion"] = api_version.into();
+        fields["kind"] = kind.into();
+        fields["metadata"] = serde_json::json!({ "name": name });
+        apply(self, fields).await
     }
 
     /// Deletes the test's namespace (best effort; the namespace controller finishes it).
@@ -274,6 +300,33 @@ pub fn kratos_client(admin: &str, public: &str) -> kratos_operator::kratos::Krat
     config.request_timeout = Duration::from_secs(10);
     config.connect_timeout = Duration::from_secs(2);
     kratos_operator::kratos::KratosClient::new(config).expect("kratos client")
+}
+
+/// A private Kratos started with `options` (and its own database, which survives restarts) in
+/// `kratos-<namespace>` under the temporary directory, started on a blocking thread. Returns it
+/// and its directory, for [`drop_kratos`].
+pub async fn private_kratos(t: &TestEnv, options: KratosOptions) -> (KratosInstance, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("kratos-{}", t.namespace));
+    let instance = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || KratosInstance::start(&dir, &options).expect("start a private Kratos")
+    })
+    .await
+    .expect("fixture thread");
+    (instance, dir)
+}
+
+/// Stops a [`private_kratos`] (on a blocking thread) and removes its directory, unless `keep`
+/// (then it says where the directory is).
+pub async fn drop_kratos(instance: KratosInstance, dir: PathBuf, keep: bool) {
+    tokio::task::spawn_blocking(move || drop(instance))
+        .await
+        .expect("fixture thread");
+    if keep {
+        println!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// Installs the CRDs and starts an operator for the test's namespace against the shared Kratos.
@@ -475,11 +528,30 @@ pub fn ready_message(obj: &kratos_operator::api::Identity) -> String {
         .unwrap_or_default()
 }
 
+/// What a successful [`login_for`] returns of the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionPart {
+    /// The session token (`session_token`), to act as the user.
+    Token,
+    /// The session's id (`session.id`), to find it through the admin API.
+    Id,
+}
+
 /// Logs in through Kratos' public API (native login flow) and returns the session token, or why
 /// not: a refused login, or any other answer (a 5xx included: the environment's PostgreSQL
 /// serves concurrent tests without the "database is locked" answers sqlite gave, so nothing is
 /// retried).
 pub async fn login(public: &str, identifier: &str, password: &str) -> Result<String, String> {
+    login_for(public, identifier, password, SessionPart::Token).await
+}
+
+/// [`login`] returning `part` of the session. An error names the status and Kratos' answer.
+pub async fn login_for(
+    public: &str,
+    identifier: &str,
+    password: &str,
+    part: SessionPart,
+) -> Result<String, String> {
     let http = reqwest::Client::new();
     let transport = |e: reqwest::Error| format!("Kratos unreachable: {e}");
     let resp = http
@@ -491,10 +563,11 @@ pub async fn login(public: &str, identifier: &str, password: &str) -> Result<Str
     let flow: serde_json::Value = resp.json().await.map_err(transport)?;
     let id = flow["id"]
         .as_str()
-        .ok_or_else(|| format!("{status} to the login flow, with no flow id"))?
+        .ok_or_else(|| format!("{status} to the login flow, with no flow id: {flow}"))?
         .to_string();
     let resp = http
         .post(format!("{public}/self-service/login?flow={id}"))
+        .header("accept", "application/json")
         .json(&serde_json::json!({ "method": "password", "identifier": identifier, "password": password }))
         .send()
         .await
@@ -502,12 +575,16 @@ pub async fn login(public: &str, identifier: &str, password: &str) -> Result<Str
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.map_err(transport)?;
     if status.is_success() {
-        body["session_token"]
+        let value = match part {
+            SessionPart::Token => &body["session_token"],
+            SessionPart::Id => &body["session"]["id"],
+        };
+        value
             .as_str()
             .map(str::to_string)
-            .ok_or_else(|| "no session token".into())
+            .ok_or_else(|| format!("no session {part:?} in {status}: {body}"))
     } else {
-        Err(format!("login failed with {status}"))
+        Err(format!("login failed with {status}: {body}"))
     }
 }
 
