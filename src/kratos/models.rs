@@ -374,19 +374,51 @@ pub trait Versioned: Clone {
 
 impl Versioned for CreateIdentityBody {
     fn has_versioned_fields(&self) -> bool {
-        CreateIdentityBody::has_versioned_fields(self)
+        self.organization_id.is_some() || versioned(&self.external_id, self.credentials.as_ref())
     }
+
     fn for_server(&self, server: &ServerVersion) -> Self {
-        CreateIdentityBody::for_server(self, server)
+        let mut body = self.clone();
+        gate(&mut body.external_id, body.credentials.as_mut(), server);
+        if !server.supports_organization_id_on_create() {
+            body.organization_id = None;
+        }
+        body
     }
 }
 
 impl Versioned for UpdateIdentityBody {
     fn has_versioned_fields(&self) -> bool {
-        UpdateIdentityBody::has_versioned_fields(self)
+        versioned(&self.external_id, self.credentials.as_ref())
     }
+
     fn for_server(&self, server: &ServerVersion) -> Self {
-        UpdateIdentityBody::for_server(self, server)
+        let mut body = self.clone();
+        gate(&mut body.external_id, body.credentials.as_mut(), server);
+        body
+    }
+}
+
+/// Whether the parts both bodies have depend on the server version.
+fn versioned(
+    external_id: &Option<String>,
+    credentials: Option<&IdentityCredentialsImport>,
+) -> bool {
+    external_id.is_some()
+        || credentials.is_some_and(IdentityCredentialsImport::has_versioned_fields)
+}
+
+/// Leaves out of the parts both bodies have what `server` does not know.
+fn gate(
+    external_id: &mut Option<String>,
+    credentials: Option<&mut IdentityCredentialsImport>,
+    server: &ServerVersion,
+) {
+    if !server.supports_external_id() {
+        *external_id = None;
+    }
+    if let Some(credentials) = credentials {
+        credentials.gate(server);
     }
 }
 
@@ -398,31 +430,6 @@ impl CreateIdentityBody {
             traits,
             ..Self::default()
         }
-    }
-
-    /// Whether some field depends on the server version.
-    pub(crate) fn has_versioned_fields(&self) -> bool {
-        self.external_id.is_some()
-            || self.organization_id.is_some()
-            || self
-                .credentials
-                .as_ref()
-                .is_some_and(IdentityCredentialsImport::has_versioned_fields)
-    }
-
-    /// A copy without the fields `server` does not know.
-    pub fn for_server(&self, server: &ServerVersion) -> Self {
-        let mut body = self.clone();
-        if !server.supports_external_id() {
-            body.external_id = None;
-        }
-        if !server.supports_organization_id_on_create() {
-            body.organization_id = None;
-        }
-        if let Some(credentials) = &mut body.credentials {
-            credentials.gate(server);
-        }
-        body
     }
 
     /// Whether it imports a cleartext password (batches allow at most 200 of those).
@@ -458,29 +465,6 @@ pub struct UpdateIdentityBody {
     /// The caller's id (v25+, where omitting it clears it; dropped for older servers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
-}
-
-impl UpdateIdentityBody {
-    /// A copy without the fields `server` does not know.
-    pub fn for_server(&self, server: &ServerVersion) -> Self {
-        let mut body = self.clone();
-        if !server.supports_external_id() {
-            body.external_id = None;
-        }
-        if let Some(credentials) = &mut body.credentials {
-            credentials.gate(server);
-        }
-        body
-    }
-
-    /// Whether some field depends on the server version.
-    pub(crate) fn has_versioned_fields(&self) -> bool {
-        self.external_id.is_some()
-            || self
-                .credentials
-                .as_ref()
-                .is_some_and(IdentityCredentialsImport::has_versioned_fields)
-    }
 }
 
 /// Verification state to import for an address derived from the traits.

@@ -230,13 +230,7 @@ pub fn outcome(obj: &Arc<Identity>, ctx: &Context, outcome: &Outcome) {
 
 /// Reports the finalizer's cleanup in Events (and the deletion in the metrics).
 pub fn cleaned(ctx: &Context, obj: &Identity, cleanup: &Cleanup) {
-    let not_owned = match cleanup {
-        Cleanup::Delete { not_owned, .. }
-        | Cleanup::Release { not_owned, .. }
-        | Cleanup::Nothing { not_owned } => *not_owned,
-        Cleanup::Observe(_) => false,
-    };
-    if not_owned {
+    if cleanup.not_owned() {
         tracing::info!(
             namespace = obj.metadata.namespace.as_deref().unwrap_or_default(),
             name = obj.metadata.name.as_deref().unwrap_or_default(),

@@ -739,6 +739,18 @@ pub enum Cleanup {
     },
 }
 
+impl Cleanup {
+    /// Whether the identity recorded in status turned out to be another's.
+    pub fn not_owned(&self) -> bool {
+        match self {
+            Self::Delete { not_owned, .. }
+            | Self::Release { not_owned, .. }
+            | Self::Nothing { not_owned } => *not_owned,
+            Self::Observe(_) => false,
+        }
+    }
+}
+
 /// The finalizer's decision (pure): delete or release the Kratos identity only after its marker
 /// proved it is this object's. An id in status alone never deletes or releases anything; when it
 /// names another's identity (or none), the one carrying this object's marker among those with
