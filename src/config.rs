@@ -66,6 +66,11 @@ pub struct KratosArgs {
     /// Client-side limit of Kratos requests per second (0: unlimited).
     #[arg(long, env = "KRATOS_RATE_LIMIT", default_value_t = 0.0)]
     pub kratos_rate_limit: f64,
+    /// How long one Kratos request may take, from connecting to the end of the answer, e.g.
+    /// `30s`. A create that times out may still be carried out by Kratos: see
+    /// `--create-settle-time`.
+    #[arg(long, env = "KRATOS_REQUEST_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub kratos_request_timeout: Duration,
 }
 
 impl KratosArgs {
@@ -76,6 +81,7 @@ impl KratosArgs {
         c.token_file = self.kratos_token_file.clone();
         c.ca_file = self.kratos_ca_file.clone();
         c.rate_limit_per_second = (self.kratos_rate_limit > 0.0).then_some(self.kratos_rate_limit);
+        c.request_timeout = self.kratos_request_timeout;
         c
     }
 }
@@ -143,6 +149,13 @@ pub struct RunArgs {
     /// How often each Identity is compared with Kratos (drift detection), e.g. `5m`.
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
+    /// The longest Kratos may still take to carry out a create after the operator stopped
+    /// waiting for it (its process was killed, its leadership ended, or the request failed or
+    /// timed out), e.g. `30s`. Until that long after such a create, the operator does not take
+    /// "no identity in Kratos" for an answer: it neither creates the identity again where Kratos
+    /// would not refuse a second one, nor lets a deleted Identity go (docs/reliability.md).
+    #[arg(long, env = "CREATE_SETTLE_TIME", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub create_settle_time: Duration,
     /// How often each IdentitySchemaRef re-fetches its schema, e.g. `1m`.
     #[arg(long, env = "SCHEMA_RECHECK_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub schema_recheck_interval: Duration,
@@ -186,6 +199,7 @@ impl RunArgs {
                 .collect(),
             instance: std::env::var("POD_NAME").ok(),
             batch_creates: self.batch_creates,
+            create_settle_time: self.create_settle_time,
             drift_sweeps: self.drift_sweeps,
             tenancy_enforce: self.tenancy_enforce,
             label_selector: self
@@ -196,6 +210,15 @@ impl RunArgs {
                 .map(str::to_string),
             ..Settings::default()
         }
+    }
+}
+
+/// A duration above zero (a request timeout of 0 would fail every call).
+fn positive_duration(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be longer than 0s".to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -257,6 +280,38 @@ mod tests {
         assert!(err.to_string().contains("resync-interval"), "{err}");
         assert!(
             Cli::try_parse_from(["kratos-operator", "--max-concurrent-reconciles", "0"]).is_err()
+        );
+        let err =
+            Cli::try_parse_from(["kratos-operator", "--kratos-request-timeout", "0s"]).unwrap_err();
+        assert!(err.to_string().contains("longer than 0s"), "{err}");
+    }
+
+    #[test]
+    fn timeouts_reach_the_client_and_the_controllers() {
+        let cli = Cli::try_parse_from([
+            "kratos-operator",
+            "--kratos-request-timeout",
+            "2s",
+            "--create-settle-time",
+            "8s",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.run.kratos_config().request_timeout,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            cli.run.settings().create_settle_time,
+            Duration::from_secs(8)
+        );
+        let defaults = Cli::try_parse_from(["kratos-operator"]).unwrap();
+        assert_eq!(
+            defaults.run.kratos_config().request_timeout,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            defaults.run.settings().create_settle_time,
+            Settings::default().create_settle_time
         );
     }
 }

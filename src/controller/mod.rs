@@ -55,6 +55,9 @@ pub struct Settings {
     pub drift_sweeps: bool,
     /// How long the first create of a batch waits for company.
     pub batch_window: Duration,
+    /// The longest Kratos may still carry out a create the operator stopped waiting for
+    /// (`--create-settle-time`).
+    pub create_settle_time: Duration,
     /// Enforce the namespaces' tenancy opt-ins ([`crate::tenancy`]); `false` allows adoption,
     /// recovery by id and any identifier everywhere (single-team clusters).
     pub tenancy_enforce: bool,
@@ -111,6 +114,7 @@ impl Default for Settings {
             batch_creates: true,
             drift_sweeps: true,
             batch_window: Duration::from_millis(25),
+            create_settle_time: Duration::from_secs(30),
             tenancy_enforce: true,
             label_selector: None,
         }
