@@ -15,19 +15,17 @@ use crate::{
 /// Carries out `write` and records the answer in `o`.
 pub async fn write(ctx: &Context, write: Write, o: &mut Observed<'_>) -> Result<()> {
     match write {
-        Write::Create { body, uncertain } => {
+        Write::Create { body } => {
             let created = match &ctx.state.creates {
                 Some(batcher) => batcher.create(*body).await,
                 None => ctx.kratos.create_identity(&body).await.map(|i| i.id),
             };
-            let uid = o.owner.uid;
-            match &created {
-                Ok(_) => ctx.state.markers.forget(uid),
-                // It may have reached Kratos all the same.
-                Err(_) if uncertain => ctx.state.markers.create_failed(uid),
-                Err(_) => {}
+            let answered = answer(created);
+            if answered.is_err() {
+                // Not a refusal: it may have reached Kratos all the same, and commit later.
+                ctx.state.pending.failed(o.owner.uid);
             }
-            o.created = Some(answer(created)?);
+            o.created = Some(answered?);
         }
         Write::Unlink { id, links } => {
             o.unlinked = Some(unlink(ctx, &id, &links).await?);
@@ -100,7 +98,7 @@ pub async fn cleanup(ctx: &Context, cleanup: &Cleanup) -> Result<()> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Cleanup::Nothing { .. } | Cleanup::Observe(_) => {}
+        Cleanup::Nothing { .. } | Cleanup::Wait(_) | Cleanup::Observe(_) => {}
     }
     Ok(())
 }

@@ -3,14 +3,15 @@
 //! to refuse a second create with, and nothing to look the first one up by.
 //!
 //! After a crash between a create and the status write (or a create whose answer was lost), the
-//! object has its finalizer and no identity id. For such an object without identifiers, the
-//! reconcile looks its uid up in an index of the owner markers of every Kratos identity before
-//! it creates. The index is built by one paged list of all identities and kept: an identity this
-//! process creates afterwards is in its memory of created ids. It is built again only for an
-//! object whose create failed after the index was built (the failed create may have reached
-//! Kratos). Building waits for no other reconcile than those that need the index.
+//! object has its finalizer and no identity id. For such an object without identifiers (or whose
+//! identifiers may have changed since), the reconcile looks its uid up in an index of the owner
+//! markers of every Kratos identity. The index is built by one paged list of all identities and
+//! kept: an identity this process creates afterwards is in its memory of created ids. A lookup
+//! says how recent the index must be: built after any create for that object whose outcome is
+//! unknown could still commit ([`super::pending`]); an older one is built again. Building waits
+//! for no other reconcile than those that need the index.
 
-use std::{collections::HashMap, sync::Mutex, time::Instant};
+use std::{collections::HashMap, time::Instant};
 
 use futures::TryStreamExt;
 
@@ -19,14 +20,10 @@ use crate::{
     kratos::{self, KratosClient},
 };
 
-/// The uid -> Kratos id index of owner markers, and the creates whose outcome is unknown.
-#[derive(Debug)]
+/// The uid -> Kratos id index of owner markers.
+#[derive(Debug, Default)]
 pub struct MarkerIndex {
-    /// When this process began to reconcile (it became leader): identities created before may
-    /// have been created by someone else.
-    started: Mutex<Instant>,
     built: tokio::sync::Mutex<Option<Built>>,
-    uncertain: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Debug)]
@@ -35,60 +32,18 @@ struct Built {
     by_uid: HashMap<String, String>,
 }
 
-impl Default for MarkerIndex {
-    fn default() -> Self {
-        Self {
-            started: Mutex::new(Instant::now()),
-            built: tokio::sync::Mutex::default(),
-            uncertain: Mutex::default(),
-        }
-    }
-}
-
 impl MarkerIndex {
-    /// The controllers start (this process became leader): an index built before may miss
-    /// identities the previous leader created.
-    pub fn begin(&self) {
-        if let Ok(mut started) = self.started.lock() {
-            *started = Instant::now();
-        }
-    }
-
-    fn started(&self) -> Instant {
-        self.started.lock().map_or_else(|_| Instant::now(), |s| *s)
-    }
-
-    /// Records that a create for `uid` failed: it may have reached Kratos, so the next lookup
-    /// for `uid` needs an index built after now.
-    pub fn create_failed(&self, uid: &str) {
-        if let Ok(mut m) = self.uncertain.lock() {
-            m.insert(uid.to_string(), Instant::now());
-        }
-    }
-
-    /// Forgets `uid` (its identity is known, or the object is gone).
-    pub fn forget(&self, uid: &str) {
-        if let Ok(mut m) = self.uncertain.lock() {
-            m.remove(uid);
-        }
-    }
-
-    /// The id of the Kratos identity whose marker carries `uid`, from an index built after any
-    /// create for `uid` could have happened unseen (this process' start, or its last failed
-    /// create). The caller still checks ownership on the identity itself.
+    /// The id of the Kratos identity whose marker carries `uid`, from an index built after
+    /// `not_before` (the instant after which no unknown create for `uid` can still commit). The
+    /// caller still checks ownership on the identity itself.
     pub async fn find(
         &self,
         kratos: &KratosClient,
         uid: &str,
+        not_before: Instant,
     ) -> Result<Option<String>, kratos::Error> {
-        let since = self
-            .uncertain
-            .lock()
-            .ok()
-            .and_then(|m| m.get(uid).copied())
-            .unwrap_or_else(|| self.started());
         let mut built = self.built.lock().await;
-        if built.as_ref().is_none_or(|b| b.at < since) {
+        if built.as_ref().is_none_or(|b| b.at < not_before) {
             let at = Instant::now();
             let by_uid = index(kratos).await?;
             tracing::info!(
@@ -144,18 +99,5 @@ mod tests {
         assert_eq!(marker_uid(&identity(json!({ "other": "u1" }))), None);
         assert_eq!(marker_uid(&identity(json!(null))), None);
         assert_eq!(marker_uid(&identity(json!({ UID_MARKER: 7 }))), None);
-    }
-
-    #[test]
-    fn a_failed_create_asks_for_an_index_built_after_it() {
-        let index = MarkerIndex::default();
-        assert!(index.uncertain.lock().unwrap().get("u1").is_none());
-        index.create_failed("u1");
-        let at = *index.uncertain.lock().unwrap().get("u1").unwrap();
-        assert!(at >= index.started());
-        index.begin();
-        assert!(index.started() >= at, "leadership starts a new era");
-        index.forget("u1");
-        assert!(index.uncertain.lock().unwrap().get("u1").is_none());
     }
 }

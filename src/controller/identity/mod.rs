@@ -18,6 +18,7 @@ mod fixtures;
 pub mod markers;
 pub mod observe;
 pub mod outcome;
+pub mod pending;
 pub mod plan;
 pub mod report;
 pub mod state;
@@ -58,6 +59,11 @@ pub struct Blocked {
     /// For a stalled outcome: what can change it that the controller does not watch, so the
     /// object is looked at again periodically (`None`: only a watched change helps).
     pub recheck: Option<Recheck>,
+    /// For an outcome that ends by itself at a known time: look again after this long instead of
+    /// the resync interval.
+    pub retry_after: Option<Duration>,
+    /// Whether its Event is a Warning (a problem) rather than Normal (a wait that ends by itself).
+    pub warning: bool,
 }
 
 /// Something a stalled Identity depends on that no watch reports a change of.
@@ -79,15 +85,23 @@ impl Blocked {
             message: message.into(),
             stalled: false,
             recheck: None,
+            retry_after: None,
+            warning: true,
+        }
+    }
+    /// A wait that ends by itself after `after`: looked at again then; a Normal Event.
+    pub fn waiting(reason: &'static str, message: impl Into<String>, after: Duration) -> Self {
+        Self {
+            retry_after: Some(after),
+            warning: false,
+            ..Self::new(reason, message)
         }
     }
     /// A blocked outcome that needs a spec change.
     pub fn stalled(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
-            reason,
-            message: message.into(),
             stalled: true,
-            recheck: None,
+            ..Self::new(reason, message)
         }
     }
     /// The same outcome, looked at again periodically because `what` may change unwatched.
@@ -139,10 +153,18 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) 
     let result = if obj.metadata.deletion_timestamp.is_some() {
         if finalizer::has(&*obj, FINALIZER) {
             match cleanup(&obj, &ctx).await {
-                Ok(action) => {
+                Ok(Finalizer::Keep(wait)) => {
+                    tracing::info!(
+                        wait_ms = wait.as_millis() as u64,
+                        "an earlier create of this object's identity may still commit; the \
+                         finalizer stays until it has settled"
+                    );
+                    Ok(Action::requeue(wait + SETTLE_MARGIN))
+                }
+                Ok(Finalizer::Remove(action)) => {
                     if let Some(uid) = obj.metadata.uid.as_deref() {
                         ctx.state.known_ids.forget(uid);
-                        ctx.state.markers.forget(uid);
+                        ctx.state.pending.forget(uid);
                     }
                     ctx.state.statuses.forget(&obj);
                     finalizer::remove(&api, &*obj, FINALIZER)
@@ -251,6 +273,11 @@ fn observed<'a>(
         .and_then(|s| s.identity_id.clone())
         .or_else(|| ctx.state.known_ids.get(owner.uid));
     o.batched = ctx.state.creates.is_some();
+    o.first_generation = obj.metadata.generation == Some(1);
+    o.settling = ctx
+        .state
+        .pending
+        .remaining(owner.uid, std::time::Instant::now());
     Ok(o)
 }
 
@@ -269,9 +296,21 @@ pub async fn sync(obj: &Identity, ctx: &Context) -> Result<Outcome> {
     Err(Error::Unsettled(MAX_STEPS))
 }
 
+/// What becomes of the finalizer after a cleanup.
+enum Finalizer {
+    /// Remove it: the deletion is over.
+    Remove(Action),
+    /// Keep it and look again after this long: an earlier create may still commit.
+    Keep(Duration),
+}
+
+/// Past the end of a wait for creates to settle: timers fire at their deadline or later, and the
+/// plan must see the window closed.
+const SETTLE_MARGIN: Duration = Duration::from_millis(100);
+
 /// The finalizer's cleanup: looks for this object's identity as [`plan::cleanup`] asks, then
-/// deletes or releases it.
-async fn cleanup(obj: &Identity, ctx: &Context) -> Result<Action> {
+/// deletes or releases it; the finalizer goes only once no earlier create can still commit.
+async fn cleanup(obj: &Identity, ctx: &Context) -> Result<Finalizer> {
     let (uid, name) = owner(obj)?;
     let mut o = observed(obj, ctx, &uid, &name)?;
     for _ in 0..MAX_STEPS {
@@ -280,7 +319,10 @@ async fn cleanup(obj: &Identity, ctx: &Context) -> Result<Action> {
             done => {
                 act::cleanup(ctx, &done).await?;
                 report::cleaned(ctx, obj, &done);
-                return Ok(Action::await_change());
+                return Ok(match plan::finalizer_wait(&o) {
+                    Some(wait) => Finalizer::Keep(wait),
+                    None => Finalizer::Remove(Action::await_change()),
+                });
             }
         }
     }
@@ -297,7 +339,11 @@ fn next(outcome: &Outcome, settings: &crate::controller::Settings) -> Next {
         // A stalled outcome waits for a change, unless what can change it is not watched (the
         // Namespace's policy, a schema in Kratos): then it is looked at again.
         Outcome::Blocked(b) => match (b.stalled, b.recheck) {
-            (false, _) | (true, Some(Recheck::Namespace)) => Next::After(settings.resync_interval),
+            (false, _) => Next::After(
+                b.retry_after
+                    .map_or(settings.resync_interval, |wait| wait + SETTLE_MARGIN),
+            ),
+            (true, Some(Recheck::Namespace)) => Next::After(settings.resync_interval),
             (true, Some(Recheck::Schema)) => Next::After(settings.schema_recheck_interval),
             (true, None) => Next::AwaitChange,
         },

@@ -116,7 +116,8 @@ async fn candidates(ctx: &Context, identifiers: &[String]) -> Result<Vec<KratosI
 /// The identity the marker index names for `uid` (for objects without identifiers); `None` when
 /// there is none, or it is gone. Whose it is, the plan reads from its marker.
 async fn marked(ctx: &Context, uid: &str) -> Result<Option<KratosIdentity>> {
-    let Some(id) = ctx.state.markers.find(&ctx.kratos, uid).await? else {
+    let not_before = ctx.state.pending.horizon(uid);
+    let Some(id) = ctx.state.markers.find(&ctx.kratos, uid, not_before).await? else {
         return Ok(None);
     };
     match ctx.kratos.get_identity(&id, &[]).await {

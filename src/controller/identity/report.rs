@@ -222,7 +222,14 @@ pub fn outcome(obj: &Arc<Identity>, ctx: &Context, outcome: &Outcome) {
             let changed_reason = previous_ready_reason(obj).as_deref() != Some(b.reason);
             write_status(ctx, obj, blocked_status(obj, b, now));
             if changed_reason {
-                event(ctx, obj, true, b.reason, "Reconcile", b.message.clone());
+                event(
+                    ctx,
+                    obj,
+                    b.warning,
+                    b.reason,
+                    "Reconcile",
+                    b.message.clone(),
+                );
             }
         }
     }
@@ -265,7 +272,7 @@ pub fn cleaned(ctx: &Context, obj: &Identity, cleanup: &Cleanup) {
             "Orphan",
             format!("Released Kratos identity {id}; it stays in Kratos"),
         ),
-        Cleanup::Nothing { .. } | Cleanup::Observe(_) => {}
+        Cleanup::Nothing { .. } | Cleanup::Wait(_) | Cleanup::Observe(_) => {}
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{batch, detach, markers, status};
+use super::{batch, detach, markers, pending, status};
 
 /// What the Identity controller's reconciles get: the context every controller shares, and the
 /// Identity controller's own [`State`]. Dereferences to the shared context.
@@ -35,6 +35,8 @@ pub struct State {
     pub creates: Option<batch::CreateBatcher>,
     /// Owner markers of Kratos identities, for objects without identifiers ([`markers`]).
     pub markers: markers::MarkerIndex,
+    /// Creates whose outcome is unknown and how long they may still commit ([`pending`]).
+    pub pending: pending::PendingCreates,
     /// Kratos ids this process created or found, by object uid: a reconcile that runs before the
     /// status it wrote is in the cache must not create the identity again.
     pub known_ids: KnownIds,
@@ -45,16 +47,17 @@ pub struct State {
 }
 
 impl State {
-    /// The state of controllers that start now (this process became leader: a marker index
-    /// built before may miss identities the previous leader created).
+    /// The state of controllers that start now (this process became leader: the previous
+    /// leader's creates may still commit, and a marker index built before may miss them).
     pub fn new(ctx: &crate::controller::Context) -> Self {
-        let markers = markers::MarkerIndex::default();
-        markers.begin();
+        let pending = pending::PendingCreates::new(ctx.settings.create_settle_time);
+        pending.begin();
         Self {
             creates: ctx.settings.batch_creates.then(|| {
                 batch::CreateBatcher::spawn(ctx.kratos.clone(), ctx.settings.batch_window)
             }),
-            markers,
+            markers: markers::MarkerIndex::default(),
+            pending,
             known_ids: KnownIds::default(),
             detached: detach::Detached::new(ctx.priority.clone()),
             statuses: status::StatusWriter::new(ctx.priority.clone()),

@@ -78,6 +78,13 @@ pub struct Observed<'a> {
     /// Whether creates go through the batcher (identifiers are then looked up only after a
     /// create conflicts).
     pub batched: bool,
+    /// Whether the spec never changed (`metadata.generation` 1): every create ever sent for the
+    /// object carried the identifiers it has now, so Kratos refuses another one with them.
+    pub first_generation: bool,
+    /// How long a create for the object whose outcome is unknown (a predecessor's, or one of
+    /// this process that failed) may still commit; `None` when none can. Until then "no
+    /// identity" is not an answer ([`super::pending`]).
+    pub settling: Option<std::time::Duration>,
     /// The time of this reconcile.
     pub now: Timestamp,
     /// The IdentitySchemaRef named by `spec.schemaRef` (`Some(None)`: it does not exist).
@@ -129,6 +136,8 @@ impl<'a> Observed<'a> {
             last_password,
             recorded_id: None,
             batched: false,
+            first_generation: true,
+            settling: None,
             now,
             schema_ref: None,
             schema: None,
@@ -184,13 +193,11 @@ pub enum Need {
 /// One write to Kratos. `Debug` shows no secret: the password inside a body is redacted.
 #[derive(Debug, Clone)]
 pub enum Write {
-    /// Create the identity. `uncertain`: the object has no identifiers, so a failed create may
-    /// have reached Kratos unseen and must be looked for by its marker.
+    /// Create the identity. A failure that is not a refusal may still commit in Kratos later:
+    /// the reconcile records it ([`super::pending`]).
     Create {
         /// The POST body.
         body: Box<CreateIdentityBody>,
-        /// Whether a failure leaves it unknown whether the identity exists.
-        uncertain: bool,
     },
     /// Remove these OIDC links (imported by the operator, no longer in the spec).
     Unlink {
@@ -278,7 +285,7 @@ fn decide(o: &Observed<'_>) -> Decided<Plan> {
         password_version: desired.password.as_ref().map(|p| p.version.clone()),
     };
     match found {
-        None => create(o, &desired, admitted.identifiers.is_empty(), report),
+        None => create(o, &desired, report),
         Some((existing, how)) => {
             let (identity, change, password_imported) =
                 update(o, &desired, existing, how, &report)?;
@@ -562,46 +569,84 @@ fn existing<'o>(
             Some(None) => {}
         }
     }
+    // Kratos refuses a second create with the same identifiers, so while the spec has never
+    // changed they find (or, by a conflict, make Kratos find) every identity this object's
+    // creates made.
+    let identifiers_suffice = !identifiers.is_empty() && o.first_generation;
     // Per-object mode looks the identifiers up before creating. With batched creates the
     // lookup happens only when a create conflicts: an identifier is unique in Kratos, so the
     // conflict is what finds an identity created before (and the lookup then resolves it).
     let conflicted = matches!(o.created, Some(Err(Refusal::Conflict(_))));
-    if !identifiers.is_empty() && (!o.batched || conflicted) {
+    if !identifiers.is_empty() && (!o.batched || conflicted || !identifiers_suffice) {
         let Some(candidates) = &o.candidates else {
             return Err(Plan::Observe(Need::Candidates(identifiers.to_vec())));
         };
-        let (id, how) = match resolve_existing(candidates, o.owner, o.spec.adoption()) {
-            Existing::None => return Ok(None),
-            Existing::TakeBack(id) => (id, Change::TookBack),
-            Existing::Adopt(id) => (id, Change::Adopted),
+        let found = match resolve_existing(candidates, o.owner, o.spec.adoption()) {
+            Existing::None => None,
+            Existing::TakeBack(id) => Some((id, Change::TookBack)),
+            Existing::Adopt(id) => Some((id, Change::Adopted)),
             Existing::Conflict(message) => return Err(Blocked::new("Conflict", message).into()),
         };
-        return Ok(candidates
-            .iter()
-            .find(|i| i.id == id)
-            .map(|i| (i, Some(how))));
-    }
-    // Without identifiers nothing in Kratos refuses a second create: an identity this object
-    // created before a crash (or a create whose answer was lost) is found by its marker.
-    if identifiers.is_empty() {
-        let Some(marked) = &o.marked else {
-            return Err(Plan::Observe(Need::Marked));
-        };
-        if let Some(identity) = marked
-            && ownership(identity, o.owner).is_ours()
-        {
-            return Ok(Some((identity, Some(Change::TookBack))));
+        if let Some((id, how)) = found {
+            return Ok(candidates
+                .iter()
+                .find(|i| i.id == id)
+                .map(|i| (i, Some(how))));
         }
+    }
+    if identifiers_suffice {
+        return Ok(None);
+    }
+    // Without identifiers (or with identifiers that may have changed since an earlier create)
+    // nothing in Kratos refuses a second create: an identity this object created before a crash
+    // (or by a create whose answer was lost) is found by its marker, once no create whose
+    // outcome is unknown can still commit.
+    if let Some(wait) = o.settling {
+        return Err(create_pending(o, wait).into());
+    }
+    let Some(marked) = &o.marked else {
+        return Err(Plan::Observe(Need::Marked));
+    };
+    if let Some(identity) = marked
+        && ownership(identity, o.owner).is_ours()
+    {
+        return Ok(Some((identity, Some(Change::TookBack))));
     }
     Ok(None)
 }
 
+/// The object waits before it creates: an earlier create of its identity may still commit, and
+/// nothing in Kratos would refuse a second one.
+fn create_pending(o: &Observed<'_>, wait: std::time::Duration) -> Blocked {
+    let until = settled_at(o, wait);
+    Blocked::waiting(
+        REASON_CREATE_PENDING,
+        format!(
+            "an earlier create of this object's Kratos identity (by an operator process that \
+             stopped, or a request that failed) may still reach Kratos until {until}; the \
+             operator looks for it again then, before it creates one"
+        ),
+        wait,
+    )
+}
+
+/// When a wait of `wait` from this reconcile ends, to the second (a stable message).
+fn settled_at(o: &Observed<'_>, wait: std::time::Duration) -> Timestamp {
+    let secs = i64::try_from(wait.as_secs()).unwrap_or(i64::MAX / 2) + 1;
+    o.now
+        .checked_add(jiff::SignedDuration::from_secs(secs))
+        .and_then(|t| t.round(jiff::Unit::Second))
+        .unwrap_or(o.now)
+}
+
+/// The reason of an object that waits for an earlier create to settle.
+pub const REASON_CREATE_PENDING: &str = "CreatePending";
+
 /// Creates the identity, or reports what Kratos answered to the create.
-fn create(o: &Observed<'_>, desired: &Desired, uncertain: bool, report: Report) -> Decided<Plan> {
+fn create(o: &Observed<'_>, desired: &Desired, report: Report) -> Decided<Plan> {
     match &o.created {
         None => Ok(Plan::Write(Write::Create {
             body: Box::new(desired::create_body(desired)),
-            uncertain,
         })),
         // A new identity: addresses were imported verified and it has no sessions.
         Some(Ok(id)) => Ok(Plan::Done(Outcome::Synced(Box::new(Synced {
@@ -737,6 +782,9 @@ pub enum Cleanup {
         /// The identity recorded in status is another's (it is left alone).
         not_owned: bool,
     },
+    /// Nothing of this object's is in Kratos yet, but an earlier create of it may still commit:
+    /// look again after this long (the finalizer stays).
+    Wait(std::time::Duration),
 }
 
 impl Cleanup {
@@ -746,7 +794,7 @@ impl Cleanup {
             Self::Delete { not_owned, .. }
             | Self::Release { not_owned, .. }
             | Self::Nothing { not_owned } => *not_owned,
-            Self::Observe(_) => false,
+            Self::Observe(_) | Self::Wait(_) => false,
         }
     }
 }
@@ -787,21 +835,31 @@ pub fn cleanup(o: &Observed<'_>) -> Cleanup {
         let identifiers = compiled
             .map(|c| c.identifier_values(&o.spec.traits))
             .unwrap_or_default();
-        ours = if identifiers.is_empty() {
-            match &o.marked {
+        // As for a create: the identifiers find every identity of this object only while the
+        // spec never changed; otherwise (and without identifiers) the marker index does, once no
+        // create whose outcome is unknown can still commit.
+        let identifiers_suffice = !identifiers.is_empty() && o.first_generation;
+        if !identifiers.is_empty() {
+            match &o.candidates {
+                None => return Cleanup::Observe(Need::Candidates(identifiers)),
+                Some(candidates) => {
+                    ours = candidates.iter().find(|i| ownership(i, o.owner).is_ours());
+                }
+            }
+        }
+        if ours.is_none() && !identifiers_suffice && o.settling.is_none() {
+            ours = match &o.marked {
                 None => return Cleanup::Observe(Need::Marked),
                 Some(marked) => marked.as_ref(),
             }
-        } else {
-            match &o.candidates {
-                None => return Cleanup::Observe(Need::Candidates(identifiers)),
-                Some(candidates) => candidates.iter().find(|i| ownership(i, o.owner).is_ours()),
-            }
+            .filter(|i| ownership(i, o.owner).is_ours());
         }
-        .filter(|i| ownership(i, o.owner).is_ours());
     }
     let Some(identity) = ours else {
-        return Cleanup::Nothing { not_owned };
+        return match o.settling {
+            Some(wait) => Cleanup::Wait(wait),
+            None => Cleanup::Nothing { not_owned },
+        };
     };
     let id = identity.id.clone();
     match o.spec.deletion_policy() {
@@ -813,6 +871,13 @@ pub fn cleanup(o: &Observed<'_>) -> Cleanup {
             not_owned,
         },
     }
+}
+
+/// How long the finalizer stays after the cleanup was carried out (pure): while an earlier
+/// create of the object may still commit, the deletion is not over, since that create would
+/// leave an identity no object owns. The object is then looked at again.
+pub fn finalizer_wait(o: &Observed<'_>) -> Option<std::time::Duration> {
+    o.settling
 }
 
 /// The Conflict of an object whose status (or memory) points at an identity it does not own.

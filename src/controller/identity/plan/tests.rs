@@ -186,7 +186,7 @@ fn run(mut o: Observed<'_>, w: &World) -> (Vec<String>, Outcome) {
             }
             Plan::Write(write) => {
                 steps.push(match &write {
-                    Write::Create { uncertain, .. } => format!("Create(uncertain={uncertain})"),
+                    Write::Create { .. } => "Create".to_string(),
                     Write::Unlink { links, .. } => format!("Unlink{links:?}"),
                     Write::Update { id, .. } => format!("Update({id})"),
                     Write::Verify { ops, .. } => format!("Verify({})", ops.len() / 3),
@@ -268,10 +268,7 @@ const LOOKUP: &str = "Candidates([\"a@example.com\"])";
 fn a_new_object_is_looked_up_then_created_per_object() {
     let s = base_spec();
     let (trace, outcome) = run(observed(&s), &World::new());
-    assert_eq!(
-        trace,
-        steps(&[SCHEMA, "Namespace", LOOKUP, "Create(uncertain=false)"])
-    );
+    assert_eq!(trace, steps(&[SCHEMA, "Namespace", LOOKUP, "Create"]));
     let synced = synced(&outcome);
     assert_eq!(synced.identity_id, "new-id");
     assert_eq!(synced.change, Change::Created);
@@ -285,10 +282,7 @@ fn with_batched_creates_the_lookup_waits_for_a_conflict() {
     let mut o = observed(&s);
     o.batched = true;
     let (trace, outcome) = run(o.clone(), &World::new());
-    assert_eq!(
-        trace,
-        steps(&[SCHEMA, "Namespace", "Create(uncertain=false)"])
-    );
+    assert_eq!(trace, steps(&[SCHEMA, "Namespace", "Create"]));
     assert_eq!(synced(&outcome).change, Change::Created);
 
     // The create conflicts: the identity this object created before is found and used.
@@ -301,7 +295,7 @@ fn with_batched_creates_the_lookup_waits_for_a_conflict() {
         steps(&[
             SCHEMA,
             "Namespace",
-            "Create(uncertain=false)",
+            "Create",
             LOOKUP,
             "Full(\"id-1\")",
             "Sessions(\"id-1\")"
@@ -357,13 +351,7 @@ fn a_recorded_identity_that_is_gone_is_created_again() {
     let (trace, outcome) = run(o, &World::new());
     assert_eq!(
         trace,
-        steps(&[
-            SCHEMA,
-            "Namespace",
-            "Recorded(\"gone\")",
-            LOOKUP,
-            "Create(uncertain=false)"
-        ])
+        steps(&[SCHEMA, "Namespace", "Recorded(\"gone\")", LOOKUP, "Create"])
     );
     assert_eq!(synced(&outcome).identity_id, "new-id");
 }
@@ -425,10 +413,7 @@ fn an_object_without_identifiers_is_found_by_its_marker() {
     let mut w = World::new();
     w.schema = None; // no compiled schema: no identifiers known
     let (trace, outcome) = run(observed(&s), &w);
-    assert_eq!(
-        trace,
-        steps(&[SCHEMA, "Namespace", "Marked", "Create(uncertain=true)"])
-    );
+    assert_eq!(trace, steps(&[SCHEMA, "Namespace", "Marked", "Create"]));
     assert_eq!(synced(&outcome).change, Change::Created);
 
     w.identities = vec![identity(json!({"traits": {"email": "a@example.com"}}))];
@@ -445,10 +430,7 @@ fn an_object_without_identifiers_is_found_by_its_marker() {
         json!({"metadata_admin": {OWNER_MARKER: "x/y", UID_MARKER: "u2"}}),
     )];
     let (trace, _) = run(observed(&s), &w);
-    assert_eq!(
-        trace.last().map(String::as_str),
-        Some("Create(uncertain=true)")
-    );
+    assert_eq!(trace.last().map(String::as_str), Some("Create"));
 }
 
 #[test]
@@ -829,6 +811,151 @@ fn cleanup_deletes_or_releases_only_what_the_marker_proves_is_ours() {
     assert_eq!(cleanup(&o), Cleanup::Observe(Need::Marked));
     o.marked = Some(Some(identity(json!({"metadata_admin": null}))));
     assert_eq!(cleanup(&o), Cleanup::Nothing { not_owned: false });
+}
+
+/// The window after a start or a failed create: an earlier create may still commit.
+const SETTLING: std::time::Duration = std::time::Duration::from_secs(12);
+
+#[test]
+fn while_a_create_may_commit_no_identity_is_no_answer_without_identifiers() {
+    let s = spec(json!({"schemaId": "customer", "traits": {"email": "a@example.com"}}));
+    let mut w = World::new();
+    w.schema = None; // no identifiers
+    let mut o = observed(&s);
+    o.settling = Some(SETTLING);
+    let (trace, outcome) = run(o.clone(), &w);
+    assert_eq!(trace, steps(&[SCHEMA, "Namespace"]), "no create, no index");
+    let b = blocked(&outcome);
+    assert_eq!(b.reason, REASON_CREATE_PENDING);
+    assert_eq!(b.retry_after, Some(SETTLING));
+    assert!(!b.stalled && !b.warning);
+    assert!(
+        b.message.contains("2026-06-01T00:00:13Z"),
+        "names when the window ends: {}",
+        b.message
+    );
+
+    // What is found by the recorded id is used at once.
+    w.identities = vec![identity(json!({}))];
+    let mut r = recorded(&s);
+    r.settling = Some(SETTLING);
+    let (_, outcome) = run(r, &w);
+    assert_eq!(synced(&outcome).identity_id, "id-1");
+
+    // Once the window has passed, the marker index answers.
+    o.settling = None;
+    let (trace, _) = run(
+        o,
+        &World {
+            schema: None,
+            ..World::new()
+        },
+    );
+    assert_eq!(trace, steps(&[SCHEMA, "Namespace", "Marked", "Create"]));
+}
+
+#[test]
+fn with_unchanged_identifiers_a_create_may_go_while_an_earlier_one_may_commit() {
+    // Kratos refuses a second identity with the same identifiers: the conflict finds the first.
+    let s = base_spec();
+    let mut o = observed(&s);
+    o.batched = true;
+    o.settling = Some(SETTLING);
+    let (trace, outcome) = run(o.clone(), &World::new());
+    assert_eq!(trace, steps(&[SCHEMA, "Namespace", "Create"]));
+    assert_eq!(synced(&outcome).change, Change::Created);
+}
+
+#[test]
+fn changed_identifiers_are_not_enough_to_find_an_earlier_create() {
+    // An earlier create may have carried other identifiers: the lookup by the new ones cannot
+    // see it, the marker index can, once no create can still commit.
+    let s = base_spec();
+    let mut o = observed(&s);
+    o.batched = true;
+    o.first_generation = false;
+    o.settling = Some(SETTLING);
+    let (trace, outcome) = run(o.clone(), &World::new());
+    assert_eq!(trace, steps(&[SCHEMA, "Namespace", LOOKUP]));
+    assert_eq!(blocked(&outcome).reason, REASON_CREATE_PENDING);
+
+    o.settling = None;
+    let (trace, outcome) = run(o.clone(), &World::new());
+    assert_eq!(
+        trace,
+        steps(&[SCHEMA, "Namespace", LOOKUP, "Marked", "Create"])
+    );
+    assert_eq!(synced(&outcome).change, Change::Created);
+
+    // The earlier create committed under the old email: taken back by its marker, no second.
+    let mut w = holding(identity(json!({"traits": {"email": "old@example.com"}})));
+    w.marked = Some("id-1".into());
+    let (trace, outcome) = run(o, &w);
+    assert_eq!(
+        trace,
+        steps(&[
+            SCHEMA,
+            "Namespace",
+            LOOKUP,
+            "Marked",
+            "Update(id-1)",
+            "Sessions(\"id-1\")"
+        ])
+    );
+    assert_eq!(synced(&outcome).change, Change::TookBack);
+}
+
+#[test]
+fn a_deletion_keeps_its_finalizer_while_an_earlier_create_may_commit() {
+    let s = base_spec();
+    let ours = identity(json!({}));
+
+    // Nothing found yet: wait, and look again.
+    let mut o = observed(&s);
+    o.schema = Some(Some(customer()));
+    o.candidates = Some(vec![]);
+    o.settling = Some(SETTLING);
+    assert_eq!(cleanup(&o), Cleanup::Wait(SETTLING));
+    assert_eq!(finalizer_wait(&o), Some(SETTLING));
+
+    // Found: deleted at once, and still the finalizer waits (a second create may commit).
+    o.candidates = Some(vec![ours.clone()]);
+    assert_eq!(
+        cleanup(&o),
+        Cleanup::Delete {
+            id: "id-1".into(),
+            not_owned: false
+        }
+    );
+    assert_eq!(finalizer_wait(&o), Some(SETTLING));
+
+    // After the window: unchanged identifiers are a proof.
+    o.candidates = Some(vec![]);
+    o.settling = None;
+    assert_eq!(cleanup(&o), Cleanup::Nothing { not_owned: false });
+    assert_eq!(finalizer_wait(&o), None);
+
+    // Changed identifiers are not: the marker index decides.
+    o.first_generation = false;
+    assert_eq!(cleanup(&o), Cleanup::Observe(Need::Marked));
+    o.marked = Some(Some(identity(
+        json!({"traits": {"email": "old@example.com"}}),
+    )));
+    assert_eq!(
+        cleanup(&o),
+        Cleanup::Delete {
+            id: "id-1".into(),
+            not_owned: false
+        }
+    );
+    o.marked = Some(None);
+    assert_eq!(cleanup(&o), Cleanup::Nothing { not_owned: false });
+
+    // Without identifiers, inside the window: no index is read, the finalizer waits.
+    let mut o = observed(&s);
+    o.schema = Some(None);
+    o.settling = Some(SETTLING);
+    assert_eq!(cleanup(&o), Cleanup::Wait(SETTLING));
 }
 
 #[test]
