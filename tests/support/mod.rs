@@ -271,6 +271,10 @@ pub fn test_settings(namespace: &str) -> kratos_operator::controller::Settings {
         max_concurrent_reconciles: 8,
         watch_namespaces: vec![namespace.to_string()],
         instance: Some(format!("test-{namespace}")),
+        // The operator starts with each test: a short window for earlier creates to settle
+        // keeps deletions and identifier-less creates right after the start quick. The
+        // default (30s) is what the fault tests, whose operators run as processes, use.
+        create_settle_time: Duration::from_secs(2),
         ..kratos_operator::controller::Settings::default()
     }
 }
