@@ -1493,6 +1493,38 @@ async fn rate_limited_calls_wait_for_the_reset_and_succeed() {
 }
 
 #[tokio::test]
+async fn a_429_on_the_last_attempt_still_holds_back_the_next_caller() {
+    // No retries left: the call fails with the 429, and the reset it announced still applies
+    // to every caller (found by faults::rate_limits_and_outages_are_backed_off_and_converge:
+    // requests sent before an announced reset by callers that started after such a failure).
+    let limited = Canned::json(429, "{}").header("x-ratelimit-reset", "1");
+    let stub = Stub::start(vec![limited.clone(), limited]).await;
+    let kratos = KratosClient::new(ClientConfig {
+        retry: RetryPolicy {
+            max_retries: 0,
+            ..fast_retries(&stub.url).retry
+        },
+        ..fast_retries(&stub.url)
+    })
+    .expect("client");
+    kratos
+        .get_identity("x", &[])
+        .await
+        .expect_err("rate limited, no retry");
+    let second = Instant::now();
+    kratos
+        .get_identity("x", &[])
+        .await
+        .expect_err("rate limited again");
+    assert!(
+        second.elapsed() >= Duration::from_millis(900),
+        "the second call waited for the announced reset: {:?}",
+        second.elapsed()
+    );
+    assert_eq!(stub.count(), 2);
+}
+
+#[tokio::test]
 async fn service_unavailable_is_retried_with_backoff_then_succeeds() {
     let unavailable = Canned::json(503, "<html>upstream unavailable</html>");
     let stub = Stub::start(vec![

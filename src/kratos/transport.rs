@@ -213,20 +213,23 @@ impl Transport {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
+            // The server asked every caller to wait: honoured whether or not this call tries
+            // again (a last attempt that got a 429 must hold back the callers that start now).
+            let asked = failure.error.retry_after();
+            if let Some(asked) = asked {
+                self.limiter.cool_down(asked);
+            }
             let retryable = failure.error.is_transient()
                 && (request.idempotency == Idempotency::Idempotent
                     || !failure.may_have_been_processed);
             if !retryable || retries >= policy.max_retries {
                 return Err(failure);
             }
-            let wait = match failure.error.retry_after() {
-                Some(asked) => {
-                    self.limiter.cool_down(asked);
-                    match policy.server_wait(asked) {
-                        Some(wait) => wait,
-                        None => return Err(failure),
-                    }
-                }
+            let wait = match asked {
+                Some(asked) => match policy.server_wait(asked) {
+                    Some(wait) => wait,
+                    None => return Err(failure),
+                },
                 None => policy.backoff(retries + 1),
             };
             retries += 1;
