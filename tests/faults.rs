@@ -2,7 +2,7 @@
 //! (private) Kratos, so that Kratos' contents can be compared exactly with the manifests:
 //!
 //! - the operator process killed with SIGKILL at random moments of mass create, update and
-//!   delete, and restarted, 20 times;
+//!   delete, and restarted, 20 times, while busy threads hog every core;
 //! - Kratos stopped and restarted mid-sync;
 //! - the kube-apiserver restarted (a private control plane);
 //! - Kratos answering 429 with `x-ratelimit-reset`, then 503, for a while (a proxy in the test).
@@ -12,7 +12,10 @@
 //! deletion. `KRATOS_OPERATOR_SOAK=1` makes the SIGKILL test a long soak (more objects, more
 //! rounds); `KRATOS_OPERATOR_FAULT_SEED` replays a run; `KRATOS_OPERATOR_FAULT_KEEP=1` keeps the
 //! operator's log and the private Kratos' directory, `KRATOS_OPERATOR_FAULT_LOG` sets the killed
-//! operator's `RUST_LOG`.
+//! operator's `RUST_LOG`. `KRATOS_OPERATOR_FAULT_RUNS=N` repeats the SIGKILL test with N seeds
+//! (each printed, to be replayed alone); `KRATOS_OPERATOR_FAULT_HOG=0` runs it without the CPU
+//! hog. The hog runs alone: the other tests of this binary, which `cargo test` runs in parallel
+//! threads, wait for it to end, and it for them (see [`TIMING`]).
 
 // Test code: panicking on unexpected results is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -21,9 +24,13 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    num::NonZero,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -183,6 +190,32 @@ async fn all_kratos_identities(kratos: &KratosClient) -> Vec<KratosIdentity> {
         .expect("list Kratos identities")
 }
 
+/// The number of Kratos identities per email (lowercase) among `all`.
+fn per_email(all: &[KratosIdentity]) -> BTreeMap<String, usize> {
+    let mut per_email: BTreeMap<String, usize> = BTreeMap::new();
+    for k in all {
+        let e = k.traits["email"].as_str().unwrap_or("").to_lowercase();
+        *per_email.entry(e).or_default() += 1;
+    }
+    per_email
+}
+
+/// The emails that more than one of `all` carries, with how many carry each.
+fn duplicates(all: &[KratosIdentity]) -> Vec<(String, usize)> {
+    per_email(all).into_iter().filter(|(_, n)| *n > 1).collect()
+}
+
+/// The identities of `all` whose owner marker names none of `objects`, as `id (email)`.
+fn orphans(all: &[KratosIdentity], objects: &[Identity]) -> Vec<String> {
+    let uids: BTreeSet<String> = objects.iter().filter_map(ResourceExt::uid).collect();
+    all.iter()
+        .filter_map(|k| {
+            let uid = k.metadata_admin.as_ref()?.get(UID_MARKER)?.as_str()?;
+            (!uids.contains(uid)).then(|| format!("{} ({})", k.id, k.traits["email"]))
+        })
+        .collect()
+}
+
 /// Kratos (private, so nothing else is in it) holds exactly one identity per object, owned by
 /// it, with its traits; and none of the deleted emails.
 async fn assert_kratos_equals_manifests(
@@ -192,24 +225,13 @@ async fn assert_kratos_equals_manifests(
 ) {
     let all = all_kratos_identities(kratos).await;
     let by_id: HashMap<&str, &KratosIdentity> = all.iter().map(|k| (k.id.as_str(), k)).collect();
-    let mut per_email: BTreeMap<String, usize> = BTreeMap::new();
-    for k in &all {
-        let e = k.traits["email"].as_str().unwrap_or("").to_lowercase();
-        *per_email.entry(e).or_default() += 1;
-    }
-    let duplicates: Vec<_> = per_email.iter().filter(|(_, n)| **n > 1).collect();
+    let per_email = per_email(&all);
+    let duplicates = duplicates(&all);
     assert!(
         duplicates.is_empty(),
         "duplicate Kratos identities: {duplicates:?}"
     );
-    let uids: BTreeSet<String> = objects.iter().filter_map(ResourceExt::uid).collect();
-    let orphans: Vec<String> = all
-        .iter()
-        .filter_map(|k| {
-            let uid = k.metadata_admin.as_ref()?.get(UID_MARKER)?.as_str()?;
-            (!uids.contains(uid)).then(|| format!("{} ({})", k.id, k.traits["email"]))
-        })
-        .collect();
+    let orphans = orphans(&all, objects);
     assert!(
         orphans.is_empty(),
         "Kratos identities owned by no existing object: {orphans:?}"
@@ -341,6 +363,85 @@ fn seed() -> u64 {
         })
 }
 
+/// `KRATOS_OPERATOR_FAULT_RUNS=N` repeats the SIGKILL scenario N times (default once).
+fn runs() -> usize {
+    std::env::var("KRATOS_OPERATOR_FAULT_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The seeds of `n` runs: `first`, then seeds drawn from it, so that a run of N is replayed from
+/// its first seed, and each run alone from its own.
+fn seeds(first: u64, n: usize) -> Vec<u64> {
+    let mut rng = StdRng::seed_from_u64(first);
+    std::iter::once(first)
+        .chain(std::iter::repeat_with(|| rng.random()))
+        .take(n)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load: a CPU hog, and the lock that keeps it away from the tests that measure time
+
+/// The tests of this binary run at once, in parallel threads (`cargo test` runs as many as there
+/// are cores; `cargo xtask test` does not limit them). A run of the SIGKILL scenario with its CPU
+/// hog holds this exclusively; every other test shares it, so that no hog runs while a test
+/// measures time (delays, request rates, the window of a held create).
+static TIMING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Waits until no CPU hog runs and keeps any from starting until the guard is dropped.
+async fn no_hog() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    TIMING.read().await
+}
+
+/// `KRATOS_OPERATOR_FAULT_HOG=0` runs the SIGKILL scenario without its CPU hog.
+fn hog_wanted() -> bool {
+    std::env::var("KRATOS_OPERATOR_FAULT_HOG").map_or(true, |v| v != "0")
+}
+
+/// Busy OS threads, one per core, until dropped (a panic included): the kills land while the
+/// operator, Kratos and the API server compete for the CPU, as on a loaded node, where each
+/// request takes longer and more are in flight at a kill.
+struct CpuHog {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuHog {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(1, NonZero::get);
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005) + 1);
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    /// How many threads it busies.
+    fn threads(&self) -> usize {
+        self.threads.len()
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. SIGKILL of the operator process
 
@@ -442,12 +543,50 @@ async fn operator_killed_with_sigkill_20_times_loses_nothing_without_identifiers
     sigkill_scenario(schemas::PROFILE).await;
 }
 
+/// Runs the SIGKILL scenario `KRATOS_OPERATOR_FAULT_RUNS` times, each with its own seed, namespace
+/// and private Kratos, and sums them up.
 async fn sigkill_scenario(schema: &str) {
+    let seeds = seeds(seed(), runs());
+    let mut all = Vec::new();
+    for (i, seed) in seeds.iter().enumerate() {
+        all.push(sigkill_run(schema, *seed, (i + 1, seeds.len())).await);
+    }
+    let converge: Vec<Duration> = all.iter().map(|r| r.converge).collect();
+    println!(
+        "FIGURES sigkill ({schema}) summary: {} runs, seeds {seeds:?}; {} kills; orphans {}, duplicates {}; \
+         converged in {:?} to {:?} after the last restart; CPU hog {}",
+        all.len(),
+        all.iter().map(|r| r.kills).sum::<usize>(),
+        all.iter().map(|r| r.orphans).sum::<usize>(),
+        all.iter().map(|r| r.duplicates).sum::<usize>(),
+        converge.iter().min().unwrap(),
+        converge.iter().max().unwrap(),
+        if hog_wanted() { "on" } else { "off" },
+    );
+}
+
+/// What one run of the SIGKILL scenario found.
+struct SigkillRun {
+    kills: usize,
+    orphans: usize,
+    duplicates: usize,
+    converge: Duration,
+}
+
+/// One run of the SIGKILL scenario with `seed`, run `run.0` of `run.1`.
+async fn sigkill_run(schema: &str, seed: u64, run: (usize, usize)) -> SigkillRun {
     let soak = std::env::var("KRATOS_OPERATOR_SOAK").is_ok_and(|v| v == "1");
     let (objects_n, rounds) = if soak { (1000, 100) } else { (220, 20) };
-    let seed = seed();
+    // The hog would slow down the other tests of this binary, which run at the same time.
+    let _exclusive = if hog_wanted() {
+        Some(TIMING.write().await)
+    } else {
+        None
+    };
     println!(
-        "seed {seed} (KRATOS_OPERATOR_FAULT_SEED replays it), {objects_n} objects of schema {schema}, {rounds} kills"
+        "run {}/{}: seed {seed} (KRATOS_OPERATOR_FAULT_SEED={seed} replays it), {objects_n} objects of schema \
+         {schema}, {rounds} kills",
+        run.0, run.1
     );
     let mut rng = StdRng::seed_from_u64(seed);
     let t = setup(&format!("fault-sigkill-{schema}")).await;
@@ -468,6 +607,11 @@ async fn sigkill_scenario(schema: &str) {
     let mut counts = (objects_n, 0, 0);
     apply_all_as(&t, schema, &live).await;
 
+    let hog = hog_wanted().then(CpuHog::start);
+    let hogged = hog.as_ref().map_or_else(
+        || "no CPU hog".to_string(),
+        |h| format!("{} busy threads hogging the CPU", h.threads()),
+    );
     for round in 0..rounds {
         let op = OperatorProcess::spawn(&t, &admin, &public, &log);
         // The first kills land in the mass create; later ones in updates, deletes, resyncs.
@@ -504,6 +648,7 @@ async fn sigkill_scenario(schema: &str) {
         }
     }
     let kills_done = started.elapsed();
+    drop(hog);
 
     let op = OperatorProcess::spawn(&t, &admin, &public, &log);
     let restart = Instant::now();
@@ -511,7 +656,13 @@ async fn sigkill_scenario(schema: &str) {
         wait_converged(&t, &live, Duration::from_secs(if soak { 600 } else { 120 })).await;
     let converge = restart.elapsed();
     let k = kratos_client(&admin, &public);
-    assert_kratos_equals_manifests(&k, &objects, &deleted).await;
+    let in_kratos = all_kratos_identities(&k).await;
+    let figures = SigkillRun {
+        kills: rounds,
+        orphans: orphans(&in_kratos, &objects).len(),
+        duplicates: duplicates(&in_kratos).len(),
+        converge,
+    };
     let events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(t.client.clone(), &t.namespace);
     let recovered = events
@@ -523,15 +674,21 @@ async fn sigkill_scenario(schema: &str) {
         .filter(|e| e.reason.as_deref() == Some("Recovered"))
         .count();
     println!(
-        "FIGURES sigkill ({schema}): {rounds} kills in {kills_done:?}; objects created {}, spec updates {}, deleted {}; \
-         final {} objects; converged {converge:?} after the last restart; {recovered} identities taken back \
-         (created before a kill, status lost); Kratos identities {}",
+        "FIGURES sigkill ({schema}) run {}/{} seed {seed}: {rounds} kills in {kills_done:?} with {hogged}; objects \
+         created {}, spec updates {}, deleted {}; final {} objects; orphans {}, duplicates {}; converged \
+         {converge:?} after the last restart; {recovered} identities taken back (created before a kill, status \
+         lost); Kratos identities {}",
+        run.0,
+        run.1,
         counts.0,
         counts.1,
         counts.2,
         objects.len(),
-        objects.len(),
+        figures.orphans,
+        figures.duplicates,
+        in_kratos.len(),
     );
+    assert_kratos_equals_manifests(&k, &objects, &deleted).await;
     // Deleting everything through the operator empties Kratos: no deletion is lost either.
     let cleanup = Instant::now();
     delete_all_and_wait(&t, &k, Duration::from_secs(if soak { 600 } else { 90 })).await;
@@ -548,6 +705,7 @@ async fn sigkill_scenario(schema: &str) {
         let _ = std::fs::remove_file(log);
     }
     t.cleanup().await;
+    figures
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -555,6 +713,7 @@ async fn sigkill_scenario(schema: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kratos_restarted_mid_sync_reports_unavailable_and_converges() {
+    let _timing = no_hog().await;
     let t = setup("fault-kratos").await;
     let (mut kratos, dir) = private_kratos(&t).await;
     let (admin, public) = (kratos.admin_url(), kratos.public_url());
@@ -654,6 +813,7 @@ async fn kratos_restarted_mid_sync_reports_unavailable_and_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn apiserver_restart_resumes_watches_and_misses_nothing() {
+    let _timing = no_hog().await;
     let dir = std::env::temp_dir().join(support::unique_name("kratos-operator-env-fault"));
     let up = Instant::now();
     let env = tokio::task::spawn_blocking({
@@ -834,6 +994,7 @@ impl From<&Seen> for Answered {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_limits_and_outages_are_backed_off_and_converge() {
+    let _timing = no_hog().await;
     let t = setup("fault-429").await;
     let (kratos, dir) = private_kratos(&t).await;
     let schedule = Arc::new(Mutex::new(Schedule::default()));
