@@ -2,17 +2,22 @@
 //! (private) Kratos, so that Kratos' contents can be compared exactly with the manifests:
 //!
 //! - the operator process killed with SIGKILL at random moments of mass create, update and
-//!   delete, and restarted, 20 times;
+//!   delete, and restarted, 20 times, while busy threads hog every core;
 //! - Kratos stopped and restarted mid-sync;
 //! - the kube-apiserver restarted (a private control plane);
-//! - Kratos answering 429 with `x-ratelimit-reset`, then 503, for a while (a proxy in the test).
+//! - Kratos answering 429 with `x-ratelimit-reset`, then 503, for a while (a proxy in the test);
+//! - a create that Kratos commits only after the operator stopped waiting for it (killed, or
+//!   timed out), while the object is deleted or its email changes (issue 26).
 //!
 //! After each, Kratos must equal the manifests: every object Ready with its identity, traits
 //! equal, exactly one Kratos identity per email, no owned identity without its object, no lost
 //! deletion. `KRATOS_OPERATOR_SOAK=1` makes the SIGKILL test a long soak (more objects, more
 //! rounds); `KRATOS_OPERATOR_FAULT_SEED` replays a run; `KRATOS_OPERATOR_FAULT_KEEP=1` keeps the
 //! operator's log and the private Kratos' directory, `KRATOS_OPERATOR_FAULT_LOG` sets the killed
-//! operator's `RUST_LOG`.
+//! operator's `RUST_LOG`. `KRATOS_OPERATOR_FAULT_RUNS=N` repeats the SIGKILL test with N seeds
+//! (each printed, to be replayed alone); `KRATOS_OPERATOR_FAULT_HOG=0` runs it without the CPU
+//! hog. The hog runs alone: the other tests of this binary, which `cargo test` runs in parallel
+//! threads, wait for it to end, and it for them (see [`TIMING`]).
 
 // Test code: panicking on unexpected results is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -21,12 +26,17 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    num::NonZero,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
+use axum::http::Method;
 use futures::{StreamExt, TryStreamExt};
 use kratos_operator::{
     api::{Identity, UID_MARKER},
@@ -45,7 +55,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng, seq::IteratorRandom};
 use serde_json::{Value, json};
 use support::{
     TestEnv, eventually, kratos_client,
-    proxy::{Answer, Fault, KratosProxy, Seen},
+    proxy::{Answer, Fault, Forwarded, Gate, KratosProxy, Request, Seen},
     setup, start_operator_with, test_settings,
 };
 
@@ -183,6 +193,37 @@ async fn all_kratos_identities(kratos: &KratosClient) -> Vec<KratosIdentity> {
         .expect("list Kratos identities")
 }
 
+/// The number of Kratos identities per email (lowercase) among `all`.
+fn per_email(all: &[KratosIdentity]) -> BTreeMap<String, usize> {
+    let mut per_email: BTreeMap<String, usize> = BTreeMap::new();
+    for k in all {
+        let e = k.traits["email"].as_str().unwrap_or("").to_lowercase();
+        *per_email.entry(e).or_default() += 1;
+    }
+    per_email
+}
+
+/// The emails that more than one of `all` carries, with how many carry each.
+fn duplicates(all: &[KratosIdentity]) -> Vec<(String, usize)> {
+    per_email(all).into_iter().filter(|(_, n)| *n > 1).collect()
+}
+
+/// The object uid in a Kratos identity's owner marker.
+fn marker(k: &KratosIdentity) -> Option<&str> {
+    k.metadata_admin.as_ref()?.get(UID_MARKER)?.as_str()
+}
+
+/// The identities of `all` whose owner marker names none of `objects`, as `id (email)`.
+fn orphans(all: &[KratosIdentity], objects: &[Identity]) -> Vec<String> {
+    let uids: BTreeSet<String> = objects.iter().filter_map(ResourceExt::uid).collect();
+    all.iter()
+        .filter_map(|k| {
+            let uid = marker(k)?;
+            (!uids.contains(uid)).then(|| format!("{} ({})", k.id, k.traits["email"]))
+        })
+        .collect()
+}
+
 /// Kratos (private, so nothing else is in it) holds exactly one identity per object, owned by
 /// it, with its traits; and none of the deleted emails.
 async fn assert_kratos_equals_manifests(
@@ -192,24 +233,13 @@ async fn assert_kratos_equals_manifests(
 ) {
     let all = all_kratos_identities(kratos).await;
     let by_id: HashMap<&str, &KratosIdentity> = all.iter().map(|k| (k.id.as_str(), k)).collect();
-    let mut per_email: BTreeMap<String, usize> = BTreeMap::new();
-    for k in &all {
-        let e = k.traits["email"].as_str().unwrap_or("").to_lowercase();
-        *per_email.entry(e).or_default() += 1;
-    }
-    let duplicates: Vec<_> = per_email.iter().filter(|(_, n)| **n > 1).collect();
+    let per_email = per_email(&all);
+    let duplicates = duplicates(&all);
     assert!(
         duplicates.is_empty(),
         "duplicate Kratos identities: {duplicates:?}"
     );
-    let uids: BTreeSet<String> = objects.iter().filter_map(ResourceExt::uid).collect();
-    let orphans: Vec<String> = all
-        .iter()
-        .filter_map(|k| {
-            let uid = k.metadata_admin.as_ref()?.get(UID_MARKER)?.as_str()?;
-            (!uids.contains(uid)).then(|| format!("{} ({})", k.id, k.traits["email"]))
-        })
-        .collect();
+    let orphans = orphans(&all, objects);
     assert!(
         orphans.is_empty(),
         "Kratos identities owned by no existing object: {orphans:?}"
@@ -341,6 +371,85 @@ fn seed() -> u64 {
         })
 }
 
+/// `KRATOS_OPERATOR_FAULT_RUNS=N` repeats the SIGKILL scenario N times (default once).
+fn runs() -> usize {
+    std::env::var("KRATOS_OPERATOR_FAULT_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The seeds of `n` runs: `first`, then seeds drawn from it, so that a run of N is replayed from
+/// its first seed, and each run alone from its own.
+fn seeds(first: u64, n: usize) -> Vec<u64> {
+    let mut rng = StdRng::seed_from_u64(first);
+    std::iter::once(first)
+        .chain(std::iter::repeat_with(|| rng.random()))
+        .take(n)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load: a CPU hog, and the lock that keeps it away from the tests that measure time
+
+/// The tests of this binary run at once, in parallel threads (`cargo test` runs as many as there
+/// are cores; `cargo xtask test` does not limit them). A run of the SIGKILL scenario with its CPU
+/// hog holds this exclusively; every other test shares it, so that no hog runs while a test
+/// measures time (delays, request rates, the window of a held create).
+static TIMING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Waits until no CPU hog runs and keeps any from starting until the guard is dropped.
+async fn no_hog() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    TIMING.read().await
+}
+
+/// `KRATOS_OPERATOR_FAULT_HOG=0` runs the SIGKILL scenario without its CPU hog.
+fn hog_wanted() -> bool {
+    std::env::var("KRATOS_OPERATOR_FAULT_HOG").map_or(true, |v| v != "0")
+}
+
+/// Busy OS threads, one per core, until dropped (a panic included): the kills land while the
+/// operator, Kratos and the API server compete for the CPU, as on a loaded node, where each
+/// request takes longer and more are in flight at a kill.
+struct CpuHog {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuHog {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(1, NonZero::get);
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005) + 1);
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    /// How many threads it busies.
+    fn threads(&self) -> usize {
+        self.threads.len()
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. SIGKILL of the operator process
 
@@ -351,6 +460,18 @@ struct OperatorProcess {
 
 impl OperatorProcess {
     fn spawn(t: &TestEnv, admin: &str, public: &str, log: &Path) -> Self {
+        Self::spawn_with(t, admin, public, log, &[])
+    }
+
+    /// [`OperatorProcess::spawn`] with the environment variables `vars` set as well (after the
+    /// test's own: a variable of both takes its value from `vars`).
+    fn spawn_with(
+        t: &TestEnv,
+        admin: &str,
+        public: &str,
+        log: &Path,
+        vars: &[(&str, &str)],
+    ) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -371,6 +492,7 @@ impl OperatorProcess {
                 std::env::var("KRATOS_OPERATOR_FAULT_LOG")
                     .unwrap_or_else(|_| "info,kube=warn".into()),
             )
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -442,12 +564,50 @@ async fn operator_killed_with_sigkill_20_times_loses_nothing_without_identifiers
     sigkill_scenario(schemas::PROFILE).await;
 }
 
+/// Runs the SIGKILL scenario `KRATOS_OPERATOR_FAULT_RUNS` times, each with its own seed, namespace
+/// and private Kratos, and sums them up.
 async fn sigkill_scenario(schema: &str) {
+    let seeds = seeds(seed(), runs());
+    let mut all = Vec::new();
+    for (i, seed) in seeds.iter().enumerate() {
+        all.push(sigkill_run(schema, *seed, (i + 1, seeds.len())).await);
+    }
+    let converge: Vec<Duration> = all.iter().map(|r| r.converge).collect();
+    println!(
+        "FIGURES sigkill ({schema}) summary: {} runs, seeds {seeds:?}; {} kills; orphans {}, duplicates {}; \
+         converged in {:?} to {:?} after the last restart; CPU hog {}",
+        all.len(),
+        all.iter().map(|r| r.kills).sum::<usize>(),
+        all.iter().map(|r| r.orphans).sum::<usize>(),
+        all.iter().map(|r| r.duplicates).sum::<usize>(),
+        converge.iter().min().unwrap(),
+        converge.iter().max().unwrap(),
+        if hog_wanted() { "on" } else { "off" },
+    );
+}
+
+/// What one run of the SIGKILL scenario found.
+struct SigkillRun {
+    kills: usize,
+    orphans: usize,
+    duplicates: usize,
+    converge: Duration,
+}
+
+/// One run of the SIGKILL scenario with `seed`, run `run.0` of `run.1`.
+async fn sigkill_run(schema: &str, seed: u64, run: (usize, usize)) -> SigkillRun {
     let soak = std::env::var("KRATOS_OPERATOR_SOAK").is_ok_and(|v| v == "1");
     let (objects_n, rounds) = if soak { (1000, 100) } else { (220, 20) };
-    let seed = seed();
+    // The hog would slow down the other tests of this binary, which run at the same time.
+    let _exclusive = if hog_wanted() {
+        Some(TIMING.write().await)
+    } else {
+        None
+    };
     println!(
-        "seed {seed} (KRATOS_OPERATOR_FAULT_SEED replays it), {objects_n} objects of schema {schema}, {rounds} kills"
+        "run {}/{}: seed {seed} (KRATOS_OPERATOR_FAULT_SEED={seed} replays it), {objects_n} objects of schema \
+         {schema}, {rounds} kills",
+        run.0, run.1
     );
     let mut rng = StdRng::seed_from_u64(seed);
     let t = setup(&format!("fault-sigkill-{schema}")).await;
@@ -468,6 +628,11 @@ async fn sigkill_scenario(schema: &str) {
     let mut counts = (objects_n, 0, 0);
     apply_all_as(&t, schema, &live).await;
 
+    let hog = hog_wanted().then(CpuHog::start);
+    let hogged = hog.as_ref().map_or_else(
+        || "no CPU hog".to_string(),
+        |h| format!("{} busy threads hogging the CPU", h.threads()),
+    );
     for round in 0..rounds {
         let op = OperatorProcess::spawn(&t, &admin, &public, &log);
         // The first kills land in the mass create; later ones in updates, deletes, resyncs.
@@ -504,6 +669,7 @@ async fn sigkill_scenario(schema: &str) {
         }
     }
     let kills_done = started.elapsed();
+    drop(hog);
 
     let op = OperatorProcess::spawn(&t, &admin, &public, &log);
     let restart = Instant::now();
@@ -511,7 +677,13 @@ async fn sigkill_scenario(schema: &str) {
         wait_converged(&t, &live, Duration::from_secs(if soak { 600 } else { 120 })).await;
     let converge = restart.elapsed();
     let k = kratos_client(&admin, &public);
-    assert_kratos_equals_manifests(&k, &objects, &deleted).await;
+    let in_kratos = all_kratos_identities(&k).await;
+    let figures = SigkillRun {
+        kills: rounds,
+        orphans: orphans(&in_kratos, &objects).len(),
+        duplicates: duplicates(&in_kratos).len(),
+        converge,
+    };
     let events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(t.client.clone(), &t.namespace);
     let recovered = events
@@ -523,15 +695,21 @@ async fn sigkill_scenario(schema: &str) {
         .filter(|e| e.reason.as_deref() == Some("Recovered"))
         .count();
     println!(
-        "FIGURES sigkill ({schema}): {rounds} kills in {kills_done:?}; objects created {}, spec updates {}, deleted {}; \
-         final {} objects; converged {converge:?} after the last restart; {recovered} identities taken back \
-         (created before a kill, status lost); Kratos identities {}",
+        "FIGURES sigkill ({schema}) run {}/{} seed {seed}: {rounds} kills in {kills_done:?} with {hogged}; objects \
+         created {}, spec updates {}, deleted {}; final {} objects; orphans {}, duplicates {}; converged \
+         {converge:?} after the last restart; {recovered} identities taken back (created before a kill, status \
+         lost); Kratos identities {}",
+        run.0,
+        run.1,
         counts.0,
         counts.1,
         counts.2,
         objects.len(),
-        objects.len(),
+        figures.orphans,
+        figures.duplicates,
+        in_kratos.len(),
     );
+    assert_kratos_equals_manifests(&k, &objects, &deleted).await;
     // Deleting everything through the operator empties Kratos: no deletion is lost either.
     let cleanup = Instant::now();
     delete_all_and_wait(&t, &k, Duration::from_secs(if soak { 600 } else { 90 })).await;
@@ -548,6 +726,7 @@ async fn sigkill_scenario(schema: &str) {
         let _ = std::fs::remove_file(log);
     }
     t.cleanup().await;
+    figures
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -555,6 +734,7 @@ async fn sigkill_scenario(schema: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kratos_restarted_mid_sync_reports_unavailable_and_converges() {
+    let _timing = no_hog().await;
     let t = setup("fault-kratos").await;
     let (mut kratos, dir) = private_kratos(&t).await;
     let (admin, public) = (kratos.admin_url(), kratos.public_url());
@@ -654,6 +834,7 @@ async fn kratos_restarted_mid_sync_reports_unavailable_and_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn apiserver_restart_resumes_watches_and_misses_nothing() {
+    let _timing = no_hog().await;
     let dir = std::env::temp_dir().join(support::unique_name("kratos-operator-env-fault"));
     let up = Instant::now();
     let env = tokio::task::spawn_blocking({
@@ -834,6 +1015,7 @@ impl From<&Seen> for Answered {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_limits_and_outages_are_backed_off_and_converge() {
+    let _timing = no_hog().await;
     let t = setup("fault-429").await;
     let (kratos, dir) = private_kratos(&t).await;
     let schedule = Arc::new(Mutex::new(Schedule::default()));
@@ -963,4 +1145,363 @@ async fn rate_limits_and_outages_are_backed_off_and_converge() {
     drop(op);
     drop_kratos(kratos, dir).await;
     t.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. A create that commits after the operator stopped waiting for it (issue 26)
+//
+// Kratos may carry out a create whose client has gone: the operator process was SIGKILLed, or
+// its request timed out. Until then, Kratos holds no such identity, and an operator that takes
+// "none found" for an answer lets a deleted object go (or creates a second identity); the late
+// create then leaves a live account that no object owns. A proxy holds the create at a gate
+// while that happens, and lets it through when the test says.
+
+/// `CREATE_SETTLE_TIME` of every operator process of these tests: how long it does not take "no
+/// identity" for an answer after it starts, and after a create of its own failed.
+const SETTLE_TIME: &str = "8s";
+
+/// How long the held create stays held after the operator was given its chance to go wrong (the
+/// object deleted, or its spec changed): long enough for today's operator to let a deleted
+/// object go, well within [`SETTLE_TIME`], in which a fixed operator waits.
+const HELD_ON: Duration = Duration::from_secs(3);
+
+/// Whether the proxy's `request` creates identities: a batch `PATCH` or a `POST` of
+/// `/admin/identities`.
+fn is_create(request: &Request) -> bool {
+    request.path == "/admin/identities"
+        && (request.method == Method::PATCH || request.method == Method::POST)
+}
+
+/// A proxy rule that holds the first create at `gate` and forwards everything else.
+fn hold_first_create(gate: &Gate) -> impl Fn(&Request) -> Fault + Send + Sync + 'static {
+    let gate = gate.clone();
+    let held = AtomicBool::new(false);
+    move |request| {
+        if is_create(request) && !held.swap(true, Ordering::SeqCst) {
+            Fault::Hold(gate.clone())
+        } else {
+            Fault::Forward
+        }
+    }
+}
+
+/// A test of the window: a private Kratos behind a proxy that holds the first create at a gate,
+/// and the log of the operator processes of the test.
+struct Window {
+    t: TestEnv,
+    kratos: KratosInstance,
+    dir: PathBuf,
+    proxy: KratosProxy,
+    gate: Gate,
+    log: PathBuf,
+}
+
+impl Window {
+    async fn new(test: &str) -> Self {
+        let t = setup(test).await;
+        support::install_crds(&t.client).await;
+        let (kratos, dir) = private_kratos(&t).await;
+        let gate = Gate::new();
+        let proxy = KratosProxy::start(&kratos.admin_url(), hold_first_create(&gate)).await;
+        let log = std::env::temp_dir().join(format!("{}-operator.log", t.namespace));
+        Self {
+            t,
+            kratos,
+            dir,
+            proxy,
+            gate,
+            log,
+        }
+    }
+
+    /// An operator process that reaches Kratos' admin API through the proxy, with
+    /// [`SETTLE_TIME`] and `vars`.
+    fn operator(&self, vars: &[(&str, &str)]) -> OperatorProcess {
+        let mut all = vec![("CREATE_SETTLE_TIME", SETTLE_TIME)];
+        all.extend_from_slice(vars);
+        OperatorProcess::spawn_with(
+            &self.t,
+            &self.proxy.url,
+            &self.kratos.public_url(),
+            &self.log,
+            &all,
+        )
+    }
+
+    /// A client of the private Kratos itself (not through the proxy).
+    fn kratos(&self) -> KratosClient {
+        kratos_client(&self.kratos.admin_url(), &self.kratos.public_url())
+    }
+
+    /// Applies the Identity `name` of `schema` with `traits`.
+    async fn apply(&self, schema: &str, name: &str, traits: &Value) -> Identity {
+        support::apply(&self.t, manifest(schema, name, traits)).await
+    }
+
+    /// Stops the private Kratos and removes the namespace (and, unless kept, the log).
+    async fn close(self) {
+        drop_kratos(self.kratos, self.dir).await;
+        if keep() {
+            println!("kept {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+        self.t.cleanup().await;
+    }
+}
+
+/// The Kratos identities that carry the owner marker `uid` or one of `emails`, as
+/// `id (email, marker uid)`.
+async fn identities_of(kratos: &KratosClient, uid: &str, emails: &[String]) -> Vec<String> {
+    all_kratos_identities(kratos)
+        .await
+        .iter()
+        .filter(|k| {
+            let email = k.traits["email"].as_str().unwrap_or("");
+            marker(k) == Some(uid) || emails.iter().any(|e| e.eq_ignore_ascii_case(email))
+        })
+        .map(describe)
+        .collect()
+}
+
+/// A Kratos identity as `id (email, marker uid)`.
+fn describe(k: &KratosIdentity) -> String {
+    format!(
+        "{} ({}, marker {})",
+        k.id,
+        k.traits["email"].as_str().unwrap_or("no email"),
+        marker(k).unwrap_or("none")
+    )
+}
+
+/// Polls the Identity `name` until it is gone or `deadline` passes; returns when it was first
+/// seen gone.
+async fn gone_before(t: &TestEnv, name: &str, deadline: Instant) -> Option<Instant> {
+    loop {
+        if identities(t).get_opt(name).await.unwrap().is_none() {
+            return Some(Instant::now());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the test saw of the object when it released the held create.
+fn at_release(gone: Option<Instant>, deleted: Instant, released: Instant) -> String {
+    match gone {
+        Some(at) => format!(
+            "the object was already gone ({:?} after its deletion) when the create was released",
+            at - deleted
+        ),
+        None => format!(
+            "the object was still present when the create was released, {:?} after its deletion",
+            released - deleted
+        ),
+    }
+}
+
+/// Kratos' answer to the late create, its body cut short.
+fn late_answer(answer: &Forwarded) -> String {
+    let body = String::from_utf8_lossy(&answer.body);
+    let body = body.trim_end();
+    format!(
+        "{} {}",
+        answer.status,
+        body.chars().take(300).collect::<String>()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_held_past_sigkill_commits_late_and_the_deleted_identity_is_still_removed() {
+    create_held_past_sigkill(schemas::CUSTOMER).await;
+}
+
+/// The same against a schema without identifier traits: only the owner marker finds the late
+/// identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_held_past_sigkill_commits_late_and_the_deleted_identity_is_still_removed_without_identifiers()
+ {
+    create_held_past_sigkill(schemas::PROFILE).await;
+}
+
+/// The operator process is SIGKILLed while Kratos holds its create; its successor sees the
+/// object deleted and finds no identity; then the create commits. The successor must still
+/// delete that identity before it lets the object go.
+async fn create_held_past_sigkill(schema: &str) {
+    let _timing = no_hog().await;
+    let w = Window::new(&format!("fault-held-kill-{schema}")).await;
+    let first = w.operator(&[]);
+    let name = "held";
+    let applied = Instant::now();
+    let obj = w.apply(schema, name, &traits(&w.t, name, "v0")).await;
+    let uid = obj.uid().unwrap();
+    let held = w.gate.wait_arrived(Duration::from_secs(60)).await;
+    first.kill();
+    let killed = Instant::now();
+    let second = w.operator(&[]);
+    delete(&w.t, name).await;
+    let deleted = Instant::now();
+    let gone = gone_before(&w.t, name, deleted + HELD_ON).await;
+    let released = Instant::now();
+    w.gate.release();
+    let answer = w.gate.wait_answered(Duration::from_secs(30)).await;
+    support::wait_gone(&identities(&w.t), name, Duration::from_secs(60)).await;
+    let deletion = deleted.elapsed();
+    let left = identities_of(&w.kratos(), &uid, &[w.t.email(name)]).await;
+    println!(
+        "FIGURES window sigkill ({schema}): the create ({} {}) was held {:?} after the apply, the operator killed \
+         {:?} after it arrived; {}; Kratos answered the late create {:?} after the release: {}; the object was \
+         gone {deletion:?} after its deletion; Kratos identities of it left: {}",
+        held.method,
+        held.path,
+        held.at - applied,
+        killed - held.at,
+        at_release(gone, deleted, released),
+        answer.at - released,
+        late_answer(&answer),
+        left.len()
+    );
+    drop(second);
+    w.close().await;
+    assert!(
+        left.is_empty(),
+        "the deleted Identity {name} (uid {uid}) is gone, but its create, held past the SIGKILL of the \
+         operator and committed late, left Kratos identities behind: {left:?}"
+    );
+}
+
+/// `KRATOS_REQUEST_TIMEOUT` of the operator in the timeout tests.
+const REQUEST_TIMEOUT: &str = "2s";
+
+/// How long after the held create arrived the test releases it: its request has timed out by
+/// then ([`REQUEST_TIMEOUT`]), well within [`SETTLE_TIME`].
+const TIMED_OUT: Duration = Duration::from_secs(4);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_that_timed_out_commits_late_and_the_deleted_identity_is_still_removed() {
+    create_timed_out(schemas::CUSTOMER).await;
+}
+
+/// The same against a schema without identifier traits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_that_timed_out_commits_late_and_the_deleted_identity_is_still_removed_without_identifiers()
+ {
+    create_timed_out(schemas::PROFILE).await;
+}
+
+/// The operator's create times out while Kratos holds it, the object is deleted meanwhile; then
+/// the create commits. The operator must still delete that identity before it lets the object
+/// go.
+async fn create_timed_out(schema: &str) {
+    let _timing = no_hog().await;
+    let w = Window::new(&format!("fault-held-timeout-{schema}")).await;
+    let op = w.operator(&[("KRATOS_REQUEST_TIMEOUT", REQUEST_TIMEOUT)]);
+    let name = "held";
+    let obj = w.apply(schema, name, &traits(&w.t, name, "v0")).await;
+    let uid = obj.uid().unwrap();
+    let held = w.gate.wait_arrived(Duration::from_secs(60)).await;
+    delete(&w.t, name).await;
+    let deleted = Instant::now();
+    let gone = gone_before(&w.t, name, held.at + TIMED_OUT).await;
+    // Not before the operator's request timed out, even when the object went early.
+    tokio::time::sleep_until((held.at + TIMED_OUT).into()).await;
+    let released = Instant::now();
+    w.gate.release();
+    let answer = w.gate.wait_answered(Duration::from_secs(30)).await;
+    support::wait_gone(&identities(&w.t), name, Duration::from_secs(60)).await;
+    let deletion = deleted.elapsed();
+    let left = identities_of(&w.kratos(), &uid, &[w.t.email(name)]).await;
+    println!(
+        "FIGURES window timeout ({schema}): the create ({} {}) held, the object deleted {:?} after it arrived, \
+         released {:?} after it arrived (request timeout {REQUEST_TIMEOUT}); {}; Kratos answered the late create \
+         {:?} after the release: {}; the object was gone {deletion:?} after its deletion; Kratos identities of it \
+         left: {}",
+        held.method,
+        held.path,
+        deleted - held.at,
+        released - held.at,
+        at_release(gone, deleted, released),
+        answer.at - released,
+        late_answer(&answer),
+        left.len()
+    );
+    drop(op);
+    w.close().await;
+    assert!(
+        left.is_empty(),
+        "the deleted Identity {name} (uid {uid}) is gone, but its create, which timed out in the operator and \
+         committed late, left Kratos identities behind: {left:?}"
+    );
+}
+
+/// The operator process is SIGKILLed while Kratos holds its create, and the object's email
+/// changes (a new generation); its successor must not create a second identity for the object
+/// next to the one that commits late: one identity, with the new email, and nothing left once
+/// the object is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_email_changed_while_a_create_was_in_flight_leaves_one_identity_with_the_new_email() {
+    let _timing = no_hog().await;
+    let schema = schemas::CUSTOMER;
+    let w = Window::new("fault-held-moved").await;
+    let first = w.operator(&[]);
+    let name = "moved";
+    let (before, after) = (traits(&w.t, "before", "v0"), traits(&w.t, "after", "v1"));
+    let emails = [w.t.email("before"), w.t.email("after")];
+    let obj = w.apply(schema, name, &before).await;
+    let uid = obj.uid().unwrap();
+    w.gate.wait_arrived(Duration::from_secs(60)).await;
+    first.kill();
+    let changed = w.apply(schema, name, &after).await;
+    let second = w.operator(&[]);
+    tokio::time::sleep(HELD_ON).await;
+    let released = Instant::now();
+    w.gate.release();
+    let answer = w.gate.wait_answered(Duration::from_secs(30)).await;
+    let synced: Identity = support::wait_for(
+        &w.t,
+        name,
+        "Ready=True Synced for its current generation, with its identity",
+        Duration::from_secs(60),
+        is_synced,
+    )
+    .await;
+    let synced_after = released.elapsed();
+    let k = w.kratos();
+    let marked: Vec<KratosIdentity> = all_kratos_identities(&k)
+        .await
+        .into_iter()
+        .filter(|i| marker(i) == Some(uid.as_str()))
+        .collect();
+    let identity_id = synced.status.as_ref().and_then(|s| s.identity_id.clone());
+    let one_with_new_email = marked.len() == 1
+        && marked[0].traits["email"] == json!(emails[1])
+        && Some(&marked[0].id) == identity_id.as_ref();
+    let marked: Vec<String> = marked.iter().map(describe).collect();
+    delete(&w.t, name).await;
+    support::wait_gone(&identities(&w.t), name, Duration::from_secs(60)).await;
+    let left = identities_of(&k, &uid, &emails).await;
+    println!(
+        "FIGURES window moved ({schema}): generation {} held in flight, {} applied after the kill; Kratos \
+         answered the late create: {}; Synced {synced_after:?} after the release with identity {identity_id:?}; \
+         identities with the object's marker then: {marked:?}; left after the deletion: {}",
+        obj.metadata.generation.unwrap_or_default(),
+        changed.metadata.generation.unwrap_or_default(),
+        late_answer(&answer),
+        left.len()
+    );
+    drop(second);
+    w.close().await;
+    assert!(
+        one_with_new_email,
+        "the Identity {name} (uid {uid}) is Synced with identity {identity_id:?} and email {}, but the Kratos \
+         identities with its owner marker are {marked:?}: its create of email {}, held past the SIGKILL of the \
+         operator and committed late, was not taken back",
+        emails[1], emails[0]
+    );
+    assert!(
+        left.is_empty(),
+        "the deleted Identity {name} (uid {uid}) is gone, but Kratos identities of it are left: {left:?}"
+    );
 }

@@ -1,6 +1,6 @@
 //! One proxy in front of Kratos for the tests: it forwards every request to the real Kratos,
 //! records what it saw, and injects the faults a test asks for (an answer of its own for the
-//! requests it picks, or a delay).
+//! requests it picks, a delay, or a hold at a [`Gate`] the test opens).
 
 use std::{
     sync::{Arc, Mutex},
@@ -9,9 +9,10 @@ use std::{
 
 use axum::{
     body::Bytes,
-    http::{HeaderMap, Method, StatusCode},
+    http::{HeaderMap, Method, StatusCode, request::Parts},
     response::{IntoResponse, Response},
 };
+use tokio::sync::{oneshot, watch};
 
 /// Request headers passed on to Kratos.
 const REQUEST_HEADERS: [&str; 3] = ["content-type", "accept", "authorization"];
@@ -74,6 +75,91 @@ pub enum Fault {
     Answer(Answer),
     /// Wait this long, then forward it.
     Delay(Duration),
+    /// Hold it until the gate is released, then forward it, even when the client has gone away
+    /// meanwhile (killed, or given up after its own timeout): Kratos then carries out a request
+    /// its client no longer waits for, as a Kratos under load does.
+    Hold(Gate),
+}
+
+/// Where [`Fault::Hold`] holds requests until the test releases them. The test can wait until a
+/// request arrived at the gate and until Kratos answered it. Clones share the gate.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// The requests held so far, in arrival order.
+    arrived: watch::Sender<Vec<Request>>,
+    /// Whether the gate is released (a request arriving later passes at once).
+    released: watch::Sender<bool>,
+    /// Kratos' answers to the held requests, in the order they came.
+    answered: watch::Sender<Vec<Forwarded>>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gate {
+    /// A closed gate that has held nothing yet.
+    pub fn new() -> Self {
+        Self {
+            arrived: watch::Sender::new(Vec::new()),
+            released: watch::Sender::new(false),
+            answered: watch::Sender::new(Vec::new()),
+        }
+    }
+
+    /// Waits until a request arrived at the gate and returns the first one; panics after
+    /// `timeout`.
+    pub async fn wait_arrived(&self, timeout: Duration) -> Request {
+        let mut arrived = self.arrived.subscribe();
+        let first = tokio::time::timeout(timeout, arrived.wait_for(|held| !held.is_empty()))
+            .await
+            .unwrap_or_else(|_| panic!("no request reached the gate within {timeout:?}"))
+            .expect("the gate");
+        first[0].clone()
+    }
+
+    /// Releases the gate: the held requests go on to Kratos, and so do later ones.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    /// Waits until Kratos answered the first held request (it was released) and returns the
+    /// answer; panics after `timeout`.
+    pub async fn wait_answered(&self, timeout: Duration) -> Forwarded {
+        let mut answered = self.answered.subscribe();
+        let first = tokio::time::timeout(timeout, answered.wait_for(|a| !a.is_empty()))
+            .await
+            .unwrap_or_else(|_| panic!("Kratos did not answer a held request within {timeout:?}"))
+            .expect("the gate");
+        first[0].clone()
+    }
+
+    async fn pass(&self, request: Request) {
+        self.arrived.send_modify(|held| held.push(request));
+        let mut released = self.released.subscribe();
+        let _ = released.wait_for(|open| *open).await;
+    }
+}
+
+/// Kratos' answer to a forwarded request (or the proxy's 502 when Kratos could not be reached).
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// When it came.
+    pub at: Instant,
+    /// Its status code.
+    pub status: StatusCode,
+    /// The headers of [`ANSWER_HEADERS`] it had.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: Bytes,
+}
+
+impl IntoResponse for Forwarded {
+    fn into_response(self) -> Response {
+        (self.status, self.headers, self.body).into_response()
+    }
 }
 
 /// A request the proxy saw, and what it did with it.
@@ -171,7 +257,7 @@ async fn handle(
     let fault = (state.rule)(&request);
     let injected = match &fault {
         Fault::Answer(answer) => Some(answer.clone()),
-        Fault::Forward | Fault::Delay(_) => None,
+        Fault::Forward | Fault::Delay(_) | Fault::Hold(_) => None,
     };
     state.seen.lock().expect("proxy records").push(Seen {
         request: request.clone(),
@@ -181,30 +267,56 @@ async fn handle(
         Fault::Answer(answer) => return answer_response(answer),
         Fault::Delay(delay) => tokio::time::sleep(delay).await,
         Fault::Forward => {}
+        Fault::Hold(gate) => {
+            // Hyper drops this handler when the client goes away: the hold and the forward run
+            // in a task of their own, which completes either way.
+            let (answer, answered) = oneshot::channel();
+            tokio::spawn(async move {
+                gate.pass(request.clone()).await;
+                let forwarded = forward(&state, parts, request.body).await;
+                gate.answered
+                    .send_modify(|answers| answers.push(forwarded.clone()));
+                let _ = answer.send(forwarded);
+            });
+            return match answered.await {
+                Ok(forwarded) => forwarded.into_response(),
+                Err(_) => (StatusCode::BAD_GATEWAY, "the held request was lost").into_response(),
+            };
+        }
     }
+    forward(&state, parts, request.body).await.into_response()
+}
+
+/// Sends the request to Kratos and reads its answer in full.
+async fn forward(state: &State, parts: Parts, body: Bytes) -> Forwarded {
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut forward = state
         .http
         .request(parts.method, format!("{}{path_and_query}", state.upstream))
-        .body(request.body);
+        .body(body);
     for name in REQUEST_HEADERS {
         if let Some(v) = parts.headers.get(name) {
             forward = forward.header(name, v.clone());
         }
     }
-    match forward.send().await {
+    let mut headers = HeaderMap::new();
+    let (status, body) = match forward.send().await {
         Ok(resp) => {
-            let status = resp.status();
-            let mut headers = HeaderMap::new();
             for name in ANSWER_HEADERS {
                 if let Some(v) = resp.headers().get(name) {
                     headers.insert(name, v.clone());
                 }
             }
-            let bytes = resp.bytes().await.unwrap_or_default();
-            (status, headers, bytes).into_response()
+            let status = resp.status();
+            (status, resp.bytes().await.unwrap_or_default())
         }
-        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, Bytes::from(e.to_string())),
+    };
+    Forwarded {
+        at: Instant::now(),
+        status,
+        headers,
+        body,
     }
 }
 
