@@ -73,17 +73,13 @@ impl PendingCreates {
         started.max(failed) + self.settle
     }
 
-    /// How long after `now` such a create for `uid` may still commit; `None` once none can. A
-    /// failure whose time has passed is forgotten.
+    /// How long after `now` such a create for `uid` may still commit; `None` once none can.
+    /// A failure is kept after that (until its object is gone): the marker index must still be
+    /// newer than its horizon ([`super::markers`]).
     pub fn remaining(&self, uid: &str, now: Instant) -> Option<Duration> {
-        let horizon = self.horizon(uid);
-        if horizon > now {
-            return Some(horizon - now);
-        }
-        if let Ok(mut failed) = self.failed.lock() {
-            failed.remove(uid);
-        }
-        None
+        self.horizon(uid)
+            .checked_duration_since(now)
+            .filter(|d| !d.is_zero())
     }
 }
 
@@ -109,9 +105,10 @@ mod tests {
             None,
             "past its own window too"
         );
-        assert!(
-            pending.failed.lock().unwrap().get("u1").is_none(),
-            "a settled failure is forgotten"
+        assert_eq!(
+            pending.horizon("u1"),
+            failed_at + Duration::from_secs(30),
+            "a settled failure still dates the horizon (the marker index must be newer)"
         );
     }
 
