@@ -11,7 +11,7 @@ use super::Context;
 use super::{
     Blocked,
     outcome::{Change, Outcome, Synced},
-    plan::Cleanup,
+    plan::{Cleanup, REASON_CREATE_PENDING},
 };
 use crate::{
     Error,
@@ -272,7 +272,17 @@ pub fn cleaned(ctx: &Context, obj: &Identity, cleanup: &Cleanup) {
             "Orphan",
             format!("Released Kratos identity {id}; it stays in Kratos"),
         ),
-        Cleanup::Nothing { .. } | Cleanup::Wait(_) | Cleanup::Observe(_) => {}
+        Cleanup::Wait(_) => event(
+            ctx,
+            obj,
+            false,
+            REASON_CREATE_PENDING,
+            "Delete",
+            "An earlier create of this object's Kratos identity may still reach Kratos; the \
+             deletion finishes once it has settled (see --create-settle-time)"
+                .to_string(),
+        ),
+        Cleanup::Nothing { .. } | Cleanup::Observe(_) => {}
     }
 }
 
