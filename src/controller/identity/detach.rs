@@ -24,7 +24,7 @@ use kube::{ResourceExt, runtime::reflector::ObjectRef};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use super::{Context, Next};
+use super::{Context, Finalized, Next};
 use crate::{
     api::identity::Identity,
     controller::{backoff, priority::Priority},
@@ -124,7 +124,7 @@ pub struct Handoff {
 
 impl Handoff {
     /// Runs the rest of `obj`'s reconcile in a task of its own; waits only for a free slot.
-    pub async fn spawn(&self, obj: Arc<Identity>, ctx: Arc<Context>) {
+    pub async fn spawn(&self, obj: Arc<Identity>, ctx: Arc<Context>, finalized: Finalized) {
         let Some(uid) = obj.uid() else { return };
         let Ok(permit) = ctx.state.detached.slots.clone().acquire_owned().await else {
             return;
@@ -138,7 +138,7 @@ impl Handoff {
                 let _permit = permit;
                 let object = ObjectRef::from_obj(&*obj);
                 let key = backoff::key(&*obj);
-                let work = super::apply(obj.clone(), ctx.clone());
+                let work = super::apply(obj.clone(), ctx.clone(), finalized);
                 let next = tokio::select! {
                     biased;
                     () = handoff.abort.clone() => {

@@ -177,10 +177,12 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) 
             Ok(Action::await_change())
         }
     } else if finalizer::has(&*obj, FINALIZER) {
-        dispatch(obj, ctx.clone(), &handoff).await
+        dispatch(obj, ctx.clone(), &handoff, Finalized::Before).await
     } else if obj.spec.undecodable.is_some() {
         // Nothing will be created for a spec that cannot be read: no finalizer, only the report.
-        apply(obj, ctx.clone()).await.map(Action::from)
+        apply(obj, ctx.clone(), Finalized::Before)
+            .await
+            .map(Action::from)
     } else {
         match finalizer::add(&api, &*obj, FINALIZER)
             .await
@@ -188,7 +190,7 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) 
         {
             // Decoded without managedFields, as in the cache (a detached create holds this copy
             // until it ends).
-            Ok(patched) => dispatch(Arc::new(patched), ctx.clone(), &handoff).await,
+            Ok(patched) => dispatch(Arc::new(patched), ctx.clone(), &handoff, Finalized::Now).await,
             Err(e) => Err(e),
         }
     };
@@ -205,17 +207,40 @@ pub fn error_policy(obj: Arc<Identity>, error: &Error, ctx: Arc<Context>) -> Act
 }
 
 /// Applies the spec here, or (a new object with batched creates) in a detached task.
-async fn dispatch(obj: Arc<Identity>, ctx: Arc<Context>, handoff: &Handoff) -> Result<Action> {
+async fn dispatch(
+    obj: Arc<Identity>,
+    ctx: Arc<Context>,
+    handoff: &Handoff,
+    finalized: Finalized,
+) -> Result<Action> {
     if detach::wanted(&obj, &ctx) {
-        handoff.spawn(obj, ctx).await;
+        handoff.spawn(obj, ctx, finalized).await;
         return Ok(Action::await_change());
     }
-    apply(obj, ctx).await.map(Action::from)
+    apply(obj, ctx, finalized).await.map(Action::from)
 }
 
-async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Next> {
+/// When the object got the finalizer that guards its Kratos identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finalized {
+    /// Before this reconcile (by an earlier one, or at admission): a deletion since has seen it.
+    Before,
+    /// By this reconcile. A deletion the API server had already begun when the finalizer was
+    /// added can remove the object all the same (the API server decides on the finalizers it
+    /// read before the patch; kube-apiserver 1.37 does so in about a third of such races, see
+    /// docs/reliability.md), and nothing would then delete what this reconcile creates.
+    Now,
+}
+
+async fn apply(obj: Arc<Identity>, ctx: Arc<Context>, finalized: Finalized) -> Result<Next> {
     match sync(&obj, &ctx).await {
         Ok(outcome) => {
+            if finalized == Finalized::Now
+                && let Outcome::Synced(s) = &outcome
+                && gone_without_cleanup(&obj, &ctx, &s.identity_id).await?
+            {
+                return Ok(Next::AwaitChange);
+            }
             if let (Outcome::Synced(s), Some(uid)) = (&outcome, obj.metadata.uid.as_deref()) {
                 ctx.state.known_ids.set(uid, &s.identity_id);
             }
@@ -230,6 +255,39 @@ async fn apply(obj: Arc<Identity>, ctx: Arc<Context>) -> Result<Next> {
             Err(e)
         }
     }
+}
+
+/// After a reconcile that added the finalizer and then made (or found) the object's identity:
+/// whether the object is gone without its finalizer having run. The identity, which carries
+/// this object's marker and which no cleanup will ever reach, is then deleted here.
+async fn gone_without_cleanup(obj: &Identity, ctx: &Context, identity_id: &str) -> Result<bool> {
+    let (uid, _) = owner(obj)?;
+    let ns = obj
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<Identity> = Api::namespaced(ctx.client.clone(), &ns);
+    let current = api.get_opt(&obj.name_any()).await?;
+    // Still there, or being deleted with the finalizer: the finalizer's cleanup will run.
+    if current.is_some_and(|c| {
+        c.uid().as_deref() == Some(uid.as_str())
+            && (c.metadata.deletion_timestamp.is_none() || finalizer::has(&c, FINALIZER))
+    }) {
+        return Ok(false);
+    }
+    tracing::warn!(
+        identity = %identity_id,
+        "the object was deleted while its finalizer was being added, so its finalizer never \
+         ran; deleting the Kratos identity made for it"
+    );
+    match ctx.kratos.delete_identity(identity_id).await {
+        Ok(()) | Err(crate::kratos::Error::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    ctx.metrics.change("deleted");
+    ctx.state.known_ids.forget(&uid);
+    ctx.state.pending.forget(&uid);
+    ctx.state.statuses.forget(obj);
+    Ok(true)
 }
 
 /// The most steps one reconcile takes: each step observes or writes one more thing, and a
