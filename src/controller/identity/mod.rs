@@ -162,11 +162,7 @@ pub async fn reconcile(obj: Arc<Identity>, ctx: Arc<Context>, handoff: Handoff) 
                     Ok(Action::requeue(wait + SETTLE_MARGIN))
                 }
                 Ok(Finalizer::Remove(action)) => {
-                    if let Some(uid) = obj.metadata.uid.as_deref() {
-                        ctx.state.known_ids.forget(uid);
-                        ctx.state.pending.forget(uid);
-                    }
-                    ctx.state.statuses.forget(&obj);
+                    forget(&obj, &ctx);
                     finalizer::remove(&api, &*obj, FINALIZER)
                         .await
                         .map(|()| action)
@@ -235,14 +231,14 @@ pub enum Finalized {
 async fn apply(obj: Arc<Identity>, ctx: Arc<Context>, finalized: Finalized) -> Result<Next> {
     match sync(&obj, &ctx).await {
         Ok(outcome) => {
-            if finalized == Finalized::Now
-                && let Outcome::Synced(s) = &outcome
-                && gone_without_cleanup(&obj, &ctx, &s.identity_id).await?
-            {
-                return Ok(Next::AwaitChange);
-            }
             if let (Outcome::Synced(s), Some(uid)) = (&outcome, obj.metadata.uid.as_deref()) {
                 ctx.state.known_ids.set(uid, &s.identity_id);
+            }
+            if finalized == Finalized::Now
+                && matches!(outcome, Outcome::Synced(_))
+                && gone_without_cleanup(&obj, &ctx).await?
+            {
+                return Ok(Next::AwaitChange);
             }
             report::outcome(&obj, &ctx, &outcome);
             Ok(next(&outcome, &ctx.settings))
@@ -258,9 +254,10 @@ async fn apply(obj: Arc<Identity>, ctx: Arc<Context>, finalized: Finalized) -> R
 }
 
 /// After a reconcile that added the finalizer and then made (or found) the object's identity:
-/// whether the object is gone without its finalizer having run. The identity, which carries
-/// this object's marker and which no cleanup will ever reach, is then deleted here.
-async fn gone_without_cleanup(obj: &Identity, ctx: &Context, identity_id: &str) -> Result<bool> {
+/// whether the object is gone without its finalizer having run. The finalizer's cleanup, which
+/// nothing else will run now, is then run here (it deletes or releases the identity as the
+/// object's `deletionPolicy` says, once the marker proves it is this object's).
+async fn gone_without_cleanup(obj: &Identity, ctx: &Context) -> Result<bool> {
     let (uid, _) = owner(obj)?;
     let ns = obj
         .namespace()
@@ -275,19 +272,27 @@ async fn gone_without_cleanup(obj: &Identity, ctx: &Context, identity_id: &str) 
         return Ok(false);
     }
     tracing::warn!(
-        identity = %identity_id,
         "the object was deleted while its finalizer was being added, so its finalizer never \
-         ran; deleting the Kratos identity made for it"
+         ran; running its cleanup now"
     );
-    match ctx.kratos.delete_identity(identity_id).await {
-        Ok(()) | Err(crate::kratos::Error::NotFound { .. }) => {}
-        Err(e) => return Err(e.into()),
+    if let Finalizer::Keep(wait) = cleanup(obj, ctx).await? {
+        // No object is left to look at again: an earlier create that commits later stays.
+        tracing::warn!(
+            wait_ms = wait.as_millis() as u64,
+            "an earlier create of the deleted object's identity may still commit"
+        );
     }
-    ctx.metrics.change("deleted");
-    ctx.state.known_ids.forget(&uid);
-    ctx.state.pending.forget(&uid);
-    ctx.state.statuses.forget(obj);
+    forget(obj, ctx);
     Ok(true)
+}
+
+/// Forgets what this process keeps of an object that is gone.
+fn forget(obj: &Identity, ctx: &Context) {
+    if let Some(uid) = obj.metadata.uid.as_deref() {
+        ctx.state.known_ids.forget(uid);
+        ctx.state.pending.forget(uid);
+    }
+    ctx.state.statuses.forget(obj);
 }
 
 /// The most steps one reconcile takes: each step observes or writes one more thing, and a
