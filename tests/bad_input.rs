@@ -379,15 +379,7 @@ async fn every_bad_input_gets_a_clear_condition_and_no_retry_loop() {
         .delete_collection(&DeleteParams::default(), &Default::default())
         .await
         .unwrap();
-    eventually("the test's identities to be deleted", T, || async {
-        identities
-            .list(&Default::default())
-            .await
-            .ok()
-            .filter(|l| l.items.is_empty())
-            .map(drop)
-    })
-    .await;
+    support::wait_all_gone(&identities, T).await;
     t.cleanup().await;
     other.cleanup().await;
 }
@@ -581,14 +573,7 @@ async fn traits_near_the_object_size_limit_are_reported() {
     api.delete_collection(&DeleteParams::default(), &Default::default())
         .await
         .unwrap();
-    eventually("the identities to be deleted", T, || async {
-        api.list(&Default::default())
-            .await
-            .ok()
-            .filter(|l| l.items.is_empty())
-            .map(drop)
-    })
-    .await;
+    support::wait_all_gone(&api, T).await;
     let k = kratos_client(&t.kratos_admin_url, &t.kratos_public_url);
     assert!(
         k.find_by_credentials_identifier(&email)

@@ -286,15 +286,7 @@ async fn delete_all_and_wait(t: &TestEnv, kratos: &KratosClient, timeout: Durati
         .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await
         .expect("delete all identities");
-    eventually("every Identity to be gone", timeout, || async {
-        identities(t)
-            .list(&ListParams::default())
-            .await
-            .ok()
-            .filter(|l| l.items.is_empty())
-            .map(drop)
-    })
-    .await;
+    support::wait_all_gone(&identities(t), timeout).await;
     let left = all_kratos_identities(kratos).await;
     assert!(
         left.is_empty(),
@@ -1241,6 +1233,23 @@ impl Window {
         support::apply(&self.t, manifest(schema, name, traits)).await
     }
 
+    /// Lets the held create through, then waits until Kratos answered it and the object `name`
+    /// is gone; returns what the late create left of the object (uid `uid`).
+    async fn release_and_wait_gone(&self, name: &str, uid: &str) -> Late {
+        let released = Instant::now();
+        self.gate.release();
+        let answer = self.gate.wait_answered(Duration::from_secs(30)).await;
+        support::wait_gone(&identities(&self.t), name, Duration::from_secs(60)).await;
+        let gone = Instant::now();
+        let left = identities_of(&self.kratos(), uid, &[self.t.email(name)]).await;
+        Late {
+            released,
+            answer,
+            gone,
+            left,
+        }
+    }
+
     /// Stops the private Kratos and removes the namespace (and, unless kept, the log).
     async fn close(self) {
         drop_kratos(self.kratos, self.dir).await;
@@ -1251,6 +1260,18 @@ impl Window {
         }
         self.t.cleanup().await;
     }
+}
+
+/// What a held create left once it was let through and its object went.
+struct Late {
+    /// When the test let it through.
+    released: Instant,
+    /// Kratos' answer to it.
+    answer: Forwarded,
+    /// When the object was seen gone.
+    gone: Instant,
+    /// The Kratos identities of the object then ([`identities_of`]).
+    left: Vec<String>,
 }
 
 /// The Kratos identities that carry the owner marker `uid` or one of `emails`, as
@@ -1347,12 +1368,13 @@ async fn create_held_past_sigkill(schema: &str) {
     delete(&w.t, name).await;
     let deleted = Instant::now();
     let gone = gone_before(&w.t, name, deleted + HELD_ON).await;
-    let released = Instant::now();
-    w.gate.release();
-    let answer = w.gate.wait_answered(Duration::from_secs(30)).await;
-    support::wait_gone(&identities(&w.t), name, Duration::from_secs(60)).await;
-    let deletion = deleted.elapsed();
-    let left = identities_of(&w.kratos(), &uid, &[w.t.email(name)]).await;
+    let Late {
+        released,
+        answer,
+        gone: gone_at,
+        left,
+    } = w.release_and_wait_gone(name, &uid).await;
+    let deletion = gone_at - deleted;
     println!(
         "FIGURES window sigkill ({schema}): the create ({} {}) was held {:?} after the apply, the operator killed \
          {:?} after it arrived; {}; Kratos answered the late create {:?} after the release: {}; the object was \
@@ -1410,12 +1432,13 @@ async fn create_timed_out(schema: &str) {
     let gone = gone_before(&w.t, name, held.at + TIMED_OUT).await;
     // Not before the operator's request timed out, even when the object went early.
     tokio::time::sleep_until((held.at + TIMED_OUT).into()).await;
-    let released = Instant::now();
-    w.gate.release();
-    let answer = w.gate.wait_answered(Duration::from_secs(30)).await;
-    support::wait_gone(&identities(&w.t), name, Duration::from_secs(60)).await;
-    let deletion = deleted.elapsed();
-    let left = identities_of(&w.kratos(), &uid, &[w.t.email(name)]).await;
+    let Late {
+        released,
+        answer,
+        gone: gone_at,
+        left,
+    } = w.release_and_wait_gone(name, &uid).await;
+    let deletion = gone_at - deleted;
     println!(
         "FIGURES window timeout ({schema}): the create ({} {}) held, the object deleted {:?} after it arrived, \
          released {:?} after it arrived (request timeout {REQUEST_TIMEOUT}); {}; Kratos answered the late create \
@@ -1555,19 +1578,7 @@ async fn objects_deleted_while_their_finalizer_is_added_leave_nothing_in_kratos(
         .buffer_unordered(8)
         .collect::<Vec<_>>()
         .await;
-    eventually(
-        "every Identity to be gone",
-        Duration::from_secs(90),
-        || async {
-            identities(&t)
-                .list(&ListParams::default())
-                .await
-                .ok()
-                .filter(|l| l.items.is_empty())
-                .map(drop)
-        },
-    )
-    .await;
+    support::wait_all_gone(&identities(&t), Duration::from_secs(90)).await;
     // The operator is done when it stops calling Kratos: its creates, the checks after them and
     // the finalizers' cleanups are all Kratos calls.
     eventually(

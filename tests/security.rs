@@ -354,15 +354,7 @@ async fn no_password_hash_link_code_or_token_appears_in_logs_events_status_or_me
         .delete_collection(&Default::default(), &Default::default())
         .await
         .unwrap();
-    eventually("the identities to be deleted", T, || async {
-        identities
-            .list(&Default::default())
-            .await
-            .ok()
-            .filter(|l| l.items.is_empty())
-            .map(drop)
-    })
-    .await;
+    support::wait_all_gone(&identities, T).await;
     operator.abort();
     let _ = std::fs::remove_dir_all(token_dir);
     t.cleanup().await;

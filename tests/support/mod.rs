@@ -636,6 +636,21 @@ where
     .await;
 }
 
+/// Waits until `api` lists no object.
+pub async fn wait_all_gone<K>(api: &Api<K>, timeout: Duration)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    eventually("every object to be gone", timeout, || async {
+        api.list(&Default::default())
+            .await
+            .ok()
+            .filter(|l| l.items.is_empty())
+            .map(drop)
+    })
+    .await;
+}
+
 /// The status kstatus gives a custom resource by its generic rules, as Flux's health checks,
 /// kpt and `kubectl wait` users see it: `InProgress` while it is being deleted, while
 /// `status.observedGeneration` (when present) differs from `metadata.generation`, or with
