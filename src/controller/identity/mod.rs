@@ -234,11 +234,11 @@ async fn apply(obj: Arc<Identity>, ctx: Arc<Context>, finalized: Finalized) -> R
             if let (Outcome::Synced(s), Some(uid)) = (&outcome, obj.metadata.uid.as_deref()) {
                 ctx.state.known_ids.set(uid, &s.identity_id);
             }
-            if finalized == Finalized::Now
-                && matches!(outcome, Outcome::Synced(_))
-                && gone_without_cleanup(&obj, &ctx).await?
-            {
-                return Ok(Next::AwaitChange);
+            if finalized == Finalized::Now && matches!(outcome, Outcome::Synced(_)) {
+                if gone_without_cleanup(&obj, &ctx).await? {
+                    return Ok(Next::AwaitChange);
+                }
+                check_again_later(obj.clone(), ctx.clone());
             }
             report::outcome(&obj, &ctx, &outcome);
             Ok(next(&outcome, &ctx.settings))
@@ -284,6 +284,20 @@ async fn gone_without_cleanup(obj: &Identity, ctx: &Context) -> Result<bool> {
     }
     forget(obj, ctx);
     Ok(true)
+}
+
+/// The deletion that raced the finalizer may still be under way in the API server when the
+/// object is first read back (under load it was, in about one race in ten): the object is read
+/// back once more `--create-settle-time` later, off the reconcile's path. Nothing else would
+/// look at it again once it is gone.
+fn check_again_later(obj: Arc<Identity>, ctx: Arc<Context>) {
+    let wait = ctx.settings.create_settle_time;
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        if let Err(e) = gone_without_cleanup(&obj, &ctx).await {
+            tracing::warn!(error = %e, "cannot check whether a new Identity is still there");
+        }
+    });
 }
 
 /// Forgets what this process keeps of an object that is gone.
