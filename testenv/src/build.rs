@@ -141,8 +141,64 @@ pub const PAUSE: Component = Component {
     tags: "",
 };
 
+/// CNCF Distribution, the environment's registry: the node pulls every image from it.
+pub const REGISTRY: Component = Component {
+    name: "registry",
+    module: "registry",
+    version: versions::REGISTRY,
+    binaries: &[Binary {
+        package: "github.com/distribution/distribution/v3/cmd/registry",
+        name: "registry",
+    }],
+    cgo: false,
+    tags: "",
+};
+
+/// cosign, which signs a release and attaches its SBOM, and crane, which pushes its image: one
+/// wrapper module, as cosign already depends on go-containerregistry.
+pub const SIGSTORE: Component = Component {
+    name: "cosign",
+    module: "sigstore",
+    version: versions::COSIGN,
+    binaries: &[
+        Binary {
+            package: "github.com/sigstore/cosign/v2/cmd/cosign",
+            name: "cosign",
+        },
+        Binary {
+            package: "github.com/google/go-containerregistry/cmd/crane",
+            name: "crane",
+        },
+    ],
+    cgo: false,
+    tags: "",
+};
+
+/// actionlint, which the test command runs on every GitHub workflow.
+pub const ACTIONLINT: Component = Component {
+    name: "actionlint",
+    module: "actionlint",
+    version: versions::ACTIONLINT,
+    binaries: &[Binary {
+        package: "github.com/rhysd/actionlint/cmd/actionlint",
+        name: "actionlint",
+    }],
+    cgo: false,
+    tags: "",
+};
+
 /// Every component, in build order (the slowest first, so a failure shows early).
-pub const ALL: [Component; 6] = [KUBERNETES, KUBERNETES_OLDEST, KRATOS, HELM, HELM_3, PAUSE];
+pub const ALL: [Component; 9] = [
+    KUBERNETES,
+    KUBERNETES_OLDEST,
+    KRATOS,
+    SIGSTORE,
+    REGISTRY,
+    HELM,
+    HELM_3,
+    ACTIONLINT,
+    PAUSE,
+];
 
 impl Component {
     /// The wrapper module's directory in the repository.
@@ -230,6 +286,20 @@ impl Component {
                     self.version
                 )
             }
+            // Each program reports the pinned version (`cosign version`, `registry --version`,
+            // `actionlint -version`) instead of "devel".
+            "cosign" => format!(
+                "-s -w -X sigs.k8s.io/release-utils/version.gitVersion={}",
+                self.version
+            ),
+            "registry" => format!(
+                "-s -w -X github.com/distribution/distribution/v3/version.version={}",
+                self.version
+            ),
+            "actionlint" => format!(
+                "-s -w -X github.com/rhysd/actionlint.version={}",
+                self.version
+            ),
             _ => "-s -w".to_string(),
         }
     }

@@ -40,6 +40,13 @@ pub mod versions {
     /// Our own sandbox program (testenv/go/pause). Its source joins the cache key, so this only
     /// names the build; bump it when the recipe changes in a way the source does not show.
     pub const PAUSE: &str = "v1";
+    /// CNCF Distribution: the environment's OCI registry, from which the node pulls every image.
+    pub const REGISTRY: &str = "v3.1.2";
+    /// cosign (signatures and attestations of a release). Its wrapper module also pins crane
+    /// (go-containerregistry v0.22.1), which pushes the image.
+    pub const COSIGN: &str = "v2.6.5";
+    /// actionlint, which lints the GitHub workflows in the test command.
+    pub const ACTIONLINT: &str = "v1.7.12";
 }
 
 /// Everything that can go wrong while building, starting or stopping the environment.
