@@ -1,7 +1,9 @@
 //! The chart as users run it: pods on the environment's node (containerd, runc, a kubelet and
 //! kube-scheduler), installed, upgraded, failed over, evicted, restarted under load and
-//! uninstalled with Helm. The image is the one `cargo xtask image` builds and loads into the
-//! node (`cargo xtask test` does both before the tests).
+//! uninstalled with Helm. Installed the way users install a release: `helm install
+//! oci://$REGISTRY/…/kratos-operator --version <dev version>` from the environment's registry,
+//! where `cargo xtask test` publishes the work tree with `cargo xtask release` before the tests;
+//! the node pulls the image by the digest the chart pins.
 //!
 //! Each test installs a release of its own in namespace mode (`watchNamespaces` = its own
 //! namespace), so its admission policies and its operator touch nothing of the other tests that
@@ -22,7 +24,7 @@ use std::{
 use chart_support::{chart_dir, describe, helm_command, kubectl, run};
 use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease, core::v1::Pod};
 use kratos_operator::api::Identity;
-use kratos_operator_testenv::{Environment, env::default_dir};
+use kratos_operator_testenv::{Environment, env::default_dir, registry::Published};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams},
@@ -43,38 +45,22 @@ struct Release<'a> {
     t: &'a TestEnv,
     env: Environment,
     name: String,
+    published: Published,
 }
 
 impl<'a> Release<'a> {
     fn new(t: &'a TestEnv, env: Environment) -> Self {
-        let image = env.state.node.as_ref().unwrap().containerd_socket.clone();
-        // The image must be in the node: `cargo xtask image` puts it there.
-        let images = run(
-            {
-                let mut c = std::process::Command::new("ctr");
-                c.args([
-                    "--address",
-                    &image.display().to_string(),
-                    "-n",
-                    "k8s.io",
-                    "images",
-                    "ls",
-                    "-q",
-                ]);
-                c
-            },
-            None,
-        );
-        assert!(
-            String::from_utf8_lossy(&images.stdout).contains("localhost/kratos-operator:dev"),
-            "the operator image is not in the node; run `cargo xtask image` first"
-        );
+        // The release `cargo xtask test` published to the environment's registry.
+        let published = Published::read(&env.dir)
+            .unwrap()
+            .expect("no release in the environment's registry; `cargo xtask test` (or `cargo xtask testenv up --node`) publishes one");
         // Cluster-scoped parts (ClusterRoles, admission policies) are named after the release:
         // one release name per namespace.
         Self {
             t,
             env,
             name: t.namespace.clone(),
+            published,
         }
     }
 
@@ -97,7 +83,10 @@ impl<'a> Release<'a> {
             "--timeout".into(),
             "180s".into(),
             self.name.clone(),
-            chart_dir().display().to_string(),
+            self.published.chart(),
+            "--version".into(),
+            self.published.version.clone(),
+            "--plain-http".into(),
             "-f".into(),
             values.display().to_string(),
             "--set".into(),
@@ -266,6 +255,40 @@ async fn the_chart_runs_as_pods_through_install_upgrade_failover_eviction_and_un
     // Install with the defaults (one replica, leader election on) plus the node's values.
     let took = r.install(&[]);
     eprintln!("helm install --wait: {took:?}");
+    // The node pulled the image from the registry, by the digest the released chart pins.
+    let pods = r.operator_pods().await;
+    let pod = pods.first().expect("an operator pod");
+    let wanted = r.published.image_by_digest();
+    let spec_image = pod.spec.as_ref().unwrap().containers[0].image.clone();
+    assert_eq!(spec_image.as_deref(), Some(wanted.as_str()));
+    let image_id = pod
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
+        .image_id
+        .clone();
+    assert!(
+        image_id.ends_with(&r.published.image_digest),
+        "the container runs {image_id}, not {wanted}"
+    );
+    let pulled = r.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={},reason=Pulled", pod.name_any()),
+        "-o",
+        "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+    ]);
+    let pulled = String::from_utf8_lossy(&pulled.stdout).to_string();
+    eprintln!("Pulled events of {}:\n{pulled}", pod.name_any());
+    assert!(
+        pulled.contains(&wanted),
+        "no Pulled event for {wanted} on {}: {pulled:?}",
+        pod.name_any()
+    );
     // Identities of this namespace's own (Kratos is shared with the other tests and the demo).
     for name in ["alice", "bob"] {
         let email = format!("{name}.{}@example.com", t.namespace);

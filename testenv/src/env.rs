@@ -1,4 +1,5 @@
-//! The whole environment: etcd, kube-apiserver, kube-controller-manager and Kratos, started on
+//! The whole environment: etcd, kube-apiserver, kube-controller-manager, Kratos and the OCI
+//! registry ([`crate::registry`]), started on
 //! free loopback ports and described by a state file so that `down`, `status` and test
 //! fixtures in other processes find it.
 
@@ -19,13 +20,14 @@ use crate::{
     kratos::{Database, KratosInstance, KratosOptions},
     node::{self, NodeState},
     process::{self, ProcessRecord},
-    versions,
+    registry, versions,
 };
 
 const STATE_FILE: &str = "state.json";
 
 /// The processes that make up the environment itself.
-const CORE: [&str; 5] = [
+const CORE: [&str; 6] = [
+    registry::PROCESS,
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
@@ -44,6 +46,10 @@ pub struct State {
     pub kratos_admin_url: String,
     /// Kratos public API.
     pub kratos_public_url: String,
+    /// The OCI registry, `127.0.0.1:<port>` (plain HTTP): the node pulls every image from it.
+    /// Empty in the state of an environment from before it had one (which is then restarted).
+    #[serde(default)]
+    pub registry: String,
     /// Kratos' working directory (config, schemas, log, and its database: `postgres/` or
     /// `kratos.sqlite`).
     pub kratos_dir: PathBuf,
@@ -134,6 +140,7 @@ impl Environment {
             .iter()
             .filter(|p| CORE.contains(&p.name.as_str()))
             .all(ProcessRecord::is_running)
+            || self.state.registry.is_empty()
         {
             return false;
         }
@@ -172,6 +179,7 @@ impl Environment {
         let kcm_bin = kubernetes.binary("kube-controller-manager")?;
         let etcd_bin = kubernetes.binary("etcd")?;
         build::KRATOS.binary("kratos")?;
+        build::REGISTRY.binary("registry")?;
 
         for sub in ["pki", "logs", "kratos"] {
             let path = dir.join(sub);
@@ -231,6 +239,7 @@ impl Environment {
         processes: &mut Vec<ProcessRecord>,
     ) -> Result<State> {
         let (_, net) = node::addresses(dir);
+        let registry = registry::start(dir, logs, processes)?;
         // etcd: data on tmpfs when there is one (fsync-free and fast), else in the env dir.
         let etcd_data = etcd_data_dir(dir);
         if etcd_data.exists() {
@@ -350,6 +359,7 @@ impl Environment {
             apiserver_url,
             kratos_admin_url,
             kratos_public_url,
+            registry,
             kratos_dir: dir.join("kratos"),
             kratos_database: database,
             kubernetes_version: kubernetes_version.into(),
@@ -444,10 +454,11 @@ impl Environment {
     /// The `export` lines a shell can `eval`; with a node, also where pods reach Kratos.
     pub fn env_lines(&self) -> String {
         let mut lines = format!(
-            "export KUBECONFIG={}\nexport KRATOS_ADMIN_URL={}\nexport KRATOS_PUBLIC_URL={}\n",
+            "export KUBECONFIG={}\nexport KRATOS_ADMIN_URL={}\nexport KRATOS_PUBLIC_URL={}\nexport REGISTRY={}\n",
             self.state.kubeconfig.display(),
             self.state.kratos_admin_url,
-            self.state.kratos_public_url
+            self.state.kratos_public_url,
+            self.state.registry
         );
         if let Some(node) = &self.state.node {
             lines.push_str(&format!(
@@ -500,6 +511,7 @@ impl Environment {
             apiserver_port: port(&env.state.apiserver_url)?.1,
             kratos_admin: port(&env.state.kratos_admin_url)?,
             kratos_public: port(&env.state.kratos_public_url)?,
+            registry: &env.state.registry,
         };
         let mut started = Vec::new();
         match node::start(&inputs, &mut started) {

@@ -25,6 +25,8 @@ use crate::{Error, Result, build, io_err};
 
 /// The name the node's containerd knows the pause image by (its CRI `sandbox_image`).
 pub const PAUSE_IMAGE: &str = "localhost/pause:testenv";
+/// Where the node's sandbox image lives in the environment's registry (repository and tag).
+pub const PAUSE_IN_REGISTRY: &str = "testenv/pause:testenv";
 /// The name of the operator's image built from the work tree (`cargo xtask image`).
 pub const OPERATOR_IMAGE: &str = "localhost/kratos-operator:dev";
 /// Where the operator's binary is in its image (as in the Dockerfile).

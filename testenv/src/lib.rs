@@ -14,6 +14,7 @@ pub mod kratos;
 pub mod node;
 pub mod postgres;
 mod process;
+pub mod registry;
 
 use std::path::PathBuf;
 

@@ -10,9 +10,10 @@
 //! environment's Service range is the upper half of the same /24, the host holds the `kubernetes`
 //! Service's address (its first) and pods have a route to that half through the host, so
 //! `KUBERNETES_SERVICE_HOST` as the kubelet sets it works without kube-proxy. Kratos' admin and
-//! public APIs are on the bridge's gateway address, ports 4434 and 4433. No registry is
-//! reachable: every image is assembled locally and imported ([`crate::image`]), the pod sandbox
-//! image included.
+//! public APIs are on the bridge's gateway address, ports 4434 and 4433. containerd pulls every
+//! image from the environment's registry ([`crate::registry`], on loopback, plain HTTP through a
+//! `hosts.toml` under its own `config_path`), the sandbox image included: it is assembled
+//! locally ([`crate::image`]) and pushed there before the kubelet starts. Nothing is imported.
 //!
 //! What the kubelet needed here: the cgroupfs driver (cgroup v1 hierarchies, with a v2 one
 //! mounted beside them; from Kubernetes 1.35 the kubelet refuses cgroup v1 unless
@@ -162,6 +163,8 @@ pub struct Inputs<'a> {
     pub kratos_admin: (Ipv4Addr, u16),
     /// Kratos' public API on loopback.
     pub kratos_public: (Ipv4Addr, u16),
+    /// The environment's registry, `127.0.0.1:<port>`.
+    pub registry: &'a str,
 }
 
 /// Starts the node. The processes it starts are pushed onto `processes` as they start, so that
@@ -261,7 +264,20 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
 
     // containerd with its own root, state and socket.
     let socket = node.join("containerd.sock");
-    let config = containerd_config(&node, &socket);
+    // The sandbox image, in the registry before containerd asks for it.
+    let pause = node.join("images").join("pause.oci.tar");
+    crate::image::write_oci_archive(&crate::image::pause_spec()?, &pause)?;
+    let sandbox = format!("{}/{}", input.registry, crate::image::PAUSE_IN_REGISTRY);
+    let pause_digest = crate::registry::push_archive(&pause, &sandbox, true)?;
+    let sandbox = format!("{sandbox}@{pause_digest}");
+    let hosts = node.join("certs.d").join(input.registry);
+    fs::create_dir_all(&hosts).map_err(io_err("creating containerd's registry hosts"))?;
+    fs::write(
+        hosts.join("hosts.toml"),
+        crate::registry::hosts_toml(input.registry),
+    )
+    .map_err(io_err("writing containerd's hosts.toml"))?;
+    let config = containerd_config(&node, &socket, &sandbox);
     let config_path = node.join("containerd.toml");
     fs::write(&config_path, config).map_err(io_err("writing containerd's config"))?;
     fs::write(
@@ -283,11 +299,6 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
             .output()
             .is_ok_and(|o| o.status.success())
     })?;
-
-    // The sandbox image, before the kubelet asks for it.
-    let pause = node.join("images").join("pause.oci.tar");
-    crate::image::write_oci_archive(&crate::image::pause_spec()?, &pause)?;
-    crate::image::import(&socket, &pause)?;
 
     // The kubelet.
     let resolv = node.join("resolv.conf");
@@ -370,7 +381,10 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
     })
 }
 
-fn containerd_config(node: &Path, socket: &Path) -> String {
+/// containerd's configuration (pure): its own root, state and socket; the CRI plugin with the
+/// sandbox image `sandbox` (a reference by digest into the environment's registry) and the
+/// registry hosts under `<node>/certs.d`.
+fn containerd_config(node: &Path, socket: &Path, sandbox: &str) -> String {
     format!(
         r#"version = 2
 root = "{root}"
@@ -385,6 +399,8 @@ state = "{state}"
   stream_server_address = "127.0.0.1"
   disable_apparmor = true
   restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{hosts}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni}"
@@ -399,7 +415,7 @@ state = "{state}"
         root = node.join("containerd-root").display(),
         state = node.join("containerd-state").display(),
         socket = socket.display(),
-        sandbox = crate::image::PAUSE_IMAGE,
+        hosts = node.join("certs.d").display(),
         cni = node.join("cni/net.d").display(),
     )
 }

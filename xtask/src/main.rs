@@ -6,7 +6,10 @@
 //! - `demo`: builds and starts the environment and shows how to use it.
 //! - `generate`: every generated file (the chart's README, the CRDs, deploy/base).
 //! - `image`: the operator's container image (or the test node's pause image) as an OCI archive,
-//!   assembled without docker, optionally imported into a containerd.
+//!   assembled without docker.
+//! - `release`: the image and the chart published to an OCI registry by digest, signed with
+//!   cosign, with the SBOM attached (see `release.rs`).
+//! - `sbom`: the SBOM of the operator's binary (CycloneDX JSON from Cargo.lock).
 
 use std::{
     path::PathBuf,
@@ -18,7 +21,10 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod chart_readme;
-use kratos_operator_testenv::{Environment, build, env, image, kratos::Database};
+mod release;
+use kratos_operator_testenv::{
+    Environment, build, env, image, kratos::Database, registry, registry::Published,
+};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Developer tasks of kratos-operator")]
@@ -54,10 +60,38 @@ enum Task {
         /// testenv/go/pause), as target/image/pause-testenv.oci.tar.
         #[arg(long)]
         pause: bool,
-        /// Import the archive into the containerd listening on this socket (namespace k8s.io,
-        /// where the CRI plugin finds it).
-        #[arg(long, value_name = "PATH")]
-        containerd_socket: Option<PathBuf>,
+    },
+    /// Publish a release: the image (the static binary of `image`) and the chart to an OCI
+    /// registry, the chart pinning the image's digest, both signed with cosign, the SBOM
+    /// attached to the image as a signed attestation. Refuses, pushing nothing, a version that
+    /// disagrees with Cargo.toml and Chart.yaml, a dirty tree (but for a `-dev` version) and a
+    /// version already in the registry.
+    Release {
+        /// Where to publish, `host[:port]/path`: the image goes to
+        /// `<registry>/kratos-operator`, the chart to `oci://<registry>/charts/kratos-operator`.
+        #[arg(long)]
+        registry: String,
+        /// The registry has no TLS (a registry on loopback, such as the test environment's).
+        #[arg(long)]
+        plain_http: bool,
+        /// The version (default: Cargo.toml's); `<version>-dev.<suffix>` for a development
+        /// release.
+        #[arg(long)]
+        version: Option<String>,
+        /// cosign private key (its password in $COSIGN_PASSWORD; the public key beside it as
+        /// `.pub`). Default: a local key pair generated once in target/release-key.
+        #[arg(long, conflicts_with = "keyless")]
+        key: Option<PathBuf>,
+        /// Sign keyless (Fulcio and Rekor), as the release workflow does.
+        #[arg(long)]
+        keyless: bool,
+    },
+    /// Write the SBOM of the operator's binary: CycloneDX JSON generated from Cargo.lock by
+    /// cargo-cyclonedx, with each crate's licence.
+    Sbom {
+        /// Where to write it.
+        #[arg(long, default_value = "target/release/sbom.cdx.json")]
+        out: PathBuf,
     },
     /// Measure convergence of N new identities against the Kratos and apiserver floors, the cost
     /// of an idle resync and peak memory; writes docs/benchmarks.md and docs/benchmarks.png.
@@ -103,8 +137,8 @@ enum TestenvAction {
         /// Directory of the environment (default: target/testenv/default or $KRATOS_OPERATOR_TESTENV).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Also start the node (containerd, a kubelet and kube-scheduler; needs root) and load
-        /// the operator's image into it.
+        /// Also start the node (containerd, a kubelet and kube-scheduler; needs root) and publish
+        /// a development release of the operator to the environment's registry.
         #[arg(long)]
         node: bool,
         /// Kratos' database: `postgres` (its own PostgreSQL server, the default) or `sqlite`
@@ -145,10 +179,15 @@ fn main() -> ExitCode {
         Task::Test { cargo_args } => test(&cargo_args),
         Task::Demo => demo(),
         Task::Generate => generate(),
-        Task::Image {
-            pause,
-            containerd_socket,
-        } => image_cmd(pause, containerd_socket.as_deref()),
+        Task::Image { pause } => image_cmd(pause),
+        Task::Release {
+            registry,
+            plain_http,
+            version,
+            key,
+            keyless,
+        } => release_cmd(registry, plain_http, version, key, keyless),
+        Task::Sbom { out } => release::sbom(&out),
         Task::Bench {
             sizes,
             no_baseline,
@@ -225,7 +264,7 @@ fn testenv(action: TestenvAction) -> Result<(), String> {
             let mut env =
                 Environment::up_with(&dir, database, kubernetes).map_err(|e| e.to_string())?;
             if node {
-                env = node_with_image(&dir)?;
+                env = node_with_release(&dir)?.0;
             }
             eprintln!(
                 "testenv: up in {:.1?} ({}, Kubernetes {}, Kratos on {})",
@@ -441,29 +480,152 @@ fn test_phase(
         env.state.kubernetes_version,
         env.state.kratos_database
     );
-    // The node and the operator's image (a static release build: the release build the
-    // Dockerfile ships, checked here too) for tests/node.rs.
-    let result = node_with_image(dir).and_then(|_| cargo_test(cargo_args, vars));
+    // The node and a development release of the operator in the environment's registry (a
+    // static release build: the release build the Dockerfile ships, checked here too), which
+    // tests/node.rs installs from there.
+    let result = node_with_release(dir).and_then(|_| cargo_test(cargo_args, vars));
     if !was_running {
         let _ = env::down(dir);
     }
     result
 }
 
-/// Starts the node of the environment in `dir` (unless it runs) and loads the operator's image
-/// into it, building the image when its sources changed.
-fn node_with_image(dir: &std::path::Path) -> Result<Environment, String> {
+/// Starts the node of the environment in `dir` (unless it runs) and publishes a development
+/// release of the work tree to the environment's registry (unless that very release is there):
+/// `cargo xtask release --registry $REGISTRY/kratos-operator --plain-http --version
+/// <version>-dev.h<hash>`, signed with the local key pair. The hash covers the binary, the chart
+/// and the version, so a changed source gives a new version and an unchanged one is not pushed
+/// twice. The record ([`Published`]) is what the node tests and the demo install.
+fn node_with_release(dir: &std::path::Path) -> Result<(Environment, Published), String> {
     let started = Instant::now();
     let env = Environment::ensure_node(dir).map_err(|e| e.to_string())?;
-    let socket = env
-        .state
-        .node
-        .as_ref()
-        .map(|n| n.containerd_socket.clone())
-        .ok_or("the node did not start")?;
     eprintln!("xtask: node up in {:.1?}", started.elapsed());
-    image_cmd(false, Some(&socket))?;
-    Ok(env)
+    let root = kratos_operator_testenv::repo_root();
+    let built = image::build_static_operator(&root.join("target").join("image"))
+        .map_err(|e| e.to_string())?;
+    eprintln!("xtask: {} (static, runs)", built.version);
+    let version = dev_version(&root, &built.binary)?;
+    if let Some(published) = Published::read(dir).map_err(|e| e.to_string())? {
+        let chart = format!(
+            "{}:{version}",
+            published.chart().trim_start_matches("oci://")
+        );
+        if published.version == version
+            && registry::digest_of(&chart, published.plain_http)
+                .map_err(|e| e.to_string())?
+                .is_some()
+        {
+            eprintln!("xtask: release {version} is in the registry already");
+            return Ok((env, published));
+        }
+    }
+    let started = Instant::now();
+    let key = release::local_key(&root.join("target").join("release-key"))?;
+    let published = release::release(
+        &release::Options {
+            registry: format!("{}/{}", env.state.registry, release::IMAGE_NAME),
+            plain_http: true,
+            version: Some(version),
+            signer: release::Signer::Key(key),
+            out: root.join("target").join("release"),
+        },
+        &built.binary,
+    )?;
+    published.write(dir).map_err(|e| e.to_string())?;
+    eprintln!(
+        "xtask: released {} to {} in {:.1?} (image {})",
+        published.version,
+        published.chart(),
+        started.elapsed(),
+        published.image_by_digest()
+    );
+    Ok((env, published))
+}
+
+/// The development version of the work tree: Cargo.toml's version, `-dev.h` and 12 hex digits of
+/// a hash of the static binary and every file of the chart.
+fn dev_version(root: &std::path::Path, binary: &std::path::Path) -> Result<String, String> {
+    use sha2::Digest;
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).map_err(|e| e.to_string())?;
+    let cargo = release::cargo_version(&cargo).ok_or("Cargo.toml has no [package] version")?;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(cargo.as_bytes());
+    hasher.update(std::fs::read(binary).map_err(|e| format!("{}: {e}", binary.display()))?);
+    let mut files = Vec::new();
+    collect_files(&root.join("charts").join("kratos-operator"), &mut files)?;
+    files.sort();
+    for file in files {
+        hasher.update(file.display().to_string().as_bytes());
+        hasher.update(std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?);
+    }
+    let hex: String = hasher.finalize()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(format!("{cargo}-dev.h{hex}"))
+}
+
+fn collect_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.is_dir() {
+            collect_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn release_cmd(
+    registry: String,
+    plain_http: bool,
+    version: Option<String>,
+    key: Option<PathBuf>,
+    keyless: bool,
+) -> Result<(), String> {
+    let started = Instant::now();
+    for component in [build::SIGSTORE, build::HELM] {
+        component.build(false).map_err(|e| e.to_string())?;
+    }
+    let root = kratos_operator_testenv::repo_root();
+    let signer = if keyless {
+        release::Signer::Keyless
+    } else {
+        match key {
+            Some(key) => release::Signer::Key(key),
+            None => release::Signer::Key(release::local_key(
+                &root.join("target").join("release-key"),
+            )?),
+        }
+    };
+    let options = release::Options {
+        registry,
+        plain_http,
+        version,
+        signer,
+        out: root.join("target").join("release"),
+    };
+    // The cheap refusals first: no build for a release that cannot happen.
+    release::preflight(&options)?;
+    let built = image::build_static_operator(&root.join("target").join("image"))
+        .map_err(|e| e.to_string())?;
+    let published = release::release(&options, &built.binary)?;
+    println!("released {}", published.version);
+    println!("image    {}", published.image_by_digest());
+    println!(
+        "chart    {} ({})",
+        published.chart(),
+        published.chart_digest
+    );
+    println!("sbom     {}", published.sbom.display());
+    println!(
+        "
+{}",
+        release::user_commands(&published)
+    );
+    eprintln!("xtask: release took {:.1?}", started.elapsed());
+    Ok(())
 }
 
 fn kubectl(env: &Environment, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
@@ -548,7 +710,7 @@ fn generate() -> Result<(), String> {
     Ok(())
 }
 
-fn image_cmd(pause: bool, containerd_socket: Option<&std::path::Path>) -> Result<(), String> {
+fn image_cmd(pause: bool) -> Result<(), String> {
     let started = Instant::now();
     let out_dir = kratos_operator_testenv::repo_root()
         .join("target")
@@ -586,14 +748,6 @@ fn image_cmd(pause: bool, containerd_socket: Option<&std::path::Path>) -> Result
         written.archive.display(),
         written.archive_size as f64 / (1024.0 * 1024.0)
     );
-    if let Some(socket) = containerd_socket {
-        image::import(socket, &written.archive).map_err(|e| e.to_string())?;
-        println!(
-            "imported into {} (namespace {})",
-            socket.display(),
-            image::CRI_NAMESPACE
-        );
-    }
     eprintln!("xtask: image took {:.1?}", started.elapsed());
     Ok(())
 }
@@ -638,7 +792,7 @@ fn demo() -> Result<(), String> {
     build_all(false)?;
     let dir = env::default_dir();
     Environment::up(&dir).map_err(|e| e.to_string())?;
-    let env = node_with_image(&dir)?;
+    let (env, published) = node_with_release(&dir)?;
     let root = kratos_operator_testenv::repo_root();
     let node = env.state.node.clone().ok_or("the node did not start")?;
     let ns = "demo";
@@ -679,7 +833,8 @@ fn demo() -> Result<(), String> {
             DEMO_RELEASE_NAMESPACE,
             "kratos-operator",
         ])
-        .arg(&chart)
+        .arg(published.chart())
+        .args(["--version", &published.version, "--plain-http"])
         .arg("-f")
         .arg(chart.join("ci").join("testenv-values.yaml"))
         .args([
