@@ -11,6 +11,12 @@
 # is slow under many threads, and a musl build would be a binary nothing here tests.) The chart
 # (charts/kratos-operator) runs the image with `run` and a read-only root filesystem.
 
+# Base images by tag, not yet by digest: this repository was written where no registry could be
+# reached to resolve one, and a digest nobody resolved is worse than none. Where one can be
+# resolved, pin both as `name:tag@sha256:<digest>` (`docker buildx imagetools inspect
+# <name:tag>` prints it); Dependabot's docker updates (.github/dependabot.yml) then keep the
+# digest current, which it cannot do for a tag alone such as `nonroot`. It does not resolve
+# ARGs in FROM, so the builder (on the crate's rust-version) is bumped by hand.
 ARG RUST_VERSION=1.89
 ARG DEBIAN_RELEASE=bookworm
 

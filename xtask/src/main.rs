@@ -3,6 +3,7 @@
 //! - `testenv build|up|down|status|env`: the local environment (real kube-apiserver, etcd,
 //!   kube-controller-manager and Ory Kratos on loopback), see the `kratos-operator-testenv` crate.
 //! - `test`: the whole test suite, exactly as CI runs it.
+//! - `lint-workflows`: actionlint (with shellcheck) on the GitHub workflows, as `test` runs it.
 //! - `demo`: builds and starts the environment and shows how to use it.
 //! - `generate`: every generated file (the chart's README, the CRDs, deploy/base).
 //! - `image`: the operator's container image (or the test node's pause image) as an OCI archive,
@@ -40,13 +41,16 @@ enum Task {
         #[command(subcommand)]
         action: TestenvAction,
     },
-    /// The whole test suite: fmt, clippy, every test against the real environment, and the
-    /// release build.
+    /// The whole test suite: fmt, clippy, actionlint on the GitHub workflows, every test
+    /// against the real environment, and the release build.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Lint .github/workflows with the pinned actionlint and Debian's shellcheck (part of
+    /// `test`); builds actionlint when it is not cached.
+    LintWorkflows,
     /// Build and start the environment, then show how to use it.
     Demo,
     /// Regenerate every generated file: the chart's README (from its values.yaml), crds/, the
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Testenv { action } => testenv(action),
         Task::Test { cargo_args } => test(&cargo_args),
+        Task::LintWorkflows => lint_workflows(),
         Task::Demo => demo(),
         Task::Generate => generate(),
         Task::Image { pause } => image_cmd(pause),
@@ -417,6 +422,7 @@ fn test(cargo_args: &[String]) -> Result<(), String> {
         &[],
     )?;
     build_all(false)?;
+    lint_workflows()?;
     // Every test on the newest Kubernetes with Helm 4 (or what the variables select).
     let newest = build::kubernetes_from_env()
         .map_err(|e| e.to_string())
@@ -456,6 +462,66 @@ fn test(cargo_args: &[String]) -> Result<(), String> {
         Ok(())
     } else {
         Err(errors.join("; "))
+    }
+}
+
+/// Debian's shellcheck, which actionlint runs on every `run:` script. A fixed path rather than
+/// whatever `PATH` offers, so that every machine reports the same findings.
+const SHELLCHECK: &str = "/usr/bin/shellcheck";
+
+/// Runs the pinned actionlint ([`build::ACTIONLINT`], built unless cached) on every workflow in
+/// `.github/workflows`, with [`SHELLCHECK`] for the `run:` scripts and without pyflakes (no step
+/// runs Python; whether it is installed must not change the result). Fails on any finding.
+fn lint_workflows() -> Result<(), String> {
+    if !std::path::Path::new(SHELLCHECK).is_file() {
+        return Err(format!(
+            "{SHELLCHECK} is missing: `apt-get install shellcheck` (actionlint checks the \
+             workflows' run: scripts with it)"
+        ));
+    }
+    build::ACTIONLINT.build(false).map_err(|e| e.to_string())?;
+    let actionlint = build::ACTIONLINT
+        .binary("actionlint")
+        .map_err(|e| e.to_string())?;
+    let root = kratos_operator_testenv::repo_root();
+    let dir = root.join(".github").join("workflows");
+    let mut workflows: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            matches!(
+                path.extension().and_then(|ext| ext.to_str()),
+                Some("yml" | "yaml")
+            )
+        })
+        .collect();
+    workflows.sort();
+    if workflows.is_empty() {
+        return Err(format!("no workflows in {}", dir.display()));
+    }
+    eprintln!(
+        "xtask: actionlint {} on {} workflows",
+        build::ACTIONLINT.version,
+        workflows.len()
+    );
+    let status = Command::new(&actionlint)
+        .current_dir(&root)
+        .arg(format!("-shellcheck={SHELLCHECK}"))
+        .arg("-pyflakes=")
+        .args(
+            workflows
+                .iter()
+                .map(|path| path.strip_prefix(&root).unwrap_or(path)),
+        )
+        .status()
+        .map_err(|e| format!("running {}: {e}", actionlint.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "actionlint reported problems in {} ({status}), listed above",
+            dir.display()
+        ))
     }
 }
 
