@@ -719,6 +719,33 @@ mod tests {
     }
 
     #[test]
+    fn a_change_or_an_untracked_file_makes_the_tree_dirty() {
+        let dir = std::env::temp_dir().join(format!("xtask-dirty-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let git = |args: &[&str]| {
+            let out = Command::new("git")
+                .current_dir(&dir)
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+        };
+        git(&["init", "-q"]);
+        fs::write(dir.join("a"), "1").unwrap();
+        git(&["add", "a"]);
+        git(&["commit", "-q", "-m", "a"]);
+        assert!(!dirty(&dir).unwrap());
+        fs::write(dir.join("a"), "2").unwrap();
+        assert!(dirty(&dir).unwrap());
+        git(&["checkout", "-q", "a"]);
+        fs::write(dir.join("b"), "new").unwrap();
+        assert!(dirty(&dir).unwrap());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn the_chart_digest_is_read_from_helm_push() {
         let out = "Pushed: 127.0.0.1:5000/charts/kratos-operator:0.1.0\nDigest: sha256:abc\n";
         assert_eq!(pushed_digest(out).as_deref(), Some("sha256:abc"));
