@@ -311,7 +311,11 @@ impl Component {
         }
         let started = Instant::now();
         let out = self.cache_dir();
-        let staging = out.with_extension("partial");
+        // Beside the final directory, named after all of it: `with_extension` would cut the name
+        // at the version's last dot (`cosign-v2.6.5-…` to `cosign-v2.6.partial`).
+        let mut staging_name = out.file_name().unwrap_or_default().to_os_string();
+        staging_name.push(".partial");
+        let staging = out.with_file_name(staging_name);
         if staging.exists() {
             fs::remove_dir_all(&staging)
                 .map_err(io_err(format!("removing {}", staging.display())))?;
