@@ -72,8 +72,14 @@ impl<'a> Release<'a> {
         run(cmd, None)
     }
 
-    /// `helm upgrade --install --wait` with the testenv values, this namespace only, and `sets`.
+    /// `helm upgrade --install --wait` of the test command's release with the testenv values,
+    /// this namespace only, and `sets`.
     fn install(&self, sets: &[&str]) -> Duration {
+        self.install_release(&self.published.chart(), &self.published.version, sets)
+    }
+
+    /// [`Release::install`] of the chart `chart` (`oci://…`) at `version`.
+    fn install_release(&self, chart: &str, version: &str, sets: &[&str]) -> Duration {
         let node = self.env.state.node.as_ref().unwrap();
         let values = chart_dir().join("ci").join("testenv-values.yaml");
         let mut args = vec![
@@ -83,9 +89,9 @@ impl<'a> Release<'a> {
             "--timeout".into(),
             "180s".into(),
             self.name.clone(),
-            self.published.chart(),
+            chart.to_string(),
             "--version".into(),
-            self.published.version.clone(),
+            version.to_string(),
             "--plain-http".into(),
             "-f".into(),
             values.display().to_string(),
@@ -605,4 +611,325 @@ async fn crds_are_upgraded_by_the_documented_server_side_apply() {
             .contains_key("kratos-operator.dev/upgrade-proof")
     );
     t.cleanup().await;
+}
+
+/// Publishes the work tree with `cargo xtask release --chart <chart>` to `registry` (a path of
+/// the test's own in the environment's registry) as `version`; returns the image by digest.
+fn publish(registry: &str, version: &str, chart: &std::path::Path) -> String {
+    let out = run(
+        {
+            let mut c = std::process::Command::new(chart_support::xtask());
+            c.current_dir(chart_support::repo())
+                .args([
+                    "release",
+                    "--plain-http",
+                    "--registry",
+                    registry,
+                    "--version",
+                    version,
+                ])
+                .arg("--chart")
+                .arg(chart);
+            c
+        },
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "release {version}: {}",
+        describe(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("image    "))
+        .unwrap_or_else(|| panic!("no image in {stdout}"))
+        .trim()
+        .to_string()
+}
+
+/// Release B of the upgrade test: the repository's chart with one more CRD field
+/// (`Identity.spec.upgradeNote`) and a changed Deployment (a pod annotation by default).
+fn chart_b(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut files = chart_support::read_tree(&chart_dir());
+    for (name, content) in &mut files {
+        if name == "crds/identities.yaml" {
+            let mut crd: serde_json::Value = yaml_serde::from_str(content).unwrap();
+            for version in crd["spec"]["versions"].as_array_mut().unwrap() {
+                version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["upgradeNote"] = serde_json::json!({
+                    "type": "string",
+                    "description": "A field release B adds (the upgrade test)."
+                });
+            }
+            *content = yaml_serde::to_string(&crd).unwrap();
+        } else if name == "values.yaml" {
+            assert!(
+                content.contains("\npodAnnotations: {}\n"),
+                "values.yaml changed"
+            );
+            *content = content.replace(
+                "\npodAnnotations: {}\n",
+                "\npodAnnotations:\n  kratos-operator.dev/release: b\n",
+            );
+        }
+    }
+    let chart = dir.join("kratos-operator");
+    let _ = std::fs::remove_dir_all(&chart);
+    chart_support::write_tree(&chart, &files);
+    chart
+}
+
+/// What Kratos holds for this test's identities: id to `updated_at` (every write moves it).
+async fn kratos_snapshot(t: &TestEnv) -> std::collections::BTreeMap<String, String> {
+    let k = kratos_client(&t.kratos_admin_url, &t.kratos_public_url);
+    futures::TryStreamExt::try_collect::<Vec<_>>(k.list_identities(Default::default()))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| {
+            i.traits["email"]
+                .as_str()
+                .is_some_and(|e| e.ends_with(&format!(".{}@example.com", t.namespace)))
+        })
+        .map(|i| (i.id.clone(), format!("{:?}", i.updated_at)))
+        .collect()
+}
+
+/// A metric's value summed over its series on one pod (the host reaches pods on the bridge).
+async fn pod_metric(pod: &Pod, name: &str) -> Option<f64> {
+    let ip = pod.status.as_ref()?.pod_ip.clone()?;
+    let text = reqwest::get(format!("http://{ip}:8080/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+/// An upgrade between two published releases, and the rollback, live on the node: release A
+/// (the work tree) and release B (one more CRD field, a changed Deployment) are published with
+/// `cargo xtask release`; A is installed with two replicas and 1,000 Identities Ready; B is
+/// installed from OCI after the documented CRD step. Neither the upgrade nor the rollback to A
+/// writes to Kratos or takes an Identity out of Ready, and B's CRD is served.
+#[tokio::test]
+async fn an_upgrade_and_a_rollback_between_two_releases_write_nothing_and_keep_every_identity_ready()
+ {
+    const N: usize = 1000;
+    let t = setup("node-upgrade").await;
+    let env = node_env().await;
+    let r = Release::new(&t, env);
+    let cargo = env!("CARGO_PKG_VERSION");
+    let registry = format!("{}/{}", r.env.state.registry, t.namespace);
+    let chart = format!("oci://{registry}/charts/kratos-operator");
+    let (a, b) = (format!("{cargo}-dev.a"), format!("{cargo}-dev.b"));
+    let scratch = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("upgrade")
+        .join(&t.namespace);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let image_a = publish(&registry, &a, &chart_dir());
+    let image_b = publish(&registry, &b, &chart_b(&scratch));
+    eprintln!("release A {a}: {image_a}\nrelease B {b}: {image_b}");
+
+    r.install_release(&chart, &a, &["replicas=2"]);
+    let identities: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
+    use futures::StreamExt as _;
+    futures::stream::iter((0..N).map(|i| {
+        let t = &t;
+        async move {
+            let email = format!("up-{i}.{}@example.com", t.namespace);
+            support::apply::<Identity>(t, identity(&format!("up-{i}"), &email)).await;
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<()>>()
+    .await;
+    let all_ready = || async {
+        let all = identities.list(&ListParams::default()).await.ok()?;
+        let ready = all
+            .items
+            .iter()
+            .filter(|i| {
+                i.status.as_ref().is_some_and(|s| {
+                    kratos_operator::api::conditions::ready(&s.conditions)
+                        .is_some_and(|c| c.status == "True")
+                })
+            })
+            .count();
+        (ready == N).then_some(())
+    };
+    eventually(
+        "every Identity Ready on A",
+        Duration::from_secs(900),
+        all_ready,
+    )
+    .await;
+    let before = kratos_snapshot(&t).await;
+    assert_eq!(before.len(), N);
+
+    // Every change of an Identity's Ready condition while the releases change.
+    let left_ready = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let watch = {
+        let left_ready = left_ready.clone();
+        let identities = identities.clone();
+        tokio::spawn(async move {
+            let stream = kube::runtime::watcher(identities, Default::default());
+            let mut stream = std::pin::pin!(kube::runtime::WatchStreamExt::applied_objects(stream));
+            while let Some(Ok(i)) = stream.next().await {
+                let ready = i
+                    .status
+                    .as_ref()
+                    .and_then(|s| kratos_operator::api::conditions::ready(&s.conditions).cloned());
+                if ready.as_ref().is_none_or(|c| c.status != "True") {
+                    left_ready.lock().unwrap().push(format!(
+                        "{}: {:?}",
+                        i.name_any(),
+                        ready.map(|c| (c.status, c.reason))
+                    ));
+                }
+            }
+        })
+    };
+
+    // One step of the releases: the new leader has reconciled every object (its
+    // reconciles_total reached N with nothing in flight or queued) and changed nothing in
+    // Kratos; Kratos' identities are as before; every Identity is still Ready.
+    let settle = |step: &'static str| {
+        let r = &r;
+        let t = &t;
+        let before = &before;
+        let left_ready = left_ready.clone();
+        async move {
+            let started = Instant::now();
+            eventually(
+                &format!("{step}: the leader reconciled every Identity"),
+                Duration::from_secs(600),
+                || async {
+                    let holder = r.lease_holder().await?;
+                    let pods = r.operator_pods().await;
+                    let leader = pods.iter().find(|p| holder.starts_with(&p.name_any()))?;
+                    let reconciles = pod_metric(leader, "kratos_operator_reconciles_total").await?;
+                    let in_flight =
+                        pod_metric(leader, "kratos_operator_reconciles_in_flight").await?;
+                    let queued = pod_metric(leader, "kratos_operator_status_writes_queued").await?;
+                    (reconciles >= N as f64 && in_flight == 0.0 && queued == 0.0).then_some(())
+                },
+            )
+            .await;
+            let mut changes = 0.0;
+            for pod in r.operator_pods().await {
+                changes += pod_metric(&pod, "kratos_operator_identity_changes_total")
+                    .await
+                    .unwrap_or(0.0);
+            }
+            let after = kratos_snapshot(t).await;
+            let rewritten = before
+                .iter()
+                .filter(|(id, at)| after.get(*id) != Some(at))
+                .count();
+            let left = left_ready.lock().unwrap().clone();
+            eprintln!(
+                "{step}: leader settled {:?} after the rollout; Kratos changes by the new pods {changes}; identities rewritten in Kratos {rewritten}/{N}; Identities that left Ready {}",
+                started.elapsed(),
+                left.len()
+            );
+            assert_eq!(changes, 0.0, "{step}: the operator changed Kratos");
+            assert_eq!(after.len(), N, "{step}");
+            assert_eq!(rewritten, 0, "{step}: Kratos identities were written");
+            assert!(left.is_empty(), "{step}: Identities left Ready: {left:?}");
+        }
+    };
+
+    // The documented CRD step, with the CRDs of release B as published, then the upgrade.
+    let pulled = scratch.join("pulled");
+    let _ = std::fs::remove_dir_all(&pulled);
+    let out = r.helm(&[
+        "pull",
+        &chart,
+        "--version",
+        &b,
+        "--plain-http",
+        "--untar",
+        "--untardir",
+        &pulled.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let crds = pulled.join("kratos-operator").join("crds");
+    let out = r.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=kratos-operator-crds",
+        "-f",
+        &crds.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = r.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd",
+        "--all",
+        "--timeout=60s",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let took = r.install_release(&chart, &b, &["replicas=2"]);
+    eprintln!("helm upgrade A -> B --wait (2 replicas): {took:?}");
+    let pods = r.operator_pods().await;
+    assert!(!pods.is_empty());
+    for pod in &pods {
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.containers[0].image.as_deref(), Some(image_b.as_str()));
+        assert_eq!(
+            pod.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("kratos-operator.dev/release"))
+                .map(String::as_str),
+            Some("b")
+        );
+    }
+    let crd = r.kubectl(&["get", "crd", "identities.kratos-operator.dev", "-o", "json"]);
+    let crd: serde_json::Value = serde_json::from_slice(&crd.stdout).unwrap();
+    assert_eq!(
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["upgradeNote"]["type"],
+        "string",
+        "B's CRD is served"
+    );
+    settle("upgrade A -> B").await;
+
+    // Rollback to A (Helm leaves CRDs as they are: B's field stays, unused by A).
+    let started = Instant::now();
+    let out = r.helm(&["rollback", &r.name, "1", "--wait", "--timeout", "180s"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    eprintln!("helm rollback B -> A --wait: {:?}", started.elapsed());
+    let deployments: Api<Deployment> = Api::namespaced(t.client.clone(), &t.namespace);
+    eventually("A's two replicas rolled out", T, || async {
+        let status = deployments.get(&r.deployment()).await.ok()?.status?;
+        let pods = r.operator_pods().await;
+        (status.replicas == Some(2)
+            && status.updated_replicas == Some(2)
+            && status.ready_replicas == Some(2)
+            && pods.len() == 2
+            && pods.iter().all(|p| {
+                p.spec.as_ref().and_then(|s| s.containers[0].image.clone()) == Some(image_a.clone())
+            }))
+        .then_some(())
+    })
+    .await;
+    eprintln!(
+        "rollback: both replicas of A Available after {:?}",
+        started.elapsed()
+    );
+    settle("rollback B -> A").await;
+    watch.abort();
+    r.remove("300s");
 }

@@ -11,6 +11,10 @@
 // Test code: panicking on unexpected results is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod chart_support;
+
+use chart_support::xtask;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -274,22 +278,6 @@ fn an_image_pushed_under_the_released_tag_with_another_digest_fails_verification
     // The released digest still verifies: what the chart pins is not affected.
     let out = verify("verify", &key, &[], &format!("{copy}@{}", p.image_digest));
     assert!(out.status.success(), "{}", text(&out));
-}
-
-/// The xtask binary `cargo xtask test` runs (built beside the test binaries).
-fn xtask() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("xtask"))
-        .unwrap();
-    assert!(
-        path.is_file(),
-        "{} is not built; run the tests with `cargo xtask test`",
-        path.display()
-    );
-    path
 }
 
 #[test]

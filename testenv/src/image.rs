@@ -204,7 +204,23 @@ pub fn build_static_operator(target_dir: &Path) -> Result<StaticBuild> {
         component: "kratos-operator (static)".into(),
         message,
     };
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // The variables cargo sets for the program that runs this (xtask under `cargo run`, a test
+    // under `cargo test`) describe that program's package. Some build scripts (ring's) ask to
+    // rerun when they change, so inheriting them would rebuild half the graph whenever the
+    // caller differs: the build sees none of them.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || name.starts_with("CARGO_CRATE_")
+            || name.starts_with("CARGO_BIN_")
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*name)
+        {
+            command.env_remove(&*name);
+        }
+    }
+    let status = command
         .current_dir(&root)
         .args([
             "build",

@@ -230,3 +230,20 @@ pub fn tree_diff(want: &[(String, String)], have: &[(String, String)]) -> Vec<St
     }
     diff
 }
+
+/// The xtask binary `cargo xtask test` runs (built beside the test binaries), for the tests that
+/// publish with `cargo xtask release`.
+pub fn xtask() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("xtask"))
+        .unwrap();
+    assert!(
+        path.is_file(),
+        "{} is not built; run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}

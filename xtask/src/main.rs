@@ -89,12 +89,16 @@ enum Task {
         /// Sign keyless (Fulcio and Rekor), as the release workflow does.
         #[arg(long)]
         keyless: bool,
+        /// The chart directory to release (default: charts/kratos-operator; the upgrade test
+        /// releases a changed copy).
+        #[arg(long)]
+        chart: Option<PathBuf>,
     },
     /// Write the SBOM of the operator's binary: CycloneDX JSON generated from Cargo.lock by
     /// cargo-cyclonedx, with each crate's licence.
     Sbom {
         /// Where to write it.
-        #[arg(long, default_value = "target/release/sbom.cdx.json")]
+        #[arg(long, default_value = "target/releases/sbom.cdx.json")]
         out: PathBuf,
     },
     /// Measure convergence of N new identities against the Kratos and apiserver floors, the cost
@@ -191,7 +195,8 @@ fn main() -> ExitCode {
             version,
             key,
             keyless,
-        } => release_cmd(registry, plain_http, version, key, keyless),
+            chart,
+        } => release_cmd(registry, plain_http, version, key, keyless, chart),
         Task::Sbom { out } => release::sbom(&out),
         Task::Bench {
             sizes,
@@ -593,7 +598,8 @@ fn node_with_release(dir: &std::path::Path) -> Result<(Environment, Published), 
             plain_http: true,
             version: Some(version),
             signer: release::Signer::Key(key),
-            out: root.join("target").join("release"),
+            chart: root.join("charts").join(registry::CHART_NAME),
+            out: root.join("target").join("releases"),
         },
         &built.binary,
     )?;
@@ -649,6 +655,7 @@ fn release_cmd(
     version: Option<String>,
     key: Option<PathBuf>,
     keyless: bool,
+    chart: Option<PathBuf>,
 ) -> Result<(), String> {
     let started = Instant::now();
     for component in [build::SIGSTORE, build::HELM] {
@@ -670,7 +677,8 @@ fn release_cmd(
         plain_http,
         version,
         signer,
-        out: root.join("target").join("release"),
+        chart: chart.unwrap_or_else(|| root.join("charts").join(registry::CHART_NAME)),
+        out: root.join("target").join("releases"),
     };
     // The cheap refusals first: no build for a release that cannot happen.
     release::preflight(&options)?;

@@ -40,6 +40,9 @@ pub struct Options {
     pub version: Option<String>,
     /// How to sign.
     pub signer: Signer,
+    /// The chart to release (the repository's `charts/kratos-operator` but in tests, which
+    /// release a changed copy to try an upgrade).
+    pub chart: PathBuf,
     /// Where the release's files go (the image archive, the SBOM, the chart package).
     pub out: PathBuf,
 }
@@ -511,7 +514,7 @@ pub fn release(options: &Options, binary: &Path) -> Result<Published, String> {
         chart_repository,
         key,
     } = preflight(options)?;
-    let chart_src = root.join("charts").join(CHART_NAME);
+    let chart_src = &options.chart;
     let chart_yaml = fs::read_to_string(chart_src.join("Chart.yaml")).map_err(|e| e.to_string())?;
     let values_yaml =
         fs::read_to_string(chart_src.join("values.yaml")).map_err(|e| e.to_string())?;
@@ -544,7 +547,7 @@ pub fn release(options: &Options, binary: &Path) -> Result<Published, String> {
     let sbom_path = out.join("sbom.cdx.json");
     sbom(&sbom_path)?;
     let staged = out.join("chart").join(CHART_NAME);
-    copy_dir(&chart_src, &staged)?;
+    copy_dir(chart_src, &staged)?;
     let (chart_text, values_text) =
         staged_chart(&chart_yaml, &values_yaml, v, &image_repo, &written.digest)?;
     fs::write(staged.join("Chart.yaml"), chart_text).map_err(|e| e.to_string())?;
