@@ -4,7 +4,8 @@
 //!   kube-controller-manager and Ory Kratos on loopback), see the `kratos-operator-testenv` crate.
 //! - `test`: the whole test suite, exactly as CI runs it.
 //! - `demo`: builds and starts the environment and shows how to use it.
-//! - `generate`: every generated file (the chart's README, the CRDs, deploy/base).
+//! - `generate`: every generated file (the chart's README and Artifact Hub annotations, the
+//!   CRDs, deploy/base).
 //! - `image`: the operator's container image (or the test node's pause image) as an OCI archive,
 //!   assembled without docker, optionally imported into a containerd.
 
@@ -16,6 +17,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 
+mod artifacthub;
 mod bench;
 mod chart_readme;
 use kratos_operator_testenv::{Environment, build, env, image, kratos::Database};
@@ -44,7 +46,8 @@ enum Task {
     /// Build and start the environment, then show how to use it.
     Demo,
     /// Regenerate every generated file: the chart's README (from its values.yaml), crds/, the
-    /// chart's crds/ and deploy/base (the tests that guard these rewrite them in this mode).
+    /// chart's Artifact Hub annotations (Chart.yaml), the chart's crds/ and deploy/base (the
+    /// tests that guard these rewrite them in this mode).
     Generate,
     /// Build the operator's image without docker: a static release binary (glibc,
     /// crt-static, in target/image) packaged like the Dockerfile's image as the OCI archive
@@ -524,6 +527,23 @@ fn generate_chart_readme() -> Result<(), String> {
     Ok(())
 }
 
+/// Rewrites the Artifact Hub annotations at the end of the chart's Chart.yaml
+/// (xtask/src/artifacthub.rs), after crds/ is current.
+fn generate_chart_annotations() -> Result<(), String> {
+    let repo = kratos_operator_testenv::repo_root();
+    let text = artifacthub::chart_yaml(&repo)?;
+    let path = repo
+        .join("charts")
+        .join("kratos-operator")
+        .join("Chart.yaml");
+    std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    eprintln!(
+        "xtask: wrote the artifacthub.io annotations of {}",
+        path.display()
+    );
+    Ok(())
+}
+
 /// `UPDATE_<X>=1 cargo test --test <test> -- --exact <name>`: the one test that rewrites a
 /// generated file. Only that test runs, so that generating needs no test environment.
 fn regenerate_with_test(test: &str, var: &str, name: &str) -> Result<(), String> {
@@ -544,8 +564,9 @@ fn regenerate_with_test(test: &str, var: &str, name: &str) -> Result<(), String>
 
 fn generate() -> Result<(), String> {
     generate_chart_readme()?;
-    // Order matters: the chart copies crds/, and deploy/base renders the chart.
+    // Order matters: the annotations and the chart copy crds/, and deploy/base renders the chart.
     regenerate_with_test("crds", "UPDATE_CRDS", "crd_files_match_the_types")?;
+    generate_chart_annotations()?;
     regenerate_with_test("chart", "UPDATE_CRDS", "chart_crds_are_the_generated_crds")?;
     regenerate_with_test(
         "deploy",
