@@ -137,11 +137,16 @@ pub fn operator_spec(binary: &Path) -> ImageSpec {
             "org.opencontainers.image.description",
             "Kubernetes operator that manages Ory Kratos identities declaratively",
         ),
+        // The workspace's `package.repository` and `package.license` (Cargo.toml), the one
+        // place each is written.
         (
             "org.opencontainers.image.source",
-            "https://github.com/kratos-operator/kratos-operator",
+            env!("CARGO_PKG_REPOSITORY"),
         ),
-        ("org.opencontainers.image.licenses", "Apache-2.0"),
+        (
+            "org.opencontainers.image.licenses",
+            env!("CARGO_PKG_LICENSE"),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -5,7 +5,8 @@
 //! - `test`: the whole test suite, exactly as CI runs it.
 //! - `lint-workflows`: actionlint (with shellcheck) on the GitHub workflows, as `test` runs it.
 //! - `demo`: builds and starts the environment and shows how to use it.
-//! - `generate`: every generated file (the chart's README, the CRDs, deploy/base).
+//! - `generate`: every generated file (the chart's README and Artifact Hub annotations, the
+//!   CRDs, deploy/base).
 //! - `image`: the operator's container image (or the test node's pause image) as an OCI archive,
 //!   assembled without docker.
 //! - `release`: the image and the chart published to an OCI registry by digest, signed with
@@ -20,6 +21,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 
+mod artifacthub;
 mod bench;
 mod chart_readme;
 mod release;
@@ -54,7 +56,8 @@ enum Task {
     /// Build and start the environment, then show how to use it.
     Demo,
     /// Regenerate every generated file: the chart's README (from its values.yaml), crds/, the
-    /// chart's crds/ and deploy/base (the tests that guard these rewrite them in this mode).
+    /// chart's Artifact Hub annotations (Chart.yaml), the chart's crds/ and deploy/base (the
+    /// tests that guard these rewrite them in this mode).
     Generate,
     /// Build the operator's image without docker: a static release binary (glibc,
     /// crt-static, in target/image) packaged like the Dockerfile's image as the OCI archive
@@ -760,28 +763,52 @@ fn generate_chart_readme() -> Result<(), String> {
     Ok(())
 }
 
-fn generate() -> Result<(), String> {
-    generate_chart_readme()?;
+/// Rewrites the Artifact Hub annotations at the end of the chart's Chart.yaml
+/// (xtask/src/artifacthub.rs), after crds/ is current.
+fn generate_chart_annotations() -> Result<(), String> {
+    let repo = kratos_operator_testenv::repo_root();
+    let text = artifacthub::chart_yaml(&repo)?;
+    let path = repo
+        .join("charts")
+        .join("kratos-operator")
+        .join("Chart.yaml");
+    std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    eprintln!(
+        "xtask: wrote the artifacthub.io annotations of {}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// `UPDATE_<X>=1 cargo test --test <test> -- --exact <name>`: the one test that rewrites a
+/// generated file. Only that test runs, so that generating needs no test environment.
+fn regenerate_with_test(test: &str, var: &str, name: &str) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // Order matters: the chart copies crds/, and deploy/base renders the chart.
-    for (test, var) in [
-        ("crds", "UPDATE_CRDS"),
-        ("chart", "UPDATE_CRDS"),
-        ("deploy", "UPDATE_DEPLOY"),
-    ] {
-        eprintln!("xtask: {var}=1 cargo test --test {test}");
-        let status = Command::new(&cargo)
-            .args(["test", "--quiet", "--test", test])
-            .env(var, "1")
-            .status()
-            .map_err(|e| format!("running cargo: {e}"))?;
-        if !status.success() {
-            return Err(format!(
-                "regenerating with `cargo test --test {test}` failed ({status})"
-            ));
-        }
+    eprintln!("xtask: {var}=1 cargo test --test {test} -- --exact {name}");
+    let status = Command::new(&cargo)
+        .args(["test", "--quiet", "--test", test, "--", "--exact", name])
+        .env(var, "1")
+        .status()
+        .map_err(|e| format!("running cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "regenerating with `cargo test --test {test}` failed ({status})"
+        ));
     }
     Ok(())
+}
+
+fn generate() -> Result<(), String> {
+    generate_chart_readme()?;
+    // Order matters: the annotations and the chart copy crds/, and deploy/base renders the chart.
+    regenerate_with_test("crds", "UPDATE_CRDS", "crd_files_match_the_types")?;
+    generate_chart_annotations()?;
+    regenerate_with_test("chart", "UPDATE_CRDS", "chart_crds_are_the_generated_crds")?;
+    regenerate_with_test(
+        "deploy",
+        "UPDATE_DEPLOY",
+        "deploy_base_is_the_chart_rendered_with_default_values",
+    )
 }
 
 fn image_cmd(pause: bool) -> Result<(), String> {
