@@ -140,6 +140,50 @@ fn the_image_the_chart_and_the_sbom_attestation_verify_with_the_release_key_only
         );
     }
 
+    // The published chart pins the image by digest, in its values and in its Artifact Hub
+    // annotation, at the release's version.
+    let show = |what: &str| {
+        let out = chart_support::run(
+            {
+                let mut c = chart_support::helm_command();
+                c.args([
+                    "show",
+                    what,
+                    &p.chart(),
+                    "--version",
+                    &p.version,
+                    "--plain-http",
+                ]);
+                c
+            },
+            None,
+        );
+        assert!(out.status.success(), "helm show {what}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let chart_yaml: yaml_serde::Value = yaml_serde::from_str(&show("chart")).unwrap();
+    assert_eq!(chart_yaml["version"].as_str(), Some(p.version.as_str()));
+    assert_eq!(chart_yaml["appVersion"].as_str(), Some(p.version.as_str()));
+    let images = chart_yaml["annotations"]["artifacthub.io/images"]
+        .as_str()
+        .unwrap();
+    assert!(
+        images.contains(&format!(
+            "image: {}:{}@{}",
+            p.image, p.version, p.image_digest
+        )),
+        "{images}"
+    );
+    let values: yaml_serde::Value = yaml_serde::from_str(&show("values")).unwrap();
+    assert_eq!(
+        values["image"]["repository"].as_str(),
+        Some(p.image.as_str())
+    );
+    assert_eq!(
+        values["image"]["digest"].as_str(),
+        Some(p.image_digest.as_str())
+    );
+
     // The SBOM attestation: a signed in-toto statement about the image's digest whose predicate
     // is the CycloneDX document of the binary's crates.
     let out = verify(

@@ -250,10 +250,14 @@ pub fn user_commands(p: &Published) -> String {
             String::new(),
             format!(" --key {} --insecure-ignore-tlog=true", key.display()),
         ),
+        // Keyless: the release workflow of this repository at the version's tag signed it.
         None => (
-            " --certificate-identity-regexp '^https://github.com/.+/.github/workflows/release.yml@refs/tags/v' \
-             --certificate-oidc-issuer https://token.actions.githubusercontent.com"
-                .to_string(),
+            format!(
+                " --certificate-identity {}/.github/workflows/release.yml@refs/tags/v{} \
+                 --certificate-oidc-issuer https://token.actions.githubusercontent.com",
+                env!("CARGO_PKG_REPOSITORY"),
+                p.version
+            ),
             String::new(),
         ),
     };
@@ -685,8 +689,8 @@ mod tests {
 
     #[test]
     fn the_staged_chart_pins_the_version_and_the_image_digest_and_keeps_the_rest() {
-        let chart = "apiVersion: v2\n# a comment\nversion: 0.1.0\nappVersion: \"0.1.0\"\nkubeVersion: \">=1.33.0-0\"\nannotations:\n  artifacthub.io/images: |\n    - name: kratos-operator\n      image: ghcr.io/o/kratos-operator:0.1.0\n";
-        let values = "replicas: 1\nimage:\n  # -- repo\n  repository: ghcr.io/o/kratos-operator\n  tag: \"\"\n  digest: \"\"\n  pullPolicy: IfNotPresent\nother:\n  digest: keep\n";
+        let chart = "apiVersion: v2\n# a comment\nversion: 0.1.0\nappVersion: \"0.1.0\"\nkubeVersion: \">=1.33.0-0\"\nannotations:\n  artifacthub.io/images: |\n    - name: kratos-operator\n      image: registry.example/o/kratos-operator:0.1.0\n";
+        let values = "replicas: 1\nimage:\n  # -- repo\n  repository: registry.example/o/kratos-operator\n  tag: \"\"\n  digest: \"\"\n  pullPolicy: IfNotPresent\nother:\n  digest: keep\n";
         let (c, v) = staged_chart(
             chart,
             values,
@@ -759,9 +763,9 @@ mod tests {
     fn the_printed_commands_install_and_verify_exactly_the_release() {
         let p = Published {
             version: "0.1.0".into(),
-            image: "ghcr.io/o/kratos-operator".into(),
+            image: "registry.example/o/kratos-operator".into(),
             image_digest: DIGEST.into(),
-            chart_repository: "oci://ghcr.io/o/charts".into(),
+            chart_repository: "oci://registry.example/o/charts".into(),
             chart_digest: "sha256:c".into(),
             plain_http: false,
             public_key: None,
@@ -769,14 +773,21 @@ mod tests {
         };
         let text = user_commands(&p);
         assert!(
-            text.contains("helm install kratos-operator oci://ghcr.io/o/charts/kratos-operator --version 0.1.0 "),
+            text.contains("helm install kratos-operator oci://registry.example/o/charts/kratos-operator --version 0.1.0 "),
             "{text}"
         );
         assert!(
-            text.contains(&format!("ghcr.io/o/kratos-operator@{DIGEST}\n")),
+            text.contains(&format!("registry.example/o/kratos-operator@{DIGEST}\n")),
             "{text}"
         );
         assert!(text.contains("--certificate-oidc-issuer"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "--certificate-identity {}/.github/workflows/release.yml@refs/tags/v0.1.0 ",
+                env!("CARGO_PKG_REPOSITORY")
+            )),
+            "{text}"
+        );
         assert!(
             !text.contains("--plain-http") && !text.contains("allow-http"),
             "{text}"
