@@ -22,7 +22,7 @@ use std::{
 
 use base64::Engine;
 use kratos_operator_testenv::{
-    Environment, build, env::default_dir, image, registry, registry::Published,
+    Environment, env::default_dir, image, registry, registry::Published,
 };
 
 /// The environment and the release the test command published to its registry.
@@ -37,8 +37,9 @@ fn published() -> (Environment, Published) {
     (env, published)
 }
 
-fn cosign() -> PathBuf {
-    build::SIGSTORE.binary("cosign").unwrap()
+/// cosign as the release is checked here: with its key, and nothing leaving the machine.
+fn cosign() -> Command {
+    registry::local_cosign().unwrap()
 }
 
 fn crane() -> PathBuf {
@@ -56,7 +57,7 @@ fn text(out: &Output) -> String {
 
 /// `cosign <verb> --key <key> …` against the plain-HTTP registry, without a transparency log.
 fn verify(verb: &str, key: &Path, extra: &[&str], reference: &str) -> Output {
-    Command::new(cosign())
+    cosign()
         .arg(verb)
         .arg("--key")
         .arg(key)
@@ -252,7 +253,7 @@ fn the_image_the_chart_and_the_sbom_attestation_verify_with_the_release_key_only
 
     // Another key verifies none of them.
     let other = scratch("other-key");
-    let out = Command::new(cosign())
+    let out = cosign()
         .current_dir(&other)
         .env("COSIGN_PASSWORD", "")
         .args(["generate-key-pair", "--output-key-prefix", "other"])
@@ -281,7 +282,7 @@ fn an_image_pushed_under_the_released_tag_with_another_digest_fails_verification
         std::process::id()
     );
     let tagged = format!("{copy}:{}", p.version);
-    let out = Command::new(cosign())
+    let out = cosign()
         .args([
             "copy",
             "--allow-http-registry",

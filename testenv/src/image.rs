@@ -2,9 +2,9 @@
 //! operator's static binary ([`operator_spec`]) and our own sandbox program ([`pause_spec`]).
 //!
 //! [`write_oci_archive`] writes an OCI image-layout tar archive (`oci-layout`, `index.json`,
-//! `blobs/sha256/…` with an uncompressed layer, the config and the manifest) and [`import`] loads
-//! it with `ctr images import` into containerd's `k8s.io` namespace, where the CRI plugin (and so
-//! the kubelet) finds it. No docker, buildah or registry is involved.
+//! `blobs/sha256/…` with an uncompressed layer, the config and the manifest), which
+//! [`crate::registry::push_archive`] pushes to a registry (the environment's, from which the node
+//! pulls, or a release's). No docker or buildah is involved.
 //!
 //! The archives are deterministic: every tar entry has mtime 0 and owner 0 (but the nonroot home
 //! directory, owned by 65532 as in distroless), the entries are sorted, and the JSON documents
@@ -35,10 +35,6 @@ pub const OPERATOR_PATH: &str = "/usr/local/bin/kratos-operator";
 pub const PAUSE_PATH: &str = "/pause";
 /// The nonroot user and group of distroless, which the chart's securityContext expects.
 pub const NONROOT: &str = "65532:65532";
-/// The containerd namespace of the CRI plugin.
-pub const CRI_NAMESPACE: &str = "k8s.io";
-/// The snapshotter [`import`] unpacks for: the CRI plugin's (its default, and the node's).
-pub const SNAPSHOTTER: &str = "overlayfs";
 
 const NONROOT_ID: u64 = 65532;
 /// The search path of distroless images.
@@ -429,45 +425,6 @@ fn write_tar(path: &Path, entries: &BTreeMap<String, (u32, Option<&[u8]>)>) -> R
         .map_err(|e| e.into_error())
         .and_then(|file| file.sync_all())
         .map_err(io_err(&context))
-}
-
-/// Imports an archive of [`write_oci_archive`] into the containerd at `containerd_socket`, in
-/// the CRI's namespace `k8s.io`, and unpacks it for the [`SNAPSHOTTER`] the CRI plugin runs
-/// containers from. Returns what `ctr` printed.
-pub fn import(containerd_socket: &Path, archive: &Path) -> Result<String> {
-    let mut cmd = Command::new("ctr");
-    cmd.arg("--address")
-        .arg(containerd_socket)
-        .args(["--namespace", CRI_NAMESPACE, "images", "import"])
-        // The archive holds linux/amd64 only; naming it keeps ctr from skipping the manifest on a
-        // host whose default platform differs (and unpacks exactly that platform).
-        .args(["--platform", "linux/amd64"])
-        // Unpacked for the CRI's snapshotter, whatever $CONTAINERD_SNAPSHOTTER says.
-        .args(["--snapshotter", SNAPSHOTTER])
-        .arg(archive);
-    let output = cmd.output().map_err(|e| Error::Image {
-        image: archive.display().to_string(),
-        message: format!("could not run `ctr` (is containerd installed?): {e}"),
-    })?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if output.status.success() {
-        Ok(stdout)
-    } else {
-        Err(Error::Image {
-            image: archive.display().to_string(),
-            message: format!(
-                "`ctr --address {} -n {CRI_NAMESPACE} images import` failed ({}): {}{}",
-                containerd_socket.display(),
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim(),
-                if stdout.trim().is_empty() {
-                    String::new()
-                } else {
-                    format!("\n{}", stdout.trim())
-                }
-            ),
-        })
-    }
 }
 
 /// Checks that `path` is a statically linked x86-64 ELF executable: one without a program

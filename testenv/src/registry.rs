@@ -75,6 +75,21 @@ pub fn hosts_toml(registry: &str) -> String {
     )
 }
 
+/// cosign ([`build::SIGSTORE`]) for key-based signing and verification on this machine: it never
+/// refreshes Sigstore's TUF metadata. cosign's verification looks the public TUF repository up
+/// (a DNS query for tuf-repo-cdn.sigstore.dev) even when a key and no transparency log are
+/// given; an empty TUF cache and a mirror on a closed loopback port make it skip that at once
+/// and verify with the key alone. Not for keyless signing, which needs the real TUF root.
+pub fn local_cosign() -> Result<Command> {
+    let cosign = build::SIGSTORE.binary("cosign")?;
+    let tuf = crate::cache_dir().join("cosign-no-tuf");
+    fs::create_dir_all(&tuf).map_err(io_err(format!("creating {}", tuf.display())))?;
+    let mut cmd = Command::new(cosign);
+    cmd.env("TUF_ROOT", &tuf)
+        .env("TUF_MIRROR", "http://127.0.0.1:1/no-tuf");
+    Ok(cmd)
+}
+
 /// The crane binary of [`build::SIGSTORE`].
 pub fn crane() -> Result<PathBuf> {
     build::SIGSTORE.binary("crane")

@@ -588,8 +588,13 @@ pub fn release(options: &Options, binary: &Path) -> Result<Published, String> {
     // Sign the image and the chart; attach the SBOM to the image.
     let image_ref = format!("{image_repo}@{digest}");
     let chart_ref = format!("{registry_path}/charts/{CHART_NAME}@{chart_digest}");
-    let cosign_cmd = |args: &[&str]| {
-        let mut cmd = Command::new(&cosign);
+    let cosign_cmd = |args: &[&str]| -> Result<Command, String> {
+        // With a key, nothing needs Sigstore's public infrastructure: no TUF refresh either.
+        let mut cmd = if key.is_some() {
+            registry::local_cosign().map_err(|e| e.to_string())?
+        } else {
+            Command::new(&cosign)
+        };
         cmd.args(args)
             .arg("--yes")
             .args(cosign_registry_flags(options.plain_http));
@@ -599,13 +604,19 @@ pub fn release(options: &Options, binary: &Path) -> Result<Published, String> {
                 cmd.env("COSIGN_PASSWORD", "");
             }
         }
-        cmd
+        Ok(cmd)
     };
-    run("cosign sign (image)", cosign_cmd(&["sign"]).arg(&image_ref))?;
-    run("cosign sign (chart)", cosign_cmd(&["sign"]).arg(&chart_ref))?;
+    run(
+        "cosign sign (image)",
+        cosign_cmd(&["sign"])?.arg(&image_ref),
+    )?;
+    run(
+        "cosign sign (chart)",
+        cosign_cmd(&["sign"])?.arg(&chart_ref),
+    )?;
     run(
         "cosign attest (SBOM)",
-        cosign_cmd(&["attest", "--type", "cyclonedx"])
+        cosign_cmd(&["attest", "--type", "cyclonedx"])?
             .arg("--predicate")
             .arg(&sbom_path)
             .arg(&image_ref),
