@@ -954,6 +954,12 @@ fn demo() -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
+    println!(
+        "Installed from the environment's registry, as users install a release:\n$ helm upgrade --install kratos-operator {} --version {} --plain-http -n {DEMO_RELEASE_NAMESPACE} …\n  (image {}, signed; verify: cargo xtask release prints the commands)",
+        published.chart(),
+        published.version,
+        published.image_by_digest()
+    );
     println!("\n$ kubectl get pods -n {DEMO_RELEASE_NAMESPACE} -o wide");
     print!(
         "{}",
