@@ -241,6 +241,22 @@ impl<'a> Release<'a> {
     }
 }
 
+/// How many Identities of `api` are Ready=True (`None` when the list fails).
+async fn ready_count(api: &Api<Identity>) -> Option<usize> {
+    let all = api.list(&ListParams::default()).await.ok()?;
+    Some(
+        all.items
+            .iter()
+            .filter(|i| {
+                i.status.as_ref().is_some_and(|s| {
+                    kratos_operator::api::conditions::ready(&s.conditions)
+                        .is_some_and(|c| c.status == "True")
+                })
+            })
+            .count(),
+    )
+}
+
 fn identity(name: &str, email: &str) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
@@ -492,20 +508,7 @@ async fn a_rollout_restart_during_a_bulk_create_loses_and_duplicates_nothing() {
     eventually(
         "every Identity to be Ready",
         Duration::from_secs(600),
-        || async {
-            let all = identities.list(&ListParams::default()).await.ok()?;
-            let ready = all
-                .items
-                .iter()
-                .filter(|i| {
-                    i.status.as_ref().is_some_and(|s| {
-                        kratos_operator::api::conditions::ready(&s.conditions)
-                            .is_some_and(|c| c.status == "True")
-                    })
-                })
-                .count();
-            (ready == N).then_some(())
-        },
+        || async { (ready_count(&identities).await? == N).then_some(()) },
     )
     .await;
     // Exactly one Kratos identity per email, and the ids in status are distinct.
@@ -752,20 +755,7 @@ async fn an_upgrade_and_a_rollback_between_two_releases_write_nothing_and_keep_e
     .buffer_unordered(16)
     .collect::<Vec<()>>()
     .await;
-    let all_ready = || async {
-        let all = identities.list(&ListParams::default()).await.ok()?;
-        let ready = all
-            .items
-            .iter()
-            .filter(|i| {
-                i.status.as_ref().is_some_and(|s| {
-                    kratos_operator::api::conditions::ready(&s.conditions)
-                        .is_some_and(|c| c.status == "True")
-                })
-            })
-            .count();
-        (ready == N).then_some(())
-    };
+    let all_ready = || async { (ready_count(&identities).await? == N).then_some(()) };
     eventually(
         "every Identity Ready on A",
         Duration::from_secs(900),
