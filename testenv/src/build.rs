@@ -447,3 +447,76 @@ pub fn helm_from_env() -> Result<Component> {
             }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The version a wrapper module's go.mod requires of `module` (pure).
+    fn required(go_mod: &str, module: &str) -> Option<String> {
+        go_mod.lines().find_map(|line| {
+            let line = line.trim().trim_start_matches("require").trim();
+            let mut words = line.split_whitespace();
+            (words.next() == Some(module)).then(|| words.next().map(str::to_string))?
+        })
+    }
+
+    /// What builds a component is its wrapper module's go.mod; what it is called (the cache key,
+    /// `testenv status`, the `-X` version flags) is `versions`. A dependency update that bumps
+    /// one must bump the other: this fails when they disagree.
+    #[test]
+    fn every_pinned_version_is_the_one_its_wrapper_module_requires() {
+        let cases: [(&Component, &str, &str); 10] = [
+            (&KUBERNETES, "k8s.io/kubernetes", versions::KUBERNETES),
+            (&KUBERNETES, "go.etcd.io/etcd/server/v3", versions::ETCD),
+            (
+                &KUBERNETES_OLDEST,
+                "k8s.io/kubernetes",
+                versions::KUBERNETES_OLDEST,
+            ),
+            (
+                &KUBERNETES_OLDEST,
+                "go.etcd.io/etcd/server/v3",
+                versions::ETCD_OLDEST,
+            ),
+            (&KRATOS, "github.com/ory/kratos", versions::KRATOS),
+            (&HELM, "helm.sh/helm/v4", versions::HELM),
+            (&HELM_3, "helm.sh/helm/v3", versions::HELM_3),
+            (
+                &REGISTRY,
+                "github.com/distribution/distribution/v3",
+                versions::REGISTRY,
+            ),
+            (&SIGSTORE, "github.com/sigstore/cosign/v2", versions::COSIGN),
+            (
+                &ACTIONLINT,
+                "github.com/rhysd/actionlint",
+                versions::ACTIONLINT,
+            ),
+        ];
+        for (component, module, pinned) in cases {
+            let path = component.module_dir().join("go.mod");
+            let go_mod = fs::read_to_string(&path).unwrap();
+            assert_eq!(
+                required(&go_mod, module).as_deref(),
+                Some(pinned),
+                "{} requires {module} at another version than testenv/src/lib.rs pins",
+                path.display()
+            );
+        }
+        // Every wrapper module but pause (our own program) is one of those.
+        let mut modules: Vec<&str> = ALL.iter().map(|c| c.module).collect();
+        modules.sort();
+        modules.dedup();
+        assert_eq!(modules.len(), ALL.len(), "one wrapper module per component");
+    }
+
+    #[test]
+    fn a_requirement_is_read_from_a_require_block_or_line() {
+        let go_mod = "module x\n\nrequire a.b/c v1.2.3\n\nrequire (\n\td.e/f v0.1.0\n\tg.h/i v2.0.0 // indirect\n)\n";
+        assert_eq!(required(go_mod, "a.b/c").as_deref(), Some("v1.2.3"));
+        assert_eq!(required(go_mod, "d.e/f").as_deref(), Some("v0.1.0"));
+        assert_eq!(required(go_mod, "g.h/i").as_deref(), Some("v2.0.0"));
+        assert_eq!(required(go_mod, "d.e"), None);
+    }
+}
