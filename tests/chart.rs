@@ -1830,20 +1830,7 @@ fn chart_readme_is_generated_from_the_values() {
     let want = chart_readme::readme(&values, &read("values.schema.json"), &read("Chart.yaml"))
         .unwrap_or_else(|e| panic!("values.yaml does not document itself: {e}"));
     let have = std::fs::read_to_string(dir.join("README.md")).unwrap_or_default();
-    if have != want {
-        let line = have
-            .lines()
-            .zip(want.lines())
-            .position(|(h, w)| h != w)
-            .unwrap_or_else(|| have.lines().count().min(want.lines().count()));
-        panic!(
-            "charts/kratos-operator/README.md is stale from line {}: run `cargo xtask generate`\n\
-             has:  {:?}\nwants: {:?}",
-            line + 1,
-            have.lines().nth(line),
-            want.lines().nth(line)
-        );
-    }
+    chart_support::assert_generated("charts/kratos-operator/README.md", &have, &want);
     // The table covers the knobs, with their defaults.
     for row in [
         "| `extraArgs` | list of string | `[]` |",

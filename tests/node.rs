@@ -619,24 +619,7 @@ async fn crds_are_upgraded_by_the_documented_server_side_apply() {
 /// Publishes the work tree with `cargo xtask release --chart <chart>` to `registry` (a path of
 /// the test's own in the environment's registry) as `version`; returns the image by digest.
 fn publish(registry: &str, version: &str, chart: &std::path::Path) -> String {
-    let out = run(
-        {
-            let mut c = std::process::Command::new(chart_support::xtask());
-            c.current_dir(chart_support::repo())
-                .args([
-                    "release",
-                    "--plain-http",
-                    "--registry",
-                    registry,
-                    "--version",
-                    version,
-                ])
-                .arg("--chart")
-                .arg(chart);
-            c
-        },
-        None,
-    );
+    let out = chart_support::xtask_release(registry, version, Some(chart));
     assert!(
         out.status.success(),
         "release {version}: {}",

@@ -13,8 +13,6 @@
 
 mod chart_support;
 
-use chart_support::xtask;
-
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -329,18 +327,7 @@ fn an_image_pushed_under_the_released_tag_with_another_digest_fails_verification
 fn a_release_that_must_not_happen_is_refused_and_pushes_nothing() {
     let (env, p) = published();
     let refuse = |registry: &str, version: &str, why: &str| {
-        let out = Command::new(xtask())
-            .current_dir(kratos_operator_testenv::repo_root())
-            .args([
-                "release",
-                "--plain-http",
-                "--registry",
-                registry,
-                "--version",
-                version,
-            ])
-            .output()
-            .unwrap();
+        let out = chart_support::xtask_release(registry, version, None);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         eprintln!("cargo xtask release --version {version}: {stderr}");
         assert!(!out.status.success(), "released {version}: {}", text(&out));

@@ -16,6 +16,7 @@
 // The generator of the annotations, shared with `cargo xtask generate`.
 #[path = "../xtask/src/artifacthub.rs"]
 mod artifacthub;
+mod chart_support;
 
 use std::{
     fmt::Display,
@@ -488,19 +489,7 @@ fn chart_annotations_are_generated() {
     let want = artifacthub::chart_yaml(&repo())
         .unwrap_or_else(|e| panic!("the annotations cannot be generated: {e}"));
     let have = read(file);
-    if have != want {
-        let line = have
-            .lines()
-            .zip(want.lines())
-            .position(|(h, w)| h != w)
-            .unwrap_or_else(|| have.lines().count().min(want.lines().count()));
-        panic!(
-            "{file} is stale from line {}: run `cargo xtask generate`\nhas:   {:?}\nwants: {:?}",
-            line + 1,
-            have.lines().nth(line),
-            want.lines().nth(line)
-        );
-    }
+    chart_support::assert_generated(file, &have, &want);
     // One CRD card and one example per kind, and this version's changes.
     let chart: Value = yaml_serde::from_str(&have).unwrap();
     let annotation = |key: &str| -> Value {

@@ -247,3 +247,39 @@ pub fn xtask() -> PathBuf {
     );
     path
 }
+
+/// `cargo xtask release --plain-http --registry <registry> --version <version> [--chart <dir>]`,
+/// run from the repository (the binary of [`xtask`]).
+pub fn xtask_release(registry: &str, version: &str, chart: Option<&Path>) -> Output {
+    let mut cmd = Command::new(xtask());
+    cmd.current_dir(repo()).args([
+        "release",
+        "--plain-http",
+        "--registry",
+        registry,
+        "--version",
+        version,
+    ]);
+    if let Some(chart) = chart {
+        cmd.arg("--chart").arg(chart);
+    }
+    run(cmd, None)
+}
+
+/// Fails, naming the first line that differs, when the generated file `file` (`have`) is not
+/// what its generator makes now (`want`).
+pub fn assert_generated(file: &str, have: &str, want: &str) {
+    if have != want {
+        let line = have
+            .lines()
+            .zip(want.lines())
+            .position(|(h, w)| h != w)
+            .unwrap_or_else(|| have.lines().count().min(want.lines().count()));
+        panic!(
+            "{file} is stale from line {}: run `cargo xtask generate`\nhas:   {:?}\nwants: {:?}",
+            line + 1,
+            have.lines().nth(line),
+            want.lines().nth(line)
+        );
+    }
+}

@@ -595,17 +595,16 @@ fn node_with_release(dir: &std::path::Path) -> Result<(Environment, Published), 
     }
     let started = Instant::now();
     let key = release::local_key(&root.join("target").join("release-key"))?;
-    let published = release::release(
-        &release::Options {
-            registry: format!("{}/{}", env.state.registry, release::IMAGE_NAME),
-            plain_http: true,
-            version: Some(version),
-            signer: release::Signer::Key(key),
-            chart: root.join("charts").join(registry::CHART_NAME),
-            out: root.join("target").join("releases"),
-        },
-        &built.binary,
-    )?;
+    let options = release::Options {
+        registry: format!("{}/{}", env.state.registry, release::IMAGE_NAME),
+        plain_http: true,
+        version: Some(version),
+        signer: release::Signer::Key(key),
+        chart: root.join("charts").join(registry::CHART_NAME),
+        out: root.join("target").join("releases"),
+    };
+    let checked = release::preflight(&options)?;
+    let published = release::release(&options, checked, &built.binary)?;
     published.write(dir).map_err(|e| e.to_string())?;
     eprintln!(
         "xtask: released {} to {} in {:.1?} (image {})",
@@ -684,10 +683,10 @@ fn release_cmd(
         out: root.join("target").join("releases"),
     };
     // The cheap refusals first: no build for a release that cannot happen.
-    release::preflight(&options)?;
+    let checked = release::preflight(&options)?;
     let built = image::build_static_operator(&root.join("target").join("image"))
         .map_err(|e| e.to_string())?;
-    let published = release::release(&options, &built.binary)?;
+    let published = release::release(&options, checked, &built.binary)?;
     println!("released {}", published.version);
     println!("image    {}", published.image_by_digest());
     println!(

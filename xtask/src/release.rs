@@ -507,9 +507,9 @@ pub fn preflight(options: &Options) -> Result<Checked, String> {
     })
 }
 
-/// Publishes a release (see the module's documentation). `binary` is the static build of the
-/// operator to ship (`image::build_static_operator`).
-pub fn release(options: &Options, binary: &Path) -> Result<Published, String> {
+/// Publishes a release (see the module's documentation) that [`preflight`] passed as `checked`.
+/// `binary` is the static build of the operator to ship (`image::build_static_operator`).
+pub fn release(options: &Options, checked: Checked, binary: &Path) -> Result<Published, String> {
     let root = kratos_operator_testenv::repo_root();
     let Checked {
         version,
@@ -517,7 +517,7 @@ pub fn release(options: &Options, binary: &Path) -> Result<Published, String> {
         image_repo,
         chart_repository,
         key,
-    } = preflight(options)?;
+    } = checked;
     let chart_src = &options.chart;
     let chart_yaml = fs::read_to_string(chart_src.join("Chart.yaml")).map_err(|e| e.to_string())?;
     let values_yaml =
