@@ -40,7 +40,7 @@ pub struct Component {
 }
 
 /// The binaries of one Kubernetes release: kube-apiserver, kube-controller-manager, etcd and
-/// kubectl; kube-scheduler and the kubelet for the node.
+/// kubectl; kube-scheduler, the kubelet and kube-proxy for the node.
 const KUBERNETES_BINARIES: &[Binary] = &[
     Binary {
         package: "k8s.io/kubernetes/cmd/kube-apiserver",
@@ -65,6 +65,10 @@ const KUBERNETES_BINARIES: &[Binary] = &[
     Binary {
         package: "k8s.io/kubernetes/cmd/kubelet",
         name: "kubelet",
+    },
+    Binary {
+        package: "k8s.io/kubernetes/cmd/kube-proxy",
+        name: "kube-proxy",
     },
 ];
 
@@ -187,17 +191,61 @@ pub const ACTIONLINT: Component = Component {
     tags: "",
 };
 
+/// CoreDNS, the cluster DNS of the environment's node (the `kube-dns` Service), with only the
+/// plugins its Corefile uses (`testenv/go/coredns/main.go`).
+pub const COREDNS: Component = Component {
+    name: "coredns",
+    module: "coredns",
+    version: versions::COREDNS,
+    binaries: &[Binary {
+        package: "kratos-operator.dev/testenv/coredns",
+        name: "coredns",
+    }],
+    cgo: false,
+    tags: "",
+};
+
+/// kube-router, the node's NetworkPolicy engine (firewall mode only).
+pub const KUBE_ROUTER: Component = Component {
+    name: "kube-router",
+    module: "kube-router",
+    version: versions::KUBE_ROUTER,
+    binaries: &[Binary {
+        package: "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router",
+        name: "kube-router",
+    }],
+    cgo: false,
+    tags: "",
+};
+
+/// Our own network probe (`testenv/go/probe`): what the node tests run in a pod to see what a
+/// pod sees (name resolution, HTTP, TCP, and a server that is not Kratos).
+pub const PROBE: Component = Component {
+    name: "probe",
+    module: "probe",
+    version: versions::PROBE,
+    binaries: &[Binary {
+        package: "kratos-operator.dev/testenv/probe",
+        name: "probe",
+    }],
+    cgo: false,
+    tags: "",
+};
+
 /// Every component, in build order (the slowest first, so a failure shows early).
-pub const ALL: [Component; 9] = [
+pub const ALL: [Component; 12] = [
     KUBERNETES,
     KUBERNETES_OLDEST,
     KRATOS,
     SIGSTORE,
+    KUBE_ROUTER,
+    COREDNS,
     REGISTRY,
     HELM,
     HELM_3,
     ACTIONLINT,
     PAUSE,
+    PROBE,
 ];
 
 impl Component {
@@ -466,7 +514,7 @@ mod tests {
     /// one must bump the other: this fails when they disagree.
     #[test]
     fn every_pinned_version_is_the_one_its_wrapper_module_requires() {
-        let cases: [(&Component, &str, &str); 10] = [
+        let cases: [(&Component, &str, &str); 12] = [
             (&KUBERNETES, "k8s.io/kubernetes", versions::KUBERNETES),
             (&KUBERNETES, "go.etcd.io/etcd/server/v3", versions::ETCD),
             (
@@ -492,6 +540,12 @@ mod tests {
                 &ACTIONLINT,
                 "github.com/rhysd/actionlint",
                 versions::ACTIONLINT,
+            ),
+            (&COREDNS, "github.com/coredns/coredns", versions::COREDNS),
+            (
+                &KUBE_ROUTER,
+                "github.com/cloudnativelabs/kube-router/v2",
+                versions::KUBE_ROUTER,
             ),
         ];
         for (component, module, pinned) in cases {

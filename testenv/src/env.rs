@@ -326,11 +326,12 @@ impl Environment {
                 // What the node's workloads need besides garbage collection and namespace
                 // deletion: default ServiceAccounts and the CA ConfigMap (every pod mounts a
                 // token and the CA), Deployments, ReplicaSets and PodDisruptionBudgets, and the
-                // node lifecycle (it lifts the not-ready taint a new node registers with).
+                // node lifecycle (it lifts the not-ready taint a new node registers with), and
+                // the EndpointSlices of Services with selectors (kube-proxy and CoreDNS read them).
                 "--controllers=garbage-collector-controller,namespace-controller,\
                  serviceaccount-controller,root-ca-certificate-publisher-controller,\
                  deployment-controller,replicaset-controller,disruption-controller,\
-                 node-lifecycle-controller"
+                 node-lifecycle-controller,endpointslice-controller"
                     .into(),
                 format!("--root-ca-file={}", p(files::CA_CERT)),
                 "--leader-elect=false".into(),
@@ -493,24 +494,32 @@ impl Environment {
             return Ok(env);
         }
         env.stop_node();
-        let port = |url: &str| -> Result<(std::net::Ipv4Addr, u16)> {
+        let port = |url: &str| -> Result<u16> {
             let port = url
                 .rsplit(':')
                 .next()
                 .and_then(|p| p.trim_end_matches('/').parse().ok());
-            port.map(|p| (std::net::Ipv4Addr::LOCALHOST, p))
-                .ok_or_else(|| Error::State {
-                    path: dir.join(STATE_FILE),
-                    message: format!("no port in {url}"),
-                })
+            port.ok_or_else(|| Error::State {
+                path: dir.join(STATE_FILE),
+                message: format!("no port in {url}"),
+            })
         };
+        // The in-cluster Kratos shares the host-side Kratos' PostgreSQL database.
+        let postgres_port = crate::postgres::port_of(&env.state.kratos_dir.join("postgres"))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "the node runs Kratos in-cluster on the environment's PostgreSQL, and none \
+                     runs (the environment's database is {}); start it with \
+                     `cargo xtask testenv up --database postgres`",
+                    env.state.kratos_database
+                ))
+            })?;
         let inputs = node::Inputs {
             dir,
             kubernetes: env.state.kubernetes()?,
             kubeconfig: &env.state.kubeconfig,
-            apiserver_port: port(&env.state.apiserver_url)?.1,
-            kratos_admin: port(&env.state.kratos_admin_url)?,
-            kratos_public: port(&env.state.kratos_public_url)?,
+            apiserver_port: port(&env.state.apiserver_url)?,
+            postgres_port,
             registry: &env.state.registry,
         };
         let mut started = Vec::new();
@@ -528,6 +537,19 @@ impl Environment {
                 Err(e)
             }
         }
+    }
+
+    /// Stops the node of the environment in `dir`, if it runs, and leaves the rest running: one
+    /// node runs per machine (see [`crate::node`]), so another environment can start its own.
+    pub fn stop_node_in(dir: &Path) -> Result<()> {
+        let _lock = lock(dir)?;
+        if let Some(mut env) = Self::attach(dir)?
+            && env.state.node.is_some()
+        {
+            env.stop_node();
+            env.write_state()?;
+        }
+        Ok(())
     }
 
     /// Stops the node's processes and removes what it left on the host.

@@ -342,15 +342,60 @@ impl Drop for KratosInstance {
     }
 }
 
+/// Where one Kratos listens and what it calls itself.
+#[derive(Debug, Clone)]
+pub struct Serve {
+    /// The address both APIs listen on.
+    pub host: String,
+    /// Public API port.
+    pub public_port: u16,
+    /// Admin API port.
+    pub admin_port: u16,
+    /// The public API's base URL (Kratos redirects there and builds links with it).
+    pub public_base_url: String,
+    /// The admin API's base URL.
+    pub admin_base_url: String,
+    /// The directory the identity schemas are read from (`<id>.schema.json`).
+    pub schema_dir: String,
+}
+
 fn config(dir: &Path, public_port: u16, admin_port: u16, options: &KratosOptions) -> String {
-    let public = format!("http://127.0.0.1:{public_port}/");
-    let admin = format!("http://127.0.0.1:{admin_port}/");
-    let schema_url = |id: &str| format!("file://{}/{id}.schema.json", dir.display());
+    config_for(
+        &Serve {
+            host: "127.0.0.1".into(),
+            public_port,
+            admin_port,
+            public_base_url: format!("http://127.0.0.1:{public_port}/"),
+            admin_base_url: format!("http://127.0.0.1:{admin_port}/"),
+            schema_dir: dir.display().to_string(),
+        },
+        options,
+    )
+}
+
+/// The schema files every instance serves, as they are in the repository:
+/// `(<id>.schema.json, path)`.
+pub fn schema_files() -> Vec<(String, PathBuf)> {
+    let source = crate::repo_root().join("testenv").join("kratos");
+    [schemas::CUSTOMER, schemas::EMPLOYEE, schemas::PROFILE]
+        .into_iter()
+        .map(|id| {
+            let name = format!("{id}.schema.json");
+            let path = source.join(&name);
+            (name, path)
+        })
+        .collect()
+}
+
+/// Kratos' configuration for `serve` (pure): the same methods, flows, schemas and secrets for
+/// every instance, so that instances on one database behave as replicas of one Kratos.
+pub fn config_for(serve: &Serve, options: &KratosOptions) -> String {
+    let schema_url = |id: &str| format!("file://{}/{id}.schema.json", serve.schema_dir);
     let config = json!({
         "version": crate::versions::KRATOS,
         "serve": {
-            "public": { "host": "127.0.0.1", "port": public_port, "base_url": public },
-            "admin": { "host": "127.0.0.1", "port": admin_port, "base_url": admin }
+            "public": { "host": serve.host, "port": serve.public_port, "base_url": serve.public_base_url },
+            "admin": { "host": serve.host, "port": serve.admin_port, "base_url": serve.admin_base_url }
         },
         "selfservice": {
             "default_browser_return_url": "http://127.0.0.1:4455/",

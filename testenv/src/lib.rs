@@ -8,6 +8,7 @@
 
 pub mod build;
 pub mod certs;
+pub mod cluster;
 pub mod env;
 pub mod image;
 pub mod kratos;
@@ -48,6 +49,13 @@ pub mod versions {
     pub const COSIGN: &str = "v2.6.5";
     /// actionlint, which lints the GitHub workflows in the test command.
     pub const ACTIONLINT: &str = "v1.7.12";
+    /// Our own network probe (testenv/go/probe); like [`PAUSE`], its source joins the cache key.
+    pub const PROBE: &str = "v1";
+    /// CoreDNS: the cluster DNS of the environment's node.
+    pub const COREDNS: &str = "v1.15.0";
+    /// kube-router: the node's NetworkPolicy engine. v2.10.0 is the newest the module proxy here
+    /// serves whole (v2.11 is refused; v2.1.0 has reported security flaws).
+    pub const KUBE_ROUTER: &str = "v2.10.0";
 }
 
 /// Everything that can go wrong while building, starting or stopping the environment.

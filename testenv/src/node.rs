@@ -1,16 +1,19 @@
-//! A node for the environment: containerd and runc (Debian's packages), a kubelet and
-//! kube-scheduler (built with the rest of Kubernetes), pods on a bridge of their own.
+//! A node for the environment: containerd and runc (Debian's packages), a kubelet,
+//! kube-scheduler and kube-proxy (built with the rest of Kubernetes), kube-router's
+//! NetworkPolicy firewall, pods on a bridge of their own, and the cluster add-ons of
+//! [`crate::cluster`] (the `kubernetes` Service's endpoint, CoreDNS, Kratos in-cluster).
 //!
 //! Networking stays on this machine. The environment creates a bridge with a /24 of its own
 //! (derived from the environment's directory, so two environments never share one); pods get
-//! their own network namespaces on it through the CNI `bridge` plugin with no default route, no
-//! masquerading and IP forwarding left as it is (off), so a pod reaches the bridge's subnet and
-//! nothing else. What pods must reach is offered on host addresses of the bridge by `socat`
-//! relays to the loopback listeners. The API server is reached the standard in-cluster way: the
-//! environment's Service range is the upper half of the same /24, the host holds the `kubernetes`
-//! Service's address (its first) and pods have a route to that half through the host, so
-//! `KUBERNETES_SERVICE_HOST` as the kubelet sets it works without kube-proxy. Kratos' admin and
-//! public APIs are on the bridge's gateway address, ports 4434 and 4433. containerd pulls every
+//! their own network namespaces on it through the CNI `bridge` plugin with no default route and
+//! no masquerading, so a pod reaches the bridge's subnet and nothing else. The Service range is
+//! the upper half of the same /24, routed to the host, where kube-proxy (iptables mode) sends
+//! each Service to its endpoints; CoreDNS answers for `cluster.local` behind `kube-dns` and has
+//! no upstream. The API server and PostgreSQL listen on loopback only: `socat` relays on the
+//! host's bridge address are the endpoints of the `kubernetes` and `postgres` Services, as a
+//! control plane's address is in any cluster. Nothing else is relayed: pods reach Kratos through
+//! its Services. kube-proxy and kube-router keep their chains in the host's tables under fixed
+//! names, so one node runs per machine ([`start`] refuses a second). containerd pulls every
 //! image from the environment's registry ([`crate::registry`], on loopback, plain HTTP through a
 //! `hosts.toml` under its own `config_path`), the sandbox image included: it is assembled
 //! locally ([`crate::image`]) and pushed there before the kubelet starts. Nothing is imported.
@@ -42,20 +45,17 @@ use crate::{
 
 /// The node's name.
 pub const NODE_NAME: &str = "testenv-node";
-/// The port of the `kubernetes` Service (the API server's relay on the bridge).
+/// The port of the `kubernetes` Service.
 pub const APISERVER_PORT: u16 = 443;
-/// The port of Kratos' admin API relay on the bridge.
-pub const KRATOS_ADMIN_PORT: u16 = 4434;
-/// The port of Kratos' public API relay on the bridge.
-pub const KRATOS_PUBLIC_PORT: u16 = 4433;
 
 /// The node's processes, in start order.
-pub const PROCESSES: [&str; 6] = [
+pub const PROCESSES: [&str; 7] = [
     "relay-apiserver",
-    "relay-kratos-admin",
-    "relay-kratos-public",
+    "relay-postgres",
     "containerd",
     "kubelet",
+    "kube-proxy",
+    "kube-router",
     "kube-scheduler",
 ];
 
@@ -91,6 +91,10 @@ pub struct NodeState {
     pub kratos_admin_url_from_pods: String,
     /// Kratos' public API as pods reach it.
     pub kratos_public_url_from_pods: String,
+    /// The `kube-dns` Service's address (the kubelet's `clusterDNS`).
+    pub cluster_dns: Ipv4Addr,
+    /// The probe's image by digest in the environment's registry (see `testenv/go/probe`).
+    pub probe_image: String,
 }
 
 /// The bridge name and addresses of the environment in `dir` (pure): `kop` and six hex digits
@@ -159,10 +163,8 @@ pub struct Inputs<'a> {
     pub kubeconfig: &'a Path,
     /// The API server's loopback port.
     pub apiserver_port: u16,
-    /// Kratos' admin API on loopback.
-    pub kratos_admin: (Ipv4Addr, u16),
-    /// Kratos' public API on loopback.
-    pub kratos_public: (Ipv4Addr, u16),
+    /// The loopback port of the PostgreSQL server the environment's Kratos uses.
+    pub postgres_port: u16,
     /// The environment's registry, `127.0.0.1:<port>`.
     pub registry: &'a str,
 }
@@ -181,13 +183,29 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
             message: "the CNI plugins are not installed; `apt-get install containernetworking-plugins` provides them".into(),
         });
     }
+    host_tool("iptables", "iptables")?;
+    host_tool("ipset", "ipset")?;
     let kubelet_bin = input.kubernetes.binary("kubelet")?;
     let scheduler_bin = input.kubernetes.binary("kube-scheduler")?;
+    let proxy_bin = input.kubernetes.binary("kube-proxy")?;
+    let router_bin = build::KUBE_ROUTER.binary("kube-router")?;
 
     let dir = input.dir;
     let node = node_dir(dir);
     // A node left over by a crashed run: take it down first.
     cleanup(dir);
+    // kube-proxy's and kube-router's chains have fixed names in the host's tables: two nodes
+    // on one machine would rewrite each other's rules.
+    if let Some(other) = other_node(dir) {
+        return Err(Error::Build {
+            component: "node".into(),
+            message: format!(
+                "another environment's node runs on this machine ({other}); its kube-proxy and \
+                 kube-router own the host's KUBE-* chains. Stop it first: cargo xtask testenv \
+                 down (with that environment's directory)"
+            ),
+        });
+    }
     if node.exists() {
         fs::remove_dir_all(&node).map_err(io_err(format!("removing {}", node.display())))?;
     }
@@ -195,8 +213,14 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
     for sub in ["cni/net.d", "kubelet", "pod-logs", "images"] {
         fs::create_dir_all(node.join(sub)).map_err(io_err("creating the node's directories"))?;
     }
+    // What `cleanup` runs to remove their rules, even after a crash.
+    fs::write(
+        node.join(NETWORK_PROGRAMS),
+        format!("{}\n{}\n", proxy_bin.display(), router_bin.display()),
+    )
+    .map_err(io_err("recording the node's network programs"))?;
 
-    // The bridge, with the host's addresses: relays listen on them before any pod exists.
+    // The bridge, with the host's address: relays listen on it before any pod exists.
     let (bridge, net) = addresses(dir);
     let host_ip = net.host_ip;
     let subnet = cidr(net.pod_subnet);
@@ -207,16 +231,6 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
     run(
         "ip addr add",
         Command::new("ip").args(["addr", "add", &format!("{host_ip}/25"), "dev", &bridge]),
-    )?;
-    run(
-        "ip addr add (kubernetes Service)",
-        Command::new("ip").args([
-            "addr",
-            "add",
-            &format!("{}/32", net.apiserver_service_ip),
-            "dev",
-            &bridge,
-        ]),
     )?;
     run(
         "ip link set up",
@@ -243,22 +257,18 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
             std::net::TcpStream::connect((ip, port)).is_ok()
         })
     };
+    // The endpoints of the `kubernetes` and `postgres` Services: the API server and PostgreSQL
+    // listen on loopback only.
     relay(
         "relay-apiserver",
-        (net.apiserver_service_ip, APISERVER_PORT),
+        (host_ip, crate::cluster::APISERVER_ENDPOINT_PORT),
         (Ipv4Addr::LOCALHOST, input.apiserver_port),
         processes,
     )?;
     relay(
-        "relay-kratos-admin",
-        (host_ip, KRATOS_ADMIN_PORT),
-        input.kratos_admin,
-        processes,
-    )?;
-    relay(
-        "relay-kratos-public",
-        (host_ip, KRATOS_PUBLIC_PORT),
-        input.kratos_public,
+        "relay-postgres",
+        (host_ip, crate::cluster::POSTGRES_ENDPOINT_PORT),
+        (Ipv4Addr::LOCALHOST, input.postgres_port),
         processes,
     )?;
 
@@ -316,6 +326,7 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
             host_ip,
             kubelet_port,
             healthz_port,
+            crate::cluster::dns_ip(&net),
         ),
     )
     .map_err(io_err("writing the kubelet's config"))?;
@@ -352,6 +363,34 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
             .is_ok_and(|o| o.stdout == b"True")
     })?;
 
+    // kube-proxy routes the Services (iptables mode, on the bridge's address only) and
+    // kube-router enforces NetworkPolicies (its firewall alone: no routing, no proxy).
+    let proxy_health = process::free_port()?;
+    let (mut proxy, rec) = process::spawn(
+        "kube-proxy",
+        &proxy_bin,
+        &kube_proxy_args(&kubeconfig, &net, proxy_health, process::free_port()?),
+        &[],
+        &logs.join("kube-proxy.log"),
+    )?;
+    processes.push(rec.clone());
+    let agent = process::http_agent(None);
+    process::wait_ready(&rec, Some(&mut proxy), Duration::from_secs(60), || {
+        process::http_ok(&agent, &format!("http://127.0.0.1:{proxy_health}/healthz"))
+    })?;
+    let router_health = process::free_port()?;
+    let (mut router, rec) = process::spawn(
+        "kube-router",
+        &router_bin,
+        &kube_router_args(&kubeconfig, &net, router_health),
+        &[],
+        &logs.join("kube-router.log"),
+    )?;
+    processes.push(rec.clone());
+    process::wait_ready(&rec, Some(&mut router), Duration::from_secs(60), || {
+        process::http_ok(&agent, &format!("http://127.0.0.1:{router_health}/healthz"))
+    })?;
+
     let (mut scheduler, rec) = process::spawn(
         "kube-scheduler",
         &scheduler_bin,
@@ -369,6 +408,14 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
     processes.push(rec.clone());
     process::wait_alive(&rec, &mut scheduler)?;
 
+    let probe_image = crate::cluster::install(&crate::cluster::AddOns {
+        kubectl: &kubectl,
+        kubeconfig: input.kubeconfig,
+        registry: input.registry,
+        net: &net,
+        work_dir: &node.join("images"),
+    })?;
+
     Ok(NodeState {
         name: NODE_NAME.into(),
         bridge,
@@ -376,9 +423,80 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
         subnet,
         containerd_socket: socket,
         apiserver_url_from_pods: format!("https://{}:{APISERVER_PORT}", net.apiserver_service_ip),
-        kratos_admin_url_from_pods: format!("http://{host_ip}:{KRATOS_ADMIN_PORT}"),
-        kratos_public_url_from_pods: format!("http://{host_ip}:{KRATOS_PUBLIC_PORT}"),
+        kratos_admin_url_from_pods: crate::cluster::KRATOS_ADMIN_URL.into(),
+        kratos_public_url_from_pods: crate::cluster::KRATOS_PUBLIC_URL.into(),
+        cluster_dns: crate::cluster::dns_ip(&net),
+        probe_image,
     })
+}
+
+/// The file in the node's directory that names the kube-proxy and kube-router binaries, for
+/// [`cleanup`].
+const NETWORK_PROGRAMS: &str = "network-programs";
+
+/// kube-proxy's arguments (pure): iptables mode, Services on the bridge's address only (no
+/// NodePort on any other address of the host), the pods' subnet as the cluster's, and no
+/// change to the host's conntrack sysctls.
+fn kube_proxy_args(kubeconfig: &str, net: &Addresses, health: u16, metrics: u16) -> Vec<String> {
+    vec![
+        format!("--kubeconfig={kubeconfig}"),
+        format!("--hostname-override={NODE_NAME}"),
+        "--proxy-mode=iptables".into(),
+        format!("--cluster-cidr={}", cidr(net.pod_subnet)),
+        format!("--nodeport-addresses={}/32", net.host_ip),
+        format!("--healthz-bind-address=127.0.0.1:{health}"),
+        format!("--metrics-bind-address=127.0.0.1:{metrics}"),
+        "--conntrack-max-per-core=0".into(),
+        "--conntrack-tcp-timeout-established=0".into(),
+        "--conntrack-tcp-timeout-close-wait=0".into(),
+        "--v=1".into(),
+    ]
+}
+
+/// kube-router's arguments (pure): the NetworkPolicy firewall only.
+fn kube_router_args(kubeconfig: &str, net: &Addresses, health: u16) -> Vec<String> {
+    vec![
+        format!("--kubeconfig={kubeconfig}"),
+        format!("--hostname-override={NODE_NAME}"),
+        "--run-firewall=true".into(),
+        "--run-router=false".into(),
+        "--run-service-proxy=false".into(),
+        "--enable-cni=false".into(),
+        "--enable-ipv4=true".into(),
+        "--enable-ipv6=false".into(),
+        format!("--service-cluster-ip-range={}", cidr(net.service_range)),
+        format!("--health-port={health}"),
+        "--metrics-port=0".into(),
+        "--v=1".into(),
+    ]
+}
+
+/// The directory of another environment whose node's kube-proxy runs on this machine (the
+/// kubeconfig it was given names it), if any.
+fn other_node(dir: &Path) -> Option<String> {
+    let ours = format!("--kubeconfig={}", dir.join("kubeconfig").display());
+    let entries = fs::read_dir("/proc").ok()?;
+    for entry in entries.flatten() {
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_proxy = args
+            .first()
+            .is_some_and(|a| a.ends_with("/kube-proxy") || a.ends_with("/kube-router"));
+        if !is_proxy {
+            continue;
+        }
+        if let Some(theirs) = args.iter().find(|a| a.starts_with("--kubeconfig="))
+            && *theirs != ours
+        {
+            return Some(theirs.trim_start_matches("--kubeconfig=").to_string());
+        }
+    }
+    None
 }
 
 /// containerd's configuration (pure): its own root, state and socket; the CRI plugin with the
@@ -447,6 +565,7 @@ fn cni_config(bridge: &str, net: &Addresses, ipam_dir: &Path) -> String {
     .to_string()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn kubelet_config_yaml(
     ca: &Path,
     socket: &Path,
@@ -455,6 +574,7 @@ fn kubelet_config_yaml(
     address: Ipv4Addr,
     port: u16,
     healthz_port: u16,
+    cluster_dns: Ipv4Addr,
 ) -> String {
     format!(
         r#"apiVersion: kubelet.config.k8s.io/v1beta1
@@ -477,10 +597,12 @@ failSwapOn: false
 containerRuntimeEndpoint: "unix://{socket}"
 podLogsDir: "{logs}"
 resolvConf: "{resolv}"
+clusterDNS: ["{cluster_dns}"]
+clusterDomain: {domain}
 evictionHard: {{ memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%" }}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-maxPods: 30
+maxPods: 60
 syncFrequency: 10s
 registerNode: true
 makeIPTablesUtilChains: false
@@ -491,6 +613,7 @@ shutdownGracePeriod: 0s
         socket = socket.display(),
         logs = node.join("pod-logs").display(),
         resolv = resolv.display(),
+        domain = crate::cluster::CLUSTER_DOMAIN,
     )
 }
 
@@ -536,6 +659,16 @@ pub fn cleanup(dir: &Path) {
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for p in points {
             let _ = Command::new("umount").args(["-l", p]).output();
+        }
+    }
+    // kube-proxy's and kube-router's rules and ipsets (their processes have stopped).
+    if let Ok(programs) = fs::read_to_string(node.join(NETWORK_PROGRAMS)) {
+        let mut programs = programs.lines();
+        if let Some(proxy) = programs.next() {
+            let _ = Command::new(proxy).arg("--cleanup").output();
+        }
+        if let Some(router) = programs.next() {
+            let _ = Command::new(router).arg("--cleanup-config").output();
         }
     }
     let (bridge, _) = addresses(dir);

@@ -23,13 +23,20 @@ use crate::{
 };
 
 /// The superuser initdb creates; Kratos connects as it.
-const USER: &str = "kratos";
+pub const USER: &str = "kratos";
 /// The database Kratos uses.
 pub const DATABASE: &str = "kratos";
 /// Where Debian installs the server binaries, one directory per major version.
 const DEBIAN_LIB: &str = "/usr/lib/postgresql";
 /// Overrides where the binaries are looked for (a directory with `initdb` and `postgres`).
 pub const BIN_DIR_ENV: &str = "KRATOS_OPERATOR_TESTENV_PG_BIN";
+
+/// The port of the server running in `dir` (as [`Postgres::start`] was given it), read from
+/// its `postmaster.pid` (whose fourth line is the port); none when no server runs there.
+pub fn port_of(dir: &Path) -> Option<u16> {
+    let pid_file = fs::read_to_string(dir.join("data").join("postmaster.pid")).ok()?;
+    pid_file.lines().nth(3)?.trim().parse().ok()
+}
 
 /// A running PostgreSQL server. Dropping it stops the server unless [`Postgres::detach`] was
 /// called.

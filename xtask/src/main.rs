@@ -26,7 +26,7 @@ mod bench;
 mod chart_readme;
 mod release;
 use kratos_operator_testenv::{
-    Environment, build, env, image, kratos::Database, registry, registry::Published,
+    Environment, build, cluster, env, image, kratos::Database, registry, registry::Published,
 };
 
 #[derive(Parser)]
@@ -557,9 +557,13 @@ fn test_phase(
     // The node and a development release of the operator in the environment's registry (a
     // static release build: the release build the Dockerfile ships, checked here too), which
     // tests/node.rs installs from there.
+    let node_was_running = env.state.node.is_some();
     let result = node_with_release(dir).and_then(|_| cargo_test(cargo_args, vars));
     if !was_running {
         let _ = env::down(dir);
+    } else if !node_was_running {
+        // One node per machine: the next phase starts its own.
+        let _ = Environment::stop_node_in(dir);
     }
     result
 }
@@ -894,7 +898,7 @@ fn demo() -> Result<(), String> {
     Environment::up(&dir).map_err(|e| e.to_string())?;
     let (env, published) = node_with_release(&dir)?;
     let root = kratos_operator_testenv::repo_root();
-    let node = env.state.node.clone().ok_or("the node did not start")?;
+    env.state.node.as_ref().ok_or("the node did not start")?;
     let ns = "demo";
     for namespace in [ns, DEMO_RELEASE_NAMESPACE] {
         let yaml = kubectl(
@@ -911,40 +915,37 @@ fn demo() -> Result<(), String> {
         )?;
         kubectl(&env, &["apply", "-f", "-"], Some(&yaml))?;
     }
-    // The demo's operator watches only the demo namespace: tests share this environment and
-    // run operators of their own in their namespaces.
-    let chart = root.join("charts").join("kratos-operator");
+    // The README's install command, as written but for where the chart comes from (this
+    // environment's registry, plain HTTP, the development version) and `upgrade --install`, so
+    // that a second run upgrades: the release `kratos-operator` in namespace `kratos-operator`,
+    // Kratos at the README's Service URLs (Kratos runs in-cluster, namespace `kratos`). The
+    // demo's operator watches only the demo namespace: tests share this environment and run
+    // operators of their own in their namespaces.
     let helm = build::helm_from_env()
         .and_then(|h| h.binary("helm"))
         .map_err(|e| e.to_string())?;
     let helm_home = root.join("target").join("helm-home");
+    let readme = std::fs::read_to_string(root.join("README.md")).map_err(|e| e.to_string())?;
+    let readme_args = cluster::readme_install_args(&readme)
+        .ok_or("README.md has no `helm install kratos-operator oci://…` command")?;
+    let mut args = cluster::install_from(&readme_args, &published.chart(), &published.version);
+    if args.first().map(String::as_str) == Some("install") {
+        args.splice(0..1, ["upgrade".to_string(), "--install".to_string()]);
+    }
+    args.extend([
+        "--wait".to_string(),
+        "--timeout".into(),
+        "180s".into(),
+        "--set".into(),
+        format!("watchNamespaces={{{ns}}}"),
+    ]);
+    println!("$ helm {}", args.join(" "));
     let out = Command::new(helm)
         .env("KUBECONFIG", &env.state.kubeconfig)
         .env("HELM_CACHE_HOME", helm_home.join("cache"))
         .env("HELM_CONFIG_HOME", helm_home.join("config"))
         .env("HELM_DATA_HOME", helm_home.join("data"))
-        .args([
-            "upgrade",
-            "--install",
-            "--wait",
-            "--timeout",
-            "180s",
-            "--namespace",
-            DEMO_RELEASE_NAMESPACE,
-            "kratos-operator",
-        ])
-        .arg(published.chart())
-        .args(["--version", &published.version, "--plain-http"])
-        .arg("-f")
-        .arg(chart.join("ci").join("testenv-values.yaml"))
-        .args([
-            "--set",
-            &format!("kratos.adminUrl={}", node.kratos_admin_url_from_pods),
-            "--set",
-            &format!("kratos.publicUrl={}", node.kratos_public_url_from_pods),
-            "--set",
-            &format!("watchNamespaces={{{ns}}}"),
-        ])
+        .args(&args)
         .output()
         .map_err(|e| format!("running helm: {e}"))?;
     if !out.status.success() {
@@ -954,9 +955,8 @@ fn demo() -> Result<(), String> {
         ));
     }
     println!(
-        "Installed from the environment's registry, as users install a release:\n$ helm upgrade --install kratos-operator {} --version {} --plain-http -n {DEMO_RELEASE_NAMESPACE} …\n  (image {}, signed; verify: cargo xtask release prints the commands)",
-        published.chart(),
-        published.version,
+        "Installed from the environment's registry with the README's command (image {}, signed; \
+         verify: cargo xtask release prints the commands)",
         published.image_by_digest()
     );
     println!("\n$ kubectl get pods -n {DEMO_RELEASE_NAMESPACE} -o wide");
