@@ -22,7 +22,7 @@ use super::{
     error::{Error, excerpt},
     metrics::KratosMetrics,
     pagination::{Page, next_page_token},
-    redirect::{RefusedHop, no_redirects, not_followed, schema_redirects},
+    redirect::{RefusedHop, no_redirects, not_followed, schema_redirects, tracking_hops},
     retry::{Idempotency, RateLimiter, RetryPolicy},
     token::TokenFile,
 };
@@ -282,7 +282,7 @@ impl Transport {
         })?;
         self.metrics.record_request(request.op);
         let started = Instant::now();
-        let sent = builder.send().await;
+        let (sent, followed) = tracking_hops(builder.send()).await;
         let mut response = match sent {
             Ok(response) => response,
             Err(e) => {
@@ -290,7 +290,11 @@ impl Transport {
                     Some(hop) => {
                         AttemptFailure::answered(hop.to_error(&request.method, request.url.path()))
                     }
-                    None => AttemptFailure::transport(request, &request.url, e),
+                    None => {
+                        // reqwest's error names the original URL even when a followed hop failed.
+                        let reached = followed.as_ref().unwrap_or(&request.url);
+                        AttemptFailure::transport(request, reached, e)
+                    }
                 };
                 debug!(method = %request.method, path = request.url.path(), attempt, elapsed_ms = started.elapsed().as_millis() as u64, error = %failure.error, "kratos request failed");
                 return Err(failure);
