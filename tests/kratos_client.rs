@@ -2216,6 +2216,147 @@ async fn schema_redirects_are_bounded_and_keep_the_scheme() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A loopback port nobody listens on (bound, then released).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// The message of an [`Error::Unavailable`] (the test fails on any other error).
+fn unavailable_message(err: &Error) -> &str {
+    match err {
+        Error::Unavailable { message } => message,
+        other => panic!("not unavailable: {other:?}"),
+    }
+}
+
+/// Seen live: with `kratos.publicUrl` empty, the admin port redirected the schema read to Kratos'
+/// public base URL, which the operator could not reach, and the condition named neither. A
+/// failure in transit names where the request went (the redirect target without its query, or
+/// the base URL's host and port) and the setting that changes it.
+#[tokio::test]
+async fn transport_errors_name_where_the_request_went_and_the_setting() {
+    let closed = closed_port();
+    let no_retries = |url: &str| ClientConfig {
+        retry: RetryPolicy::none(),
+        connect_timeout: Duration::from_secs(2),
+        ..config(url)
+    };
+    for status in [303, 307] {
+        let admin = Stub::start(vec![Canned::json(status, "").header(
+            "location",
+            &format!("http://127.0.0.1:{closed}/schemas/customer?page_token=hidden-token"),
+        )])
+        .await;
+        let kratos = KratosClient::new(no_retries(&admin.url)).expect("client");
+        let err = kratos
+            .get_identity_schema("customer")
+            .await
+            .expect_err("the redirect target is closed");
+        let message = unavailable_message(&err);
+        assert!(
+            message.starts_with(&format!(
+                "GET /schemas/customer could not connect to \
+                 http://127.0.0.1:{closed}/schemas/customer (where the admin URL redirected it; \
+                 set kratos.publicUrl in the chart or --kratos-public-url to a URL the operator \
+                 can reach): "
+            )),
+            "{status}: {message}"
+        );
+        assert!(!message.contains("hidden-token"), "{message}");
+        assert!(!message.contains('?'), "{message}");
+        assert_eq!(admin.count(), 1, "{status}");
+    }
+
+    // A list's query (its page size and token) never shows, on the request or the redirect.
+    let admin = Stub::start(vec![Canned::json(302, "").header(
+        "location",
+        &format!("http://localhost:{closed}/public/schemas?page_size=1&page_token=hidden"),
+    )])
+    .await;
+    let kratos = KratosClient::new(no_retries(&admin.url)).expect("client");
+    let err = kratos
+        .list_identity_schemas()
+        .try_collect::<Vec<_>>()
+        .await
+        .expect_err("the redirect target is closed");
+    let message = unavailable_message(&err);
+    assert!(
+        message.starts_with(&format!(
+            "GET /schemas could not connect to http://localhost:{closed}/public/schemas (where \
+             the admin URL redirected it; set kratos.publicUrl"
+        )),
+        "{message}"
+    );
+    assert!(
+        !message.contains("page_") && !message.contains("hidden"),
+        "{message}"
+    );
+
+    // A redirect target that accepts the connection but never answers: the timeout names it too.
+    let silent = Stub::start(vec![
+        Canned::json(200, r#"{"type":"object"}"#).delay(Duration::from_secs(3)),
+    ])
+    .await;
+    let admin = Stub::start(vec![
+        Canned::json(307, "").header("location", &format!("{}/schemas/customer", silent.url)),
+    ])
+    .await;
+    let kratos = KratosClient::new(ClientConfig {
+        request_timeout: Duration::from_millis(300),
+        ..no_retries(&admin.url)
+    })
+    .expect("client");
+    let err = kratos
+        .get_identity_schema("customer")
+        .await
+        .expect_err("the redirect target is silent");
+    let message = unavailable_message(&err);
+    assert!(
+        message.starts_with(&format!(
+            "GET /schemas/customer timed out at {}/schemas/customer (where the admin URL \
+             redirected it; set kratos.publicUrl",
+            silent.url
+        )),
+        "{message}"
+    );
+
+    // No redirect: the admin URL's host and port, and its setting.
+    let kratos =
+        KratosClient::new(no_retries(&format!("http://127.0.0.1:{closed}"))).expect("client");
+    let err = kratos.get_identity("x", &[]).await.expect_err("closed");
+    let message = unavailable_message(&err);
+    assert!(
+        message.starts_with(&format!(
+            "GET /admin/identities/x could not connect to 127.0.0.1:{closed} (the admin URL, set \
+             by kratos.adminUrl in the chart or --kratos-admin-url): "
+        )),
+        "{message}"
+    );
+    assert!(message.contains("Connection refused"), "{message}");
+
+    // A configured public URL: its host and port, and its setting.
+    let admin = Stub::start(vec![Canned::json(200, "{}")]).await;
+    let kratos = KratosClient::new(ClientConfig {
+        public_url: Some(Url::parse(&format!("http://127.0.0.1:{closed}")).expect("url")),
+        ..no_retries(&admin.url)
+    })
+    .expect("client");
+    let err = kratos
+        .get_identity_schema("customer")
+        .await
+        .expect_err("closed");
+    let message = unavailable_message(&err);
+    assert!(
+        message.starts_with(&format!(
+            "GET /schemas/customer could not connect to 127.0.0.1:{closed} (the public URL, set \
+             by kratos.publicUrl in the chart or --kratos-public-url): "
+        )),
+        "{message}"
+    );
+    assert_eq!(admin.count(), 0, "the admin URL is not asked for schemas");
+}
+
 /// Whether `err` is the refusal of a body larger than a cap of `cap` bytes, without the body.
 fn assert_cap_error(err: &Error, cap: usize) {
     assert!(

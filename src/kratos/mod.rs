@@ -17,6 +17,7 @@
 mod body;
 pub mod client;
 mod config;
+mod destination;
 pub mod error;
 mod identities;
 pub mod metrics;

@@ -10,6 +10,12 @@
 //! The bearer token is attached only to requests for the admin URL's origin. reqwest removes the
 //! `Authorization` header from a followed hop that changes the host or the port; the one change
 //! of origin it does not notice, another scheme on the same host and port, is refused here.
+//!
+//! reqwest's error of a request that failed on a followed hop names the original URL, not the
+//! hop's; [`tracking_hops`] remembers where the last followed hop led, so that the error can
+//! name it.
+
+use std::sync::{Arc, Mutex};
 
 use reqwest::{Method, StatusCode, header::HeaderMap, header::LOCATION, redirect};
 use url::Url;
@@ -67,12 +73,39 @@ pub(crate) fn no_redirects() -> redirect::Policy {
     redirect::Policy::none()
 }
 
-/// The policy of the schema reads: hops that pass [`check_hop`] are followed; any other fails
-/// the request with a [`RefusedHop`].
+tokio::task_local! {
+    /// Where the last hop followed by the request sent inside [`tracking_hops`] led.
+    static FOLLOWED: Arc<Mutex<Option<Url>>>;
+}
+
+/// Awaits `send` (a request being sent) and returns its outcome with the URL of the last redirect
+/// hop it followed (`None`: it followed none). reqwest runs the redirect policy while `send` is
+/// polled, so the policy records each hop it follows into this call's slot.
+pub(crate) async fn tracking_hops<T>(send: impl Future<Output = T>) -> (T, Option<Url>) {
+    let slot = Arc::new(Mutex::new(None));
+    let outcome = FOLLOWED.scope(slot.clone(), send).await;
+    let followed = slot.lock().ok().and_then(|mut last| last.take());
+    (outcome, followed)
+}
+
+/// Records `next` as the last followed hop of the request sent inside [`tracking_hops`], if any.
+fn record_hop(next: &Url) {
+    let _outside = FOLLOWED.try_with(|slot| {
+        if let Ok(mut last) = slot.lock() {
+            *last = Some(next.clone());
+        }
+    });
+}
+
+/// The policy of the schema reads: hops that pass [`check_hop`] are followed (and recorded for
+/// [`tracking_hops`]); any other fails the request with a [`RefusedHop`].
 pub(crate) fn schema_redirects() -> redirect::Policy {
     redirect::Policy::custom(
         |attempt| match check_hop(attempt.previous(), attempt.url()) {
-            Ok(()) => attempt.follow(),
+            Ok(()) => {
+                record_hop(attempt.url());
+                attempt.follow()
+            }
             Err(refusal) => {
                 let hop = RefusedHop {
                     status: attempt.status(),
@@ -177,6 +210,19 @@ mod tests {
         (0..n)
             .map(|i| url(&format!("http://kratos:4434/hop/{i}")))
             .collect()
+    }
+
+    #[tokio::test]
+    async fn the_last_followed_hop_is_recorded_inside_tracking_hops_only() {
+        record_hop(&url("http://outside:1/schemas"));
+        let ((), last) = tracking_hops(async {
+            record_hop(&url("http://first:4434/schemas/a"));
+            record_hop(&url("http://second:4433/schemas/a"));
+        })
+        .await;
+        assert_eq!(last, Some(url("http://second:4433/schemas/a")));
+        let ((), none) = tracking_hops(async {}).await;
+        assert_eq!(none, None, "nothing leaks from an earlier call");
     }
 
     #[test]

@@ -9,7 +9,6 @@ use super::{
     error::{Error, excerpt},
     models::{IdentitySchema, IdentitySchemaEntry},
     pagination::paged,
-    transport::{Request, with_query},
 };
 
 impl KratosClient {
@@ -19,11 +18,7 @@ impl KratosClient {
     /// served.
     pub async fn get_identity_schema(&self, id: &str) -> Result<IdentitySchema, Error> {
         let transport = self.transport();
-        let url = transport.schemas_url(&["schemas", id])?;
-        let auth = transport.sends_token_to(&url);
-        let request = Request::get("get_identity_schema", url)
-            .auth(auth)
-            .follow_schema_redirects();
+        let request = transport.schema_request("get_identity_schema", &["schemas", id], &[])?;
         transport
             .call_with(&request, |response| {
                 let raw = String::from_utf8(response.body).map_err(|_| Error::Unexpected {
@@ -53,11 +48,11 @@ impl KratosClient {
             async move {
                 let mut query = vec![("page_size", client.page_size().to_string())];
                 query.extend(token.map(|t| ("page_token", t)));
-                let url = with_query(client.transport().schemas_url(&["schemas"])?, &query);
-                let auth = client.transport().sends_token_to(&url);
-                let request = Request::get("list_identity_schemas", url)
-                    .auth(auth)
-                    .follow_schema_redirects();
+                let request = client.transport().schema_request(
+                    "list_identity_schemas",
+                    &["schemas"],
+                    &query,
+                )?;
                 client.transport().fetch_page(request).await
             }
         })

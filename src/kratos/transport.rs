@@ -18,10 +18,11 @@ use url::Url;
 use super::{
     body::{ReadFailure, read_capped},
     config::ClientConfig,
+    destination::{Base, Failure, transport_message},
     error::{Error, excerpt},
     metrics::KratosMetrics,
     pagination::{Page, next_page_token},
-    redirect::{RefusedHop, no_redirects, not_followed, schema_redirects},
+    redirect::{RefusedHop, no_redirects, not_followed, schema_redirects, tracking_hops},
     retry::{Idempotency, RateLimiter, RetryPolicy},
     token::TokenFile,
 };
@@ -103,17 +104,24 @@ impl Transport {
         endpoint(&self.admin_url, segments)
     }
 
-    /// `segments` under the public API's base URL, or the admin one when none is configured.
-    pub(crate) fn schemas_url(&self, segments: &[&str]) -> Result<Url, Error> {
-        endpoint(
-            self.public_url.as_ref().unwrap_or(&self.admin_url),
-            segments,
-        )
-    }
-
-    /// The token goes only to the admin API's origin (on Ory Network that is also the public one).
-    pub(crate) fn sends_token_to(&self, url: &Url) -> bool {
-        url.origin() == self.admin_url.origin()
+    /// A schema read `op`: a GET of `segments` (and `query`) under the public API's base URL, or
+    /// under the admin one when none is configured; it follows the admin port's redirect. The
+    /// token goes only to the admin API's origin (on Ory Network that is also the public one).
+    pub(crate) fn schema_request(
+        &self,
+        op: &'static str,
+        segments: &[&str],
+        query: &[(&'static str, String)],
+    ) -> Result<Request, Error> {
+        let (base, base_url) = match &self.public_url {
+            Some(public) => (Base::Public, public),
+            None => (Base::Admin, &self.admin_url),
+        };
+        let url = with_query(endpoint(base_url, segments)?, query);
+        let auth = url.origin() == self.admin_url.origin();
+        let mut request = Request::get(op, url).auth(auth).follow_schema_redirects();
+        request.base = base;
+        Ok(request)
     }
 
     /// A call answered with JSON: the body decoded as `T`.
@@ -274,7 +282,7 @@ impl Transport {
         })?;
         self.metrics.record_request(request.op);
         let started = Instant::now();
-        let sent = builder.send().await;
+        let (sent, followed) = tracking_hops(builder.send()).await;
         let mut response = match sent {
             Ok(response) => response,
             Err(e) => {
@@ -282,7 +290,11 @@ impl Transport {
                     Some(hop) => {
                         AttemptFailure::answered(hop.to_error(&request.method, request.url.path()))
                     }
-                    None => AttemptFailure::transport(&request.method, &request.url, e),
+                    None => {
+                        // reqwest's error names the original URL even when a followed hop failed.
+                        let reached = followed.as_ref().unwrap_or(&request.url);
+                        AttemptFailure::transport(request, reached, e)
+                    }
                 };
                 debug!(method = %request.method, path = request.url.path(), attempt, elapsed_ms = started.elapsed().as_millis() as u64, error = %failure.error, "kratos request failed");
                 return Err(failure);
@@ -314,7 +326,7 @@ impl Transport {
                 return Err(failure);
             }
             Err(ReadFailure::Transport(e)) => {
-                let failure = AttemptFailure::transport(&request.method, &request.url, e);
+                let failure = AttemptFailure::transport(request, &final_url, e);
                 debug!(method = %request.method, path = request.url.path(), attempt, status = status.as_u16(), error = %failure.error, "kratos response body failed");
                 return Err(failure);
             }
@@ -445,11 +457,13 @@ pub(crate) struct Request {
     auth: bool,
     /// Whether the schema client, which follows the admin port's redirect, sends it.
     follow_schema_redirects: bool,
+    /// The configured base URL `url` is under, which errors name.
+    base: Base,
 }
 
 impl Request {
-    /// A call `op` (its metrics label) of `method` to `url`: idempotent, not sensitive, with
-    /// the token, following no redirect.
+    /// A call `op` (its metrics label) of `method` to `url` under the admin URL: idempotent, not
+    /// sensitive, with the token, following no redirect.
     pub(crate) fn new(op: &'static str, method: Method, url: Url) -> Self {
         Self {
             op,
@@ -460,6 +474,7 @@ impl Request {
             sensitive: false,
             auth: true,
             follow_schema_redirects: false,
+            base: Base::Admin,
         }
     }
 
@@ -537,25 +552,30 @@ impl AttemptFailure {
         }
     }
 
-    fn transport(method: &Method, url: &Url, error: reqwest::Error) -> Self {
+    /// A failure in transit of `request` at `reached`: its own URL, or where a followed redirect
+    /// led. The message names that place and the setting that changes it.
+    fn transport(request: &Request, reached: &Url, error: reqwest::Error) -> Self {
         // A connect error means the request never left; anything later may have reached Kratos.
         let connect = error.is_connect();
-        let what = if error.is_timeout() {
-            "timed out"
-        } else if connect {
-            "could not connect"
-        } else {
-            "failed"
-        };
+        let failure = Failure::of(&error);
+        // The URL reqwest attached may hold a query (page tokens): the message builds its own.
         let error = error.without_url();
-        let mut message = format!("{method} {} {what}: {error}", url.path());
+        let mut causes = error.to_string();
         // The causes (I/O, TLS, HTTP framing) carry no request data.
         let mut cause = std::error::Error::source(&error);
         while let Some(inner) = cause {
-            message.push_str(": ");
-            message.push_str(&inner.to_string());
+            causes.push_str(": ");
+            causes.push_str(&inner.to_string());
             cause = inner.source();
         }
+        let message = transport_message(
+            &request.method,
+            &request.url,
+            reached,
+            request.base,
+            failure,
+            &causes,
+        );
         Self {
             error: Error::Unavailable { message },
             status: None,
