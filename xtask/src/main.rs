@@ -24,6 +24,7 @@ use clap::{Parser, Subcommand};
 mod artifacthub;
 mod bench;
 mod chart_readme;
+mod prereq;
 mod release;
 use kratos_operator_testenv::{
     Environment, build, env, image, kratos::Database, registry, registry::Published,
@@ -914,6 +915,9 @@ fn demo() -> Result<(), String> {
     let kubernetes = build::kubernetes_from_env().map_err(|e| e.to_string())?;
     let helm = build::helm_from_env().map_err(|e| e.to_string())?;
     let components = demo_components(kubernetes, helm);
+    // Before any build: on a machine without them, the builds' minutes would end in a missing
+    // package all the same.
+    prereq::ensure(&components)?;
     build_components(&components, false)?;
     let dir = env::default_dir();
     Environment::up(&dir).map_err(|e| e.to_string())?;
