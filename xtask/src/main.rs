@@ -4,7 +4,8 @@
 //!   kube-controller-manager and Ory Kratos on loopback), see the `kratos-operator-testenv` crate.
 //! - `test`: the whole test suite, exactly as CI runs it.
 //! - `lint-workflows`: actionlint (with shellcheck) on the GitHub workflows, as `test` runs it.
-//! - `demo`: builds and starts the environment and shows how to use it.
+//! - `demo`: checks the machine (installing Debian's missing packages as root, see `prereq.rs`),
+//!   builds and starts the environment and shows how to use it.
 //! - `generate`: every generated file (the chart's README and Artifact Hub annotations, the
 //!   CRDs, deploy/base).
 //! - `image`: the operator's container image (or the test node's pause image) as an OCI archive,
@@ -54,7 +55,8 @@ enum Task {
     /// Lint .github/workflows with the pinned actionlint and Debian's shellcheck (part of
     /// `test`); builds actionlint when it is not cached.
     LintWorkflows,
-    /// Build and start the environment, then show how to use it.
+    /// Check the machine (as root with apt-get, install the missing Debian packages of
+    /// testenv/debian-packages), build and start the environment, then show how to use it.
     Demo,
     /// Regenerate every generated file: the chart's README (from its values.yaml), crds/, the
     /// chart's Artifact Hub annotations (Chart.yaml), the chart's crds/ and deploy/base (the
