@@ -139,7 +139,7 @@ fn run(what: &str, cmd: &mut Command) -> Result<String> {
 }
 
 /// Where a host tool is, or an error naming the Debian package that provides it.
-fn host_tool(name: &str, package: &str) -> Result<PathBuf> {
+pub fn host_tool(name: &str, package: &str) -> Result<PathBuf> {
     for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"] {
         let path = Path::new(dir).join(name);
         if path.exists() {

@@ -4,7 +4,8 @@
 //!   kube-controller-manager and Ory Kratos on loopback), see the `kratos-operator-testenv` crate.
 //! - `test`: the whole test suite, exactly as CI runs it.
 //! - `lint-workflows`: actionlint (with shellcheck) on the GitHub workflows, as `test` runs it.
-//! - `demo`: builds and starts the environment and shows how to use it.
+//! - `demo`: checks the machine (installing Debian's missing packages as root, see `prereq.rs`),
+//!   builds and starts the environment and shows how to use it.
 //! - `generate`: every generated file (the chart's README and Artifact Hub annotations, the
 //!   CRDs, deploy/base).
 //! - `image`: the operator's container image (or the test node's pause image) as an OCI archive,
@@ -24,6 +25,7 @@ use clap::{Parser, Subcommand};
 mod artifacthub;
 mod bench;
 mod chart_readme;
+mod prereq;
 mod release;
 use kratos_operator_testenv::{
     Environment, build, cluster, env, image, kratos::Database, registry, registry::Published,
@@ -53,7 +55,8 @@ enum Task {
     /// Lint .github/workflows with the pinned actionlint and Debian's shellcheck (part of
     /// `test`); builds actionlint when it is not cached.
     LintWorkflows,
-    /// Build and start the environment, then show how to use it.
+    /// Check the machine (as root with apt-get, install the missing Debian packages of
+    /// testenv/debian-packages), build and start the environment, then show how to use it.
     Demo,
     /// Regenerate every generated file: the chart's README (from its values.yaml), crds/, the
     /// chart's Artifact Hub annotations (Chart.yaml), the chart's crds/ and deploy/base (the
@@ -236,8 +239,30 @@ fn dir_or_default(dir: Option<PathBuf>) -> PathBuf {
 }
 
 fn build_all(force: bool) -> Result<(), String> {
+    build_components(&build::ALL, force)
+}
+
+/// The components `cargo xtask demo` uses, with the Kubernetes release and the Helm the
+/// environment's variables select (the newest of each by default): the control plane and the
+/// node's kubelet and kube-scheduler (`kubernetes`), Kratos, the registry the node pulls from,
+/// the node's pause image, cosign and crane (the release it publishes) and Helm (the release's
+/// chart, and the install). Not the compatibility row's other Kubernetes and Helm, nor
+/// actionlint: on a fresh machine those would only add build time.
+fn demo_components(kubernetes: build::Component, helm: build::Component) -> Vec<build::Component> {
+    vec![
+        kubernetes,
+        build::KRATOS,
+        build::SIGSTORE,
+        build::REGISTRY,
+        helm,
+        build::PAUSE,
+    ]
+}
+
+/// Builds `components` unless cached (all of them with `force`), reporting each.
+fn build_components(components: &[build::Component], force: bool) -> Result<(), String> {
     let started = Instant::now();
-    for component in build::ALL {
+    for component in components {
         let took = component.build(force).map_err(|e| e.to_string())?;
         if took.is_zero() {
             eprintln!(
@@ -893,7 +918,13 @@ fn bench_cmd(plan: &bench::Plan) -> Result<(), String> {
 /// The README's run command: the environment with its node, the operator installed with the
 /// chart as users run it (a pod), and the examples.
 fn demo() -> Result<(), String> {
-    build_all(false)?;
+    let kubernetes = build::kubernetes_from_env().map_err(|e| e.to_string())?;
+    let helm = build::helm_from_env().map_err(|e| e.to_string())?;
+    let components = demo_components(kubernetes, helm);
+    // Before any build: on a machine without them, the builds' minutes would end in a missing
+    // package all the same.
+    prereq::ensure(&components)?;
+    build_components(&components, false)?;
     let dir = env::default_dir();
     Environment::up(&dir).map_err(|e| e.to_string())?;
     let (env, published) = node_with_release(&dir)?;
@@ -1078,4 +1109,40 @@ fn demo() -> Result<(), String> {
         "\nThe operator's log: kubectl logs -n {DEMO_RELEASE_NAMESPACE} deploy/kratos-operator\nStop everything with `cargo xtask testenv down`."
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_builds_the_newest_kubernetes_and_helm_and_nothing_of_the_compatibility_row() {
+        let modules: Vec<&str> = demo_components(build::KUBERNETES, build::HELM)
+            .iter()
+            .map(|c| c.module)
+            .collect();
+        assert_eq!(
+            modules,
+            [
+                "kubernetes",
+                "kratos",
+                "sigstore",
+                "registry",
+                "helm",
+                "pause"
+            ]
+        );
+        for skipped in [build::KUBERNETES_OLDEST, build::HELM_3, build::ACTIONLINT] {
+            assert!(!modules.contains(&skipped.module), "{}", skipped.module);
+        }
+        // Every one is a component the test command builds too.
+        let all: Vec<&str> = build::ALL.iter().map(|c| c.module).collect();
+        assert!(modules.iter().all(|m| all.contains(m)), "{modules:?}");
+        // The variables' choice is honoured: the oldest row's demo builds the oldest row.
+        let oldest: Vec<&str> = demo_components(build::KUBERNETES_OLDEST, build::HELM_3)
+            .iter()
+            .map(|c| c.module)
+            .collect();
+        assert!(oldest.contains(&"kubernetes-oldest") && oldest.contains(&"helm3"));
+    }
 }
