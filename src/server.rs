@@ -75,6 +75,9 @@ pub async fn not_ready_reason(ctx: &Context, crd_names: &[String]) -> Option<Str
             Err(e) => return Some(format!("cannot read CRD {name}: {e}")),
         }
     }
+    if let Err(e) = ctx.kratos.answers().await {
+        return Some(format!("Kratos does not answer: {e}"));
+    }
     if let Err(e) = ctx.kratos.server_version().await {
         return Some(format!("Kratos does not answer: {e}"));
     }

@@ -77,6 +77,26 @@ impl KratosClient {
             .cloned()
     }
 
+    /// Whether Kratos answers at all, for `/readyz`: yes once its version is known; otherwise one
+    /// request to its version endpoint, not retried, so that a probe gets the reason (a name
+    /// that does not resolve, a refused connection) within its own timeout. Any HTTP answer
+    /// counts: [`KratosClient::server_version`] judges what it says.
+    pub async fn answers(&self) -> Result<(), Error> {
+        if self.inner.version.get().is_some() {
+            return Ok(());
+        }
+        let transport = self.transport();
+        let request =
+            Request::get("server_version", transport.admin(&["admin", "version"])?).once();
+        match transport.call_json::<VersionResponse>(request).await {
+            Ok(_)
+            | Err(Error::NotFound { .. } | Error::Unexpected { .. } | Error::Unauthorized { .. }) => {
+                Ok(())
+            }
+            Err(other) => Err(other),
+        }
+    }
+
     async fn detect_version(&self) -> Result<ServerVersion, Error> {
         let transport = self.transport();
         let request = Request::get("server_version", transport.admin(&["admin", "version"])?);

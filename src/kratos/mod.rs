@@ -25,6 +25,7 @@ pub mod models;
 pub mod pagination;
 mod recovery;
 mod redirect;
+mod resolve;
 pub mod retry;
 mod schemas;
 mod sessions;

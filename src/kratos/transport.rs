@@ -230,7 +230,7 @@ impl Transport {
             let retryable = failure.error.is_transient()
                 && (request.idempotency == Idempotency::Idempotent
                     || !failure.may_have_been_processed);
-            if !retryable || retries >= policy.max_retries {
+            if !retryable || retries >= policy.max_retries || request.once {
                 return Err(failure);
             }
             let wait = match asked {
@@ -413,6 +413,9 @@ fn http_client(
     redirects: reqwest::redirect::Policy,
 ) -> Result<reqwest::Client, Error> {
     let mut builder = reqwest::Client::builder()
+        .dns_resolver(super::resolve::BoundedResolver::for_connect_timeout(
+            config.connect_timeout,
+        ))
         .connect_timeout(config.connect_timeout)
         .timeout(config.request_timeout)
         .user_agent(config.user_agent.clone())
@@ -459,6 +462,8 @@ pub(crate) struct Request {
     follow_schema_redirects: bool,
     /// The configured base URL `url` is under, which errors name.
     base: Base,
+    /// Sent once, never retried (a readiness check answers within its caller's timeout).
+    once: bool,
 }
 
 impl Request {
@@ -475,6 +480,7 @@ impl Request {
             auth: true,
             follow_schema_redirects: false,
             base: Base::Admin,
+            once: false,
         }
     }
 
@@ -489,6 +495,12 @@ impl Request {
             .map_err(|e| Error::Config(format!("cannot serialize the {} body: {e}", self.op)))?;
         self.body = Some(bytes);
         Ok(self)
+    }
+
+    /// Sent once: no retry, whatever the failure.
+    pub(crate) fn once(mut self) -> Self {
+        self.once = true;
+        self
     }
 
     /// Never retried once it may have reached Kratos.

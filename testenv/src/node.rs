@@ -185,6 +185,7 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
     }
     host_tool("iptables", "iptables")?;
     host_tool("ipset", "ipset")?;
+    host_tool("conntrack", "conntrack")?;
     let kubelet_bin = input.kubernetes.binary("kubelet")?;
     let scheduler_bin = input.kubernetes.binary("kube-scheduler")?;
     let proxy_bin = input.kubernetes.binary("kube-proxy")?;
@@ -669,6 +670,21 @@ pub fn cleanup(dir: &Path) {
         }
         if let Some(router) = programs.next() {
             let _ = Command::new(router).arg("--cleanup-config").output();
+        }
+        // kube-proxy's KUBE-FIREWALL chain outlives its cleanup; removed when nothing else put
+        // a rule in it.
+        let rules = Command::new("iptables")
+            .args(["-w", "-S", "KUBE-FIREWALL"])
+            .output();
+        if rules.is_ok_and(|o| o.status.success() && o.stdout.trim_ascii() == b"-N KUBE-FIREWALL") {
+            for chain in ["INPUT", "OUTPUT"] {
+                let _ = Command::new("iptables")
+                    .args(["-w", "-D", chain, "-j", "KUBE-FIREWALL"])
+                    .output();
+            }
+            let _ = Command::new("iptables")
+                .args(["-w", "-X", "KUBE-FIREWALL"])
+                .output();
         }
     }
     let (bridge, _) = addresses(dir);

@@ -127,6 +127,7 @@ fn probe(package: &str) -> Option<Probe> {
         "iproute2" => Probe::OnPath("ip"),
         "iptables" => Probe::HostTools(&["iptables"]),
         "ipset" => Probe::HostTools(&["ipset"]),
+        "conntrack" => Probe::HostTools(&["conntrack"]),
         "postgresql" => Probe::PostgresServer,
         "util-linux" => Probe::OnPath("unshare"),
         _ => return None,

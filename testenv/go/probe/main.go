@@ -1,7 +1,7 @@
 // Command probe shows, from inside a pod, what the pod's network lets it do:
 //
 //	probe resolve NAME        the addresses NAME resolves to, one per line
-//	probe get URL             GET URL once: "status <code>" and the first 200 bytes of the body
+//	probe get URL             GET URL once: "status <code>" and the first 2000 bytes of the body
 //	probe connect HOST:PORT   one TCP connection: "connected" or the error
 //	probe serve PORT          an HTTP server answering "probe" on every path
 //
@@ -89,7 +89,7 @@ func get(url string) error {
 		return err
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 2000))
 	fmt.Printf("status %d\n%s\n", resp.StatusCode, body)
 	return nil
 }
