@@ -27,24 +27,16 @@ use crate::{
     image::{self, ImageFile, ImageSpec},
     io_err,
     kratos::{self, KratosOptions, Serve},
-    node::Addresses,
+    node::{APISERVER_ENDPOINT_PORT, Addresses, CLUSTER_DOMAIN, POSTGRES_ENDPOINT_PORT, dns_ip},
     postgres, registry,
 };
 
-/// The cluster's DNS domain (the kubelet's `clusterDomain`).
-pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// The namespace of the in-cluster Kratos.
 pub const KRATOS_NAMESPACE: &str = "kratos";
 /// Kratos' admin API as pods reach it: the URL the README's install command sets.
 pub const KRATOS_ADMIN_URL: &str = "http://kratos-admin.kratos.svc.cluster.local:4434";
 /// Kratos' public API as pods reach it: the URL the README's install command sets.
 pub const KRATOS_PUBLIC_URL: &str = "http://kratos-public.kratos.svc.cluster.local:4433";
-/// The port of the API server's relay on the host's bridge address: the `kubernetes`
-/// Service's endpoint.
-pub const APISERVER_ENDPOINT_PORT: u16 = 6443;
-/// The port of PostgreSQL's relay on the host's bridge address: the `postgres` Service's
-/// endpoint.
-pub const POSTGRES_ENDPOINT_PORT: u16 = 5432;
 /// The port CoreDNS listens on in its pod: 53, as in any cluster, since NetworkPolicies see DNS
 /// traffic after the Service's translation (a policy that allows port 53 must meet port 53).
 /// CoreDNS runs as non-root; its pod lowers `ip_unprivileged_port_start` for itself.
@@ -53,12 +45,6 @@ const DNS_CONTAINER_PORT: u16 = 53;
 pub const KRATOS_REPLICAS: u32 = 2;
 /// The label every object of ours carries, so that a reader knows who made it.
 const MANAGED_BY: &str = "testenv.kratos-operator.dev";
-
-/// The `kube-dns` Service's address (pure): the tenth of the Service range, as kubeadm picks it.
-pub fn dns_ip(net: &Addresses) -> Ipv4Addr {
-    let [a, b, c, d] = net.service_range.0.octets();
-    Ipv4Addr::new(a, b, c, d + 10)
-}
 
 /// A `v1/List` of `items` (pure): one `kubectl apply` for all of them.
 fn list(items: Vec<Value>) -> Value {

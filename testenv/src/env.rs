@@ -523,7 +523,21 @@ impl Environment {
             registry: &env.state.registry,
         };
         let mut started = Vec::new();
-        match node::start(&inputs, &mut started) {
+        let started_node = node::start(&inputs, &mut started).and_then(|mut state| {
+            let (_, net) = node::addresses(dir);
+            let kubectl = inputs.kubernetes.binary("kubectl")?;
+            state.probe_image = crate::cluster::install(&crate::cluster::AddOns {
+                kubectl: &kubectl,
+                kubeconfig: inputs.kubeconfig,
+                registry: inputs.registry,
+                net: &net,
+                work_dir: &dir.join("node").join("images"),
+            })?;
+            state.kratos_admin_url_from_pods = crate::cluster::KRATOS_ADMIN_URL.into();
+            state.kratos_public_url_from_pods = crate::cluster::KRATOS_PUBLIC_URL.into();
+            Ok(state)
+        });
+        match started_node {
             Ok(state) => {
                 env.state.processes.extend(started);
                 env.state.node = Some(state);

@@ -47,6 +47,20 @@ use crate::{
 pub const NODE_NAME: &str = "testenv-node";
 /// The port of the `kubernetes` Service.
 pub const APISERVER_PORT: u16 = 443;
+/// The cluster's DNS domain (the kubelet's `clusterDomain`).
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// The port of the API server's relay on the host's bridge address: the `kubernetes`
+/// Service's endpoint.
+pub const APISERVER_ENDPOINT_PORT: u16 = 6443;
+/// The port of PostgreSQL's relay on the host's bridge address: the `postgres` Service's
+/// endpoint.
+pub const POSTGRES_ENDPOINT_PORT: u16 = 5432;
+
+/// The `kube-dns` Service's address (pure): the tenth of the Service range, as kubeadm picks it.
+pub fn dns_ip(net: &Addresses) -> Ipv4Addr {
+    let [a, b, c, d] = net.service_range.0.octets();
+    Ipv4Addr::new(a, b, c, d + 10)
+}
 
 /// The node's processes, in start order.
 pub const PROCESSES: [&str; 7] = [
@@ -262,13 +276,13 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
     // listen on loopback only.
     relay(
         "relay-apiserver",
-        (host_ip, crate::cluster::APISERVER_ENDPOINT_PORT),
+        (host_ip, APISERVER_ENDPOINT_PORT),
         (Ipv4Addr::LOCALHOST, input.apiserver_port),
         processes,
     )?;
     relay(
         "relay-postgres",
-        (host_ip, crate::cluster::POSTGRES_ENDPOINT_PORT),
+        (host_ip, POSTGRES_ENDPOINT_PORT),
         (Ipv4Addr::LOCALHOST, input.postgres_port),
         processes,
     )?;
@@ -327,7 +341,7 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
             host_ip,
             kubelet_port,
             healthz_port,
-            crate::cluster::dns_ip(&net),
+            dns_ip(&net),
         ),
     )
     .map_err(io_err("writing the kubelet's config"))?;
@@ -409,14 +423,6 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
     processes.push(rec.clone());
     process::wait_alive(&rec, &mut scheduler)?;
 
-    let probe_image = crate::cluster::install(&crate::cluster::AddOns {
-        kubectl: &kubectl,
-        kubeconfig: input.kubeconfig,
-        registry: input.registry,
-        net: &net,
-        work_dir: &node.join("images"),
-    })?;
-
     Ok(NodeState {
         name: NODE_NAME.into(),
         bridge,
@@ -424,10 +430,11 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
         subnet,
         containerd_socket: socket,
         apiserver_url_from_pods: format!("https://{}:{APISERVER_PORT}", net.apiserver_service_ip),
-        kratos_admin_url_from_pods: crate::cluster::KRATOS_ADMIN_URL.into(),
-        kratos_public_url_from_pods: crate::cluster::KRATOS_PUBLIC_URL.into(),
-        cluster_dns: crate::cluster::dns_ip(&net),
-        probe_image,
+        // Filled in by the cluster add-ons ([`crate::cluster::install`]), which run next.
+        kratos_admin_url_from_pods: String::new(),
+        kratos_public_url_from_pods: String::new(),
+        cluster_dns: dns_ip(&net),
+        probe_image: String::new(),
     })
 }
 
@@ -614,7 +621,7 @@ shutdownGracePeriod: 0s
         socket = socket.display(),
         logs = node.join("pod-logs").display(),
         resolv = resolv.display(),
-        domain = crate::cluster::CLUSTER_DOMAIN,
+        domain = CLUSTER_DOMAIN,
     )
 }
 
