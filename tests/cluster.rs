@@ -22,7 +22,7 @@ use chart_support::{describe, helm_command, kubectl_run, run};
 use k8s_openapi::api::core::v1::Pod;
 use kratos_operator::api::Identity;
 use kratos_operator_testenv::{Environment, cluster};
-use kube::{Api, ResourceExt, api::ListParams};
+use kube::{Api, api::ListParams};
 use node_support::{Release, T, identity, node_env, readme_install, ready_count};
 use support::{TestEnv, eventually, kratos_client, setup, wait_ready};
 
