@@ -217,7 +217,13 @@ async fn a_pod_resolves_and_reaches_both_kratos_services_by_name() {
             .to_string()
     };
     for url in [cluster::KRATOS_ADMIN_URL, cluster::KRATOS_PUBLIC_URL] {
-        let resolved = probe(&env, &t.namespace, &[], &["resolve", &host(url)]).await;
+        let resolved = probe(
+            &env,
+            &t.namespace,
+            &[],
+            &["-within", "15", "resolve", &host(url)],
+        )
+        .await;
         assert!(resolved.ok, "{url}: {}", resolved.output);
         assert!(
             resolved.output.lines().all(|ip| in_service_range(&env, ip)),
@@ -231,6 +237,8 @@ async fn a_pod_resolves_and_reaches_both_kratos_services_by_name() {
         &t.namespace,
         &[],
         &[
+            "-within",
+            "15",
             "get",
             &format!("{}/admin/health/ready", cluster::KRATOS_ADMIN_URL),
         ],
@@ -245,6 +253,8 @@ async fn a_pod_resolves_and_reaches_both_kratos_services_by_name() {
         &t.namespace,
         &[],
         &[
+            "-within",
+            "15",
             "get",
             &format!("{}/health/ready", cluster::KRATOS_PUBLIC_URL),
         ],
@@ -262,7 +272,12 @@ async fn a_pod_resolves_and_reaches_both_kratos_services_by_name() {
         &env,
         &t.namespace,
         &[],
-        &["resolve", "kubernetes.default.svc.cluster.local"],
+        &[
+            "-within",
+            "15",
+            "resolve",
+            "kubernetes.default.svc.cluster.local",
+        ],
     )
     .await;
     let node = env.state.node.as_ref().unwrap();
@@ -435,12 +450,13 @@ async fn the_chart_network_policy_is_enforced() {
         ),
     ];
     for (what, check, want) in checks {
-        // A selected pod's egress is open until kube-router has programmed its rules: a
-        // refusal counts only after they are in place.
+        // A selected pod's egress is open until kube-router has programmed its rules (a
+        // fraction of a second here; ten allow for a loaded machine): a refusal counts only
+        // after they are in place.
         let mut args = if want {
             vec!["-within", "30"]
         } else {
-            vec!["-after", "5"]
+            vec!["-after", "10"]
         };
         args.extend(check);
         let seen = probe(env, &t.namespace, &labels, &args).await;
