@@ -89,8 +89,14 @@ impl KratosClient {
         let request =
             Request::get("server_version", transport.admin(&["admin", "version"])?).once();
         match transport.call_json::<VersionResponse>(request).await {
-            Ok(_)
-            | Err(Error::NotFound { .. } | Error::Unexpected { .. } | Error::Unauthorized { .. }) => {
+            Ok(reported) => {
+                // What `server_version` would ask first: kept, so that it does not ask again.
+                if let Some(version) = ServerVersion::parse(&reported.version) {
+                    let _ = self.inner.version.set(version);
+                }
+                Ok(())
+            }
+            Err(Error::NotFound { .. } | Error::Unexpected { .. } | Error::Unauthorized { .. }) => {
                 Ok(())
             }
             Err(other) => Err(other),

@@ -105,8 +105,6 @@ pub struct NodeState {
     pub kratos_admin_url_from_pods: String,
     /// Kratos' public API as pods reach it.
     pub kratos_public_url_from_pods: String,
-    /// The `kube-dns` Service's address (the kubelet's `clusterDNS`).
-    pub cluster_dns: Ipv4Addr,
     /// The probe's image by digest in the environment's registry (see `testenv/go/probe`).
     pub probe_image: String,
 }
@@ -433,7 +431,6 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<N
         // Filled in by the cluster add-ons ([`crate::cluster::install`]), which run next.
         kratos_admin_url_from_pods: String::new(),
         kratos_public_url_from_pods: String::new(),
-        cluster_dns: dns_ip(&net),
         probe_image: String::new(),
     })
 }
@@ -479,32 +476,38 @@ fn kube_router_args(kubeconfig: &str, net: &Addresses, health: u16) -> Vec<Strin
     ]
 }
 
-/// The directory of another environment whose node's kube-proxy runs on this machine (the
-/// kubeconfig it was given names it), if any.
+/// The processes of this machine with their command lines (pid, arguments); unreadable ones
+/// are left out.
+fn processes() -> Vec<(i32, Vec<String>)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+            let args = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            Some((pid, args))
+        })
+        .collect()
+}
+
+/// The directory of another environment whose node's kube-proxy or kube-router runs on this
+/// machine (the kubeconfig it was given names it), if any.
 fn other_node(dir: &Path) -> Option<String> {
     let ours = format!("--kubeconfig={}", dir.join("kubeconfig").display());
-    let entries = fs::read_dir("/proc").ok()?;
-    for entry in entries.flatten() {
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
+    processes().into_iter().find_map(|(_, args)| {
         let is_proxy = args
             .first()
             .is_some_and(|a| a.ends_with("/kube-proxy") || a.ends_with("/kube-router"));
-        if !is_proxy {
-            continue;
-        }
-        if let Some(theirs) = args.iter().find(|a| a.starts_with("--kubeconfig="))
-            && *theirs != ours
-        {
-            return Some(theirs.trim_start_matches("--kubeconfig=").to_string());
-        }
-    }
-    None
+        let theirs = args.iter().find(|a| a.starts_with("--kubeconfig="))?;
+        (is_proxy && *theirs != ours)
+            .then(|| theirs.trim_start_matches("--kubeconfig=").to_string())
+    })
 }
 
 /// containerd's configuration (pure): its own root, state and socket; the CRI plugin with the
@@ -712,20 +715,7 @@ pub fn cleanup(dir: &Path) {
 /// Kills the runc shims of the containerd at `socket` and the processes of their containers.
 fn kill_shims(socket: &Path) {
     let address = socket.display().to_string();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
+    for (pid, args) in processes() {
         let is_our_shim = args
             .first()
             .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"))
