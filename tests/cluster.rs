@@ -108,13 +108,28 @@ async fn probe(
     }
 }
 
-/// A pod of `namespace` serving HTTP on `port` (our probe's `serve`), and its address once it
-/// runs: a pod that is not Kratos.
-async fn server_pod(env: &Environment, namespace: &str, port: u16) -> String {
+/// A pod `name` of `namespace` with `labels`, serving HTTP on `port` (our probe's `serve`), and
+/// its address once it is Ready.
+async fn server_pod(
+    env: &Environment,
+    namespace: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    port: u16,
+) -> String {
     let node = env.state.node.as_ref().unwrap();
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| {
+            (
+                (*k).to_string(),
+                serde_json::Value::String((*v).to_string()),
+            )
+        })
+        .collect();
     let pod = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": "not-kratos", "namespace": namespace, "labels": { "app": "not-kratos" } },
+        "metadata": { "name": name, "namespace": namespace, "labels": labels },
         "spec": {
             "automountServiceAccountToken": false,
             "terminationGracePeriodSeconds": 0,
@@ -136,7 +151,7 @@ async fn server_pod(env: &Environment, namespace: &str, port: u16) -> String {
             "wait",
             "-n",
             namespace,
-            "pod/not-kratos",
+            &format!("pod/{name}"),
             "--for=condition=Ready",
             "--timeout=120s",
         ],
@@ -150,13 +165,48 @@ async fn server_pod(env: &Environment, namespace: &str, port: u16) -> String {
             "pod",
             "-n",
             namespace,
-            "not-kratos",
+            name,
             "-o",
             "jsonpath={.status.podIP}",
         ],
         None,
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Waits until kube-router has programmed the firewall chain of `namespace/pod` in the host's
+/// tables (its rules name the pod): from then on, what the pod may send and receive is the
+/// policy's answer, not the open default of a pod the engine has not seen yet.
+async fn firewalled(namespace: &str, pod: &str) {
+    let marker = format!("POD name:{pod} namespace: {namespace}");
+    eventually(
+        &format!("kube-router's rules for {namespace}/{pod}"),
+        T,
+        || {
+            let marker = marker.clone();
+            async move {
+                let out = std::process::Command::new("iptables-save")
+                    .args(["-t", "filter"])
+                    .output()
+                    .ok()?;
+                String::from_utf8_lossy(&out.stdout)
+                    .contains(&marker)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// Runs the probe's `args` once inside the running pod `namespace/pod` (`kubectl exec`).
+fn exec_probe(env: &Environment, namespace: &str, pod: &str, args: &[&str]) -> Probe {
+    let mut command = vec!["exec", "-n", namespace, pod, "--", "/probe"];
+    command.extend(args);
+    let out = kubectl_run(&env.state.kubeconfig, &command, None);
+    Probe {
+        ok: out.status.success(),
+        output: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    }
 }
 
 fn kubectl(env: &Environment, args: &[&str]) -> String {
@@ -232,42 +282,17 @@ async fn a_pod_resolves_and_reaches_both_kratos_services_by_name() {
         );
         eprintln!("{} resolves to {}", host(url), resolved.output);
     }
-    let admin = probe(
-        &env,
-        &t.namespace,
-        &[],
-        &[
-            "-within",
-            "15",
-            "get",
-            &format!("{}/admin/health/ready", cluster::KRATOS_ADMIN_URL),
-        ],
-    )
-    .await;
-    assert!(
-        admin.ok && admin.output.starts_with("status 200"),
-        "{admin:?}"
-    );
-    let public = probe(
-        &env,
-        &t.namespace,
-        &[],
-        &[
-            "-within",
-            "15",
-            "get",
-            &format!("{}/health/ready", cluster::KRATOS_PUBLIC_URL),
-        ],
-    )
-    .await;
-    assert!(
-        public.ok && public.output.starts_with("status 200"),
-        "{public:?}"
-    );
-    eprintln!(
-        "GET admin /admin/health/ready: {}; GET public /health/ready: {}",
-        admin.output, public.output
-    );
+    for url in [
+        format!("{}/admin/health/ready", cluster::KRATOS_ADMIN_URL),
+        format!("{}/health/ready", cluster::KRATOS_PUBLIC_URL),
+    ] {
+        let health = probe(&env, &t.namespace, &[], &["-within", "15", "get", &url]).await;
+        assert!(
+            health.ok && health.output.starts_with("status 200"),
+            "{url}: {health:?}"
+        );
+        eprintln!("GET {url}: {}", health.output);
+    }
     let api = probe(
         &env,
         &t.namespace,
@@ -394,7 +419,7 @@ async fn the_chart_network_policy_is_enforced() {
     wait_ready::<Identity>(&t, "netpol", "True", Some("Synced"), T).await;
 
     let pods: Api<Pod> = Api::namespaced(t.client.clone(), &t.namespace);
-    let operator = pods
+    let (operator, operator_ip) = pods
         .list(&ListParams::default().labels(&format!(
             "app.kubernetes.io/name=kratos-operator,app.kubernetes.io/instance={}",
             r.name
@@ -403,11 +428,12 @@ async fn the_chart_network_policy_is_enforced() {
         .unwrap()
         .items
         .into_iter()
-        .find_map(|p| p.status?.pod_ip)
+        .find_map(|p| Some((p.metadata.name?, p.status?.pod_ip?)))
         .expect("an operator pod with an address");
-    let metrics = format!("{operator}:8080");
-    // An allowed connection is retried while kube-router programs the new pod's rules; a
-    // refused one is tried after they are in place (a new source is refused until then anyway).
+    firewalled(&t.namespace, &operator).await;
+    let metrics = format!("{operator_ip}:8080");
+    // An allowed source is retried until kube-router has added the new pod to the policy's
+    // address set; a source no rule names is refused from its first packet.
     let allowed = probe(
         env,
         &monitoring,
@@ -415,7 +441,7 @@ async fn the_chart_network_policy_is_enforced() {
         &["-within", "30", "connect", &metrics],
     )
     .await;
-    let denied = probe(env, &other, &[], &["-after", "5", "connect", &metrics]).await;
+    let denied = probe(env, &other, &[], &["connect", &metrics]).await;
     eprintln!("metrics port from the monitoring namespace: {allowed:?}; from another: {denied:?}");
     assert!(
         allowed.ok,
@@ -429,7 +455,9 @@ async fn the_chart_network_policy_is_enforced() {
     // A pod the policy selects (the operator's labels) in the release's namespace.
     let labels = operator_labels(&r.name);
     let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let not_kratos = server_pod(env, &other, 4434).await;
+    let not_kratos = server_pod(env, &other, "not-kratos", &[("app", "not-kratos")], 4434).await;
+    server_pod(env, &t.namespace, "selected", &labels, 8080).await;
+    firewalled(&t.namespace, "selected").await;
     let kratos_admin = format!("{}/admin/health/ready", cluster::KRATOS_ADMIN_URL);
     let not_kratos_on_kratos_port = format!("{not_kratos}:4434");
     let checks = [
@@ -450,16 +478,7 @@ async fn the_chart_network_policy_is_enforced() {
         ),
     ];
     for (what, check, want) in checks {
-        // A selected pod's egress is open until kube-router has programmed its rules (a
-        // fraction of a second here; ten allow for a loaded machine): a refusal counts only
-        // after they are in place.
-        let mut args = if want {
-            vec!["-within", "30"]
-        } else {
-            vec!["-after", "10"]
-        };
-        args.extend(check);
-        let seen = probe(env, &t.namespace, &labels, &args).await;
+        let seen = exec_probe(env, &t.namespace, "selected", &check);
         eprintln!("selected pod to {what}: {seen:?}");
         assert_eq!(seen.ok, want, "{what}: {seen:?}");
     }

@@ -5,9 +5,9 @@
 //	probe connect HOST:PORT   one TCP connection: "connected" or the error
 //	probe serve PORT          an HTTP server answering "probe" on every path
 //
-// Options before the check: -after SECONDS waits that long first (a network policy engine may
-// still be programming the rules of a pod that has just started); -within SECONDS repeats a
-// failed check every second until it succeeds or that time has passed (the default 0: once).
+// An option before the check: -within SECONDS repeats a failed check every second until it
+// succeeds or that time has passed (the default 0: once), for what is true eventually (a name
+// once its Service's endpoints are programmed, a source once a policy engine has seen it).
 //
 // Each check exits 0 on success and 1 on failure, with the reason on stdout, so that a test reads
 // the pod's log. One attempt gives up after five seconds.
@@ -27,15 +27,13 @@ import (
 const timeout = 5 * time.Second
 
 func main() {
-	after := flag.Int("after", 0, "seconds to wait before the check")
 	within := flag.Int("within", 0, "seconds to repeat a failed check for")
 	flag.Parse()
 	if flag.NArg() != 2 {
-		fmt.Println("usage: probe [-after S] [-within S] resolve NAME | get URL | connect HOST:PORT | serve PORT")
+		fmt.Println("usage: probe [-within S] resolve NAME | get URL | connect HOST:PORT | serve PORT")
 		os.Exit(2)
 	}
 	check, arg := flag.Arg(0), flag.Arg(1)
-	time.Sleep(time.Duration(*after) * time.Second)
 	deadline := time.Now().Add(time.Duration(*within) * time.Second)
 	for {
 		err := run(check, arg)
