@@ -70,14 +70,24 @@ fn activity(op: &Operator) -> (u64, u64) {
     (op.kratos.metrics().total_calls(), reconciles)
 }
 
+/// The operator's Kratos calls so far by operation, for the message when the totals move.
+fn calls_by_operation(op: &Operator) -> BTreeMap<&'static str, u64> {
+    let metrics = op.kratos.metrics();
+    kratos_operator::kratos::metrics::OPERATIONS
+        .iter()
+        .map(|o| (*o, metrics.calls(o)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
 /// Asserts that the operator makes no Kratos call and runs no reconcile for `secs` seconds.
 async fn assert_flat(op: &Operator, secs: u64, what: &str) {
-    let before = activity(op);
+    let (before, ops_before) = (activity(op), calls_by_operation(op));
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let after = activity(op);
+    let (after, ops_after) = (activity(op), calls_by_operation(op));
     assert_eq!(
         after, before,
-        "{what}: (Kratos calls, reconciles) went from {before:?} to {after:?} in {secs} s without any change"
+        "{what}: (Kratos calls, reconciles) went from {before:?} to {after:?} in {secs} s without any change; Kratos calls by operation before {ops_before:?}, after {ops_after:?}"
     );
 }
 

@@ -1264,3 +1264,70 @@ async fn one_batch_with_valid_invalid_and_conflicting_items_gives_each_object_it
     assert_eq!(count_with_email(&t, &taken).await, 1);
     t.cleanup().await;
 }
+
+/// An object deleted right after its create: its finalizer's cleanup deletes the identity, and
+/// the read-back a new object gets a settle time after its first reconcile (in case a deletion
+/// raced its finalizer) has nothing left to do: it neither claims that the finalizer never ran
+/// nor calls Kratos once the object is gone. The create is slowed by a second, so that the
+/// read-back comes well after the finalizer (which waits a settle time from the create's start).
+#[tokio::test]
+async fn an_identity_deleted_right_after_its_create_is_cleaned_up_once() {
+    let logs = support::logs::capture();
+    let t = setup("id-delete-new").await;
+    let slow_create = support::proxy::KratosProxy::start(&t.kratos_admin_url, |request| {
+        if request.path == "/admin/identities" && request.method != axum::http::Method::GET {
+            support::proxy::Fault::Delay(Duration::from_secs(1))
+        } else {
+            support::proxy::Fault::Forward
+        }
+    })
+    .await;
+    let settings = kratos_operator::controller::Settings {
+        // No sweep or resync within the test: every Kratos call belongs to the deletion.
+        resync_interval: Duration::from_secs(300),
+        schema_recheck_interval: Duration::from_secs(300),
+        ..support::test_settings(&t.namespace)
+    };
+    let settle = settings.create_settle_time;
+    let op =
+        support::start_operator_with(&t, &slow_create.url, &t.kratos_public_url, settings).await;
+    let api: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
+    let email = t.email("new");
+    t.identity(
+        "new",
+        json!({ "schemaId": "customer", "traits": { "email": email } }),
+    )
+    .await;
+    let id = identity_id(&ready(&t, "new").await);
+    api.delete("new", &DeleteParams::default()).await.unwrap();
+    eventually("the object to be deleted", T, || async {
+        matches!(api.get_opt("new").await, Ok(None)).then_some(())
+    })
+    .await;
+    assert!(
+        kratos_identity(&t, &id).await.is_none(),
+        "deleted in Kratos"
+    );
+    let calls = op.kratos.metrics().total_calls();
+    // The read-back comes a settle time after the reconcile that made the identity, which was
+    // before the deletion began.
+    tokio::time::sleep(settle + Duration::from_secs(1)).await;
+    assert_eq!(
+        op.kratos.metrics().total_calls(),
+        calls,
+        "no Kratos call for an object whose cleanup is done"
+    );
+    let object_ref = format!("Identity.v1alpha1.kratos-operator.dev/new.{}", t.namespace);
+    let claims: Vec<String> = logs
+        .text()
+        .lines()
+        .filter(|l| l.contains(&object_ref) && l.contains("finalizer never ran"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        claims.is_empty(),
+        "the finalizer's cleanup ran; nothing may say it did not: {claims:#?}"
+    );
+    assert_eq!(count_with_email(&t, &email).await, 0);
+    t.cleanup().await;
+}

@@ -30,6 +30,7 @@ use std::{sync::Arc, time::Duration};
 
 use jiff::Timestamp;
 use kube::{Api, ResourceExt, runtime::controller::Action};
+use tracing::Instrument;
 
 use self::{
     detach::Handoff,
@@ -290,14 +291,28 @@ async fn gone_without_cleanup(obj: &Identity, ctx: &Context) -> Result<bool> {
 /// object is first read back (under load it was, in about one race in ten): the object is read
 /// back once more `--create-settle-time` later, off the reconcile's path. Nothing else would
 /// look at it again once it is gone.
+///
+/// A finalizer's cleanup in the meantime makes the read-back unnecessary ([`forget`]).
 fn check_again_later(obj: Arc<Identity>, ctx: Arc<Context>) {
+    let Some(uid) = obj.metadata.uid.clone() else {
+        return;
+    };
+    ctx.state.rechecks.expect(&uid);
     let wait = ctx.settings.create_settle_time;
-    tokio::spawn(async move {
-        tokio::time::sleep(wait).await;
-        if let Err(e) = gone_without_cleanup(&obj, &ctx).await {
-            tracing::warn!(error = %e, "cannot check whether a new Identity is still there");
+    // It logs in the reconcile's span (object.ref).
+    let span = tracing::Span::current();
+    tokio::spawn(
+        async move {
+            tokio::time::sleep(wait).await;
+            if !ctx.state.rechecks.take(&uid) {
+                return;
+            }
+            if let Err(e) = gone_without_cleanup(&obj, &ctx).await {
+                tracing::warn!(error = %e, "cannot check whether a new Identity is still there");
+            }
         }
-    });
+        .instrument(span),
+    );
 }
 
 /// Forgets what this process keeps of an object that is gone.
@@ -305,6 +320,7 @@ fn forget(obj: &Identity, ctx: &Context) {
     if let Some(uid) = obj.metadata.uid.as_deref() {
         ctx.state.known_ids.forget(uid);
         ctx.state.pending.forget(uid);
+        ctx.state.rechecks.take(uid);
     }
     ctx.state.statuses.forget(obj);
 }
