@@ -37,6 +37,9 @@ pub struct Component {
     pub cgo: bool,
     /// Go build tags.
     pub tags: &'static str,
+    /// A module whose `config/crd/bases/*.yaml` (the CRDs of the controllers it builds, from
+    /// the same module version) are kept beside the binaries, in `crds/`.
+    pub crds_from: Option<&'static str>,
 }
 
 /// The binaries of one Kubernetes release: kube-apiserver, kube-controller-manager, etcd and
@@ -80,6 +83,7 @@ pub const KUBERNETES: Component = Component {
     binaries: KUBERNETES_BINARIES,
     cgo: false,
     tags: "selinux,notest",
+    crds_from: None,
 };
 
 /// The oldest Kubernetes release the chart's `kubeVersion` admits: the compatibility run.
@@ -90,6 +94,7 @@ pub const KUBERNETES_OLDEST: Component = Component {
     binaries: KUBERNETES_BINARIES,
     cgo: false,
     tags: "selinux,notest",
+    crds_from: None,
 };
 
 /// Ory Kratos with sqlite.
@@ -103,6 +108,7 @@ pub const KRATOS: Component = Component {
     }],
     cgo: true,
     tags: "sqlite,json1",
+    crds_from: None,
 };
 
 /// Helm v4, the current major release: the default.
@@ -116,6 +122,7 @@ pub const HELM: Component = Component {
     }],
     cgo: false,
     tags: "",
+    crds_from: None,
 };
 
 /// Helm v3, still what many installations run: the compatibility run.
@@ -129,6 +136,7 @@ pub const HELM_3: Component = Component {
     }],
     cgo: false,
     tags: "",
+    crds_from: None,
 };
 
 /// The node's sandbox ("pause") program: our own source in `testenv/go/pause`, packaged as the
@@ -143,6 +151,7 @@ pub const PAUSE: Component = Component {
     }],
     cgo: false,
     tags: "",
+    crds_from: None,
 };
 
 /// CNCF Distribution, the environment's registry: the node pulls every image from it.
@@ -156,6 +165,7 @@ pub const REGISTRY: Component = Component {
     }],
     cgo: false,
     tags: "",
+    crds_from: None,
 };
 
 /// cosign, which signs a release and attaches its SBOM, and crane, which pushes its image: one
@@ -176,6 +186,7 @@ pub const SIGSTORE: Component = Component {
     ],
     cgo: false,
     tags: "",
+    crds_from: None,
 };
 
 /// actionlint, which the test command runs on every GitHub workflow.
@@ -189,6 +200,7 @@ pub const ACTIONLINT: Component = Component {
     }],
     cgo: false,
     tags: "",
+    crds_from: None,
 };
 
 /// CoreDNS, the cluster DNS of the environment's node (the `kube-dns` Service), with only the
@@ -203,6 +215,7 @@ pub const COREDNS: Component = Component {
     }],
     cgo: false,
     tags: "",
+    crds_from: None,
 };
 
 /// kube-router, the node's NetworkPolicy engine (firewall mode only).
@@ -216,6 +229,7 @@ pub const KUBE_ROUTER: Component = Component {
     }],
     cgo: false,
     tags: "",
+    crds_from: None,
 };
 
 /// Our own network probe (`testenv/go/probe`): what the node tests run in a pod to see what a
@@ -230,13 +244,59 @@ pub const PROBE: Component = Component {
     }],
     cgo: false,
     tags: "",
+    crds_from: None,
+};
+
+/// Flux's source-controller (GitRepository and the other sources), with its CRDs.
+pub const FLUX_SOURCE: Component = Component {
+    name: "flux-source-controller",
+    module: "flux-source",
+    version: versions::FLUX,
+    binaries: &[Binary {
+        package: "github.com/fluxcd/source-controller",
+        name: "source-controller",
+    }],
+    cgo: false,
+    tags: "",
+    crds_from: Some("github.com/fluxcd/source-controller"),
+};
+
+/// Flux's kustomize-controller (Kustomization), with its CRD.
+pub const FLUX_KUSTOMIZE: Component = Component {
+    name: "flux-kustomize-controller",
+    module: "flux-kustomize",
+    version: versions::FLUX,
+    binaries: &[Binary {
+        package: "github.com/fluxcd/kustomize-controller",
+        name: "kustomize-controller",
+    }],
+    cgo: false,
+    tags: "",
+    crds_from: Some("github.com/fluxcd/kustomize-controller"),
+};
+
+/// The environment's Git server (`testenv/go/gitserver`: fluxcd/gitkit over smart HTTP; a push
+/// to a new name creates the repository).
+pub const GITSERVER: Component = Component {
+    name: "gitserver",
+    module: "gitserver",
+    version: versions::GITKIT,
+    binaries: &[Binary {
+        package: "kratos-operator.dev/testenv/gitserver",
+        name: "gitserver",
+    }],
+    cgo: false,
+    tags: "",
+    crds_from: None,
 };
 
 /// Every component, in build order (the slowest first, so a failure shows early).
-pub const ALL: [Component; 12] = [
+pub const ALL: [Component; 15] = [
     KUBERNETES,
     KUBERNETES_OLDEST,
+    FLUX_SOURCE,
     KRATOS,
+    FLUX_KUSTOMIZE,
     SIGSTORE,
     KUBE_ROUTER,
     COREDNS,
@@ -246,6 +306,7 @@ pub const ALL: [Component; 12] = [
     ACTIONLINT,
     PAUSE,
     PROBE,
+    GITSERVER,
 ];
 
 impl Component {
@@ -400,6 +461,9 @@ impl Component {
                 });
             }
         }
+        if let Some(module) = self.crds_from {
+            self.copy_crds(module, &staging.join("crds"))?;
+        }
         fs::write(staging.join(".complete"), self.version)
             .map_err(io_err("writing build marker"))?;
         if out.exists() {
@@ -408,6 +472,63 @@ impl Component {
         fs::rename(&staging, &out)
             .map_err(io_err(format!("moving build into {}", out.display())))?;
         Ok(started.elapsed())
+    }
+}
+
+impl Component {
+    /// The directory of this component's CRDs (see [`Component::crds_from`]).
+    pub fn crds_dir(&self) -> Result<PathBuf> {
+        let dir = self.cache_dir().join("crds");
+        if self.is_built() && dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(Error::MissingBinary {
+                binary: format!("{} CRDs", self.name),
+                version: self.version.to_string(),
+                path: dir,
+            })
+        }
+    }
+
+    /// Copies `config/crd/bases/*.yaml` of `module`, at the version the wrapper module requires
+    /// (the one its build just downloaded), into `into`.
+    fn copy_crds(&self, module: &str, into: &Path) -> Result<()> {
+        let build_err = |message: String| Error::Build {
+            component: self.name.to_string(),
+            message,
+        };
+        let out = Command::new("go")
+            .current_dir(self.module_dir())
+            .env("GOFLAGS", "-mod=readonly")
+            .env("GOTOOLCHAIN", "local")
+            .args(["list", "-m", "-f", "{{.Dir}}", module])
+            .output()
+            .map_err(|e| build_err(format!("could not run `go list -m {module}`: {e}")))?;
+        if !out.status.success() {
+            return Err(build_err(format!(
+                "`go list -m {module}` exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let bases = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+            .join("config")
+            .join("crd")
+            .join("bases");
+        fs::create_dir_all(into).map_err(io_err(format!("creating {}", into.display())))?;
+        let mut copied = 0;
+        for entry in fs::read_dir(&bases).map_err(io_err(format!("reading {}", bases.display())))? {
+            let path = entry.map_err(io_err("listing CRDs"))?.path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let target = into.join(path.file_name().unwrap_or_default());
+                fs::copy(&path, &target).map_err(io_err(format!("copying {}", path.display())))?;
+                copied += 1;
+            }
+        }
+        if copied == 0 {
+            return Err(build_err(format!("no CRD in {}", bases.display())));
+        }
+        Ok(())
     }
 }
 

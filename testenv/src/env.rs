@@ -65,6 +65,9 @@ pub struct State {
     /// The node, once [`Environment::ensure_node`] started it.
     #[serde(default)]
     pub node: Option<NodeState>,
+    /// Flux and the Git server, once [`Environment::ensure_flux`] started them.
+    #[serde(default)]
+    pub flux: Option<crate::flux::FluxState>,
 }
 
 impl State {
@@ -367,6 +370,7 @@ impl Environment {
             kratos_version: versions::KRATOS.into(),
             processes: processes.clone(),
             node: None,
+            flux: None,
         })
     }
 
@@ -461,6 +465,12 @@ impl Environment {
             self.state.kratos_public_url,
             self.state.registry
         );
+        if let Some(flux) = &self.state.flux {
+            lines.push_str(&format!(
+                "export GIT_URL={}\nexport GIT_URL_FROM_FLUX={}\n",
+                flux.git_url, flux.git_url_from_flux
+            ));
+        }
         if let Some(node) = &self.state.node {
             lines.push_str(&format!(
                 "export KRATOS_ADMIN_URL_FROM_PODS={}\nexport KRATOS_PUBLIC_URL_FROM_PODS={}\nexport CONTAINERD_ADDRESS={}\n",
@@ -551,6 +561,67 @@ impl Environment {
                 Err(e)
             }
         }
+    }
+
+    /// Starts Flux (a Git server, source-controller and kustomize-controller, see
+    /// [`crate::flux`]) in the environment in `dir` unless it runs, and returns the environment
+    /// with it. The environment itself must run.
+    pub fn ensure_flux(dir: &Path) -> Result<Self> {
+        let _lock = lock(dir)?;
+        let Some(mut env) = Self::attach(dir)? else {
+            return Err(Error::NotReady {
+                component: "environment".into(),
+                message: "it is not running; start it with `cargo xtask testenv up`".into(),
+                log: dir.join("logs"),
+                log_tail: String::new(),
+            });
+        };
+        let running = |name: &str| {
+            env.state
+                .processes
+                .iter()
+                .any(|p| p.name == name && p.is_running())
+        };
+        if env.state.flux.is_some() && crate::flux::PROCESSES.iter().all(|n| running(n)) {
+            return Ok(env);
+        }
+        env.stop_flux();
+        let kubectl = env.state.kubernetes()?.binary("kubectl")?;
+        let mut started = Vec::new();
+        let result = crate::flux::start(
+            &crate::flux::Inputs {
+                dir,
+                kubectl: &kubectl,
+                kubeconfig: &env.state.kubeconfig,
+            },
+            &mut started,
+        );
+        env.state.processes.extend(started);
+        match result {
+            Ok(state) => {
+                env.state.flux = Some(state);
+                env.write_state()?;
+                Ok(env)
+            }
+            Err(e) => {
+                env.stop_flux();
+                let _ = env.write_state();
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops Flux's processes (its objects stay in the API server).
+    fn stop_flux(&mut self) {
+        for p in self.state.processes.iter().rev() {
+            if crate::flux::PROCESSES.contains(&p.name.as_str()) && p.is_running() {
+                p.stop(Duration::from_secs(10));
+            }
+        }
+        self.state
+            .processes
+            .retain(|p| !crate::flux::PROCESSES.contains(&p.name.as_str()));
+        self.state.flux = None;
     }
 
     /// Stops the node of the environment in `dir`, if it runs, and leaves the rest running: one

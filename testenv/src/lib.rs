@@ -10,6 +10,7 @@ pub mod build;
 pub mod certs;
 pub mod cluster;
 pub mod env;
+pub mod flux;
 pub mod image;
 pub mod kratos;
 pub mod node;
@@ -56,6 +57,11 @@ pub mod versions {
     /// kube-router: the node's NetworkPolicy engine. v2.10.0 is the newest the module proxy here
     /// serves whole (v2.11 is refused; v2.1.0 has reported security flaws).
     pub const KUBE_ROUTER: &str = "v2.10.0";
+    /// Flux's source-controller and kustomize-controller (one release line of both: v1.9 builds
+    /// with the Go here; v1.10 asks for Go 1.27).
+    pub const FLUX: &str = "v1.9.6";
+    /// fluxcd/gitkit, the Git server of the environment (testenv/go/gitserver).
+    pub const GITKIT: &str = "v0.6.0";
 }
 
 /// Everything that can go wrong while building, starting or stopping the environment.

@@ -155,6 +155,10 @@ enum TestenvAction {
         /// a development release of the operator to the environment's registry.
         #[arg(long)]
         node: bool,
+        /// Also start Flux: a Git server, and Flux's source-controller and kustomize-controller
+        /// against the environment's API server (`GIT_URL`, `GIT_URL_FROM_FLUX`).
+        #[arg(long)]
+        flux: bool,
         /// Kratos' database: `postgres` (its own PostgreSQL server, the default) or `sqlite`
         /// (a file; a second faster to start). Default: $KRATOS_OPERATOR_TESTENV_DATABASE, else
         /// postgres. Ignored when the environment already runs.
@@ -293,6 +297,7 @@ fn testenv(action: TestenvAction) -> Result<(), String> {
         TestenvAction::Up {
             dir,
             node,
+            flux,
             database,
             kubernetes,
         } => {
@@ -308,6 +313,9 @@ fn testenv(action: TestenvAction) -> Result<(), String> {
                 Environment::up_with(&dir, database, kubernetes).map_err(|e| e.to_string())?;
             if node {
                 env = node_with_release(&dir)?.0;
+            }
+            if flux {
+                env = Environment::ensure_flux(&dir).map_err(|e| e.to_string())?;
             }
             eprintln!(
                 "testenv: up in {:.1?} ({}, Kubernetes {}, Kratos on {})",
@@ -1126,9 +1134,17 @@ mod tests {
             .iter()
             .map(|c| c.module)
             .collect();
-        // Everything the test command builds but the compatibility row and the workflow lint:
-        // a new component is in the demo unless it is added to this list of exceptions.
-        let skipped = [build::KUBERNETES_OLDEST, build::HELM_3, build::ACTIONLINT];
+        // Everything the test command builds but the compatibility row, the workflow lint and
+        // Flux (the GitOps tests'): a new component is in the demo unless it is added to this
+        // list of exceptions.
+        let skipped = [
+            build::KUBERNETES_OLDEST,
+            build::HELM_3,
+            build::ACTIONLINT,
+            build::FLUX_SOURCE,
+            build::FLUX_KUSTOMIZE,
+            build::GITSERVER,
+        ];
         let mut want: Vec<&str> = build::ALL
             .iter()
             .map(|c| c.module)
@@ -1138,7 +1154,7 @@ mod tests {
         want.sort_unstable();
         have.sort_unstable();
         assert_eq!(have, want);
-        for skipped in [build::KUBERNETES_OLDEST, build::HELM_3, build::ACTIONLINT] {
+        for skipped in skipped {
             assert!(!modules.contains(&skipped.module), "{}", skipped.module);
         }
         // Every one is a component the test command builds too.
