@@ -414,7 +414,7 @@ mod tests {
                 .map(|p| p.name.as_str())
                 .collect()
         };
-        assert_eq!(names(true), ["fonts-dejavu-core", "shellcheck"]);
+        assert_eq!(names(true), ["fonts-dejavu-core", "shellcheck", "git"]);
         let demo = names(false);
         for name in [
             "containerd",
