@@ -1081,3 +1081,37 @@ async fn flux_installs_the_operator_then_the_identities_that_depend_on_it() {
     delete_flux_objects(&t.client, ns).await;
     t.cleanup().await;
 }
+
+/// The manifests of deploy/flux.md the tests above apply: a manifest added to the guide must be
+/// applied by one of them (and added here), or this fails.
+const GUIDE_APPLIED: [(&str, &str); 9] = [
+    ("GitRepository", "platform"),
+    ("Kustomization", "kratos-operator-crds"),
+    ("Kustomization", "kratos-operator"),
+    ("Kustomization", "team-a-identities"),
+    ("ServiceAccount", "identities-reconciler"),
+    ("Role", "identities-reconciler"),
+    ("RoleBinding", "identities-reconciler"),
+    ("GitRepository", "team-a"),
+    ("Kustomization", "identities"),
+];
+
+#[test]
+fn every_manifest_of_the_guide_is_one_a_test_applies() {
+    let mut in_guide: Vec<(String, String)> = guide_manifests()
+        .iter()
+        .map(|m| {
+            (
+                m["kind"].as_str().unwrap().to_string(),
+                m["metadata"]["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut applied: Vec<(String, String)> = GUIDE_APPLIED
+        .iter()
+        .map(|(k, n)| (k.to_string(), n.to_string()))
+        .collect();
+    in_guide.sort();
+    applied.sort();
+    assert_eq!(in_guide, applied);
+}
