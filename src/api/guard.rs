@@ -84,6 +84,9 @@ struct SpecSkeleton {
     deletion_policy: Option<DeletionPolicy>,
 }
 
+/// The annotation in which client-side `kubectl apply` keeps the object it last applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Decodes one Identity object (JSON text). Fails only when its metadata cannot be read; a spec
 /// that cannot be read gives a skeleton (see [`IdentitySpec::undecodable`]).
 pub fn decode(text: &str) -> Result<Identity, serde_json::Error> {
@@ -91,7 +94,16 @@ pub fn decode(text: &str) -> Result<Identity, serde_json::Error> {
     // The operator never reads managedFields; they mirror the spec's nesting and are most of an
     // object's bytes.
     parts.metadata.remove("managedFields");
-    let metadata: ObjectMeta = serde_json::from_str(&serde_json::to_string(&parts.metadata)?)?;
+    let mut metadata: ObjectMeta = serde_json::from_str(&serde_json::to_string(&parts.metadata)?)?;
+    // Nor the copy of the whole object `kubectl apply` (client-side) keeps in an annotation: as
+    // large again as the spec. The operator writes objects only by patch (finalizers) and by
+    // apply to the status, so the annotation stays on the object.
+    if let Some(annotations) = metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            metadata.annotations = None;
+        }
+    }
     // The status has no free JSON: the API server's schema bounds it. One it cannot read is
     // treated as absent (the operator writes a new one).
     let status = parts
@@ -149,6 +161,23 @@ mod tests {
             "spec":{{"schemaId":"customer","deletionPolicy":"Orphan","traits":{traits}}},
             "status":{{"identityId":"k-{name}","observedGeneration":1}}}}"#
         )
+    }
+
+    #[test]
+    fn the_last_applied_copy_is_dropped_and_other_annotations_kept() {
+        let with = |annotations: &str| {
+            format!(
+                r#"{{"metadata":{{"name":"a","annotations":{annotations}}},"spec":{{"schemaId":"customer","traits":{{}}}}}}"#
+            )
+        };
+        let copy = r#""{\"kind\":\"Identity\",\"spec\":{\"traits\":{}}}""#;
+        let both = decode(&with(&format!(r#"{{"{LAST_APPLIED}":{copy},"team":"a"}}"#))).unwrap();
+        assert_eq!(
+            both.metadata.annotations,
+            Some(BTreeMap::from([("team".to_string(), "a".to_string())]))
+        );
+        let only = decode(&with(&format!(r#"{{"{LAST_APPLIED}":{copy}}}"#))).unwrap();
+        assert_eq!(only.metadata.annotations, None);
     }
 
     #[test]
