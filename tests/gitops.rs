@@ -702,15 +702,27 @@ async fn git_changes_reach_kratos_prunes_delete_or_orphan_and_edits_are_reverted
     // stays in Kratos.
     repo.remove("identities/dave.yaml");
     repo.remove("identities/erin.yaml");
-    let pruned_at = Instant::now();
+    let pushed_at = Instant::now();
     let revision = repo.push("dave and erin leave");
     fetch_now(&t.client, &t.namespace, "platform").await;
+    // When Flux pruned the object (it has a deletionTimestamp, or is gone), and when its identity
+    // was gone from Kratos.
+    let pruned_at = std::sync::Mutex::new(None);
     eventually("dave's identity to be deleted in Kratos", T, || async {
+        let object = identities.get_opt("dave").await.unwrap();
+        if object.is_none_or(|d| d.metadata.deletion_timestamp.is_some()) {
+            pruned_at.lock().unwrap().get_or_insert_with(Instant::now);
+        }
         kratos.get_identity(&dave, &[]).await.is_err().then_some(())
     })
     .await;
+    let pruned_at = pruned_at
+        .into_inner()
+        .unwrap()
+        .expect("Flux pruned the object");
     println!(
-        "FIGURE prune: a file removed from Git had its identity deleted in Kratos {:.1?} after the push",
+        "FIGURE prune: Flux pruned the object {:.1?} after the push; its identity was gone from Kratos {:.1?} after that",
+        pruned_at - pushed_at,
         pruned_at.elapsed()
     );
     wait_kustomization(
