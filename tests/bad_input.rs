@@ -28,7 +28,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 use support::{
-    Operator, apply, eventually, kratos_client,
+    Operator, apply, condition, eventually, kratos_client,
     proxy::{Answer, Fault, KratosProxy},
     setup, start_operator_with, test_settings, unique_name, wait_ready,
 };
@@ -44,15 +44,6 @@ fn quiet(namespaces: &[&str]) -> kratos_operator::controller::Settings {
         watch_namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
         ..test_settings(namespaces[0])
     }
-}
-
-fn condition<K: serde::Serialize>(obj: &K, type_: &str) -> Value {
-    let v = serde_json::to_value(obj).unwrap();
-    v["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-        .cloned()
-        .unwrap_or(Value::Null)
 }
 
 /// Kratos calls and reconciles of the operator so far.

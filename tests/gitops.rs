@@ -14,6 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod chart_support;
+mod node_support;
 mod support;
 
 use std::{
@@ -30,7 +31,9 @@ use kube::{
     api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams},
 };
 use serde_json::{Value, json};
-use support::{TestEnv, eventually, kratos_client, setup, start_operator_with, test_settings};
+use support::{
+    TestEnv, condition, eventually, kratos_client, setup, start_operator_with, test_settings,
+};
 
 const T: Duration = Duration::from_secs(180);
 
@@ -51,24 +54,14 @@ async fn flux() -> FluxState {
 
 /// `kubectl <args> -o json` against the environment, parsed.
 fn kubectl_json(env: &Environment, args: &[&str]) -> Value {
-    let out = kubectl(env)
-        .args(args)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
+    let args = [args, &["-o", "json"]].concat();
+    let out = chart_support::kubectl_run(&env.state.kubeconfig, &args, None);
     assert!(
         out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "{args:?}: {}",
+        chart_support::describe(&out)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// The environment's kubectl, with its kubeconfig.
-fn kubectl(env: &Environment) -> Command {
-    let mut cmd = Command::new(env.state.kubernetes().unwrap().binary("kubectl").unwrap());
-    cmd.env("KUBECONFIG", &env.state.kubeconfig);
-    cmd
 }
 
 fn repo_root() -> PathBuf {
@@ -336,53 +329,37 @@ fn identity_yaml(name: &str, email: &str, extra: &str) -> String {
     )
 }
 
-fn condition(obj: &impl serde::Serialize, type_: &str) -> Value {
-    let v = serde_json::to_value(obj).unwrap();
-    v["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 fn is_ready(obj: &impl serde::Serialize) -> bool {
     condition(obj, "Ready")["status"] == "True"
 }
 
+/// `Kind/name` and resource version of every object of `K` in `ns`.
+async fn versions_of<K>(client: &Client, ns: &str) -> Vec<(String, String)>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| {
+            (
+                format!("{}/{}", K::kind(&()), o.name_any()),
+                o.resource_version().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Resource versions of every object of our kinds in `ns`.
 async fn versions(client: &Client, ns: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let lp = Default::default();
-    for i in Api::<Identity>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .unwrap()
-    {
-        out.push((
-            format!("Identity/{}", i.name_any()),
-            i.resource_version().unwrap(),
-        ));
-    }
-    for s in Api::<IdentitySchemaRef>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .unwrap()
-    {
-        out.push((
-            format!("IdentitySchemaRef/{}", s.name_any()),
-            s.resource_version().unwrap(),
-        ));
-    }
-    for r in Api::<RecoveryRequest>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .unwrap()
-    {
-        out.push((
-            format!("RecoveryRequest/{}", r.name_any()),
-            r.resource_version().unwrap(),
-        ));
-    }
+    let mut out = versions_of::<Identity>(client, ns).await;
+    out.extend(versions_of::<IdentitySchemaRef>(client, ns).await);
+    out.extend(versions_of::<RecoveryRequest>(client, ns).await);
     out.sort();
     out
 }
@@ -663,8 +640,9 @@ async fn git_changes_reach_kratos_prunes_delete_or_orphan_and_edits_are_reverted
     .await;
 
     // A manual edit is reverted by Flux (at its next interval), and Kratos ends at Git's value.
-    let edit = kubectl(t.env)
-        .args([
+    let edit = chart_support::kubectl_run(
+        &t.env.state.kubeconfig,
+        &[
             "-n",
             &t.namespace,
             "patch",
@@ -674,14 +652,10 @@ async fn git_changes_reach_kratos_prunes_delete_or_orphan_and_edits_are_reverted
             "--field-manager=kubectl-edit",
             "-p",
             r#"{"spec":{"traits":{"tier":"free"}}}"#,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        edit.status.success(),
-        "{}",
-        String::from_utf8_lossy(&edit.stderr)
+        ],
+        None,
     );
+    assert!(edit.status.success(), "{}", chart_support::describe(&edit));
     let edited_at = Instant::now();
     eventually("Flux to revert the edit", T, || async {
         let c = identities.get("carol").await.ok()?;
@@ -976,10 +950,7 @@ async fn flux_installs_the_operator_then_the_identities_that_depend_on_it() {
     let _alone = CLUSTER_WIDE.write().await;
     let t = setup("gitops-addon").await;
     let flux = flux().await;
-    let env = tokio::task::spawn_blocking(|| Environment::ensure_node(&default_dir()))
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("the node does not start: {e}"));
+    let env = node_support::node_env().await;
     let published = kratos_operator_testenv::registry::Published::read(&env.dir)
         .unwrap()
         .expect("no release in the environment's registry; `cargo xtask test` (or `cargo xtask testenv up --node`) publishes one");

@@ -463,36 +463,14 @@ fn apply(add_ons: &AddOns<'_>, manifest: &Value, what: &str) -> Result<()> {
 }
 
 fn kubectl(add_ons: &AddOns<'_>, args: &[&str], stdin: Option<&str>, what: &str) -> Result<String> {
-    use std::io::Write;
-    let mut child = Command::new(add_ons.kubectl)
-        .env("KUBECONFIG", add_ons.kubeconfig)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(io_err(format!("running kubectl ({what})")))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .map_err(io_err(format!("writing to kubectl ({what})")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(io_err(format!("waiting for kubectl ({what})")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(Error::NotReady {
+    crate::process::kubectl(add_ons.kubectl, add_ons.kubeconfig, args, stdin)?.map_err(|message| {
+        Error::NotReady {
             component: what.into(),
-            message: format!(
-                "kubectl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
+            message,
             log: add_ons.work_dir.to_path_buf(),
             log_tail: String::new(),
-        })
-    }
+        }
+    })
 }
 
 /// Waits until the Deployment `namespace/name` has rolled out.

@@ -482,25 +482,32 @@ impl Environment {
         lines
     }
 
+    /// The environment running in `dir`, or an error saying how to start it.
+    fn attach_running(dir: &Path) -> Result<Self> {
+        Self::attach(dir)?.ok_or_else(|| Error::NotReady {
+            component: "environment".into(),
+            message: "it is not running; start it with `cargo xtask testenv up`".into(),
+            log: dir.join("logs"),
+            log_tail: String::new(),
+        })
+    }
+
+    /// Whether a process of each of `names` runs.
+    fn all_running(&self, names: &[&str]) -> bool {
+        names.iter().all(|name| {
+            self.state
+                .processes
+                .iter()
+                .any(|p| p.name == *name && p.is_running())
+        })
+    }
+
     /// Starts the node of the environment in `dir` unless it runs (see [`crate::node`]), and
     /// returns the environment with it. The environment itself must run.
     pub fn ensure_node(dir: &Path) -> Result<Self> {
         let _lock = lock(dir)?;
-        let Some(mut env) = Self::attach(dir)? else {
-            return Err(Error::NotReady {
-                component: "environment".into(),
-                message: "it is not running; start it with `cargo xtask testenv up`".into(),
-                log: dir.join("logs"),
-                log_tail: String::new(),
-            });
-        };
-        let running = |name: &str| {
-            env.state
-                .processes
-                .iter()
-                .any(|p| p.name == name && p.is_running())
-        };
-        if env.state.node.is_some() && node::PROCESSES.iter().all(|n| running(n)) {
+        let mut env = Self::attach_running(dir)?;
+        if env.state.node.is_some() && env.all_running(&node::PROCESSES) {
             return Ok(env);
         }
         env.stop_node();
@@ -568,21 +575,8 @@ impl Environment {
     /// with it. The environment itself must run.
     pub fn ensure_flux(dir: &Path) -> Result<Self> {
         let _lock = lock(dir)?;
-        let Some(mut env) = Self::attach(dir)? else {
-            return Err(Error::NotReady {
-                component: "environment".into(),
-                message: "it is not running; start it with `cargo xtask testenv up`".into(),
-                log: dir.join("logs"),
-                log_tail: String::new(),
-            });
-        };
-        let running = |name: &str| {
-            env.state
-                .processes
-                .iter()
-                .any(|p| p.name == name && p.is_running())
-        };
-        if env.state.flux.is_some() && crate::flux::PROCESSES.iter().all(|n| running(n)) {
+        let mut env = Self::attach_running(dir)?;
+        if env.state.flux.is_some() && env.all_running(&crate::flux::PROCESSES) {
             return Ok(env);
         }
         env.stop_flux();

@@ -12,7 +12,6 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -143,7 +142,7 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<F
         std::net::TcpStream::connect(("127.0.0.1", git_port)).is_ok()
     })?;
 
-    kubectl(
+    let namespace = kubectl(
         input,
         &[
             "create",
@@ -153,13 +152,15 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<F
             "-o",
             "yaml",
         ],
-    )
-    .and_then(|yaml| kubectl_stdin(input, &["apply", "-f", "-"], &yaml))?;
+        None,
+    )?;
+    kubectl(input, &["apply", "-f", "-"], Some(&namespace))?;
     for dir in &crds {
         let dir = dir.display().to_string();
         kubectl(
             input,
             &["apply", "--server-side", "--force-conflicts", "-f", &dir],
+            None,
         )?;
         kubectl(
             input,
@@ -170,52 +171,41 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<F
                 "-f",
                 &dir,
             ],
+            None,
         )?;
     }
 
-    let kubeconfig = input.kubeconfig.display().to_string();
     let envs = [
-        ("KUBECONFIG", kubeconfig),
+        ("KUBECONFIG", input.kubeconfig.display().to_string()),
         ("RUNTIME_NAMESPACE", NAMESPACE.to_string()),
     ];
-    let agent = process::http_agent(None);
     let source_ports = Ports {
         metrics: process::free_port()?,
         health: process::free_port()?,
     };
     let storage_port = process::free_port()?;
-    let (mut source, rec) = process::spawn(
+    start_controller(
         PROCESSES[1],
         &source_bin,
         &source_args(&source_ports, &storage, storage_port),
         &envs,
-        &logs.join("flux-source-controller.log"),
+        source_ports.health,
+        &logs,
+        processes,
     )?;
-    processes.push(rec.clone());
-    process::wait_ready(&rec, Some(&mut source), Duration::from_secs(60), || {
-        process::http_ok(
-            &agent,
-            &format!("http://127.0.0.1:{}/readyz", source_ports.health),
-        )
-    })?;
     let kustomize_ports = Ports {
         metrics: process::free_port()?,
         health: process::free_port()?,
     };
-    let (mut kustomize, rec) = process::spawn(
+    start_controller(
         PROCESSES[2],
         &kustomize_bin,
         &kustomize_args(&kustomize_ports),
         &envs,
-        &logs.join("flux-kustomize-controller.log"),
+        kustomize_ports.health,
+        &logs,
+        processes,
     )?;
-    processes.push(rec.clone());
-    process::wait_ready(&rec, Some(&mut kustomize), Duration::from_secs(60), || {
-        process::http_ok(
-            &agent,
-            &format!("http://127.0.0.1:{}/readyz", kustomize_ports.health),
-        )
-    })?;
     let git_url = format!("http://127.0.0.1:{git_port}");
     Ok(FluxState {
         git_url_from_flux: git_url.clone(),
@@ -224,44 +214,27 @@ pub fn start(input: &Inputs<'_>, processes: &mut Vec<ProcessRecord>) -> Result<F
     })
 }
 
-fn kubectl(input: &Inputs<'_>, args: &[&str]) -> Result<String> {
-    run_kubectl(input, args, None)
+fn kubectl(input: &Inputs<'_>, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    process::kubectl(input.kubectl, input.kubeconfig, args, stdin)?.map_err(Error::Config)
 }
 
-fn kubectl_stdin(input: &Inputs<'_>, args: &[&str], stdin: &str) -> Result<String> {
-    run_kubectl(input, args, Some(stdin))
-}
-
-fn run_kubectl(input: &Inputs<'_>, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    use std::io::Write;
-    let mut cmd = Command::new(input.kubectl);
-    cmd.arg(format!("--kubeconfig={}", input.kubeconfig.display()))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let what = format!("kubectl {}", args.join(" "));
-    let mut child = cmd.spawn().map_err(io_err(format!("running {what}")))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .map_err(io_err(format!("writing to {what}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(io_err(format!("running {what}")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(Error::Config(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+/// Starts one of Flux's controllers and waits until its `/readyz` answers.
+fn start_controller(
+    name: &str,
+    binary: &Path,
+    args: &[String],
+    envs: &[(&str, String)],
+    health: u16,
+    logs: &Path,
+    processes: &mut Vec<ProcessRecord>,
+) -> Result<()> {
+    let (mut child, rec) =
+        process::spawn(name, binary, args, envs, &logs.join(format!("{name}.log")))?;
+    processes.push(rec.clone());
+    let agent = process::http_agent(None);
+    process::wait_ready(&rec, Some(&mut child), Duration::from_secs(60), || {
+        process::http_ok(&agent, &format!("http://127.0.0.1:{health}/readyz"))
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::{
     fs::{self, File},
-    io::{Read, Seek, SeekFrom},
+    io::{Read, Seek, SeekFrom, Write},
     net::TcpListener,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -199,4 +199,39 @@ pub fn http_agent(ca_pem: Option<&[u8]>) -> ureq::Agent {
 /// Whether `GET url` answers 200.
 pub fn http_ok(agent: &ureq::Agent, url: &str) -> bool {
     agent.get(url).call().is_ok_and(|r| r.status() == 200)
+}
+
+/// Runs `kubectl <args>` against `kubeconfig`, with `stdin` piped in: `Ok(Ok(stdout))`, or
+/// `Ok(Err(message))` naming the command and its stderr when kubectl fails; `Err` when it cannot
+/// be run at all.
+pub fn kubectl(
+    kubectl: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<std::result::Result<String, String>> {
+    let what = format!("kubectl {}", args.join(" "));
+    let mut child = Command::new(kubectl)
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err(format!("running {what}")))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .map_err(io_err(format!("writing to {what}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(io_err(format!("waiting for {what}")))?;
+    Ok(if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    })
 }

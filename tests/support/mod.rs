@@ -214,6 +214,16 @@ where
     }
 }
 
+/// The condition of `type_` in an object's `status.conditions`; `Null` when it has none.
+pub fn condition(obj: &impl serde::Serialize, type_: &str) -> serde_json::Value {
+    let v = serde_json::to_value(obj).expect("object as JSON");
+    v["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// Applies the operator's CRDs (server-side apply) and waits until they are Established.
 pub async fn install_crds(client: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
