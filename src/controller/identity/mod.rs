@@ -297,14 +297,15 @@ fn check_again_later(obj: Arc<Identity>, ctx: Arc<Context>) {
     let Some(uid) = obj.metadata.uid.clone() else {
         return;
     };
-    ctx.state.rechecks.expect(&uid);
     let wait = ctx.settings.create_settle_time;
     // It logs in the reconcile's span (object.ref).
     let span = tracing::Span::current();
     tokio::spawn(
         async move {
             tokio::time::sleep(wait).await;
-            if !ctx.state.rechecks.take(&uid) {
+            // The id this reconcile recorded is forgotten when the finalizer's cleanup ends
+            // ([`forget`]): nothing is left to do.
+            if ctx.state.known_ids.get(&uid).is_none() {
                 return;
             }
             if let Err(e) = gone_without_cleanup(&obj, &ctx).await {
@@ -320,7 +321,6 @@ fn forget(obj: &Identity, ctx: &Context) {
     if let Some(uid) = obj.metadata.uid.as_deref() {
         ctx.state.known_ids.forget(uid);
         ctx.state.pending.forget(uid);
-        ctx.state.rechecks.take(uid);
     }
     ctx.state.statuses.forget(obj);
 }

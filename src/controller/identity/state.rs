@@ -44,8 +44,6 @@ pub struct State {
     pub detached: detach::Detached,
     /// Status writes, off the reconciles' path.
     pub statuses: status::StatusWriter,
-    /// New objects whose read-back is still to come ([`Rechecks`]).
-    pub rechecks: Rechecks,
 }
 
 impl State {
@@ -63,7 +61,6 @@ impl State {
             known_ids: KnownIds::default(),
             detached: detach::Detached::new(ctx.priority.clone()),
             statuses: status::StatusWriter::new(ctx.priority.clone()),
-            rechecks: Rechecks::default(),
         }
     }
 }
@@ -90,43 +87,5 @@ impl KnownIds {
         if let Ok(mut m) = self.0.lock() {
             m.remove(uid);
         }
-    }
-}
-
-/// The uids of new objects that are read back once more a settle time after their first
-/// reconcile, in case a deletion raced their finalizer. A finalizer's cleanup that runs in the
-/// meantime takes the uid out: that object was cleaned up, and its read-back has nothing to do.
-#[derive(Debug, Default)]
-pub struct Rechecks(std::sync::Mutex<std::collections::HashSet<String>>);
-
-impl Rechecks {
-    /// A read-back of `uid` is to come.
-    pub fn expect(&self, uid: &str) {
-        if let Ok(mut s) = self.0.lock() {
-            s.insert(uid.to_string());
-        }
-    }
-
-    /// Whether the read-back of `uid` still has to run; it is no longer expected either way.
-    pub fn take(&self, uid: &str) -> bool {
-        self.0.lock().is_ok_and(|mut s| s.remove(uid))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_read_back_runs_once_and_not_after_a_cleanup_took_it() {
-        let r = Rechecks::default();
-        r.expect("a");
-        r.expect("b");
-        // The finalizer's cleanup of b ran first.
-        assert!(r.take("b"));
-        assert!(!r.take("b"), "b's read-back has nothing left to do");
-        assert!(r.take("a"));
-        assert!(!r.take("a"), "once only");
-        assert!(!r.take("never"));
     }
 }
