@@ -1397,6 +1397,102 @@ async fn create_held_past_sigkill(schema: &str) {
     );
 }
 
+/// The successor's `CREATE_SETTLE_TIME` in the late-commit tests: shorter than the create is
+/// held, so that Kratos carries it out after the window the successor waited for.
+const SHORT_SETTLE: &str = "2s";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_committed_after_the_settle_time_of_a_deleted_object_is_removed() {
+    create_committed_after_settle(schemas::CUSTOMER, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_committed_after_the_settle_time_of_a_deleted_object_is_removed_without_identifiers()
+ {
+    create_committed_after_settle(schemas::PROFILE, true).await;
+}
+
+/// Without identifiers the successor, having waited its settle time, creates a second
+/// identity; the late one must not stay beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_committed_after_the_settle_time_leaves_no_duplicate_without_identifiers() {
+    create_committed_after_settle(schemas::PROFILE, false).await;
+}
+
+/// The operator is SIGKILLed while Kratos holds its create; its successor, whose settle time is
+/// shorter than the hold, is done with the object (it let it go when `delete`d, or created its
+/// identity); only then does the create commit. The identity it leaves must be removed: no
+/// orphan, no duplicate.
+async fn create_committed_after_settle(schema: &str, delete_it: bool) {
+    let _timing = no_hog().await;
+    let w = Window::new(&format!(
+        "fault-late-{schema}-{}",
+        if delete_it { "del" } else { "dup" }
+    ))
+    .await;
+    let first = w.operator(&[]);
+    let name = "late";
+    let obj = w.apply(schema, name, &traits(&w.t, name, "v0")).await;
+    let uid = obj.uid().unwrap();
+    w.gate.wait_arrived(Duration::from_secs(60)).await;
+    first.kill();
+    let second = w.operator(&[("CREATE_SETTLE_TIME", SHORT_SETTLE)]);
+    let used = if delete_it {
+        delete(&w.t, name).await;
+        support::wait_gone(&identities(&w.t), name, Duration::from_secs(60)).await;
+        None
+    } else {
+        let synced: Identity = support::wait_for(
+            &w.t,
+            name,
+            "Ready=True Synced with its own identity",
+            Duration::from_secs(60),
+            is_synced,
+        )
+        .await;
+        synced.status.and_then(|s| s.identity_id)
+    };
+    let released = Instant::now();
+    w.gate.release();
+    let answer = w.gate.wait_answered(Duration::from_secs(30)).await;
+    let emails = [w.t.email(name)];
+    let k = w.kratos();
+    let expected: Vec<String> = used.iter().cloned().collect();
+    // Only the identity the object uses (if any) is left.
+    let done = |left: &[String]| {
+        left.len() == expected.len()
+            && left
+                .iter()
+                .all(|d| expected.iter().any(|e| d.starts_with(e.as_str())))
+    };
+    let mut left = identities_of(&k, &uid, &emails).await;
+    let committed = left.len();
+    while !done(&left) && released.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        left = identities_of(&k, &uid, &emails).await;
+    }
+    println!(
+        "FIGURES late commit ({schema}, {}): Kratos answered the create {:?} after the release: {}; {committed} \
+         identities of the object right after; {} left {:?} after the release",
+        if delete_it {
+            "object deleted"
+        } else {
+            "object synced"
+        },
+        answer.at - released,
+        late_answer(&answer),
+        left.len(),
+        released.elapsed()
+    );
+    drop(second);
+    w.close().await;
+    assert!(
+        done(&left),
+        "Identity {name} (uid {uid}): a create committed after the settle time left {left:?}, where only \
+         {expected:?} should be"
+    );
+}
+
 /// `KRATOS_REQUEST_TIMEOUT` of the operator in the timeout tests.
 const REQUEST_TIMEOUT: &str = "2s";
 

@@ -1331,3 +1331,293 @@ async fn an_identity_deleted_right_after_its_create_is_cleaned_up_once() {
     assert_eq!(count_with_email(&t, &email).await, 0);
     t.cleanup().await;
 }
+
+/// Kratos calls `op` made, by operation (for a failure's message).
+fn calls_of(op: &support::Operator) -> Vec<(&'static str, u64)> {
+    let m = op.kratos.metrics();
+    [
+        "list_identities",
+        "list_sessions",
+        "get_identity",
+        "list_identity_sessions",
+        "update_identity",
+        "patch_identity",
+        "get_schema",
+        "list_schemas",
+    ]
+    .into_iter()
+    .map(|name| (name, m.calls(name)))
+    .filter(|(_, n)| *n > 0)
+    .collect()
+}
+
+/// Waits until `op` has finished a drift sweep.
+async fn first_sweep(op: &support::Operator) {
+    eventually("the first drift sweep", T, || async {
+        (op.ctx.metrics.drift_sweeps.get() >= 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restarted_operator_trusts_synced_statuses_and_notices_what_changed_while_it_was_down() {
+    use kratos_operator_testenv::kratos::schemas;
+    const PLAIN: usize = 30;
+    let t = setup("id-restart").await;
+    let (kratos, dir) = support::private_kratos(&t, KratosOptions::default()).await;
+    let settings = || support::test_settings(&t.namespace);
+    let op =
+        support::start_operator_with(&t, &kratos.admin_url(), &kratos.public_url(), settings())
+            .await;
+    schema_ref(&t, "customer", schemas::CUSTOMER).await;
+    wait_ready::<IdentitySchemaRef>(&t, "customer", "True", Some("Resolved"), T).await;
+    let customer = |user: &str| json!({ "schemaRef": { "name": "customer" }, "traits": { "email": t.email(user) } });
+    for i in 0..PLAIN {
+        t.identity(&format!("plain-{i}"), customer(&format!("plain-{i}")))
+            .await;
+    }
+    t.secret("pw-secret", "pw", "first-Passw0rd-x1").await;
+    let mut pw = customer("pw");
+    pw["credentials"] = json!({ "password": { "secretRef": { "name": "pw-secret", "key": "pw" }, "policy": "Sync" } });
+    t.identity("pw", pw).await;
+    t.identity("drift", customer("drift")).await;
+    for i in 0..PLAIN {
+        ready(&t, &format!("plain-{i}")).await;
+    }
+    let drift = identity_id(&ready(&t, "drift").await);
+    ready(&t, "pw").await;
+    // One active session, so that the restart has sessions to count.
+    login(&kratos.public_url(), &t.email("pw"), "first-Passw0rd-x1")
+        .await
+        .expect("login with the first password");
+    let api: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
+    eventually("pw's session counted", T, || async {
+        (api.get("pw").await.ok()?.status?.active_sessions == Some(1)).then_some(())
+    })
+    .await;
+    op.stop();
+
+    // While no operator runs: the password Secret changes, and an identity is changed in Kratos.
+    t.secret("pw-secret", "pw", "second-Passw0rd-x2").await;
+    let k = kratos_client(&kratos.admin_url(), &kratos.public_url());
+    k.patch_identity(
+        &drift,
+        &[kratos_operator::kratos::JsonPatchOp::replace(
+            "/traits/email",
+            json!(t.email("someone-else")),
+        )],
+    )
+    .await
+    .unwrap();
+
+    let op =
+        support::start_operator_with(&t, &kratos.admin_url(), &kratos.public_url(), settings())
+            .await;
+    first_sweep(&op).await;
+    eventually("the new password imported", T, || async {
+        login(&kratos.public_url(), &t.email("pw"), "second-Passw0rd-x2")
+            .await
+            .ok()
+    })
+    .await;
+    eventually("the drift reverted", T, || async {
+        (k.get_identity(&drift, &[]).await.ok()?.traits["email"] == json!(t.email("drift")))
+            .then_some(())
+    })
+    .await;
+    // Quiet: no reconcile is left to run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let n = PLAIN + 2;
+    // Until the first sweep's work is done: the schema (1), the sweep's lists (1 + 1), the two
+    // objects it found (a read each, sessions, a write each), and the Secret watch's own look.
+    let calls = op.kratos.metrics().total_calls();
+    let budget = n.div_ceil(500) as u64 + 1 + 10;
+    assert!(
+        calls <= budget,
+        "{calls} Kratos calls after the restart, more than {budget}: {:?}",
+        calls_of(&op)
+    );
+    let reads = op.kratos.metrics().calls("get_identity");
+    assert!(
+        reads <= 2,
+        "{reads} identities read one by one: {:?}",
+        calls_of(&op)
+    );
+    assert_eq!(
+        op.kratos.metrics().writes(),
+        2,
+        "the password and the drift, nothing else: {:?}",
+        calls_of(&op)
+    );
+    op.stop();
+
+    // A schema changed while no operator runs: every Identity that uses it is looked at again
+    // (its status then records the new digest).
+    let path = kratos.schema_path(schemas::CUSTOMER);
+    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    schema["properties"]["traits"]["properties"]["nickname"] = json!({ "type": "string" });
+    std::fs::write(&path, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
+    let kratos = tokio::task::spawn_blocking(move || {
+        let mut kratos = kratos;
+        kratos.restart().expect("restart Kratos");
+        kratos
+    })
+    .await
+    .unwrap();
+    let before = api
+        .get("plain-0")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .schema_digest;
+    assert!(before.is_some(), "the digest is recorded");
+    let _op =
+        support::start_operator_with(&t, &kratos.admin_url(), &kratos.public_url(), settings())
+            .await;
+    let refs: Api<IdentitySchemaRef> = Api::namespaced(t.client.clone(), &t.namespace);
+    let after = eventually("the new digest", T, || async {
+        let d = refs.get("customer").await.ok()?.status?.digest;
+        (d != before).then_some(d)
+    })
+    .await;
+    eventually(
+        "every Identity validated against the new schema",
+        T,
+        || async {
+            let all = api.list(&Default::default()).await.ok()?;
+            all.items
+                .iter()
+                .all(|o| o.status.as_ref().is_some_and(|s| s.schema_digest == after) && synced(o))
+                .then_some(())
+        },
+    )
+    .await;
+    support::drop_kratos(kratos, dir, false).await;
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_idle_sweep_reads_one_page_of_sessions_however_many_others_hold() {
+    use kratos_operator::kratos::IdentityCredentialsImport;
+    const UNMANAGED: usize = 12;
+    const PAGE: u32 = 5;
+    let t = setup("id-sessioncost").await;
+    let (kratos, dir) = support::private_kratos(&t, KratosOptions::default()).await;
+    let client = {
+        let mut config =
+            kratos_operator::kratos::ClientConfig::new(kratos.admin_url().parse().unwrap());
+        config.public_url = Some(kratos.public_url().parse().unwrap());
+        config.request_timeout = Duration::from_secs(10);
+        config.page_size = PAGE;
+        kratos_operator::kratos::KratosClient::new(config).unwrap()
+    };
+    let settings = kratos_operator::controller::Settings {
+        session_lookback: Duration::from_millis(500),
+        ..support::test_settings(&t.namespace)
+    };
+    let password = "Sessions-Passw0rd-x9";
+    // Identities no object manages, two sessions each: more sessions than a page holds.
+    let k = kratos_client(&kratos.admin_url(), &kratos.public_url());
+    for i in 0..UNMANAGED {
+        let email = t.email(&format!("self-{i}"));
+        let mut body = CreateIdentityBody::new("customer", json!({ "email": email }));
+        body.credentials = Some(IdentityCredentialsImport::password(
+            password.to_string().into(),
+        ));
+        k.create_identity(&body).await.unwrap();
+        for _ in 0..2 {
+            login(&kratos.public_url(), &email, password).await.unwrap();
+        }
+    }
+    // Older than the newest session (busy's, below) by more than twice the lookback.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    t.secret("pw", "pw", password).await;
+    let with_password = |user: &str| {
+        json!({ "schemaId": "customer", "traits": { "email": t.email(user) },
+                "credentials": { "password": { "secretRef": { "name": "pw", "key": "pw" } } } })
+    };
+    let op = support::start_operator_with_client(&t, client, settings).await;
+    for user in ["quiet", "busy", "later"] {
+        t.identity(user, with_password(user)).await;
+    }
+    for user in ["quiet", "busy", "later"] {
+        ready(&t, user).await;
+    }
+    login(&kratos.public_url(), &t.email("busy"), password)
+        .await
+        .unwrap();
+    let api: Api<Identity> = Api::namespaced(t.client.clone(), &t.namespace);
+    let sessions_of = |name: &'static str, n: i32| {
+        let api = api.clone();
+        async move {
+            eventually(
+                &format!("{name} to show {n} active sessions"),
+                T,
+                || async {
+                    (api.get(name).await.ok()?.status?.active_sessions == Some(n)).then_some(())
+                },
+            )
+            .await;
+        }
+    };
+    sessions_of("busy", 1).await;
+    // Past the lookback of the newest session: what an idle sweep sees.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = op.kratos.metrics();
+    let sweeps = op.ctx.metrics.drift_sweeps.get();
+    eventually("a sweep to begin afresh", T, || async {
+        (op.ctx.metrics.drift_sweeps.get() > sweeps).then_some(())
+    })
+    .await;
+    let (from, before) = (op.ctx.metrics.drift_sweeps.get(), m.total_calls());
+    let session_pages = m.calls("list_sessions");
+    eventually("three more sweeps", T, || async {
+        (op.ctx.metrics.drift_sweeps.get() >= from + 3).then_some(())
+    })
+    .await;
+    let (to, after) = (op.ctx.metrics.drift_sweeps.get(), m.total_calls());
+    let per_sweep = (after - before) as f64 / (to - from) as f64;
+    let total_sessions = 2 * UNMANAGED + 1;
+    println!(
+        "FIGURE idle sweep: {per_sweep:.1} Kratos requests ({} sweeps, {total_sessions} active sessions, {} a page, 3 managed, 1 with a session)",
+        to - from,
+        PAGE
+    );
+    // One identity list, one page of sessions, busy's own sessions.
+    assert!(
+        per_sweep <= 3.0,
+        "{per_sweep} requests per idle sweep: {:?}",
+        calls_of(&op)
+    );
+    assert_eq!(
+        m.calls("list_sessions") - session_pages,
+        to - from,
+        "one page of the session list per sweep, not {}",
+        (total_sessions as u32).div_ceil(PAGE)
+    );
+    // A first login of a managed identity is seen on the first page; a session that ends, by
+    // the identity's own list.
+    login(&kratos.public_url(), &t.email("later"), password)
+        .await
+        .unwrap();
+    sessions_of("later", 1).await;
+    let session = k
+        .list_identity_sessions(&identity_id(&ready(&t, "busy").await), Some(true))
+        .await
+        .unwrap();
+    assert_eq!(session.len(), 1);
+    k.disable_session(&session[0].id).await.unwrap();
+    sessions_of("busy", 0).await;
+    assert_eq!(
+        api.get("quiet")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .active_sessions,
+        Some(0)
+    );
+    support::drop_kratos(kratos, dir, false).await;
+    t.cleanup().await;
+}

@@ -302,6 +302,11 @@ pub struct IdentityStatus {
     /// The schema id Kratos reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_id: Option<String>,
+    /// `sha256:<hex>` of the schema document the traits were last validated against. An
+    /// Identity whose IdentitySchemaRef reports another digest is reconciled again, also when
+    /// the schema changed while the operator was not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_digest: Option<String>,
     /// What the operator imported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsStatus>,

@@ -64,6 +64,10 @@ pub struct Settings {
     /// Handle only the objects of our kinds whose labels match this selector (sharding); `None`:
     /// all of them.
     pub label_selector: Option<String>,
+    /// How much later than its `issued_at` a new session may become visible in Kratos' list
+    /// (login hooks run in between), and how far Kratos' clocks may disagree: a drift sweep
+    /// reads the sessions list back this far (twice) beyond the newest session it saw before.
+    pub session_lookback: Duration,
 }
 
 impl Settings {
@@ -117,6 +121,7 @@ impl Default for Settings {
             create_settle_time: Duration::from_secs(30),
             tenancy_enforce: true,
             label_selector: None,
+            session_lookback: Duration::from_secs(30),
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass this as `page_token` to fetch the next page.
     pub next_page_token: Option<String>,
+    /// How many items the whole list holds (`X-Total-Count`), when the server says.
+    pub total: Option<u64>,
 }
 
 /// The target of the first `Link` entry with relation `rel` (relations compare

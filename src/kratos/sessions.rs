@@ -10,7 +10,7 @@ use super::{
     client::KratosClient,
     error::Error,
     models::{Session, SessionExpand},
-    pagination::paged,
+    pagination::{Page, paged},
     transport::{Request, decode, with_query},
 };
 
@@ -67,6 +67,25 @@ impl KratosClient {
                     .await
             }
         })
+    }
+
+    /// One page of `GET /admin/sessions` (newest first: by the time Kratos stored them), only
+    /// active ones, with `expand` (the client's page size; `token` from the previous page).
+    pub async fn list_active_sessions_page(
+        &self,
+        expand: &[SessionExpand],
+        token: Option<String>,
+    ) -> Result<Page<Session>, Error> {
+        let mut query = vec![
+            ("page_size", self.page_size().to_string()),
+            ("active", "true".to_string()),
+        ];
+        query.extend(expand.iter().map(|e| ("expand", e.as_str().to_string())));
+        query.extend(token.map(|t| ("page_token", t)));
+        let url = with_query(self.transport().admin(&["admin", "sessions"])?, &query);
+        self.transport()
+            .fetch_page(Request::get("list_sessions", url))
+            .await
     }
 
     /// `GET /admin/identities/{id}/sessions`, all pages (identity and devices expanded).

@@ -176,9 +176,15 @@ impl Transport {
         self.call_with(&request, |response| {
             let items = decode(&response, request.sensitive)?;
             let link = response.headers.get(LINK).and_then(|v| v.to_str().ok());
+            let total = response
+                .headers
+                .get("x-total-count")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
             Ok(Page {
                 items,
                 next_page_token: next_page_token(link, &request.url),
+                total,
             })
         })
         .await

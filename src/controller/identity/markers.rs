@@ -67,6 +67,22 @@ async fn index(kratos: &KratosClient) -> Result<HashMap<String, String>, kratos:
     Ok(by_uid)
 }
 
+/// The ids of the Kratos identities whose owner marker carries one of `uids`, by uid: one
+/// paged list of all identities.
+pub async fn marked_by(
+    kratos: &KratosClient,
+    uids: &std::collections::HashSet<String>,
+) -> Result<HashMap<String, Vec<String>>, kratos::Error> {
+    let mut by_uid: HashMap<String, Vec<String>> = HashMap::new();
+    let mut identities = Box::pin(kratos.list_identities(Default::default()));
+    while let Some(identity) = identities.try_next().await? {
+        if let Some(uid) = marker_uid(&identity).filter(|u| uids.contains(u)) {
+            by_uid.entry(uid).or_default().push(identity.id);
+        }
+    }
+    Ok(by_uid)
+}
+
 /// The uid in an identity's owner marker (pure).
 pub fn marker_uid(identity: &kratos::Identity) -> Option<String> {
     identity

@@ -15,15 +15,18 @@ pub mod desired;
 pub mod detach;
 #[cfg(test)]
 mod fixtures;
+pub mod late;
 pub mod markers;
 pub mod observe;
 pub mod outcome;
 pub mod pending;
 pub mod plan;
 pub mod report;
+pub mod session_sweep;
 pub mod state;
 pub mod status;
 pub mod sweep;
+pub mod trust;
 pub mod watch;
 
 use std::{sync::Arc, time::Duration};
@@ -371,6 +374,10 @@ fn observed<'a>(
         .state
         .pending
         .remaining(owner.uid, std::time::Instant::now());
+    // A predecessor's (or an earlier) create of it may be under way: watched for a late commit.
+    if o.settling.is_some() && o.recorded_id.is_none() {
+        ctx.state.late.suspect(owner.uid);
+    }
     Ok(o)
 }
 

@@ -27,6 +27,9 @@ pub struct Synced {
     pub state: String,
     /// Its schema id.
     pub schema_id: String,
+    /// The digest of the schema the traits were validated against (none without a compiled
+    /// schema).
+    pub schema_digest: Option<String>,
     /// What changed.
     pub change: Change,
     /// The display identifier.

@@ -75,6 +75,7 @@ pub fn synced_status(obj: &Identity, s: &Synced, now: Timestamp) -> IdentityStat
         identifier: s.identifier.clone(),
         state: Some(s.state.clone()),
         schema_id: Some(s.schema_id.clone()),
+        schema_digest: s.schema_digest.clone(),
         credentials: (credentials != CredentialsStatus::default()).then_some(credentials),
         active_sessions: Some(s.active_sessions),
         last_synced_at: if wrote || prev.last_synced_at.is_none() {

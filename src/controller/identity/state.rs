@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{batch, detach, markers, pending, status};
+use super::{batch, detach, late, markers, pending, status};
 
 /// What the Identity controller's reconciles get: the context every controller shares, and the
 /// Identity controller's own [`State`]. Dereferences to the shared context.
@@ -37,6 +37,8 @@ pub struct State {
     pub markers: markers::MarkerIndex,
     /// Creates whose outcome is unknown and how long they may still commit ([`pending`]).
     pub pending: pending::PendingCreates,
+    /// Objects whose create may commit later than that ([`late`]).
+    pub late: late::LateCreates,
     /// Kratos ids this process created or found, by object uid: a reconcile that runs before the
     /// status it wrote is in the cache must not create the identity again.
     pub known_ids: KnownIds,
@@ -58,6 +60,7 @@ impl State {
             }),
             markers: markers::MarkerIndex::default(),
             pending,
+            late: late::LateCreates::new(ctx.settings.create_settle_time),
             known_ids: KnownIds::default(),
             detached: detach::Detached::new(ctx.priority.clone()),
             statuses: status::StatusWriter::new(ctx.priority.clone()),

@@ -1,29 +1,35 @@
-//! Drift sweeps: every resync interval, the Kratos identities of the watched Identity objects are
-//! listed by id, 500 per request, and compared with the objects; only objects whose Kratos
-//! identity differs or is missing are reconciled. The active sessions of all of Kratos are then
-//! listed (a page of the client's page size, 500 by default, per request, each session with
-//! its identity to learn the id), so that `status.activeSessions` and
-//! `spec.sessions` (revokeBefore, revokeOnDeactivate) hold without a per-identity call: an
-//! object whose session count differs, or which has a session its spec revokes, is reconciled.
-//! With nothing changed, a resync of N objects costs ceil(N/500) identity list requests plus
-//! ceil(S/500) session list requests (S: active sessions in Kratos, at least one request), and
-//! no per-identity call, however many other identities Kratos holds.
+//! Drift sweeps: as soon as the caches are synced, then every resync interval, the Kratos
+//! identities of the watched Identity objects are listed by id, 500 per request, and compared
+//! with the objects; only objects whose Kratos identity differs or is missing are reconciled.
+//! What Kratos cannot show is compared with the cluster: the IdentitySchemaRef's digest, and on
+//! a process's first sweep the password Secrets (see [`trust`]). Active sessions are then
+//! observed ([`session_sweep`]), so that `status.activeSessions` and `spec.sessions`
+//! (revokeBefore, revokeOnDeactivate) hold without a per-identity call for identities without
+//! sessions: an object whose session count differs, or which has a session its spec revokes,
+//! is reconciled. With nothing changed, a resync of N objects costs ceil(N/500) identity list
+//! requests, one session list request (the first sweep: ceil(S/500), S active sessions in
+//! Kratos), and one request per object with active sessions (or the whole session list, when
+//! that is cheaper), however many other identities and sessions Kratos holds.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use futures::{TryStreamExt, channel::mpsc::UnboundedSender};
+use futures::channel::mpsc::UnboundedSender;
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    ResourceExt,
+    Api, ResourceExt,
+    api::ListParams,
     runtime::reflector::{ObjectRef, Store},
 };
 use tracing::{debug, warn};
 
-use super::Context;
-use super::desired;
+use super::{Context, desired, late, markers, session_sweep, trust};
 use crate::{
-    api::{Identity, conditions, identity::IdentityState},
-    kratos::{Identity as KratosIdentity, ListIdentitiesParams, SessionExpand},
+    api::{
+        Identity, IdentitySchemaRef, conditions,
+        identity::{IdentityState, PasswordPolicy},
+    },
+    kratos::{Identity as KratosIdentity, ListIdentitiesParams},
 };
 
 /// Whether the Kratos identity still matches what the operator last made it (pure). Compares
@@ -132,25 +138,6 @@ pub fn sessions_drifted_objects(
     })
 }
 
-/// Every active session of Kratos, by identity id (the identity is expanded to learn its id).
-async fn active_sessions(
-    ctx: &Context,
-) -> Result<HashMap<String, ActiveSessions>, crate::kratos::Error> {
-    let mut out: HashMap<String, ActiveSessions> = HashMap::new();
-    let mut sessions = Box::pin(
-        ctx.kratos
-            .list_sessions(Some(true), &[SessionExpand::Identity]),
-    );
-    while let Some(session) = sessions.try_next().await? {
-        if let Some(identity) = session.identity.as_ref() {
-            out.entry(identity.id.clone())
-                .or_default()
-                .add(session.authenticated_at);
-        }
-    }
-    Ok(out)
-}
-
 /// Ids per list request (Kratos v25+ allows at most 500 ids per request).
 pub const IDS_PER_REQUEST: usize = 500;
 
@@ -171,69 +158,230 @@ async fn fetch(
     Ok(out)
 }
 
-/// Runs sweeps until the trigger channel closes.
+/// The candidates that a sweep of Kratos cannot judge (pure): those whose IdentitySchemaRef
+/// (`schema_ref`: from the cache, by namespace and name) reports a digest other than the one
+/// their traits were validated against, and, when `secrets` is given (`namespace/name` to the
+/// version, see [`trust::secret_version`]), those whose password Secret under policy `Sync` is
+/// not the one they imported.
+pub fn cluster_drifted(
+    candidates: &[(Arc<Identity>, String)],
+    schema_ref: impl Fn(&str, &str) -> Option<Arc<IdentitySchemaRef>>,
+    secrets: Option<&HashMap<String, String>>,
+) -> Vec<ObjectRef<Identity>> {
+    select(candidates, |o, _| {
+        let ns = o.namespace().unwrap_or_default();
+        let schema = o
+            .spec
+            .schema_ref
+            .as_ref()
+            .and_then(|r| schema_ref(&ns, &r.name))
+            .is_some_and(|r| trust::schema_matters(o, &r));
+        let secret = secrets.is_some_and(|secrets| {
+            password_secret(o).is_some_and(|name| {
+                let version = secrets.get(&format!("{ns}/{name}"));
+                trust::secret_matters(o, version.map(String::as_str))
+            })
+        });
+        schema || secret
+    })
+}
+
+/// The name of the Secret `obj` imports its password from under policy `Sync`.
+fn password_secret(obj: &Identity) -> Option<&str> {
+    let password = obj.spec.credentials.as_ref()?.password.as_ref()?;
+    if password.policy != Some(PasswordPolicy::Sync) {
+        return None;
+    }
+    password
+        .secret_ref
+        .as_ref()
+        .or(password.hashed_secret_ref.as_ref())
+        .map(|r| r.name.as_str())
+}
+
+/// The versions of the Secrets of the namespaces `candidates` import passwords from, by
+/// `namespace/name`, listed (metadata only, 500 per request) from the API server: a Secret
+/// changed while the operator was down is not announced by its watch once the watch's first
+/// list has gone by before the Identities were known. `None` when no candidate needs one.
+async fn secret_versions(
+    ctx: &Context,
+    candidates: &[(Arc<Identity>, String)],
+) -> Result<Option<HashMap<String, String>>, kube::Error> {
+    let namespaces: std::collections::BTreeSet<String> = candidates
+        .iter()
+        .filter(|(o, _)| password_secret(o).is_some())
+        .filter_map(|(o, _)| o.namespace())
+        .collect();
+    if namespaces.is_empty() {
+        return Ok(None);
+    }
+    let mut out = HashMap::new();
+    for ns in namespaces {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut params = ListParams::default().limit(500);
+        loop {
+            let page = api.list_metadata(&params).await?;
+            for s in &page.items {
+                if let (Some(uid), Some(rv)) = (
+                    s.metadata.uid.as_deref(),
+                    s.metadata.resource_version.as_deref(),
+                ) {
+                    out.insert(
+                        format!("{ns}/{}", s.name_any()),
+                        trust::secret_version(uid, rv),
+                    );
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// One sweep: the objects to reconcile, or `None` when Kratos (or the API server) could not
+/// be asked (tried again next interval). `first`: this process's first sweep, which also
+/// compares password Secrets with what was imported (later changes arrive through the watch).
+async fn sweep(
+    ctx: &Context,
+    store: &Store<Identity>,
+    first: bool,
+    sessions: &mut session_sweep::Cursor,
+) -> Option<(usize, Vec<ObjectRef<Identity>>)> {
+    let objects = store.state();
+    let candidates = candidates(&objects);
+    drop(objects);
+    let secrets = if first {
+        match secret_versions(ctx, &candidates).await {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                warn!(error = %e, "drift sweep could not list Secrets; trying again next interval");
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    let mut drifted_refs = cluster_drifted(
+        &candidates,
+        |ns, name| ctx.caches.schema_ref(ns, name),
+        secrets.as_ref(),
+    );
+    // One chunk at a time, so that at most 500 Kratos identities are held at once.
+    for chunk in candidates.chunks(IDS_PER_REQUEST) {
+        let ids: Vec<String> = chunk.iter().map(|(_, id)| id.clone()).collect();
+        match fetch(ctx, &ids).await {
+            Ok(kratos) => drifted_refs.extend(drifted(chunk, &kratos)),
+            Err(e) => {
+                warn!(error = %e, "drift sweep could not list Kratos identities; trying again next interval");
+                return None;
+            }
+        }
+    }
+    if !candidates.is_empty() {
+        match session_sweep::observe(ctx, sessions, &candidates).await {
+            Ok(sessions) => {
+                drifted_refs.extend(sessions_drifted_objects(&candidates, &sessions));
+            }
+            Err(e) => {
+                warn!(error = %e, "drift sweep could not list Kratos sessions; trying again next interval");
+                return None;
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    drifted_refs.retain(|r| seen.insert(r.clone()));
+    Some((candidates.len(), drifted_refs))
+}
+
+/// Removes the identities that creates committed after their settle time left behind
+/// ([`late`]): one list of all Kratos identities, only while a suspect is due.
+async fn late_creates(ctx: &Context, store: &Store<Identity>) {
+    let due: std::collections::HashSet<String> = ctx
+        .state
+        .late
+        .due(std::time::Instant::now())
+        .into_iter()
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    let marked = match markers::marked_by(&ctx.kratos, &due).await {
+        Ok(marked) => marked,
+        Err(e) => {
+            warn!(error = %e, "drift sweep could not list Kratos identities for late creates; trying again next interval");
+            return;
+        }
+    };
+    let objects = store.state();
+    for (uid, ids) in marked {
+        let object = objects
+            .iter()
+            .find(|o| o.metadata.uid.as_deref() == Some(uid.as_str()));
+        let used = object.map(|o| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.identity_id.clone())
+                .or_else(|| ctx.state.known_ids.get(&uid))
+        });
+        let verdict = match &used {
+            None => late::Object::Gone,
+            Some(used) => late::Object::Uses(used.as_deref()),
+        };
+        for id in late::left_over(&ids, verdict) {
+            match ctx.kratos.delete_identity(&id).await {
+                Ok(()) => warn!(
+                    identity_id = %id,
+                    object.uid = %uid,
+                    object_gone = object.is_none(),
+                    "deleted a Kratos identity that a create committed after its settle time: its \
+                     object is gone or uses another identity"
+                ),
+                Err(e) => {
+                    warn!(identity_id = %id, error = %e, "cannot delete a late-created identity; trying again next interval")
+                }
+            }
+        }
+    }
+}
+
+/// Runs sweeps until the trigger channel closes: the first as soon as the caches are synced
+/// (a restarted operator trusted the synced statuses until then, see [`trust`]), then one every
+/// resync interval.
 pub async fn run(
     ctx: Arc<Context>,
     store: Store<Identity>,
     trigger: UnboundedSender<ObjectRef<Identity>>,
 ) {
     let interval = ctx.settings.resync_interval;
-    // The first sweep comes one interval after start; an empty store (not listed yet) only
-    // means nothing is checked that time.
-    loop {
-        tokio::time::sleep(interval).await;
+    while !ctx.caches.synced().await {
         if trigger.is_closed() {
             return;
         }
-        let objects = store.state();
-        let candidates = candidates(&objects);
-        drop(objects);
-        // One chunk at a time, so that at most 500 Kratos identities are held at once.
-        let mut drifted_refs = Vec::new();
-        let mut failed = false;
-        for chunk in candidates.chunks(IDS_PER_REQUEST) {
-            let ids: Vec<String> = chunk.iter().map(|(_, id)| id.clone()).collect();
-            match fetch(&ctx, &ids).await {
-                Ok(kratos) => drifted_refs.extend(drifted(chunk, &kratos)),
-                Err(e) => {
-                    warn!(error = %e, "drift sweep could not list Kratos identities; trying again next interval");
-                    failed = true;
-                    break;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut first = true;
+    let mut sessions = session_sweep::Cursor::default();
+    loop {
+        if trigger.is_closed() {
+            return;
+        }
+        if !first {
+            late_creates(&ctx, &store).await;
+        }
+        if let Some((checked, drifted)) = sweep(&ctx, &store, first, &mut sessions).await {
+            first = false;
+            ctx.metrics.drift_sweeps.inc();
+            debug!(checked, drifted = drifted.len(), "drift sweep");
+            for r in drifted {
+                if trigger.unbounded_send(r).is_err() {
+                    return;
                 }
             }
         }
-        if failed {
-            continue;
-        }
-        if !candidates.is_empty() {
-            match active_sessions(&ctx).await {
-                Ok(sessions) => {
-                    let known: std::collections::HashSet<ObjectRef<Identity>> =
-                        drifted_refs.iter().cloned().collect();
-                    drifted_refs.extend(
-                        sessions_drifted_objects(&candidates, &sessions)
-                            .into_iter()
-                            .filter(|r| !known.contains(r)),
-                    );
-                }
-                Err(e) => {
-                    warn!(error = %e, "drift sweep could not list Kratos sessions; trying again next interval");
-                    continue;
-                }
-            }
-        }
-        ctx.metrics.drift_sweeps.inc();
-        let drifted = drifted_refs;
-        debug!(
-            checked = candidates.len(),
-            drifted = drifted.len(),
-            "drift sweep"
-        );
-        for r in drifted {
-            if trigger.unbounded_send(r).is_err() {
-                return;
-            }
-        }
+        tokio::time::sleep(interval).await;
     }
 }
 
@@ -362,6 +510,45 @@ mod tests {
         );
         sessions.insert("k1".to_string(), one);
         assert_eq!(sessions_drifted_objects(&c, &sessions).len(), 1);
+    }
+
+    #[test]
+    fn a_changed_schema_digest_or_sync_secret_is_drift_the_kratos_list_cannot_show() {
+        let mut v = serde_json::to_value(&*obj(true, Some("k1"))).unwrap();
+        v["metadata"]["finalizers"] = json!([crate::api::FINALIZER]);
+        v["spec"]["schemaRef"] = json!({ "name": "customer" });
+        v["spec"]["credentials"] = json!({ "password": {
+            "secretRef": { "name": "pw", "key": "p" }, "policy": "Sync" } });
+        v["status"]["schemaDigest"] = json!("sha256:aa");
+        v["status"]["credentials"] = json!({ "password": { "secretVersion": "s1/7" } });
+        let o: Arc<Identity> = Arc::new(serde_json::from_value(v).unwrap());
+        let c = candidates(&[o]);
+        let schema_ref = |digest: &'static str| {
+            move |ns: &str, name: &str| {
+                assert_eq!((ns, name), ("ns", "customer"));
+                Some(Arc::new(
+                    serde_json::from_value::<IdentitySchemaRef>(json!({
+                        "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "IdentitySchemaRef",
+                        "metadata": { "name": "customer", "namespace": "ns" },
+                        "spec": { "schemaId": "customer" }, "status": { "digest": digest } }))
+                    .unwrap(),
+                ))
+            }
+        };
+        let same = HashMap::from([("ns/pw".to_string(), "s1/7".to_string())]);
+        let changed = HashMap::from([("ns/pw".to_string(), "s1/8".to_string())]);
+        assert!(cluster_drifted(&c, schema_ref("sha256:aa"), Some(&same)).is_empty());
+        assert!(cluster_drifted(&c, schema_ref("sha256:aa"), None).is_empty());
+        assert_eq!(cluster_drifted(&c, schema_ref("sha256:bb"), None).len(), 1);
+        assert_eq!(
+            cluster_drifted(&c, schema_ref("sha256:aa"), Some(&changed)).len(),
+            1
+        );
+        assert_eq!(
+            cluster_drifted(&c, schema_ref("sha256:aa"), Some(&HashMap::new())).len(),
+            1,
+            "the Secret is gone"
+        );
     }
 
     #[test]

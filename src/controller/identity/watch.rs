@@ -2,7 +2,10 @@
 //! its password Secret, its IdentitySchemaRef, a drift sweep's finding, the end of a detached
 //! create), and the controller that runs [`super::reconcile`] on them.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::{
     FutureExt, StreamExt, TryStreamExt, channel::mpsc::UnboundedSender, future::BoxFuture,
@@ -20,7 +23,12 @@ use kube::{
 };
 use tracing::info;
 
-use super::{Context, detach::Handoff, error_policy, reconcile, report, sweep};
+use super::{
+    Context,
+    detach::Handoff,
+    error_policy, reconcile, report, sweep,
+    trust::{self, Changes},
+};
 use crate::{
     api::{FINALIZER, GuardedIdentity, IdentitySchemaRef, identity::Identity},
     controller::finalizer,
@@ -112,7 +120,21 @@ fn watch_dependencies(
             watcher::Config::default().any_semantic(),
             move |secret| {
                 let name = secret.name_any();
-                referencing(&secret_store, secret.namespace(), |i| uses_secret(i, &name))
+                // A Secret that was deleted reads as no version.
+                let version = secret
+                    .metadata
+                    .deletion_timestamp
+                    .is_none()
+                    .then(|| {
+                        Some(trust::secret_version(
+                            secret.metadata.uid.as_deref()?,
+                            secret.metadata.resource_version.as_deref()?,
+                        ))
+                    })
+                    .flatten();
+                referencing(&secret_store, secret.namespace(), |i| {
+                    uses_secret(i, &name) && trust::secret_matters(i, version.as_deref())
+                })
             },
         )
         .watches(
@@ -122,6 +144,7 @@ fn watch_dependencies(
                 let name = sr.name_any();
                 referencing(&schema_store, sr.namespace(), |i| {
                     i.spec.schema_ref.as_ref().is_some_and(|r| r.name == name)
+                        && trust::schema_matters(i, &sr)
                 })
             },
         )
@@ -170,6 +193,9 @@ pub async fn controller(
     let (store, writer) = kube::runtime::reflector::store();
     let (first_tx, first_rx) = futures::channel::mpsc::unbounded();
     let first_statuses = report::first_statuses(ctx.clone(), store.clone(), first_rx);
+    // A restarted operator trusts synced statuses until its first sweep ([`trust`]).
+    let changes = Arc::new(Mutex::new(Changes::new(ctx.settings.drift_sweeps)));
+    let forget = changes.clone();
     let stream = kube::runtime::reflector(
         writer,
         // Guarded: one object whose spec cannot be decoded must not stop the watch of all the
@@ -178,6 +204,13 @@ pub async fn controller(
         watcher(identities, ctx.settings.watch_config()).map_ok(unguard),
     )
     .default_backoff()
+    .inspect_ok(move |event| {
+        if let watcher::Event::Delete(obj) = event
+            && let Ok(mut changes) = forget.lock()
+        {
+            changes.forget(obj);
+        }
+    })
     .touched_objects()
     .inspect_ok(move |obj| {
         // The receivers end with their controller; nothing to do then.
@@ -188,7 +221,10 @@ pub async fn controller(
             let _ = first_tx.unbounded_send(ObjectRef::from_obj(obj));
         }
     })
-    .predicate_filter(lifecycle_changed, kube::runtime::PredicateConfig::default());
+    .try_filter(move |obj| {
+        let admit = changes.lock().map_or(true, |mut c| c.admit(obj));
+        futures::future::ready(admit)
+    });
     let controller = Controller::for_stream(stream, store.clone());
     ctx.caches.add_identities(store.clone());
     let (sweep_tx, sweep_triggers) = futures::channel::mpsc::unbounded();

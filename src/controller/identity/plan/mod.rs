@@ -283,6 +283,7 @@ fn decide(o: &Observed<'_>) -> Decided<Plan> {
             .and_then(|c| c.display_identifier(&o.spec.traits)),
         oidc: desired.oidc.iter().map(|(p, _)| p.clone()).collect(),
         password_version: desired.password.as_ref().map(|p| p.version.clone()),
+        schema_digest: admitted.compiled.map(|c| c.digest.clone()),
     };
     match found {
         None => create(o, &desired, report),
@@ -312,6 +313,8 @@ struct Report {
     oidc: Vec<String>,
     /// The Secret version of the password read in this reconcile.
     password_version: Option<String>,
+    /// The digest of the compiled schema the traits were validated against.
+    schema_digest: Option<String>,
 }
 
 /// Whether the spec can be served at all, before Kratos is asked anything: it decodes and
@@ -489,6 +492,7 @@ fn finish(
         identity_id: identity.id.clone(),
         state: identity.state.as_str().to_string(),
         schema_id: identity.schema_id.clone(),
+        schema_digest: report.schema_digest,
         change: change.unwrap_or(Change::Unchanged),
         identifier: report.identifier,
         password_imported,
@@ -653,6 +657,7 @@ fn create(o: &Observed<'_>, desired: &Desired, report: Report) -> Decided<Plan> 
             identity_id: id.clone(),
             state: desired.state.as_str().to_string(),
             schema_id: desired.schema_id.clone(),
+            schema_digest: report.schema_digest,
             change: Change::Created,
             identifier: report.identifier,
             password_imported: report.password_version,

@@ -1,0 +1,127 @@
+//! Creates that commit later than `--create-settle-time`.
+//!
+//! [`super::pending`] waits for a create whose outcome is unknown (its process was killed with
+//! the request in flight, or the request failed on the client's side) for the settle time, and
+//! then trusts a lookup that finds nothing. Kratos under heavy load can still carry such a
+//! create out after that: the identity then carries the owner marker of an object that was
+//! deleted meanwhile (an orphan), or of an object that got a second identity (a duplicate).
+//!
+//! So every object that may have such a create is kept as a suspect for ten settle times after
+//! its window opened, and while any suspect's window has passed, each drift sweep lists the
+//! owner markers of all Kratos identities once and removes the identities that carry a
+//! suspect's uid but are not the one its object uses: all of them when the object is gone.
+//! The uid is the object's own, assigned by the API server: no identity of another object, of
+//! another cluster, or created by hand carries it.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+/// How many settle times a suspect is watched for.
+pub const WATCHED_SETTLE_TIMES: u32 = 10;
+
+/// The objects whose create may still commit late, by uid, with when their window opened.
+#[derive(Debug)]
+pub struct LateCreates {
+    settle: Duration,
+    suspects: Mutex<HashMap<String, Instant>>,
+}
+
+impl LateCreates {
+    /// No suspects yet; `settle` is `--create-settle-time`.
+    pub fn new(settle: Duration) -> Self {
+        Self {
+            settle,
+            suspects: Mutex::default(),
+        }
+    }
+
+    /// A create for `uid` may be under way that this process will not see answered (opens or
+    /// renews its window now).
+    pub fn suspect(&self, uid: &str) {
+        if let Ok(mut suspects) = self.suspects.lock() {
+            suspects.insert(uid.to_string(), Instant::now());
+        }
+    }
+
+    /// The suspects whose settle window has passed and which are still watched at `now`; the
+    /// ones watched long enough are dropped.
+    pub fn due(&self, now: Instant) -> Vec<String> {
+        let watched = self.settle.saturating_mul(WATCHED_SETTLE_TIMES);
+        let Ok(mut suspects) = self.suspects.lock() else {
+            return Vec::new();
+        };
+        suspects.retain(|_, since| now.saturating_duration_since(*since) <= watched);
+        suspects
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= self.settle)
+            .map(|(uid, _)| uid.clone())
+            .collect()
+    }
+}
+
+/// What the cluster says of a suspect's object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Object<'a> {
+    /// Gone: its deletion is over.
+    Gone,
+    /// There (perhaps being deleted), using the Kratos identity `Some(id)`, or none yet.
+    Uses(Option<&'a str>),
+}
+
+/// Which of the identities carrying a suspect's marker (`marked`) are left over (pure): all of
+/// them once its object is gone; those other than the one it uses when that one is among them;
+/// none while it uses none (its own reconcile takes one back) or one without its marker (its
+/// reconcile reports that).
+pub fn left_over(marked: &[String], object: Object<'_>) -> Vec<String> {
+    match object {
+        Object::Gone => marked.to_vec(),
+        Object::Uses(Some(used)) if marked.iter().any(|m| m == used) => marked
+            .iter()
+            .filter(|m| m.as_str() != used)
+            .cloned()
+            .collect(),
+        Object::Uses(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_suspect_is_due_after_its_settle_time_and_dropped_after_ten() {
+        let late = LateCreates::new(Duration::from_secs(2));
+        late.suspect("u1");
+        let now = Instant::now();
+        assert!(late.due(now).is_empty(), "still inside its settle window");
+        assert_eq!(
+            late.due(now + Duration::from_secs(3)),
+            vec!["u1".to_string()]
+        );
+        assert_eq!(
+            late.due(now + Duration::from_secs(19)),
+            vec!["u1".to_string()]
+        );
+        assert!(late.due(now + Duration::from_secs(21)).is_empty());
+        assert!(late.due(now).is_empty(), "dropped for good");
+    }
+
+    #[test]
+    fn only_identities_the_object_does_not_use_are_left_over() {
+        let marked = vec!["k1".to_string(), "k2".to_string()];
+        assert_eq!(left_over(&marked, Object::Gone), marked);
+        assert_eq!(
+            left_over(&marked, Object::Uses(Some("k2"))),
+            vec!["k1".to_string()]
+        );
+        assert!(left_over(&marked, Object::Uses(None)).is_empty());
+        assert!(
+            left_over(&marked, Object::Uses(Some("k9"))).is_empty(),
+            "it uses one the marker does not name: nothing is sure"
+        );
+        assert!(left_over(&marked[..1], Object::Uses(Some("k1"))).is_empty());
+    }
+}
