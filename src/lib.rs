@@ -15,6 +15,7 @@ pub mod controller;
 pub mod export;
 pub mod kratos;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod schema;
 pub mod server;

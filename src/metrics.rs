@@ -61,6 +61,10 @@ pub struct Metrics {
     /// 1 while this process runs the controllers (it holds the leader Lease, or leader election
     /// is off), 0 while it waits for the Lease or stops.
     pub leading: Gauge<i64, AtomicI64>,
+    /// The process's resident set in bytes, as of the last scrape.
+    pub resident_memory: Gauge<i64, AtomicI64>,
+    /// The memory limit of the process's cgroup in bytes (0 without one).
+    pub memory_limit: Gauge<i64, AtomicI64>,
 }
 
 /// Labels of change series.
@@ -90,6 +94,8 @@ impl Default for Metrics {
             status_writes_queued: Gauge::default(),
             drift_sweeps: Counter::default(),
             leading: Gauge::default(),
+            resident_memory: Gauge::default(),
+            memory_limit: Gauge::default(),
         }
     }
 }
@@ -145,6 +151,16 @@ impl Metrics {
             self.events_dropped.clone(),
         );
         r.register(
+            "resident_memory_bytes",
+            "Resident set size of the process (VmRSS)",
+            self.resident_memory.clone(),
+        );
+        r.register(
+            "memory_limit_bytes",
+            "Memory limit of the process's cgroup (the container's limit); 0 without one",
+            self.memory_limit.clone(),
+        );
+        r.register(
             "status_writes_queued",
             "Identity statuses waiting to be written",
             self.status_writes_queued.clone(),
@@ -161,6 +177,17 @@ impl Metrics {
             kind,
             started: Instant::now(),
         }
+    }
+
+    /// Samples the process's memory and its limit ([`crate::memory`]).
+    pub fn sample_memory(&self) {
+        if let Some(rss) = crate::memory::resident() {
+            self.resident_memory
+                .set(i64::try_from(rss).unwrap_or(i64::MAX));
+        }
+        let limit = crate::memory::limit().unwrap_or(0);
+        self.memory_limit
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 
     /// Counts a failed reconcile.
@@ -209,6 +236,31 @@ impl Drop for ReconcileMeasure<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_is_sampled_with_its_limit_or_zero() {
+        let m = Metrics::default();
+        m.sample_memory();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.parse::<i64>().ok())
+        };
+        assert!(
+            value("kratos_operator_resident_memory_bytes").is_some_and(|b| b > 0),
+            "{text}"
+        );
+        let limit = crate::memory::limit().map_or(0, |l| i64::try_from(l).unwrap());
+        assert_eq!(
+            value("kratos_operator_memory_limit_bytes"),
+            Some(limit),
+            "{text}"
+        );
+    }
 
     #[test]
     fn encodes_static_labels_only() {

@@ -54,6 +54,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         .metrics
         .status_writes_queued
         .set(i64::try_from(s.ctx.priority.statuses_queued()).unwrap_or(i64::MAX));
+    s.ctx.metrics.sample_memory();
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
         Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),

@@ -753,12 +753,13 @@ fn the_knobs_render_where_asked_and_leave_the_defaults_alone() {
 }
 
 /// The alerts of the PrometheusRule.
-const ALERTS: [&str; 6] = [
+const ALERTS: [&str; 7] = [
     "KratosOperatorKratosUnreachable",
     "KratosOperatorIdentitiesNotReady",
     "KratosOperatorReconcileErrors",
     "KratosOperatorEventsDropped",
     "KratosOperatorStatusWritesStuck",
+    "KratosOperatorMemoryNearLimit",
     "KratosOperatorNoLeader",
 ];
 
@@ -935,8 +936,10 @@ fn the_alerts_and_the_dashboard_render_when_enabled() {
             "{r}"
         );
     }
-    assert_eq!(rules[5]["alert"], "KratosOperatorNoLeader");
-    assert_eq!(rules[5]["for"], "30m", "{}", rules[5]);
+    assert_eq!(rules[5]["alert"], "KratosOperatorMemoryNearLimit");
+    assert_eq!(rules[5]["for"], "15m", "{}", rules[5]);
+    assert_eq!(rules[6]["alert"], "KratosOperatorNoLeader");
+    assert_eq!(rules[6]["for"], "30m", "{}", rules[6]);
     // Alert templates reach Prometheus as templates, not rendered by Helm.
     assert!(
         rules[2]["annotations"]["summary"]
