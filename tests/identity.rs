@@ -1493,6 +1493,18 @@ async fn a_restarted_operator_trusts_synced_statuses_and_notices_what_changed_wh
         },
     )
     .await;
+    // Deletions reach trusted objects too: the Secret of a policy-Sync password, and the
+    // IdentitySchemaRef.
+    Api::<Secret>::namespaced(t.client.clone(), &t.namespace)
+        .delete("pw-secret", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_ready::<Identity>(&t, "pw", "False", Some("SecretNotFound"), T).await;
+    Api::<IdentitySchemaRef>::namespaced(t.client.clone(), &t.namespace)
+        .delete("customer", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_ready::<Identity>(&t, "plain-0", "False", Some("SchemaNotReady"), T).await;
     support::drop_kratos(kratos, dir, false).await;
     t.cleanup().await;
 }

@@ -11,7 +11,7 @@ use futures::{
     FutureExt, StreamExt, TryStreamExt, channel::mpsc::UnboundedSender, future::BoxFuture,
     future::Shared,
 };
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Api, ResourceExt,
     core::PartialObjectMeta,
@@ -106,7 +106,34 @@ fn uses_secret(obj: &Identity, name: &str) -> bool {
         })
 }
 
-/// Reconciles the Identities that use a Secret or IdentitySchemaRef when it changes.
+/// The objects a watch sees change, a deleted one with a `deletionTimestamp` set here (the
+/// API server's delete event carries none when no finalizer held the object): the mappers tell
+/// a deletion from a change.
+fn with_deletions_marked<K>(
+    api: Api<K>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(api, watcher::Config::default().any_semantic())
+        .map_ok(|event| {
+            let objects: Vec<K> = match event {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => vec![o],
+                watcher::Event::Delete(mut o) => {
+                    o.meta_mut()
+                        .deletion_timestamp
+                        .get_or_insert_with(|| Time(jiff::Timestamp::now()));
+                    vec![o]
+                }
+                watcher::Event::Init | watcher::Event::InitDone => Vec::new(),
+            };
+            futures::stream::iter(objects.into_iter().map(Ok))
+        })
+        .try_flatten()
+}
+
+/// Reconciles the Identities that use a Secret or IdentitySchemaRef when it changes (and,
+/// for an Identity synced as recorded, only when it matters: [`trust`]).
 fn watch_dependencies(
     controller: Controller<Identity>,
     ctx: &Context,
@@ -115,12 +142,11 @@ fn watch_dependencies(
 ) -> Controller<Identity> {
     let (secret_store, schema_store) = (store.clone(), store.clone());
     controller
-        .watches(
-            api::<PartialObjectMeta<Secret>>(ctx, namespace),
-            watcher::Config::default().any_semantic(),
+        .watches_stream(
+            with_deletions_marked(api::<PartialObjectMeta<Secret>>(ctx, namespace)),
             move |secret| {
                 let name = secret.name_any();
-                // A Secret that was deleted reads as no version.
+                // A Secret that is gone, or going, reads as no version.
                 let version = secret
                     .metadata
                     .deletion_timestamp
@@ -137,14 +163,14 @@ fn watch_dependencies(
                 })
             },
         )
-        .watches(
-            api::<IdentitySchemaRef>(ctx, namespace),
-            watcher::Config::default().any_semantic(),
+        .watches_stream(
+            with_deletions_marked(api::<IdentitySchemaRef>(ctx, namespace)),
             move |sr| {
                 let name = sr.name_any();
+                let gone = sr.metadata.deletion_timestamp.is_some();
                 referencing(&schema_store, sr.namespace(), |i| {
                     i.spec.schema_ref.as_ref().is_some_and(|r| r.name == name)
-                        && trust::schema_matters(i, &sr)
+                        && (gone || trust::schema_matters(i, &sr))
                 })
             },
         )
