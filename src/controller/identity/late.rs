@@ -62,6 +62,20 @@ impl LateCreates {
     }
 }
 
+/// Whether a late create can still leave something behind for a suspect whose object is
+/// `object` (`None`: gone) (pure). A live object whose spec never changed and which has a login
+/// identifier cannot get a second identity: Kratos refuses a late create with the same
+/// identifiers. A gone one, one without identifiers and one whose spec changed can.
+pub fn at_risk(object: Option<&crate::api::Identity>) -> bool {
+    object.is_none_or(|o| {
+        o.metadata.generation != Some(1)
+            || o.status
+                .as_ref()
+                .and_then(|s| s.identifier.as_ref())
+                .is_none()
+    })
+}
+
 /// What the cluster says of a suspect's object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Object<'a> {
@@ -107,6 +121,26 @@ mod tests {
         );
         assert!(late.due(now + Duration::from_secs(21)).is_empty());
         assert!(late.due(now).is_empty(), "dropped for good");
+    }
+
+    #[test]
+    fn a_live_object_with_identifiers_and_its_first_spec_is_not_at_risk() {
+        let object = |generation: i64, identifier: Option<&str>| -> crate::api::Identity {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
+                "metadata": { "name": "a", "namespace": "ns", "uid": "u1", "generation": generation },
+                "spec": { "schemaId": "customer", "traits": {} },
+                "status": { "identifier": identifier }
+            }))
+            .unwrap()
+        };
+        assert!(!at_risk(Some(&object(1, Some("a@example.com")))));
+        assert!(
+            at_risk(Some(&object(2, Some("a@example.com")))),
+            "spec changed"
+        );
+        assert!(at_risk(Some(&object(1, None))), "no identifier");
+        assert!(at_risk(None), "gone");
     }
 
     #[test]

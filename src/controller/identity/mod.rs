@@ -11,6 +11,7 @@
 
 pub mod act;
 pub mod batch;
+pub mod changes;
 pub mod desired;
 pub mod detach;
 #[cfg(test)]
@@ -35,14 +36,15 @@ use jiff::Timestamp;
 use kube::{Api, ResourceExt, runtime::controller::Action};
 use tracing::Instrument;
 
+pub use self::{
+    changes::lifecycle_changed,
+    state::{Context, KnownIds, State},
+    watch::controller,
+};
 use self::{
     detach::Handoff,
     outcome::Outcome,
     plan::{Cleanup, Observed, Plan},
-};
-pub use self::{
-    state::{Context, KnownIds, State},
-    watch::{controller, lifecycle_changed},
 };
 use crate::{
     Error, Result,

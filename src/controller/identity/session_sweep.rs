@@ -17,11 +17,33 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
 
-use super::{Context, sweep::ActiveSessions};
+use super::Context;
 use crate::{
     api::Identity,
     kratos::{Error, SessionExpand},
 };
+
+/// What a sweep knows of one identity's active sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ActiveSessions {
+    /// How many there are.
+    pub count: i32,
+    /// The earliest authentication among them (sessions without one are not counted here).
+    pub earliest_authenticated_at: Option<Timestamp>,
+}
+
+impl ActiveSessions {
+    /// Adds one active session authenticated at `at`.
+    pub fn add(&mut self, at: Option<Timestamp>) {
+        self.count = self.count.saturating_add(1);
+        if let Some(at) = at {
+            self.earliest_authenticated_at = Some(
+                self.earliest_authenticated_at
+                    .map_or(at, |earliest| earliest.min(at)),
+            );
+        }
+    }
+}
 
 /// What a sweep keeps between its session passes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

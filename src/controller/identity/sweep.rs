@@ -14,7 +14,6 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::channel::mpsc::UnboundedSender;
-use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
@@ -23,7 +22,11 @@ use kube::{
 };
 use tracing::{debug, warn};
 
-use super::{Context, desired, late, markers, session_sweep, trust};
+use super::{
+    Context, desired, late, markers,
+    session_sweep::{self, ActiveSessions},
+    trust,
+};
 use crate::{
     api::{
         Identity, IdentitySchemaRef, conditions,
@@ -85,28 +88,6 @@ fn select(
         .filter(|(o, id)| pred(o, id))
         .map(|(o, _)| ObjectRef::from_obj(&**o))
         .collect()
-}
-
-/// What a sweep knows of one identity's active sessions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ActiveSessions {
-    /// How many there are.
-    pub count: i32,
-    /// The earliest authentication among them (sessions without one are not counted here).
-    pub earliest_authenticated_at: Option<Timestamp>,
-}
-
-impl ActiveSessions {
-    /// Adds one active session authenticated at `at`.
-    pub fn add(&mut self, at: Option<Timestamp>) {
-        self.count = self.count.saturating_add(1);
-        if let Some(at) = at {
-            self.earliest_authenticated_at = Some(
-                self.earliest_authenticated_at
-                    .map_or(at, |earliest| earliest.min(at)),
-            );
-        }
-    }
 }
 
 /// Whether the object's sessions call for a reconcile (pure): the count in status is not the
@@ -299,27 +280,34 @@ async fn sweep(
 /// Removes the identities that creates committed after their settle time left behind
 /// ([`late`]): one list of all Kratos identities, only while a suspect is due.
 async fn late_creates(ctx: &Context, store: &Store<Identity>) {
-    let due: std::collections::HashSet<String> = ctx
-        .state
-        .late
-        .due(std::time::Instant::now())
-        .into_iter()
-        .collect();
+    let due = ctx.state.late.due(std::time::Instant::now());
     if due.is_empty() {
         return;
     }
-    let marked = match markers::marked_by(&ctx.kratos, &due).await {
+    let objects = store.state();
+    let find = |uid: &str| {
+        objects
+            .iter()
+            .find(|o| o.metadata.uid.as_deref() == Some(uid))
+    };
+    // Only where a late create can still leave something: one list of every identity is paid
+    // for those alone.
+    let at_risk: std::collections::HashSet<String> = due
+        .into_iter()
+        .filter(|uid| late::at_risk(find(uid).map(|o| &**o)))
+        .collect();
+    if at_risk.is_empty() {
+        return;
+    }
+    let marked = match markers::marked_by(&ctx.kratos, &at_risk).await {
         Ok(marked) => marked,
         Err(e) => {
             warn!(error = %e, "drift sweep could not list Kratos identities for late creates; trying again next interval");
             return;
         }
     };
-    let objects = store.state();
     for (uid, ids) in marked {
-        let object = objects
-            .iter()
-            .find(|o| o.metadata.uid.as_deref() == Some(uid.as_str()));
+        let object = find(&uid);
         let used = object.map(|o| {
             o.status
                 .as_ref()
@@ -430,7 +418,7 @@ mod tests {
         o
     }
 
-    fn at(s: &str) -> Timestamp {
+    fn at(s: &str) -> jiff::Timestamp {
         s.parse().unwrap()
     }
 

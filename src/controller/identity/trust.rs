@@ -12,11 +12,6 @@
 //! Trust never leads to a write: the status is untrusted input (a tenant may write it), and
 //! the sweep compares the Kratos identity, owner marker included, before anything is done.
 
-use std::collections::HashMap;
-
-use kube::{ResourceExt, runtime::reflector::ObjectRef};
-
-use super::watch::lifecycle_changed;
 use crate::{
     api::{
         FINALIZER, IdentitySchemaRef,
@@ -85,44 +80,6 @@ pub fn schema_matters(obj: &Identity, schema_ref: &IdentitySchemaRef) -> bool {
         return false;
     };
     obj.status.as_ref().and_then(|s| s.schema_digest.as_ref()) != Some(digest)
-}
-
-/// Which watched changes of Identities reconcile them: a change of what
-/// [`lifecycle_changed`] hashes, or an object seen for the first time by this process unless
-/// it is synced as recorded (and `trust` is on: only drift sweeps look at trusted objects
-/// again).
-#[derive(Debug)]
-pub struct Changes {
-    trust: bool,
-    seen: HashMap<ObjectRef<Identity>, u64>,
-}
-
-impl Changes {
-    /// Trusting synced statuses on first sight, or not.
-    pub fn new(trust: bool) -> Self {
-        Self {
-            trust,
-            seen: HashMap::new(),
-        }
-    }
-
-    /// Whether this applied (or listed) object is reconciled.
-    pub fn admit(&mut self, obj: &Identity) -> bool {
-        let hash = lifecycle_changed(obj).unwrap_or_default();
-        match self.seen.insert(ObjectRef::from_obj(obj), hash) {
-            Some(before) => before != hash,
-            None => !(self.trust && synced_as_recorded(obj)),
-        }
-    }
-
-    /// Forgets a deleted object.
-    pub fn forget(&mut self, obj: &Identity) {
-        let key = ObjectRef::from_obj(obj);
-        // A delete of an older object of the same name must not forget a newer one.
-        if obj.uid().is_some() {
-            self.seen.remove(&key);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -214,27 +171,5 @@ mod tests {
             &object(false, 2, json!({})),
             &schema_ref(Some("sha256:aa"))
         ));
-    }
-
-    #[test]
-    fn first_sight_of_a_synced_object_is_trusted_and_later_changes_are_not() {
-        let synced = object(true, 2, json!({}));
-        let mut trusting = Changes::new(true);
-        assert!(!trusting.admit(&synced), "first sight, synced");
-        assert!(!trusting.admit(&synced), "relisted, unchanged");
-        let edited = object(true, 2, json!({ "metadata": { "generation": 3 } }));
-        assert!(trusting.admit(&edited), "a spec change");
-        assert!(
-            trusting.admit(&object(false, 2, json!({ "metadata": { "name": "b" } }))),
-            "first sight, not synced"
-        );
-        trusting.forget(&edited);
-        assert!(!trusting.admit(&synced), "seen anew after its deletion");
-        let mut wary = Changes::new(false);
-        assert!(
-            wary.admit(&synced),
-            "without sweeps every object is looked at"
-        );
-        assert!(!wary.admit(&synced));
     }
 }

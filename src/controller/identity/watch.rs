@@ -24,40 +24,9 @@ use kube::{
 use tracing::info;
 
 use super::{
-    Context,
-    detach::Handoff,
-    error_policy, reconcile, report, sweep,
-    trust::{self, Changes},
+    Context, changes::Changes, detach::Handoff, error_policy, reconcile, report, sweep, trust,
 };
-use crate::{
-    api::{FINALIZER, GuardedIdentity, IdentitySchemaRef, identity::Identity},
-    controller::finalizer,
-};
-
-/// What a change to an Identity must alter to be reconciled: generation (spec), deletion, uid (a
-/// re-created object), and the loss of the finalizer by a synced object. Not the finalizer's
-/// arrival: the reconcile that adds it goes on to apply (see [`finalizer`]), so the event of its
-/// own finalizer patch must not reconcile the object a second time (before the status it wrote
-/// is in the cache, that second pass would try to create the identity again). But a finalizer
-/// removed by hand from an object with an identity is put back at once: without it, deleting
-/// the object would leave its Kratos identity behind. Not the status either: the operator
-/// writes it.
-pub fn lifecycle_changed(obj: &Identity) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    obj.metadata.uid.hash(&mut h);
-    obj.metadata.generation.hash(&mut h);
-    obj.metadata.deletion_timestamp.is_some().hash(&mut h);
-    finalizer_lost(obj).hash(&mut h);
-    Some(h.finish())
-}
-
-/// Whether a live object that has a Kratos identity lacks its finalizer (someone removed it).
-fn finalizer_lost(obj: &Identity) -> bool {
-    obj.metadata.deletion_timestamp.is_none()
-        && obj.status.as_ref().is_some_and(|s| s.identity_id.is_some())
-        && !finalizer::has(obj, FINALIZER)
-}
+use crate::api::{GuardedIdentity, IdentitySchemaRef, identity::Identity};
 
 fn referencing<F>(store: &Store<Identity>, ns: Option<String>, pred: F) -> Vec<ObjectRef<Identity>>
 where
@@ -283,40 +252,4 @@ pub async fn controller(
     // them) has stopped.
     futures::future::join(controller, first_statuses).await;
     let _ = alive.send(());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn object(finalizers: &[&str], identity_id: Option<&str>) -> Identity {
-        let mut value = json!({
-            "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
-            "metadata": { "name": "a", "namespace": "ns", "uid": "u1", "generation": 1,
-                          "finalizers": finalizers },
-            "spec": { "schemaId": "customer", "traits": {} }
-        });
-        if let Some(id) = identity_id {
-            value["status"] = json!({ "identityId": id, "observedGeneration": 1 });
-        }
-        serde_json::from_value(value).expect("identity")
-    }
-
-    #[test]
-    fn the_operator_s_own_finalizer_and_status_writes_do_not_reconcile_again() {
-        let new = lifecycle_changed(&object(&[], None));
-        assert_eq!(new, lifecycle_changed(&object(&[FINALIZER], None)));
-        assert_eq!(new, lifecycle_changed(&object(&[FINALIZER], Some("id-1"))));
-    }
-
-    #[test]
-    fn a_finalizer_removed_from_a_synced_object_reconciles_it() {
-        let synced = lifecycle_changed(&object(&[FINALIZER], Some("id-1")));
-        assert_ne!(synced, lifecycle_changed(&object(&[], Some("id-1"))));
-        assert_ne!(
-            synced,
-            lifecycle_changed(&object(&["someone.else/keep"], Some("id-1")))
-        );
-    }
 }
