@@ -71,14 +71,19 @@ pub(super) async fn finalizer_policy(
     .to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let created = crate::kubectl(
+        // A CRD just established may not be served on every path yet: the dry run answers
+        // ServiceUnavailable until it is; that is retried like a policy not yet in effect.
+        match crate::kubectl(
             env,
             &["create", "--dry-run=server", "-o", "json", "-f", "-"],
             Some(&probe),
-        )?;
-        let has = created.contains(kratos_operator::api::FINALIZER);
-        if has == on {
-            return Ok(());
+        ) {
+            Ok(created) if created.contains(kratos_operator::api::FINALIZER) == on => {
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) if e.contains("ServiceUnavailable") => {}
+            Err(e) => return Err(e),
         }
         if Instant::now() > deadline {
             return Err(format!(

@@ -166,7 +166,26 @@ async fn install_crds(client: &Client) -> Result<(), String> {
         .await
         .map_err(err)?;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Until each is Established: served by the API server.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for crd in kratos_operator::api::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        loop {
+            let established = crds.get(&name).await.map_err(err)?.status.is_some_and(|s| {
+                s.conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+            if established {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the CRD {name} is not Established after 60 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     Ok(())
 }
 
