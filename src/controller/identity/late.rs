@@ -63,16 +63,18 @@ impl LateCreates {
 }
 
 /// Whether a late create can still leave something behind for a suspect whose object is
-/// `object` (`None`: gone) (pure). A live object whose spec never changed and which has a login
-/// identifier cannot get a second identity: Kratos refuses a late create with the same
-/// identifiers. A gone one, one without identifiers and one whose spec changed can.
+/// `object` (`None`: gone) (pure). A gone object can (an orphan), and so can a live one that
+/// uses an identity and has no login identifier, or a spec changed since its first generation
+/// (a duplicate). A live object whose spec never changed and which has a login identifier
+/// cannot get a second identity: Kratos refuses a late create with the same identifiers. One
+/// that uses no identity yet is still being created: its own reconcile takes back what a late
+/// create made, and it is looked at again at the next sweep.
 pub fn at_risk(object: Option<&crate::api::Identity>) -> bool {
     object.is_none_or(|o| {
-        o.metadata.generation != Some(1)
-            || o.status
-                .as_ref()
-                .and_then(|s| s.identifier.as_ref())
-                .is_none()
+        let status = o.status.as_ref();
+        status.and_then(|s| s.identity_id.as_ref()).is_some()
+            && (o.metadata.generation != Some(1)
+                || status.and_then(|s| s.identifier.as_ref()).is_none())
     })
 }
 
@@ -130,11 +132,14 @@ mod tests {
                 "apiVersion": "kratos-operator.dev/v1alpha1", "kind": "Identity",
                 "metadata": { "name": "a", "namespace": "ns", "uid": "u1", "generation": generation },
                 "spec": { "schemaId": "customer", "traits": {} },
-                "status": { "identifier": identifier }
+                "status": { "identifier": identifier, "identityId": "k1" }
             }))
             .unwrap()
         };
         assert!(!at_risk(Some(&object(1, Some("a@example.com")))));
+        let mut creating = object(1, None);
+        creating.status = None;
+        assert!(!at_risk(Some(&creating)), "still being created");
         assert!(
             at_risk(Some(&object(2, Some("a@example.com")))),
             "spec changed"
