@@ -1437,16 +1437,19 @@ async fn a_restarted_operator_trusts_synced_statuses_and_notices_what_changed_wh
         "{calls} Kratos calls after the restart, more than {budget}: {:?}",
         calls_of(&op)
     );
+    // `pw` may be reconciled twice: by the Secret's watch and by the first sweep's look at the
+    // Secrets, when the second comes before the status of the first is in the cache (then the
+    // password is imported again). Nothing else is read or written one by one.
     let reads = op.kratos.metrics().calls("get_identity");
     assert!(
-        reads <= 2,
+        reads <= 3,
         "{reads} identities read one by one: {:?}",
         calls_of(&op)
     );
-    assert_eq!(
-        op.kratos.metrics().writes(),
-        2,
-        "the password and the drift, nothing else: {:?}",
+    let writes = op.kratos.metrics().writes();
+    assert!(
+        (2..=3).contains(&writes),
+        "{writes} writes; the password and the drift, nothing else: {:?}",
         calls_of(&op)
     );
     op.stop();
