@@ -538,9 +538,10 @@ async fn an_upgrade_and_a_rollback_between_two_releases_write_nothing_and_keep_e
         })
     };
 
-    // One step of the releases: the new leader has reconciled every object (its
-    // reconciles_total reached N with nothing in flight or queued) and changed nothing in
-    // Kratos; Kratos' identities are as before; every Identity is still Ready.
+    // One step of the releases: the new leader has checked every object (it trusts their
+    // Synced statuses until its first drift sweep, which has ended, with nothing in flight or
+    // queued) and changed nothing in Kratos; Kratos' identities are as before; every Identity
+    // is still Ready.
     let settle = |step: &'static str| {
         let r = &r;
         let t = &t;
@@ -549,17 +550,17 @@ async fn an_upgrade_and_a_rollback_between_two_releases_write_nothing_and_keep_e
         async move {
             let started = Instant::now();
             eventually(
-                &format!("{step}: the leader reconciled every Identity"),
+                &format!("{step}: the leader's first drift sweep checked every Identity"),
                 Duration::from_secs(600),
                 || async {
                     let holder = r.lease_holder().await?;
                     let pods = r.operator_pods().await;
                     let leader = pods.iter().find(|p| holder.starts_with(&p.name_any()))?;
-                    let reconciles = pod_metric(leader, "kratos_operator_reconciles_total").await?;
+                    let sweeps = pod_metric(leader, "kratos_operator_drift_sweeps_total").await?;
                     let in_flight =
                         pod_metric(leader, "kratos_operator_reconciles_in_flight").await?;
                     let queued = pod_metric(leader, "kratos_operator_status_writes_queued").await?;
-                    (reconciles >= N as f64 && in_flight == 0.0 && queued == 0.0).then_some(())
+                    (sweeps >= 1.0 && in_flight == 0.0 && queued == 0.0).then_some(())
                 },
             )
             .await;

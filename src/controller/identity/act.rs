@@ -24,7 +24,7 @@ pub async fn write(ctx: &Context, write: Write, o: &mut Observed<'_>) -> Result<
             if answered.is_err() {
                 // Not a refusal: it may have reached Kratos all the same, and commit later.
                 ctx.state.pending.failed(o.owner.uid);
-                ctx.state.late.suspect(o.owner.uid);
+                ctx.state.late.suspect(o.owner.uid, o.namespace);
             }
             o.created = Some(answered?);
         }

@@ -22,11 +22,12 @@ use std::{
 /// How many settle times a suspect is watched for.
 pub const WATCHED_SETTLE_TIMES: u32 = 10;
 
-/// The objects whose create may still commit late, by uid, with when their window opened.
+/// The objects whose create may still commit late, by uid, with their namespace and when
+/// their window opened. One for the process: each namespace's sweep judges only its own.
 #[derive(Debug)]
 pub struct LateCreates {
     settle: Duration,
-    suspects: Mutex<HashMap<String, Instant>>,
+    suspects: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl LateCreates {
@@ -38,25 +39,30 @@ impl LateCreates {
         }
     }
 
-    /// A create for `uid` may be under way that this process will not see answered (opens or
-    /// renews its window now).
-    pub fn suspect(&self, uid: &str) {
+    /// A create for `uid` (of `namespace`) may be under way that this process will not see
+    /// answered (opens or renews its window now).
+    pub fn suspect(&self, uid: &str, namespace: &str) {
         if let Ok(mut suspects) = self.suspects.lock() {
-            suspects.insert(uid.to_string(), Instant::now());
+            suspects.insert(uid.to_string(), (namespace.to_string(), Instant::now()));
         }
     }
 
-    /// The suspects whose settle window has passed and which are still watched at `now`; the
-    /// ones watched long enough are dropped.
-    pub fn due(&self, now: Instant) -> Vec<String> {
+    /// The suspects of `namespace` (`None`: of every namespace) whose settle window has passed
+    /// and which are still watched at `now`; the ones watched long enough are dropped. A sweep
+    /// asks for the namespaces its own cache holds: an object missing from it is gone only if
+    /// the cache would hold it.
+    pub fn due(&self, now: Instant, namespace: Option<&str>) -> Vec<String> {
         let watched = self.settle.saturating_mul(WATCHED_SETTLE_TIMES);
         let Ok(mut suspects) = self.suspects.lock() else {
             return Vec::new();
         };
-        suspects.retain(|_, since| now.saturating_duration_since(*since) <= watched);
+        suspects.retain(|_, (_, since)| now.saturating_duration_since(*since) <= watched);
         suspects
             .iter()
-            .filter(|(_, since)| now.saturating_duration_since(**since) >= self.settle)
+            .filter(|(_, (ns, since))| {
+                namespace.is_none_or(|n| n == ns)
+                    && now.saturating_duration_since(*since) >= self.settle
+            })
             .map(|(uid, _)| uid.clone())
             .collect()
     }
@@ -110,19 +116,25 @@ mod tests {
     #[test]
     fn a_suspect_is_due_after_its_settle_time_and_dropped_after_ten() {
         let late = LateCreates::new(Duration::from_secs(2));
-        late.suspect("u1");
+        late.suspect("u1", "a");
         let now = Instant::now();
-        assert!(late.due(now).is_empty(), "still inside its settle window");
-        assert_eq!(
-            late.due(now + Duration::from_secs(3)),
-            vec!["u1".to_string()]
+        assert!(
+            late.due(now, None).is_empty(),
+            "still inside its settle window"
+        );
+        let later = now + Duration::from_secs(3);
+        assert_eq!(late.due(later, None), vec!["u1".to_string()]);
+        assert_eq!(late.due(later, Some("a")), vec!["u1".to_string()]);
+        assert!(
+            late.due(later, Some("b")).is_empty(),
+            "another namespace's sweep does not judge it"
         );
         assert_eq!(
-            late.due(now + Duration::from_secs(19)),
+            late.due(now + Duration::from_secs(19), None),
             vec!["u1".to_string()]
         );
-        assert!(late.due(now + Duration::from_secs(21)).is_empty());
-        assert!(late.due(now).is_empty(), "dropped for good");
+        assert!(late.due(now + Duration::from_secs(21), None).is_empty());
+        assert!(late.due(now, None).is_empty(), "dropped for good");
     }
 
     #[test]

@@ -378,7 +378,7 @@ fn observed<'a>(
         .remaining(owner.uid, std::time::Instant::now());
     // A predecessor's (or an earlier) create of it may be under way: watched for a late commit.
     if o.settling.is_some() && o.recorded_id.is_none() {
-        ctx.state.late.suspect(owner.uid);
+        ctx.state.late.suspect(owner.uid, namespace);
     }
     Ok(o)
 }

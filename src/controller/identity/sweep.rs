@@ -279,8 +279,8 @@ async fn sweep(
 
 /// Removes the identities that creates committed after their settle time left behind
 /// ([`late`]): one list of all Kratos identities, only while a suspect is due.
-async fn late_creates(ctx: &Context, store: &Store<Identity>) {
-    let due = ctx.state.late.due(std::time::Instant::now());
+async fn late_creates(ctx: &Context, store: &Store<Identity>, namespace: Option<&str>) {
+    let due = ctx.state.late.due(std::time::Instant::now(), namespace);
     if due.is_empty() {
         return;
     }
@@ -341,6 +341,7 @@ async fn late_creates(ctx: &Context, store: &Store<Identity>) {
 pub async fn run(
     ctx: Arc<Context>,
     store: Store<Identity>,
+    namespace: Option<String>,
     trigger: UnboundedSender<ObjectRef<Identity>>,
 ) {
     let interval = ctx.settings.resync_interval;
@@ -357,7 +358,7 @@ pub async fn run(
             return;
         }
         if !first {
-            late_creates(&ctx, &store).await;
+            late_creates(&ctx, &store, namespace.as_deref()).await;
         }
         if let Some((checked, drifted)) = sweep(&ctx, &store, first, &mut sessions).await {
             first = false;

@@ -226,7 +226,12 @@ pub async fn controller(
     let (retrigger, retriggers) = futures::channel::mpsc::unbounded();
     let (handoff, alive) = handoff(retrigger, shutdown.clone());
     if ctx.settings.drift_sweeps {
-        tokio::spawn(sweep::run(ctx.clone(), store.clone(), sweep_tx));
+        tokio::spawn(sweep::run(
+            ctx.clone(),
+            store.clone(),
+            namespace.map(str::to_string),
+            sweep_tx,
+        ));
     } else {
         drop(sweep_tx);
     }
