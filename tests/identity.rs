@@ -1079,6 +1079,28 @@ async fn schema_refs_resolve_report_roles_and_gate_identities() {
     t.cleanup().await;
 }
 
+/// Lets the schemas `ids` of a private Kratos accept a `nickname` trait, and restarts it so that
+/// it serves them.
+async fn allow_nickname(
+    kratos: kratos_operator_testenv::kratos::KratosInstance,
+    ids: &[&str],
+) -> kratos_operator_testenv::kratos::KratosInstance {
+    for id in ids {
+        let path = kratos.schema_path(id);
+        let mut schema: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        schema["properties"]["traits"]["properties"]["nickname"] = json!({ "type": "string" });
+        std::fs::write(&path, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut kratos = kratos;
+        kratos.restart().expect("restart Kratos");
+        kratos
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_schema_change_in_kratos_reconciles_the_identities_that_use_it() {
     use kratos_operator_testenv::kratos::schemas;
@@ -1100,20 +1122,7 @@ async fn a_schema_change_in_kratos_reconciles_the_identities_that_use_it() {
     wait_ready::<Identity>(&t, "otto", "False", Some("InvalidSpec"), T).await;
     wait_ready::<Identity>(&t, "ida", "False", Some("InvalidSpec"), T).await;
 
-    for id in [schemas::CUSTOMER, schemas::EMPLOYEE] {
-        let path = kratos.schema_path(id);
-        let mut schema: Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        schema["properties"]["traits"]["properties"]["nickname"] = json!({ "type": "string" });
-        std::fs::write(&path, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
-    }
-    let kratos = tokio::task::spawn_blocking(move || {
-        let mut kratos = kratos;
-        kratos.restart().expect("restart Kratos");
-        kratos
-    })
-    .await
-    .unwrap();
+    let kratos = allow_nickname(kratos, &[schemas::CUSTOMER, schemas::EMPLOYEE]).await;
     let after = eventually("the digest to change", Duration::from_secs(60), || async {
         let sr: IdentitySchemaRef = Api::namespaced(t.client.clone(), &t.namespace)
             .get("customer")
@@ -1456,17 +1465,7 @@ async fn a_restarted_operator_trusts_synced_statuses_and_notices_what_changed_wh
 
     // A schema changed while no operator runs: every Identity that uses it is looked at again
     // (its status then records the new digest).
-    let path = kratos.schema_path(schemas::CUSTOMER);
-    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    schema["properties"]["traits"]["properties"]["nickname"] = json!({ "type": "string" });
-    std::fs::write(&path, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
-    let kratos = tokio::task::spawn_blocking(move || {
-        let mut kratos = kratos;
-        kratos.restart().expect("restart Kratos");
-        kratos
-    })
-    .await
-    .unwrap();
+    let kratos = allow_nickname(kratos, &[schemas::CUSTOMER]).await;
     let before = api
         .get("plain-0")
         .await

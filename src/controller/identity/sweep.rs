@@ -285,11 +285,12 @@ async fn late_creates(ctx: &Context, store: &Store<Identity>, namespace: Option<
         return;
     }
     let objects = store.state();
-    let find = |uid: &str| {
-        objects
-            .iter()
-            .find(|o| o.metadata.uid.as_deref() == Some(uid))
-    };
+    // Indexed once: a mass create makes thousands of suspects.
+    let by_uid: HashMap<&str, &Arc<Identity>> = objects
+        .iter()
+        .filter_map(|o| Some((o.metadata.uid.as_deref()?, o)))
+        .collect();
+    let find = |uid: &str| by_uid.get(uid).copied();
     // Only where a late create can still leave something: one list of every identity is paid
     // for those alone.
     let at_risk: std::collections::HashSet<String> = due
